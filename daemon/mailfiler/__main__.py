@@ -1,0 +1,3 @@
+from mailfiler.cli.main import main
+
+main()

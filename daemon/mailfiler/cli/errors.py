@@ -1,0 +1,81 @@
+"""The one place where errors become messages for people.
+
+Each error class maps to an exit code and a hint that says what to do;
+nothing else in mailfiler prints errors for the user."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from mailfiler import errors as e
+
+log = logging.getLogger("mailfiler.cli")
+
+#: sysexits-style codes so scripts can tell failures apart
+EXIT_CONFIG = 78  # EX_CONFIG
+EXIT_DATAERR = 65  # EX_DATAERR
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE
+EXIT_SOFTWARE = 70  # EX_SOFTWARE
+EXIT_NOTFOUND = 66  # EX_NOINPUT
+
+_HINTS: list[tuple[type[e.MailfilerError], int, str]] = [
+    (e.NoConfigError, EXIT_CONFIG, "pass --config FILE or set MAILFILER_CONFIG (see config/mailfiler.example.yaml)"),
+    (e.ConfigError, EXIT_CONFIG, "fix the lines above, then run `mailfiler config check` again"),
+    (e.SchemaTooNew, EXIT_SOFTWARE, "install the mailfiler version that wrote this database, or a newer one"),
+    (e.StoreUnavailable, EXIT_UNAVAILABLE, "check `database:` in the config and that the database server is running"),
+    (e.RecordImportError, EXIT_DATAERR, "fix the rows above; nothing was imported"),
+    (e.NotFound, EXIT_NOTFOUND, ""),
+    (e.MailboxUnavailable, EXIT_UNAVAILABLE, "check the mailbox path in the config and its permissions"),
+    (e.UserError, EXIT_DATAERR, ""),
+    (e.MailfilerError, EXIT_SOFTWARE, ""),
+]
+
+
+def describe(err: e.MailfilerError) -> tuple[int, list[str], str]:
+    """(exit code, detail lines, hint) for an error."""
+    for cls, code, hint in _HINTS:
+        if isinstance(err, cls):
+            details = [str(p) for p in getattr(err, "problems", [])]
+            return code, details, hint
+    return EXIT_SOFTWARE, [], ""
+
+
+def report(err: e.MailfilerError, *, as_json: bool = False) -> int:
+    code, details, hint = describe(err)
+    if as_json:
+        click.echo(
+            json.dumps({"error": err.code, "message": str(err), "problems": details, "hint": hint or None}),
+            err=False,
+        )
+        return code
+    click.secho(f"error: {err}", fg="red", err=True)
+    for line in details:
+        click.echo(f"  {line}", err=True)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
+    return code
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(func: F) -> F:
+    """Decorator for commands: map mailfiler errors to messages and exit codes."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except e.MailfilerError as err:
+            ctx = click.get_current_context(silent=True)
+            as_json = bool(ctx and ctx.params.get("as_json"))
+            sys.exit(report(err, as_json=as_json))
+
+    return wrapper  # type: ignore[return-value]

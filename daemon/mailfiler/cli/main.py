@@ -1,0 +1,263 @@
+"""The ``mailfiler`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from mailfiler import __version__
+from mailfiler.cli.errors import handle_errors, report
+from mailfiler.cli.output import emit_json, json_option, table
+from mailfiler.config.loader import LoadedConfig, load_config
+from mailfiler.errors import ConfigError
+from mailfiler.service.logsetup import setup_logging
+
+HELP = """\
+mailfiler files e-mail into a CRM store.
+
+Drag a message into a tracked folder (any mail client) and mailfiler records
+it as an email activity regarding the record the folder stands for.
+
+\b
+Start here:
+  mailfiler --config config/mailfiler.example.yaml config check
+  mailfiler --config config/mailfiler.example.yaml run
+  mailfiler --config config/mailfiler.example.yaml activities
+
+The config file comes from --config or the MAILFILER_CONFIG environment variable.
+"""
+
+
+class Context:
+    def __init__(self, config_path: str | None, log_format: str, log_level: str) -> None:
+        self.config_path = config_path
+        self.log_format = log_format
+        self.log_level = log_level
+        self._loaded: LoadedConfig | None = None
+
+    def load(self) -> LoadedConfig:
+        if self._loaded is None:
+            self._loaded = load_config(self.config_path)
+        return self._loaded
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    envvar="MAILFILER_CONFIG",
+    show_envvar=True,
+    type=click.Path(dir_okay=False),
+    help="The YAML configuration file.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["plain", "json"]),
+    default="plain",
+    show_default=True,
+    help="plain lines for people; json: one object a line with an `event` field.",
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+)
+@click.version_option(__version__, prog_name="mailfiler")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, log_format: str, log_level: str) -> None:
+    setup_logging(log_format, log_level)
+    ctx.obj = Context(config_path, log_format, log_level)
+
+
+# -- daemon ----------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar during backfill (default: when stderr is a terminal)."
+)
+@pass_ctx
+@handle_errors
+def run(obj: Context, progress: bool | None) -> None:
+    """Run the daemon in the foreground.
+
+    Backfills every tracked folder, then tracks what lands in them within a
+    fraction of a second.  SIGTERM finishes the message in flight and exits
+    0; SIGHUP re-reads the config (a bad config is reported and the running
+    one stays).  Under systemd it reports READY=1, STATUS= and watchdog pings.
+    """
+    from mailfiler.service.daemon import Daemon
+
+    loaded = obj.load()
+    sys.exit(asyncio.run(Daemon(loaded, progress=progress).run()))
+
+
+@cli.command()
+@json_option
+@pass_ctx
+@handle_errors
+def once(obj: Context, as_json: bool) -> None:
+    """One full pass over every tracked folder, then exit (for cron and tests)."""
+    from mailfiler.service.daemon import run_once
+
+    summary = asyncio.run(run_once(obj.load()))
+    data = {
+        mailbox: [
+            {"folder": r.folder, "new": r.new, "gone": r.gone, "shunted": r.shunted, "missing": r.missing}
+            for r in results
+        ]
+        for mailbox, results in summary.items()
+    }
+    if as_json:
+        emit_json(data)
+        return
+    rows = [
+        (mb, r["folder"], r["new"], r["gone"], r["shunted"], "missing" if r["missing"] else "ok")
+        for mb, results in data.items()
+        for r in results
+    ]
+    table("mailfiler once", ["mailbox", "folder", "new", "gone", "shunted", "state"], rows)
+
+
+@cli.command()
+@json_option
+@pass_ctx
+@handle_errors
+def status(obj: Context, as_json: bool) -> None:
+    """Per mailbox and folder: state, last sync, tracked and shunted counts, last error."""
+    from mailfiler.store import reports
+    from mailfiler.store.db import connect
+    from mailfiler.store.migrations import migrate
+
+    loaded = obj.load()
+    db = connect(loaded.config.database)
+    migrate(db)
+    data = reports.status()
+    if as_json:
+        emit_json(data)
+        return
+    for d in data["daemons"]:
+        click.echo(f"daemon on {d['host']} (pid {d['pid']}): {d['state']}, heartbeat {d['heartbeat_age_s']} s ago")
+        if d.get("config_error"):
+            click.secho(f"  config error (previous config in force): {d['config_error']}", fg="red")
+    if not data["daemons"]:
+        click.echo("no daemon has run against this store yet")
+    click.echo(f"{data['activities']} activities tracked, {data['shunted']} message(s) in the shunt")
+    rows = [
+        (
+            mb["name"],
+            f["folder"],
+            f["regarding"] or "-",
+            f["state"],
+            f["last_sync"] or "never",
+            f["tracked"],
+            f["shunted"],
+            f["last_error"] or "",
+        )
+        for mb in data["mailboxes"]
+        for f in mb["folders"]
+    ]
+    table(
+        None, ["mailbox", "folder", "regarding", "state", "last sync (UTC)", "tracked", "shunted", "last error"], rows
+    )
+
+
+@cli.command()
+@click.option("--regarding", metavar="ENTITY:KEY", help="Only activities regarding this record.")
+@click.option("--mailbox", metavar="NAME", help="Only activities held in this mailbox.")
+@click.option("--limit", type=int, help="At most this many.")
+@json_option
+@pass_ctx
+@handle_errors
+def activities(obj: Context, regarding: str | None, mailbox: str | None, limit: int | None, as_json: bool) -> None:
+    """The tracked email activities."""
+    from mailfiler.store import reports
+    from mailfiler.store.db import connect
+    from mailfiler.store.migrations import migrate
+
+    migrate(connect(obj.load().config.database))
+    data = reports.activities(regarding=regarding, mailbox=mailbox, limit=limit)
+    if as_json:
+        emit_json(data)
+        return
+    rows = []
+    for a in data:
+        sender = next((p["address"] for p in a["parties"] if p["role"] == "from"), "")
+        where = ", ".join(f"{loc['mailbox']}/{loc['folder']}" for loc in a["locations"]) or "(moved out)"
+        rows.append(
+            (
+                a["id"],
+                a["direction"],
+                sender,
+                a["subject"][:60],
+                a["regarding"] or "-",
+                a["correlation"] or "-",
+                where,
+                len(a["attachments"]),
+            )
+        )
+    table(f"{len(data)} activities", ["id", "dir", "from", "subject", "regarding", "by", "where", "att"], rows)
+
+
+# -- config ------------------------------------------------------------------------
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Check the configuration."""
+
+
+@config_group.command("check")
+@json_option
+@pass_ctx
+def config_check(obj: Context, as_json: bool) -> None:
+    """Validate the config; print every problem as FILE:LINE:COL: message.
+
+    Exits 0 when the config is valid, 78 (EX_CONFIG) otherwise.
+    """
+    try:
+        loaded = obj.load()
+    except ConfigError as exc:
+        if as_json:
+            emit_json({"valid": False, "problems": [str(p) for p in exc.problems] or [str(exc)]})
+            sys.exit(78)
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(report(exc) if not exc.problems else 78)
+    cfg = loaded.config
+    summary = {
+        "valid": True,
+        "path": str(loaded.path),
+        "mailboxes": len(cfg.mailboxes),
+        "tracked_folders": sum(len(m.tracked_folders) for m in cfg.mailboxes),
+        "records": len(cfg.records),
+    }
+    if as_json:
+        emit_json(summary)
+    else:
+        click.echo(
+            f"{loaded.path}: OK ({summary['mailboxes']} mailbox(es), {summary['tracked_folders']} tracked folder(s))"
+        )
+
+
+def _register() -> None:
+    from mailfiler.cli import records as records_cmd
+    from mailfiler.cli import shunt as shunt_cmd
+
+    cli.add_command(records_cmd.records)
+    cli.add_command(shunt_cmd.shunt)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="mailfiler")
+
+
+__all__ = ["Path", "cli", "main"]

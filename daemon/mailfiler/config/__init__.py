@@ -1,0 +1,17 @@
+"""Configuration: the pydantic schema and the loader that reports problems by line."""
+
+from __future__ import annotations
+
+from mailfiler.config.loader import ENV_VAR, LoadedConfig, Problem, load_config, sqlite_path
+from mailfiler.config.schema import BUILTIN_ENTITIES, Config, parse_ref
+
+__all__ = [
+    "BUILTIN_ENTITIES",
+    "ENV_VAR",
+    "Config",
+    "LoadedConfig",
+    "Problem",
+    "load_config",
+    "parse_ref",
+    "sqlite_path",
+]

@@ -1,0 +1,563 @@
+"""Load, check and normalise the YAML configuration file.
+
+Every problem in the file is reported at once, each as ``FILE:LINE:COL:
+message`` so that an admin (or an editor) can jump straight to it.  To know
+those positions we compose the YAML node tree ourselves and build plain
+Python values from it while recording where every value and every key came
+from; pydantic errors, which only carry a key path, are then mapped back to
+a line and column.
+
+Relative paths in the file are resolved against the directory holding the
+file, so an example config can say ``state_dir: ../state`` and work from any
+current directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import os
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from mailfiler.config import schema
+from mailfiler.errors import ConfigError, NoConfigError
+
+__all__ = ["ENV_VAR", "LoadedConfig", "Problem", "load_config", "sqlite_path"]
+
+#: environment variable naming the config file when no path is passed
+ENV_VAR = "MAILFILER_CONFIG"
+
+_SQLITE_PREFIX = "sqlite:///"
+
+# YAML tags we build values for; anything else (!!binary, !!set, !!omap,
+# custom !tags, ...) would construct objects the schema never expects.
+_TAG = "tag:yaml.org,2002:"
+_STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
+# A plain 2024-01-01 resolves to a timestamp; the schema has no dates, so
+# keep the text rather than hand pydantic a datetime it would reject.
+_TIMESTAMP = _TAG + "timestamp"
+_SEQ, _MAP, _MERGE = _TAG + "seq", _TAG + "map", _TAG + "merge"
+
+#: a position in the file: 1-based (line, column)
+Pos = tuple[int, int]
+#: a key path into the data: mapping keys and list indices
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in a config file, printable as ``FILE:LINE:COL: message``."""
+
+    file: str
+    line: int
+    col: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}: {self.message}"
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated configuration and where it came from."""
+
+    #: absolute path of the config file
+    path: Path
+    #: the validated config, with every path made absolute
+    config: schema.Config
+    #: SHA-256 of the file bytes, to notice when the file changed
+    text_sha256: str
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
+    """Read, check and normalise the config file at *path*.
+
+    Without *path*, the file named by ``$MAILFILER_CONFIG`` is read.  Raises
+    :class:`NoConfigError` if neither names a file, and :class:`ConfigError`
+    (with every problem in ``.problems``) if the file is unreadable or
+    invalid.
+    """
+    if path is None or str(path) == "":
+        path = os.environ.get(ENV_VAR) or None
+    if path is None:
+        raise NoConfigError(f"no configuration file given: pass --config FILE or set {ENV_VAR}=FILE")
+    shown = Path(path).expanduser()  # as the user named it, for messages
+    abspath = Path(os.path.normpath(shown.absolute()))
+    raw = _read_bytes(shown)
+    config = _parse(raw, str(shown), abspath.parent)
+    return LoadedConfig(path=abspath, config=config, text_sha256=hashlib.sha256(raw).hexdigest())
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URL, or None.
+
+    None for PostgreSQL URLs and for SQLite's ``:memory:``.  ``PATH`` is what
+    follows the third slash, so ``sqlite:////abs/file.db`` is absolute and
+    ``sqlite:///rel/file.db`` is relative (the loader has already made it
+    absolute in a loaded config).  %-escapes are decoded, as
+    :func:`mailfiler.store.db.make_database` does.
+    """
+    if not database_url.startswith(_SQLITE_PREFIX):
+        return None
+    rest = unquote(database_url[len(_SQLITE_PREFIX) :])
+    if not rest or rest == ":memory:":
+        return None
+    return Path(rest).expanduser()
+
+
+# --- reading ----------------------------------------------------------------
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        reason = "does not exist"
+    except IsADirectoryError:
+        reason = "is a directory, not a file"
+    except PermissionError:
+        reason = "cannot be read: permission denied"
+    except OSError as exc:
+        reason = f"cannot be read: {exc.strerror or exc}"
+    # A daemon's working directory is rarely where the admin thinks: show both.
+    shown = str(path) if path.is_absolute() else f"{path} ({path.absolute()})"
+    raise ConfigError(f"config file {shown} {reason}", path=str(path))
+
+
+def _fail(file: str, problems: list[Problem]) -> ConfigError:
+    problems = sorted(problems, key=lambda p: (p.line, p.col))
+    n = len(problems)
+    return ConfigError(f"{n} problem{'s' if n != 1 else ''} in {file}", problems=problems, path=file)
+
+
+def _parse(raw: bytes, file: str, base_dir: Path) -> schema.Config:
+    """Bytes to validated, normalised config; raises ConfigError."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line, col = _offset_to_pos(raw, exc.start)
+        raise _fail(file, [Problem(file, line, col, "the file is not valid UTF-8 text")]) from None
+    try:
+        root = yaml.compose(text, Loader=_SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        # PyYAML splits "while parsing X" / "expected Y, but found Z" into context and problem.
+        what = ", ".join(part for part in (exc.context, exc.problem) if part) or "invalid YAML"
+        raise _fail(file, [Problem(file, line, col, f"YAML syntax error: {what}")]) from None
+    except yaml.reader.ReaderError as exc:
+        # position is an index into the decoded text
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        msg = f"the file holds a character YAML does not allow: {exc.reason}"
+        raise _fail(file, [Problem(file, line, col, msg)]) from None
+    except yaml.YAMLError as exc:  # any other YAML failure: no position known
+        raise _fail(file, [Problem(file, 1, 1, f"YAML error: {exc}")]) from None
+
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == _NULL):  # nothing, or a bare "---"
+        msg = "the file is empty: expected a mapping with at least database: and state_dir:"
+        raise _fail(file, [Problem(file, 1, 1, msg)])
+    if not isinstance(root, yaml.MappingNode) or root.tag != _MAP:
+        found = "a list" if isinstance(root, yaml.SequenceNode) else "a single value"
+        msg = f"the top level must be a mapping of keys (database:, state_dir:, mailboxes:, ...), found {found}"
+        raise _fail(file, [Problem(file, 1, 1, msg)])
+
+    built = _Builder(file)
+    data = built.build(root, ())
+    problems = list(built.problems)
+    config: schema.Config | None = None
+    try:
+        config = schema.Config.model_validate(data)
+    except ValidationError as exc:
+        problems += _pydantic_problems(exc, built)
+    problems += _cross_checks(data, built, base_dir)
+    if problems:
+        raise _fail(file, problems)
+    assert config is not None
+    return _resolve_paths(config, base_dir)
+
+
+def _offset_to_pos(raw: bytes, offset: int) -> Pos:
+    before = raw[:offset]
+    line = before.count(b"\n") + 1
+    col = len(before.rsplit(b"\n", 1)[-1].decode("utf-8", "replace")) + 1
+    return line, col
+
+
+# --- YAML nodes to plain values, recording positions -------------------------
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """SafeLoader whose aliases are reported where the alias is written.
+
+    PyYAML's composer returns the anchored node itself for ``*alias``, so a
+    problem in an aliased value would point at the anchor.  A shallow copy
+    with the alias's start mark keeps the content and moves the position.
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            alias = copy.copy(super().compose_node(parent, index))
+            alias.start_mark = mark
+            return alias
+        return super().compose_node(parent, index)
+
+
+def _pos(node: yaml.Node) -> Pos:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag[len(_TAG) :] if tag.startswith(_TAG) else tag
+
+
+@dataclass
+class _Builder:
+    """Builds plain values from a node tree, noting every value's and key's position."""
+
+    file: str
+    problems: list[Problem] = field(default_factory=list)
+    #: path -> position of the value node
+    values: dict[KeyPath, Pos] = field(default_factory=dict)
+    #: path -> position of the key node naming that value
+    keys: dict[KeyPath, Pos] = field(default_factory=dict)
+    #: paths whose value could not be built; pydantic errors under them are noise
+    poisoned: set[KeyPath] = field(default_factory=set)
+    #: ids of the child lists of the collections being built (to catch cycles)
+    _active: set[int] = field(default_factory=set)
+    _constructor: yaml.constructor.SafeConstructor = field(default_factory=yaml.constructor.SafeConstructor)
+
+    def problem(self, pos: Pos, message: str, path: KeyPath | None = None) -> None:
+        self.problems.append(Problem(self.file, pos[0], pos[1], message))
+        if path is not None:
+            self.poisoned.add(path)
+
+    def build(self, node: yaml.Node, path: KeyPath) -> Any:
+        self.values[path] = _pos(node)
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node, path)
+        # An alias to an enclosing collection would recurse for ever.  Alias
+        # nodes are copies (see _SafeLoader), so compare the shared child list.
+        if id(node.value) in self._active:
+            self.problem(_pos(node), f"{_prefix(path)}an alias refers to a node that contains it", path)
+            return None
+        self._active.add(id(node.value))
+        try:
+            if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ:
+                return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+            if isinstance(node, yaml.MappingNode) and node.tag == _MAP:
+                return self._mapping(node, path)
+            self.problem(_pos(node), f"{_prefix(path)}unsupported YAML tag {_short_tag(node.tag)}", path)
+            return None
+        finally:
+            self._active.discard(id(node.value))
+
+    def _scalar(self, node: yaml.ScalarNode, path: KeyPath) -> Any:
+        tag = node.tag
+        if tag in (_STR, _TIMESTAMP):
+            return node.value
+        build = {
+            _INT: self._constructor.construct_yaml_int,
+            _FLOAT: self._constructor.construct_yaml_float,
+            _BOOL: self._constructor.construct_yaml_bool,
+            _NULL: self._constructor.construct_yaml_null,
+        }.get(tag)
+        if build is None:
+            self.problem(_pos(node), f"{_prefix(path)}unsupported YAML tag {_short_tag(tag)}", path)
+            return None
+        try:
+            return build(node)
+        except (ValueError, KeyError):  # e.g. !!int "abc", !!bool "maybe"
+            self.problem(_pos(node), f"{_prefix(path)}{node.value!r} is not a valid {_short_tag(tag)}", path)
+            return None
+
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        where = _prefix(path)
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.problem(_pos(key_node), f"{where}a key must be a plain word, not a list or mapping")
+                continue
+            if key_node.tag == _MERGE:
+                self.problem(_pos(key_node), f"{where}merge keys (<<) are not supported")
+                continue
+            # Keys are taken as written: 'yes:' or '1:' are keys named yes and 1,
+            # which the schema then reports as unknown instead of True or 1.
+            key = str(key_node.value)
+            child = (*path, key)
+            if key in out:
+                first_line = self.keys[child][0]
+                self.problem(_pos(key_node), f"{where}duplicate key {key!r} (first on line {first_line})")
+            self.keys[child] = _pos(key_node)
+            out[key] = self.build(value_node, child)
+        return out
+
+    def pos(self, path: Sequence[str | int]) -> Pos:
+        """Position of the deepest recorded prefix of *path* (the value, or the file start)."""
+        return self.values.get(self.known(path), (1, 1))
+
+    def known(self, path: Sequence[str | int]) -> KeyPath:
+        """The longest prefix of *path* that names a value in the file."""
+        loc = tuple(path)
+        while loc and loc not in self.values:
+            loc = loc[:-1]
+        return loc
+
+
+def _fmt(path: Sequence[str | int]) -> str:
+    """``mailboxes[0].tracked_folders[1].regarding``, as an admin would name it."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _prefix(path: Sequence[str | int]) -> str:
+    """``"path: "`` to start a message, or nothing at the top level."""
+    return f"{_fmt(path)}: " if path else ""
+
+
+# --- pydantic errors to problems ---------------------------------------------
+
+
+def _pydantic_problems(exc: ValidationError, built: _Builder) -> list[Problem]:
+    problems: list[Problem] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if isinstance(p, str | int))
+        if any(loc[:i] in built.poisoned for i in range(len(loc) + 1)):
+            continue  # already reported as a YAML problem at that spot
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            key = loc[-1]
+            line, col = built.keys.get(loc) or built.pos(loc)
+            message = _prefix(loc[:-1]) + _unknown_key(str(key), _field_names(loc[:-1]))
+        elif kind == "missing":
+            known = built.known(loc[:-1])
+            line, col = built.pos(known)
+            message = _prefix(known) + f"missing required key {loc[-1]!r}"
+        else:
+            known = built.known(loc)
+            line, col = built.pos(known)
+            message = _prefix(known) + _readable(err)
+        problems.append(Problem(built.file, line, col, message))
+    return problems
+
+
+def _readable(err: Any) -> str:
+    msg: str = err["msg"]
+    for noise in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(noise)
+    if err["type"] in ("path_type", "path_parsing"):
+        msg = "expected a file system path (a string)"
+    elif err["type"] in ("list_type", "model_type", "model_attributes_type", "dict_type"):
+        want = "a list (lines starting with '- ')" if err["type"] == "list_type" else "a mapping (key: value lines)"
+        msg = f"expected {want}, found {_describe(err.get('input'))}"
+    return msg
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _unknown_key(key: str, fields: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key {key!r} (did you mean {close[0]!r}?)"
+    if fields:
+        return f"unknown key {key!r} (expected one of: {', '.join(fields)})"
+    return f"unknown key {key!r}"
+
+
+def _field_names(loc: Sequence[str | int]) -> list[str]:
+    """Field names of the schema model found at *loc* (empty if none)."""
+    tp: Any = schema.Config
+    for part in loc:
+        tp = _unwrap_optional(tp)
+        if isinstance(part, int):
+            if typing.get_origin(tp) is not list:
+                return []
+            tp = typing.get_args(tp)[0]
+        elif isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
+            tp = tp.model_fields[part].annotation
+        else:
+            return []
+    tp = _unwrap_optional(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return list(tp.model_fields)
+    return []
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+# --- checks across items -----------------------------------------------------
+
+
+def _cross_checks(data: dict[str, Any], built: _Builder, base_dir: Path) -> list[Problem]:
+    """Checks that span several items, each pointing at the offending item.
+
+    They run on the raw data, not on a validated model, so that they are
+    reported together with any schema problems; items the schema rejects
+    are skipped here by only looking at values of the expected type.
+    """
+    problems: list[Problem] = []
+
+    def add(path: KeyPath, message: str) -> None:
+        line, col = built.pos(path)
+        problems.append(Problem(built.file, line, col, f"{_prefix(path)}{message}"))
+
+    def line_of(path: KeyPath) -> int:
+        return built.pos(path)[0]
+
+    # Entity types: built-in plus declared; declared twice is a mistake.
+    known = list(schema.BUILTIN_ENTITIES)
+    for i, ent in _items(data.get("entities")):
+        name = ent.get("name")
+        if isinstance(name, str):
+            if name in known and name not in schema.BUILTIN_ENTITIES:
+                add(("entities", i, "name"), f"entity type {name!r} is declared twice")
+            known.append(name)
+
+    def check_entity(path: KeyPath, entity: str) -> None:
+        if entity in known:
+            return
+        close = difflib.get_close_matches(entity, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else "declare it under entities:"
+        add(path, f"unknown entity type {entity!r} ({hint})")
+
+    def check_ref(path: KeyPath, ref: Any) -> None:
+        if not isinstance(ref, str):
+            return
+        try:
+            entity, _ = schema.parse_ref(ref)
+        except ValueError:
+            return  # the schema reports malformed references
+        check_entity(path, entity)
+
+    # Paths that must not be empty: pydantic turns "" into Path("."), which
+    # would silently mean "the config directory".
+    if _is_blank(data.get("state_dir")):
+        add(("state_dir",), "state_dir must not be empty")
+    rules = data.get("rules")
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
+        if _is_blank(rule):
+            add(("rules", i), "rule path must not be empty")
+    db = data.get("database")
+    if isinstance(db, str) and db.startswith(_SQLITE_PREFIX) and _is_blank(db[len(_SQLITE_PREFIX) :]):
+        hint = "use sqlite:///PATH (relative to this file) or sqlite:////ABS/PATH"
+        add(("database",), f"the sqlite URL names no file: {hint}")
+
+    names: dict[str, KeyPath] = {}
+    maildirs: dict[Path, KeyPath] = {}
+    for i, mb in _items(data.get("mailboxes")):
+        name = mb.get("name")
+        if isinstance(name, str):
+            if name in names:
+                first = names[name]
+                used = f"{_fmt(first[:2])} (line {line_of(first)})"
+                add(("mailboxes", i, "name"), f"mailbox name {name!r} is already used by {used}")
+            else:
+                names[name] = ("mailboxes", i, "name")
+        maildir = mb.get("maildir")
+        if _is_blank(maildir):
+            add(("mailboxes", i, "maildir"), "maildir must not be empty")
+        elif isinstance(maildir, str):
+            resolved = _resolve(Path(maildir), base_dir)
+            if resolved in maildirs:
+                first = maildirs[resolved]
+                add(
+                    ("mailboxes", i, "maildir"),
+                    f"maildir {str(resolved)!r} is already used by {_fmt(first[:2])} (line {line_of(first)})",
+                )
+            else:
+                maildirs[resolved] = ("mailboxes", i, "maildir")
+        folders: dict[str, KeyPath] = {}
+        for j, tf in _items(mb.get("tracked_folders")):
+            folder = tf.get("folder")
+            if isinstance(folder, str) and folder.strip():
+                here: KeyPath = ("mailboxes", i, "tracked_folders", j, "folder")
+                folder = folder.strip()  # as the schema normalises it
+                if folder in folders:
+                    first_line = line_of(folders[folder])
+                    add(here, f"folder {folder!r} is listed twice in this mailbox (first on line {first_line})")
+                else:
+                    folders[folder] = here
+            check_ref(("mailboxes", i, "tracked_folders", j, "regarding"), tf.get("regarding"))
+
+    for i, rec in _items(data.get("records")):
+        entity = rec.get("entity")
+        if isinstance(entity, str):
+            check_entity(("records", i, "entity"), entity)
+        check_ref(("records", i, "parent"), rec.get("parent"))
+    return problems
+
+
+def _items(value: Any) -> Iterable[tuple[int, dict[str, Any]]]:
+    """(index, item) for the mapping items of a list; anything else is skipped."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, dict):
+                yield i, item
+
+
+def _is_blank(value: Any) -> bool:
+    return isinstance(value, str) and not value.strip()
+
+
+# --- path resolution ---------------------------------------------------------
+
+
+def _resolve(path: Path, base_dir: Path) -> Path:
+    """Expand ~, anchor relative paths at *base_dir*, and fold ``..``.
+
+    normpath, not resolve(): symlinks are left alone, as the admin wrote them.
+    """
+    path = path.expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    return Path(os.path.normpath(path))
+
+
+def _resolve_db_url(url: str, base_dir: Path) -> str:
+    if not url.startswith(_SQLITE_PREFIX):
+        return url
+    rest = unquote(url[len(_SQLITE_PREFIX) :])
+    if rest == ":memory:":
+        return url
+    # sqlite:///rel -> "rel"; sqlite:////abs -> "/abs"; the result always has
+    # four slashes.  Re-quoted so that the store's unquote() gives this path back.
+    return _SQLITE_PREFIX + quote(str(_resolve(Path(rest), base_dir)), safe="/:")
+
+
+def _resolve_paths(config: schema.Config, base_dir: Path) -> schema.Config:
+    mailboxes = [mb.model_copy(update={"maildir": _resolve(mb.maildir, base_dir)}) for mb in config.mailboxes]
+    return config.model_copy(
+        update={
+            "database": _resolve_db_url(config.database, base_dir),
+            "state_dir": _resolve(config.state_dir, base_dir),
+            "rules": [_resolve(r, base_dir) for r in config.rules],
+            "mailboxes": mailboxes,
+        }
+    )

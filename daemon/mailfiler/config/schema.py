@@ -1,0 +1,158 @@
+"""The configuration schema.
+
+Every model forbids unknown keys: a misspelt key is an error, never a
+silently ignored setting.  Paths are resolved against the directory of the
+config file by the loader, not here.
+
+Checks that span several items (duplicate mailbox names or maildirs, a
+folder tracked twice, references to undeclared entity types) live in
+:mod:`mailfiler.config.loader`, not in model validators: there they can point
+at the offending item's line instead of at the top of the file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: entity types every mailfiler store knows; custom ones are declared in config
+BUILTIN_ENTITIES = ("user", "contact", "account", "lead", "opportunity", "case")
+
+_ENTITY_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_ref(value: str) -> tuple[str, str]:
+    """Split ``ENTITY:KEY``; raise ValueError with a helpful message."""
+    entity, sep, key = value.partition(":")
+    if not sep or not entity or not key:
+        raise ValueError(f"expected ENTITY:KEY such as account:contoso, got {value!r}")
+    if not _ENTITY_RE.match(entity):
+        raise ValueError(f"entity type {entity!r} must be lower-case letters, digits and _")
+    return entity, key
+
+
+class TrackedFolder(Strict):
+    folder: str = Field(description='Folder path, always written with "/" (e.g. Tracked/Contoso).')
+    regarding: str | None = Field(default=None, description="ENTITY:KEY of the record the folder stands for.")
+
+    @field_validator("folder")
+    @classmethod
+    def _folder(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("folder must not be empty")
+        if v.startswith("/") or v.endswith("/") or "//" in v:
+            raise ValueError(
+                f"folder {v!r} must be a relative path like Tracked/Contoso (no leading, trailing or double /)"
+            )
+        if any(part in (".", "..") for part in v.split("/")):
+            raise ValueError(f"folder {v!r} must not contain . or .. segments")
+        return v
+
+    @field_validator("regarding")
+    @classmethod
+    def _regarding(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_ref(v)
+        return v
+
+
+class Mailbox(Strict):
+    name: str = Field(description="Short unique name of the mailbox (used in CLI output and logs).")
+    owner: str = Field(description="E-mail address of the CRM user whose mailbox this is.")
+    maildir: Path = Field(description="Root of the Maildir.")
+    layout: Literal["maildir++", "fs"] = Field(
+        default="maildir++",
+        description="maildir++ (Dovecot/Courier: .Folder.Sub) or fs (nested directories).",
+    )
+    create_missing_folders: bool = Field(
+        default=False, description="Create tracked folders that do not exist yet (handy for a new local Maildir)."
+    )
+    tracked_folders: list[TrackedFolder] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(f"mailbox name {v!r} may hold letters, digits, '.', '_' and '-' only")
+        return v
+
+    @field_validator("owner")
+    @classmethod
+    def _owner(cls, v: str) -> str:
+        if "@" not in v or v.startswith("@") or v.endswith("@"):
+            raise ValueError(f"owner {v!r} is not an e-mail address")
+        return v.strip().lower()
+
+
+class EntityType(Strict):
+    name: str = Field(description="Lower-case name used in ENTITY:KEY references.")
+    label: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _ENTITY_RE.match(v):
+            raise ValueError(f"entity type {v!r} must be lower-case letters, digits and _")
+        if v in BUILTIN_ENTITIES:
+            raise ValueError(f"entity type {v!r} is built in; declare only custom types")
+        return v
+
+
+class RecordSeed(Strict):
+    """A record declared inline in the config; upserted at start-up."""
+
+    entity: str
+    key: str
+    name: str
+    emails: list[str] = Field(default_factory=list)
+    domains: list[str] = Field(default_factory=list)
+    parent: str | None = Field(default=None, description="ENTITY:KEY of the parent record.")
+
+    @field_validator("parent")
+    @classmethod
+    def _parent(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_ref(v)
+        return v
+
+
+class Limits(Strict):
+    max_message_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0, description="Larger messages are shunted with reason too-large."
+    )
+
+
+class Tracking(Strict):
+    ambiguous_addresses: Literal["all", "none"] = Field(
+        default="all", description="When several records share an address: link all of them, or none."
+    )
+
+
+class Config(Strict):
+    database: str = Field(description="sqlite:///PATH or postgresql://user@host:port/db")
+    state_dir: Path = Field(description="Attachments and shunted messages live here.")
+    entities: list[EntityType] = Field(default_factory=list, description="Custom entity types.")
+    records: list[RecordSeed] = Field(default_factory=list, description="Records upserted at start-up.")
+    limits: Limits = Field(default_factory=Limits)
+    tracking: Tracking = Field(default_factory=Tracking)
+    rules: list[Path] = Field(default_factory=list, description="Rule files or folders (read from issue 3 on).")
+    mailboxes: list[Mailbox] = Field(default_factory=list)
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, v: str) -> str:
+        if not (v.startswith("sqlite:///") or v.startswith(("postgresql://", "postgres://"))):
+            raise ValueError("database must be a URL: sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+        return v
+
+    def entity_types(self) -> list[str]:
+        return list(BUILTIN_ENTITIES) + [e.name for e in self.entities]

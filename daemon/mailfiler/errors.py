@@ -1,0 +1,176 @@
+"""The one error hierarchy of mailfiler.
+
+Every error a user can meet derives from :class:`MailfilerError`.  Errors
+carry typed keyword attributes (vdirsyncer's way) so that the single mapper
+in :mod:`mailfiler.cli.errors` can turn them into a message that says what
+to do, and log lines can carry the fields as structured data.
+
+Severity decides how far an error propagates (offlineimap's grading):
+``MESSAGE`` errors shunt one message, ``FOLDER`` errors park one folder,
+``MAILBOX`` errors park one mailbox, ``FATAL`` errors stop the daemon.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+class Severity(enum.IntEnum):
+    MESSAGE = 10
+    FOLDER = 20
+    MAILBOX = 30
+    FATAL = 40
+
+
+class MailfilerError(Exception):
+    """Base class.  ``str(err)`` is a complete sentence for a human."""
+
+    severity = Severity.FATAL
+    #: short machine name, used as ``reason`` in shunts, status and JSON logs
+    code = "error"
+
+    def __init__(self, message: str = "", **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+        for key, value in fields.items():
+            setattr(self, key, value)
+
+    def __str__(self) -> str:
+        return self.message or self.__class__.__doc__ or self.code
+
+
+class UserError(MailfilerError):
+    """An error the user can fix; shown without a traceback."""
+
+    code = "user-error"
+
+
+# --- configuration -------------------------------------------------------
+
+
+class ConfigError(UserError):
+    """The configuration is invalid.
+
+    ``problems`` is a list of :class:`mailfiler.config.loader.Problem`, each
+    printable as ``FILE:LINE:COL: message``.
+    """
+
+    code = "config-invalid"
+
+    def __init__(self, message: str, problems: list[Any] | None = None, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.problems = list(problems or [])
+
+
+class NoConfigError(ConfigError):
+    """No configuration file was named."""
+
+    code = "config-missing"
+
+
+# --- store -----------------------------------------------------------------
+
+
+class StoreError(MailfilerError):
+    """The CRM store could not be used."""
+
+    code = "store-error"
+    severity = Severity.FATAL
+
+
+class StoreUnavailable(StoreError):
+    """The database could not be reached or opened."""
+
+    code = "store-unavailable"
+
+
+class SchemaTooNew(StoreError, UserError):
+    """The database was written by a newer mailfiler."""
+
+    code = "schema-too-new"
+
+
+class RecordImportError(UserError):
+    """A records file could not be imported; ``problems`` lists each row."""
+
+    code = "records-invalid"
+
+    def __init__(self, message: str, problems: list[str] | None = None, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.problems = list(problems or [])
+
+
+class NotFound(UserError):
+    """A named object does not exist."""
+
+    code = "not-found"
+
+
+# --- sources ---------------------------------------------------------------
+
+
+class SourceError(MailfilerError):
+    """A mailbox backend failed."""
+
+    code = "source-error"
+    severity = Severity.MAILBOX
+
+
+class FolderMissing(SourceError):
+    """A tracked folder does not exist in the mailbox."""
+
+    code = "folder-missing"
+    severity = Severity.FOLDER
+
+
+class MailboxUnavailable(SourceError):
+    """The mailbox as a whole cannot be read (missing root, no permission)."""
+
+    code = "mailbox-unavailable"
+    severity = Severity.MAILBOX
+
+
+# --- per-message failures (these shunt the message) ------------------------
+
+
+class MessageError(MailfilerError):
+    """One message cannot be tracked; it goes to the shunt with this reason."""
+
+    code = "message-error"
+    severity = Severity.MESSAGE
+
+
+class EmptyMessage(MessageError):
+    """The message file is empty."""
+
+    code = "empty-message"
+
+
+class NotAMessage(MessageError):
+    """The file does not look like an email message (no header block)."""
+
+    code = "not-a-message"
+
+
+class MessageTooLarge(MessageError):
+    """The message exceeds the configured size limit."""
+
+    code = "too-large"
+
+
+class MessageVanished(MessageError):
+    """The message file disappeared before it could be read.
+
+    Not shunted: a vanished file is a move or delete the watcher will see.
+    """
+
+    code = "vanished"
+
+
+class ProcessingFailed(MessageError):
+    """An unexpected failure while tracking one message (a bug or a store
+    error that persisted through retries)."""
+
+    code = "processing-failed"

@@ -1,0 +1,325 @@
+"""The daemon: backfill every tracked folder, then follow pushed changes.
+
+One asyncio loop.  Each mailbox runs under a supervisor that restarts it
+with capped, jittered back-off after a mailbox-wide failure.  Tracking a
+message is a synchronous transaction run between awaits, so SIGTERM (which
+only sets an event) always lets the transaction in flight finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from mailfiler.config.loader import LoadedConfig, load_config
+from mailfiler.errors import ConfigError, MailfilerError
+from mailfiler.service.notify import LoopLagMonitor, Notifier, watchdog_interval, watchdog_loop
+from mailfiler.service.runtime import MailboxRuntime, Services, build_services, open_store
+from mailfiler.service.worker import MailboxWorker
+from mailfiler.store.models import DaemonState, utcnow
+
+log = logging.getLogger("mailfiler.daemon")
+
+BACKOFF_MAX = 60.0
+HEARTBEAT_EVERY = 10.0
+
+
+def daemon_key() -> str:
+    return f"daemon:{socket.gethostname()}"
+
+
+class Daemon:
+    def __init__(self, loaded: LoadedConfig, *, progress: bool | None = None) -> None:
+        self.loaded = loaded
+        self.notifier = Notifier()
+        self.stop_event = asyncio.Event()
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.services: Services | None = None
+        self.mailbox_tasks: dict[str, asyncio.Task] = {}
+        self.mailbox_stops: dict[str, asyncio.Event] = {}
+        self.workers: dict[str, MailboxWorker] = {}
+        self.lag = LoopLagMonitor(threshold=30.0)
+        self.config_error: str | None = None
+        self.started_at = utcnow()
+        self._reload_requested = asyncio.Event()
+
+    # -- life cycle ---------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._on_stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
+        db = open_store(self.loaded.config)
+        self.services = build_services(db, self.loaded.config)
+        self._publish("starting")
+        self.lag.start()
+        helpers = [
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+            asyncio.create_task(self._reloader(), name="reloader"),
+        ]
+        interval = watchdog_interval()
+        if interval:
+            helpers.append(asyncio.create_task(watchdog_loop(self.notifier, self.health, interval), name="watchdog"))
+        self._start_mailboxes()
+        n_folders = sum(len(rt.folders) for rt in self.services.mailboxes.values())
+        self.notifier.ready()
+        self.notifier.status(f"watching {n_folders} tracked folder(s) in {len(self.services.mailboxes)} mailbox(es)")
+        log.info(
+            "mailfiler started: %d mailbox(es), %d tracked folder(s), store %s",
+            len(self.services.mailboxes),
+            n_folders,
+            self._store_label(),
+            extra={"event": "started", "pid": os.getpid()},
+        )
+        await self.stop_event.wait()
+        self.notifier.stopping()
+        await self._stop_mailboxes(list(self.mailbox_tasks))
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        await self.lag.stop()
+        self._publish("stopped")
+        db.close()
+        log.info("mailfiler stopped", extra={"event": "stopped"})
+        return 0
+
+    def _on_stop(self, signame: str) -> None:
+        log.info("%s received: finishing the message in flight, then exiting", signame, extra={"event": "stopping"})
+        self.stop_event.set()
+        for ev in self.mailbox_stops.values():
+            ev.set()
+
+    def _store_label(self) -> str:
+        from mailfiler.store.db import redact
+
+        return redact(self.loaded.config.database)
+
+    # -- mailboxes ------------------------------------------------------------------
+
+    def _start_mailboxes(self) -> None:
+        assert self.services is not None
+        for name, rt in self.services.mailboxes.items():
+            stop = asyncio.Event()
+            self.mailbox_stops[name] = stop
+            self.mailbox_tasks[name] = asyncio.create_task(self._supervise(rt, stop), name=f"mailbox:{name}")
+
+    async def _stop_mailboxes(self, names: list[str]) -> None:
+        for name in names:
+            self.mailbox_stops[name].set()
+        tasks = [self.mailbox_tasks.pop(n) for n in names if n in self.mailbox_tasks]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=20)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for name in names:
+            self.mailbox_stops.pop(name, None)
+            self.workers.pop(name, None)
+
+    async def _supervise(self, rt: MailboxRuntime, stop: asyncio.Event) -> None:
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                await self._run_mailbox(rt, stop)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                message = str(exc) if isinstance(exc, MailfilerError) else f"{type(exc).__name__}: {exc}"
+                log.error(
+                    "mailbox %s failed: %s; retrying in %.0f s",
+                    rt.name,
+                    message,
+                    delay,
+                    exc_info=not isinstance(exc, MailfilerError),
+                    extra={"event": "mailbox-error", "mailbox": rt.name},
+                )
+                from mailfiler.tracking.folders import set_folder_state
+
+                for folder in rt.folders:
+                    try:
+                        set_folder_state(rt.ctx.row, folder, "error", message)
+                    except Exception:  # noqa: BLE001 - the store itself may be what failed
+                        pass
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=delay * random.uniform(0.8, 1.2))
+                except TimeoutError:
+                    pass
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _run_mailbox(self, rt: MailboxRuntime, stop: asyncio.Event) -> None:
+        assert self.services is not None
+        source = rt.source
+        if rt.create_missing and hasattr(source, "root"):
+            Path(source.root).mkdir(parents=True, exist_ok=True)
+        await source.open()
+        worker = MailboxWorker(rt, self.services, should_stop=stop.is_set)
+        self.workers[rt.name] = worker
+        queue: asyncio.Queue = asyncio.Queue()
+        folders = list(rt.folders)
+
+        async def pump() -> None:
+            async for batch in source.watch(folders, stop):
+                queue.put_nowait(batch)
+
+        pump_task = asyncio.create_task(pump(), name=f"watch:{rt.name}")
+        # the watcher registers inotify watches when it first runs; let it
+        # start before the backfill so nothing that lands meanwhile is missed
+        for _ in range(3):
+            await asyncio.sleep(0)
+        try:
+            await self._backfill(rt, worker)
+            self.notifier.status(f"{rt.name}: backfill done; following changes")
+            while not stop.is_set():
+                get = asyncio.create_task(queue.get())
+                stopper = asyncio.create_task(stop.wait())
+                done, _ = await asyncio.wait({get, stopper, pump_task}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                if get in done:
+                    await worker.handle(get.result())
+                else:
+                    get.cancel()
+                if pump_task in done and not stop.is_set():
+                    exc = pump_task.exception()
+                    raise exc or RuntimeError("the folder watcher stopped")
+        finally:
+            pump_task.cancel()
+            await asyncio.gather(pump_task, return_exceptions=True)
+            await source.close()
+
+    async def _backfill(self, rt: MailboxRuntime, worker: MailboxWorker) -> None:
+        progress_ctx = None
+        if self.progress:
+            from rich.progress import Progress
+
+            progress_ctx = Progress(transient=True)
+            progress_ctx.start()
+            tasks: dict[str, int] = {}
+
+            def report(folder: str, done: int, total: int) -> None:
+                if folder not in tasks:
+                    tasks[folder] = progress_ctx.add_task(f"{rt.name}/{folder}", total=total)
+                progress_ctx.update(tasks[folder], completed=done)
+
+            worker.progress = report
+        try:
+            for folder in rt.folders:
+                if worker.should_stop():
+                    return
+                t0 = time.monotonic()
+                result = await worker.scan_folder(folder)
+                if result.new or result.gone or result.shunted:
+                    log.info(
+                        "backfill %s/%s: %d new, %d gone, %d shunted in %.2f s",
+                        rt.name,
+                        folder,
+                        result.new,
+                        result.gone,
+                        result.shunted,
+                        time.monotonic() - t0,
+                        extra={"event": "backfill", "mailbox": rt.name, "folder": folder, "new": result.new},
+                    )
+        finally:
+            worker.progress = None
+            if progress_ctx is not None:
+                progress_ctx.stop()
+
+    # -- reload -----------------------------------------------------------------------
+
+    async def _reloader(self) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            await self.reload()
+
+    async def reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = load_config(self.loaded.path)
+        except ConfigError as exc:
+            self.config_error = "; ".join(str(p) for p in exc.problems) or str(exc)
+            for problem in exc.problems or [exc]:
+                log.error("config reload rejected: %s", problem, extra={"event": "config-invalid"})
+            log.error("keeping the previous configuration", extra={"event": "config-kept"})
+            self._publish("running")
+            self.notifier.ready()
+            return
+        if new.config.database != self.loaded.config.database:
+            log.warning(
+                "database changed in the config; restart mailfiler to switch stores",
+                extra={"event": "config-needs-restart"},
+            )
+        self.config_error = None
+        log.info("reloading configuration from %s", new.path, extra={"event": "reloading"})
+        await self._stop_mailboxes(list(self.mailbox_tasks))
+        assert self.services is not None
+        db = self.services.db
+        self.loaded = new
+        self.services = build_services(db, new.config)
+        self._start_mailboxes()
+        self._publish("running")
+        self.notifier.ready()
+        log.info("configuration reloaded", extra={"event": "reloaded"})
+
+    # -- health and status ------------------------------------------------------------
+
+    def health(self) -> str | None:
+        """None when healthy; else why the watchdog must not be fed."""
+        lagging = self.lag.health()
+        if lagging:
+            return lagging
+        for name, task in self.mailbox_tasks.items():
+            if task.done() and not self.mailbox_stops[name].is_set():
+                return f"mailbox {name} supervisor exited"
+        return None
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self._publish("running")
+            await asyncio.sleep(HEARTBEAT_EVERY)
+
+    def _publish(self, state: str) -> None:
+        value = json.dumps(
+            {
+                "state": state,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started_at": self.started_at.isoformat() + "Z",
+                "heartbeat_at": utcnow().isoformat() + "Z",
+                "config": str(self.loaded.path),
+                "config_error": self.config_error,
+            }
+        )
+        try:
+            DaemonState.insert(key=daemon_key(), value=value, updated_at=utcnow()).on_conflict(
+                conflict_target=[DaemonState.key], update={DaemonState.value: value, DaemonState.updated_at: utcnow()}
+            ).execute()
+        except Exception:
+            log.debug("could not publish daemon state", exc_info=True)
+
+
+async def run_once(loaded: LoadedConfig, *, progress: bool = False) -> dict[str, list]:
+    """One full pass over every tracked folder (for cron and tests)."""
+    db = open_store(loaded.config)
+    services = build_services(db, loaded.config)
+    summary: dict[str, list] = {}
+    try:
+        for name, rt in services.mailboxes.items():
+            if rt.create_missing and hasattr(rt.source, "root"):
+                Path(rt.source.root).mkdir(parents=True, exist_ok=True)
+            await rt.source.open()
+            worker = MailboxWorker(rt, services)
+            summary[name] = [await worker.scan_folder(folder) for folder in rt.folders]
+            await rt.source.close()
+    finally:
+        db.close()
+    return summary

@@ -1,0 +1,175 @@
+"""Build the daemon's working state from a validated config: open the
+store, migrate it, and bring mailboxes, tracked folders and seed records in
+line with the config (re-linking folders whose regarding changed)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import peewee as pw
+
+from mailfiler.config.schema import Config
+from mailfiler.sources.base import Source
+from mailfiler.sources.maildir import MaildirSource
+from mailfiler.store import db as storedb
+from mailfiler.store.blobs import BlobStore
+from mailfiler.store.migrations import migrate
+from mailfiler.store.models import Activity, Mailbox, Record, RecordAddress, TrackedFolder, utcnow
+from mailfiler.store.records import ENTITY_PRECEDENCE, RecordInput, ensure_user, get_by_ref, upsert_records
+from mailfiler.tracking.context import FolderContext, MailboxContext
+from mailfiler.tracking.folders import relink_folder
+from mailfiler.tracking.pipeline import Tracker
+from mailfiler.tracking.shunt import ShuntStore
+
+log = logging.getLogger("mailfiler.runtime")
+
+
+def open_store(config: Config) -> pw.Database:
+    db = storedb.connect(config.database)
+    migrate(db)
+    return db
+
+
+def precedence(config: Config) -> list[str]:
+    return list(ENTITY_PRECEDENCE) + [e.name for e in config.entities]
+
+
+@dataclass
+class MailboxRuntime:
+    ctx: MailboxContext
+    source: Source
+    folders: dict[str, FolderContext]
+    create_missing: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.ctx.row.name
+
+
+@dataclass
+class Services:
+    db: pw.Database
+    state_dir: Path
+    tracker: Tracker
+    shunts: ShuntStore
+    max_message_bytes: int
+    mailboxes: dict[str, MailboxRuntime] = field(default_factory=dict)
+
+
+def make_source(mb_config) -> Source:
+    return MaildirSource(mb_config.maildir, mb_config.layout)
+
+
+def _seed_records(config: Config) -> None:
+    if not config.records:
+        return
+    items = [
+        RecordInput(
+            r.entity,
+            r.key,
+            r.name,
+            [e.lower() for e in r.emails],
+            [d.lower() for d in r.domains],
+            r.parent,
+            origin=f"config records {r.entity}:{r.key}",
+        )
+        for r in config.records
+    ]
+    upsert_records(items, known_entities=config.entity_types())
+
+
+def _folder_context(row: TrackedFolder) -> FolderContext:
+    record = get_by_ref(row.regarding_ref) if row.regarding_ref else None
+    return FolderContext(row=row, regarding=record)
+
+
+def sync_config(db: pw.Database, config: Config) -> dict[str, MailboxRuntime]:
+    """Make the store match the config; return the per-mailbox runtime."""
+    _seed_records(config)
+    runtimes: dict[str, MailboxRuntime] = {}
+    with storedb.transaction(db):
+        configured = {m.name for m in config.mailboxes}
+        Mailbox.update(active=False).where(Mailbox.name.not_in(configured) if configured else True).execute()
+        for mbc in config.mailboxes:
+            user = ensure_user(mbc.owner)
+            row, _ = Mailbox.get_or_create(name=mbc.name, defaults={"owner": mbc.owner})
+            row.owner, row.backend, row.location = mbc.owner, "maildir", str(mbc.maildir)
+            row.owner_record, row.active = user, True
+            row.save()
+            owner_addresses = {mbc.owner} | {
+                a.value
+                for a in RecordAddress.select().where((RecordAddress.record == user) & (RecordAddress.kind == "email"))
+            }
+            folders: dict[str, FolderContext] = {}
+            wanted = {tf.folder for tf in mbc.tracked_folders}
+            TrackedFolder.update(active=False).where(
+                (TrackedFolder.mailbox == row) & (TrackedFolder.folder.not_in(wanted) if wanted else True)
+            ).execute()
+            for tf in mbc.tracked_folders:
+                frow, created = TrackedFolder.get_or_create(
+                    mailbox=row, folder=tf.folder, defaults={"regarding_ref": tf.regarding}
+                )
+                changed = not created and frow.regarding_ref != tf.regarding
+                if changed or not frow.active:
+                    if changed:
+                        log.info(
+                            "folder %s/%s regarding changed from %s to %s",
+                            mbc.name,
+                            tf.folder,
+                            frow.regarding_ref,
+                            tf.regarding,
+                            extra={"event": "folder-regarding-changed", "mailbox": mbc.name, "folder": tf.folder},
+                        )
+                    frow.regarding_ref, frow.active, frow.updated_at = tf.regarding, True, utcnow()
+                    frow.save()
+                fctx = _folder_context(frow)
+                if tf.regarding and fctx.regarding is None:
+                    log.warning(
+                        "folder %s/%s: regarding record %s does not exist; its mail is tracked without a regarding"
+                        " until the record is imported",
+                        mbc.name,
+                        tf.folder,
+                        tf.regarding,
+                        extra={"event": "regarding-missing", "mailbox": mbc.name, "folder": tf.folder},
+                    )
+                if fctx.regarding is not None:
+                    n = relink_folder(db, frow, fctx.regarding.id)
+                    if n:
+                        log.info(
+                            "re-linked %d message(s) in %s/%s to %s",
+                            n,
+                            mbc.name,
+                            tf.folder,
+                            fctx.regarding.ref,
+                            extra={"event": "relinked", "mailbox": mbc.name, "folder": tf.folder, "count": n},
+                        )
+                folders[tf.folder] = fctx
+            runtimes[mbc.name] = MailboxRuntime(
+                ctx=MailboxContext(row=row, owner_addresses=frozenset(owner_addresses)),
+                source=make_source(mbc),
+                folders=folders,
+                create_missing=mbc.create_missing_folders,
+            )
+    return runtimes
+
+
+def build_services(db: pw.Database, config: Config) -> Services:
+    state_dir = Path(config.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(
+        db, BlobStore(state_dir), precedence=precedence(config), ambiguous=config.tracking.ambiguous_addresses
+    )
+    services = Services(
+        db=db,
+        state_dir=state_dir,
+        tracker=tracker,
+        shunts=ShuntStore(db, state_dir),
+        max_message_bytes=config.limits.max_message_bytes,
+    )
+    services.mailboxes = sync_config(db, config)
+    return services
+
+
+__all__ = ["Activity", "MailboxRuntime", "Record", "Services", "build_services", "open_store", "sync_config"]

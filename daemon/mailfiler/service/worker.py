@@ -1,0 +1,267 @@
+"""Per-mailbox work: diff a folder against the store (backfill and
+catch-up), and turn pushed changes into tracked, moved or gone messages.
+
+Every failure of one message ends in the shunt with its reason; only
+mailbox-wide failures escape to the supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import peewee as pw
+
+from mailfiler.errors import FolderMissing, MessageError, MessageTooLarge, MessageVanished, ProcessingFailed
+from mailfiler.service.runtime import MailboxRuntime, Services
+from mailfiler.sources.base import Change
+from mailfiler.store.models import Location, Shunt
+from mailfiler.tracking.folders import known_source_ids, mark_gone, set_folder_state
+from mailfiler.tracking.parse import parse_message
+from mailfiler.tracking.pipeline import Outcome
+
+log = logging.getLogger("mailfiler.worker")
+
+#: transient store errors (SQLite busy, PostgreSQL restart) are retried this
+#: many times before the message is shunted as a persistent store error
+STORE_RETRIES = 5
+
+
+@dataclass
+class ScanResult:
+    folder: str
+    new: int = 0
+    gone: int = 0
+    shunted: int = 0
+    missing: bool = False
+
+
+class MailboxWorker:
+    def __init__(self, rt: MailboxRuntime, services: Services, *, should_stop: Callable[[], bool] = lambda: False):
+        self.rt = rt
+        self.services = services
+        self.should_stop = should_stop
+        #: called after each message of a scan with (folder, done, total)
+        self.progress: Callable[[str, int, int], None] | None = None
+        self.last_progress = time.monotonic()
+
+    @property
+    def mailbox(self):
+        return self.rt.ctx.row
+
+    # -- folder scan (backfill, catch-up) ----------------------------------------
+
+    async def scan_folder(self, folder: str) -> ScanResult:
+        result = ScanResult(folder)
+        source = self.rt.source
+        if not await source.folder_exists(folder):
+            if self.rt.create_missing:
+                await source.create_folder(folder)
+                log.info("created missing folder %s/%s", self.rt.name, folder, extra={"event": "folder-created"})
+            else:
+                set_folder_state(self.mailbox, folder, "missing", f"folder {folder!r} does not exist in the mailbox")
+                log.warning(
+                    "tracked folder %s/%s does not exist; waiting for it to appear",
+                    self.rt.name,
+                    folder,
+                    extra={"event": "folder-missing", "mailbox": self.rt.name, "folder": folder},
+                )
+                result.missing = True
+                return result
+        set_folder_state(self.mailbox, folder, "syncing")
+        try:
+            listing = await source.list_messages(folder)
+        except FolderMissing as exc:
+            set_folder_state(self.mailbox, folder, "missing", str(exc))
+            result.missing = True
+            return result
+        known = known_source_ids(self.mailbox, folder)
+        present_locations = {
+            r.source_id
+            for r in Location.select(Location.source_id).where(
+                (Location.mailbox == self.mailbox) & (Location.folder == folder) & (Location.gone_at.is_null())
+            )
+        }
+        gone = present_locations - set(listing.messages)
+        result.gone = mark_gone(self.services.db, self.mailbox, folder, gone)
+        todo = sorted(sid for sid in listing.messages if sid not in known)
+        for done, sid in enumerate(todo, 1):
+            if self.should_stop():
+                break
+            outcome = await self.process(folder, sid, listing.messages[sid])
+            if outcome == "shunted":
+                result.shunted += 1
+            elif outcome is not None:
+                result.new += 1
+            if self.progress:
+                self.progress(folder, done, len(todo))
+            # let signals, the watchdog and other mailboxes run
+            await asyncio.sleep(0)
+        if not self.should_stop():
+            set_folder_state(self.mailbox, folder, "ok", synced=True)
+        return result
+
+    # -- pushed changes ---------------------------------------------------------
+
+    async def handle(self, changes: list[Change]) -> None:
+        for change in changes:
+            if self.should_stop():
+                return
+            if change.folder not in self.rt.folders:
+                continue
+            if change.kind == "rescan":
+                await self.scan_folder(change.folder)
+            elif change.kind == "gone" and change.source_id:
+                n = mark_gone(self.services.db, self.mailbox, change.folder, [change.source_id])
+                if n:
+                    log.info(
+                        "%s left %s/%s",
+                        change.source_id,
+                        self.rt.name,
+                        change.folder,
+                        extra={
+                            "event": "left-folder",
+                            "mailbox": self.rt.name,
+                            "folder": change.folder,
+                            "source_id": change.source_id,
+                        },
+                    )
+            elif change.kind == "added" and change.source_id:
+                if self._already_here(change.folder, change.source_id):
+                    continue
+                await self.process(change.folder, change.source_id, change.hint)
+            await asyncio.sleep(0)
+        for folder in {c.folder for c in changes if c.folder in self.rt.folders}:
+            set_folder_state(self.mailbox, folder, "ok", synced=True)
+
+    def _already_here(self, folder: str, source_id: str) -> bool:
+        loc = Location.select(Location.id).where(
+            (Location.mailbox == self.mailbox)
+            & (Location.folder == folder)
+            & (Location.source_id == source_id)
+            & (Location.gone_at.is_null())
+        )
+        shunt = Shunt.select(Shunt.id).where(
+            (Shunt.mailbox == self.mailbox)
+            & (Shunt.folder == folder)
+            & (Shunt.source_id == source_id)
+            & (Shunt.resolved_at.is_null())
+        )
+        return loc.exists() or shunt.exists()
+
+    # -- one message ---------------------------------------------------------------
+
+    async def process(self, folder: str, source_id: str, hint: str | None) -> str | Outcome | None:
+        """Track one message.  Returns the outcome, "shunted", or None when
+        the message vanished before it could be read (a move in progress)."""
+        source = self.rt.source
+        fctx = self.rt.folders[folder]
+        raw: bytes | None = None
+        try:
+            size = await source.size(folder, source_id, hint)
+            if size > self.services.max_message_bytes:
+                raise MessageTooLarge(
+                    f"message is {size} bytes; limits.max_message_bytes is {self.services.max_message_bytes}",
+                    size=size,
+                )
+            raw = await source.fetch(folder, source_id, hint)
+            parsed = parse_message(raw)
+            outcome = self._track_with_retries(fctx, folder, source_id, parsed)
+        except MessageVanished:
+            return None
+        except MessageError as exc:
+            return await self._shunt(folder, source_id, hint, raw, exc.code, str(exc))
+        except RecursionError:
+            return await self._shunt(folder, source_id, hint, raw, "not-parseable", "MIME structure nested too deeply")
+        except Exception as exc:
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            log.debug("processing failed", exc_info=True)
+            return await self._shunt(folder, source_id, hint, raw, ProcessingFailed.code, detail)
+        self.last_progress = time.monotonic()
+        self._log_outcome(outcome, folder, parsed.subject)
+        return outcome
+
+    def _track_with_retries(self, fctx, folder: str, source_id: str, parsed) -> Outcome:
+        delay = 0.05
+        for attempt in range(STORE_RETRIES):
+            try:
+                return self.services.tracker.track(self.rt.ctx, fctx, source_id, parsed)
+            except pw.OperationalError:
+                if attempt == STORE_RETRIES - 1:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 4, 2.0)
+        raise AssertionError("unreachable")
+
+    async def _shunt(self, folder, source_id, hint, raw, reason: str, detail: str) -> str:
+        raw_file: Path | None = None
+        tmp: Path | None = None
+        if raw is None and reason == MessageTooLarge.code:
+            # never read into memory: stream a copy for the shunt
+            fd, name = tempfile.mkstemp(dir=self.services.state_dir, prefix=".shunt-")
+            os.close(fd)
+            tmp = Path(name)
+            try:
+                if await self.rt.source.copy_raw(folder, source_id, hint, name):
+                    raw_file = tmp
+            except (OSError, MessageVanished):
+                raw_file = None
+        try:
+            row = self.services.shunts.keep(
+                self.mailbox, folder, source_id, reason=reason, detail=detail, raw=raw, raw_file=raw_file
+            )
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+        log.warning(
+            "shunted %s/%s/%s: %s",
+            self.rt.name,
+            folder,
+            source_id,
+            detail,
+            extra={
+                "event": "shunted",
+                "mailbox": self.rt.name,
+                "folder": folder,
+                "source_id": source_id,
+                "reason": reason,
+                "shunt_id": row.id,
+            },
+        )
+        self.last_progress = time.monotonic()
+        return "shunted"
+
+    def _log_outcome(self, outcome: Outcome, folder: str, subject: str) -> None:
+        if outcome.event == "known":
+            return
+        level = logging.INFO
+        text = {
+            "tracked": "tracked",
+            "located": "also in",
+            "relinked": "re-linked",
+            "kept-regarding": "kept regarding of",
+        }.get(outcome.event, outcome.event)
+        log.log(
+            level,
+            "%s %s in %s/%s regarding %s%s",
+            text,
+            outcome.message_id,
+            self.rt.name,
+            folder,
+            outcome.regarding or "-",
+            f" ({outcome.detail})" if outcome.detail else "",
+            extra={
+                "event": outcome.event,
+                "message_id": outcome.message_id,
+                "mailbox": self.rt.name,
+                "folder": folder,
+                "regarding": outcome.regarding,
+                "activity_id": outcome.activity_id,
+            },
+        )

@@ -1,0 +1,83 @@
+"""Open the CRM store from a database URL.
+
+SQLite runs in WAL mode with ``synchronous=normal`` (durable at checkpoint,
+never corrupt) and a busy timeout so that the daemon and CLI commands can
+share one file.  PostgreSQL is used through psycopg2 when several daemons
+share one store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import peewee
+
+from mailfiler.errors import StoreUnavailable
+from mailfiler.store.models import database_proxy
+
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "synchronous": "normal",
+    "busy_timeout": 10_000,
+    "foreign_keys": 1,
+    "cache_size": -16_000,
+}
+
+
+def make_database(url: str, *, base_dir: Path | None = None) -> peewee.Database:
+    """Build (but do not connect) a peewee database for ``url``."""
+    if url.startswith("sqlite:///"):
+        raw = url[len("sqlite:///") :]
+        path = Path(unquote(raw)).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        return peewee.SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS, check_same_thread=False)
+    if url.startswith(("postgresql://", "postgres://")):
+        parts = urlparse(url)
+        kwargs: dict[str, object] = {}
+        if parts.hostname:
+            kwargs["host"] = parts.hostname
+        if parts.port:
+            kwargs["port"] = parts.port
+        if parts.username:
+            kwargs["user"] = unquote(parts.username)
+        if parts.password:
+            kwargs["password"] = unquote(parts.password)
+        dbname = parts.path.lstrip("/") or "mailfiler"
+        return peewee.PostgresqlDatabase(dbname, autorollback=True, **kwargs)  # type: ignore[arg-type]
+    raise StoreUnavailable(f"unsupported database URL {url!r}", url=url)
+
+
+def redact(url: str) -> str:
+    """The URL with any password removed, for logs and status."""
+    parts = urlparse(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def connect(url: str, *, base_dir: Path | None = None) -> peewee.Database:
+    """Open the store, bind the models to it, and check it is reachable."""
+    db = make_database(url, base_dir=base_dir)
+    if isinstance(db, peewee.SqliteDatabase):
+        Path(db.database).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        db.connect(reuse_if_open=True)
+    except peewee.OperationalError as exc:
+        raise StoreUnavailable(f"cannot open the store at {redact(url)}: {exc}", url=redact(url)) from exc
+    database_proxy.initialize(db)
+    return db
+
+
+def is_sqlite(db: peewee.Database) -> bool:
+    return isinstance(db, peewee.SqliteDatabase)
+
+
+def transaction(db: peewee.Database) -> peewee._atomic:
+    """A write transaction.  On SQLite take the write lock up front
+    (IMMEDIATE) so two writers never deadlock upgrading read locks."""
+    if is_sqlite(db):
+        return db.atomic("IMMEDIATE")
+    return db.atomic()

@@ -1,0 +1,60 @@
+"""Schema versions and migrations.
+
+The store is a system of record, so it is migrated, never rebuilt.  Each
+migration is a function that takes the database and runs inside one
+transaction with the version bump; ``MIGRATIONS[n]`` brings version n-1 to n.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import peewee as pw
+
+from mailfiler.errors import SchemaTooNew
+from mailfiler.store import models as m
+from mailfiler.store.db import transaction
+
+log = logging.getLogger(__name__)
+
+
+def _v1_initial(db: pw.Database) -> None:
+    db.create_tables(m.ALL_MODELS, safe=True)
+
+
+MIGRATIONS: dict[int, tuple[str, Callable[[pw.Database], None]]] = {
+    1: ("initial schema", _v1_initial),
+}
+LATEST = max(MIGRATIONS)
+
+
+def current_version(db: pw.Database) -> int:
+    if not db.table_exists(m.SchemaVersion._meta.table_name):
+        return 0
+    row = m.SchemaVersion.select(pw.fn.MAX(m.SchemaVersion.version)).scalar()
+    return int(row or 0)
+
+
+def migrate(db: pw.Database) -> list[int]:
+    """Bring the schema to :data:`LATEST`; return the versions applied."""
+    applied: list[int] = []
+    with transaction(db):
+        if not isinstance(db, pw.SqliteDatabase):
+            # several daemons may start at once against one PostgreSQL store
+            db.execute_sql("SELECT pg_advisory_xact_lock(7305192)")
+        version = current_version(db)
+        if version > LATEST:
+            raise SchemaTooNew(
+                f"the database has schema version {version} but this mailfiler knows only up to {LATEST};"
+                " upgrade mailfiler",
+                version=version,
+                latest=LATEST,
+            )
+        for target in range(version + 1, LATEST + 1):
+            description, step = MIGRATIONS[target]
+            step(db)
+            m.SchemaVersion.create(version=target, description=description)
+            applied.append(target)
+            log.info("store migrated to schema %d (%s)", target, description, extra={"event": "migrated"})
+    return applied

@@ -1,0 +1,220 @@
+"""peewee models of the CRM store.
+
+Natural keys carry unique indexes so that every write can be an idempotent
+upsert: replaying a message after a crash finds its rows instead of making
+new ones.  Times are stored as UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import peewee as pw
+
+database_proxy = pw.DatabaseProxy()
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+class SchemaVersion(BaseModel):
+    version = pw.IntegerField()
+    applied_at = pw.DateTimeField(default=utcnow)
+    description = pw.TextField(default="")
+
+
+class Record(BaseModel):
+    """A CRM record of any entity type (account, contact, custom...)."""
+
+    entity = pw.CharField(max_length=64)
+    key = pw.CharField(max_length=255)
+    name = pw.TextField()
+    parent = pw.ForeignKeyField("self", null=True, backref="children", on_delete="SET NULL")
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("entity", "key"), True),)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.entity}:{self.key}"
+
+
+class RecordAddress(BaseModel):
+    """An e-mail address or a domain that identifies a record."""
+
+    record = pw.ForeignKeyField(Record, backref="addresses", on_delete="CASCADE")
+    kind = pw.CharField(max_length=8)  # "email" | "domain"
+    value = pw.CharField(max_length=320)  # lower-cased
+
+    class Meta:
+        indexes = ((("record", "kind", "value"), True), (("kind", "value"), False))
+
+
+class Mailbox(BaseModel):
+    name = pw.CharField(max_length=128, unique=True)
+    owner = pw.CharField(max_length=320)
+    backend = pw.CharField(max_length=16, default="maildir")
+    location = pw.TextField(default="")
+    owner_record = pw.ForeignKeyField(Record, null=True, on_delete="SET NULL")
+    active = pw.BooleanField(default=True)
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class TrackedFolder(BaseModel):
+    """A folder mapped to (optionally) the record it stands for."""
+
+    mailbox = pw.ForeignKeyField(Mailbox, backref="tracked_folders", on_delete="CASCADE")
+    folder = pw.TextField()
+    regarding_ref = pw.CharField(max_length=320, null=True)  # "entity:key" as configured
+    active = pw.BooleanField(default=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("mailbox", "folder"), True),)
+
+
+class Activity(BaseModel):
+    """An email activity: one per message, whatever holds it."""
+
+    message_id = pw.CharField(max_length=998, unique=True)
+    synthetic_id = pw.BooleanField(default=False)
+    kind = pw.CharField(max_length=16, default="email")
+    subject = pw.TextField(default="")
+    sent_at = pw.DateTimeField(null=True)
+    first_seen_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+    direction = pw.CharField(max_length=8)  # "incoming" | "outgoing"
+    body_text = pw.TextField(default="")
+    body_html = pw.TextField(null=True)
+    size = pw.IntegerField(default=0)
+    in_reply_to = pw.TextField(null=True)
+    references = pw.TextField(null=True)
+    regarding = pw.ForeignKeyField(Record, null=True, backref="activities", on_delete="SET NULL")
+    # how the regarding was decided: "folder", later "rule:NAME", "in-reply-to"...
+    correlation = pw.CharField(max_length=255, null=True)
+    correlation_folder = pw.ForeignKeyField(TrackedFolder, null=True, on_delete="SET NULL")
+    owner_mailbox = pw.ForeignKeyField(Mailbox, null=True, on_delete="SET NULL")
+    parse_defects = pw.TextField(null=True)
+
+
+class ActivityParty(BaseModel):
+    activity = pw.ForeignKeyField(Activity, backref="parties", on_delete="CASCADE")
+    role = pw.CharField(max_length=8)  # from | sender | to | cc | bcc | reply_to
+    address = pw.CharField(max_length=320)
+    display_name = pw.TextField(default="")
+    record = pw.ForeignKeyField(Record, null=True, on_delete="SET NULL")
+
+    class Meta:
+        indexes = ((("activity", "role", "address", "record"), True), (("address",), False))
+
+
+class Blob(BaseModel):
+    """A content-addressed file under ``state_dir/blobs``."""
+
+    sha256 = pw.CharField(max_length=64, primary_key=True)
+    size = pw.BigIntegerField()
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class Attachment(BaseModel):
+    activity = pw.ForeignKeyField(Activity, backref="attachments", on_delete="CASCADE")
+    position = pw.IntegerField()
+    filename = pw.TextField(default="")
+    content_type = pw.CharField(max_length=255)
+    size = pw.BigIntegerField()
+    blob = pw.ForeignKeyField(Blob, on_delete="RESTRICT")
+
+    class Meta:
+        indexes = ((("activity", "position"), True),)
+
+
+class Location(BaseModel):
+    """Where a message sits: mailbox, folder and the backend's id for it.
+
+    Rows are kept when the message leaves (``gone_at``) so the history of
+    moves stays visible."""
+
+    activity = pw.ForeignKeyField(Activity, backref="locations", on_delete="CASCADE")
+    mailbox = pw.ForeignKeyField(Mailbox, on_delete="CASCADE")
+    folder = pw.TextField()
+    source_id = pw.CharField(max_length=512)
+    first_seen_at = pw.DateTimeField(default=utcnow)
+    gone_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("mailbox", "folder", "source_id"), True),)
+
+
+class FolderCursor(BaseModel):
+    """Per-folder sync state, committed with the messages it covers.
+
+    ``token`` is the backend's opaque cursor (for IMAP: UIDVALIDITY, last
+    UID, HIGHESTMODSEQ as JSON); Maildir needs none because its locations
+    are the cursor."""
+
+    mailbox = pw.ForeignKeyField(Mailbox, on_delete="CASCADE")
+    folder = pw.TextField()
+    token = pw.TextField(null=True)
+    state = pw.CharField(max_length=16, default="new")  # new | syncing | ok | missing | error
+    last_sync_at = pw.DateTimeField(null=True)
+    last_error = pw.TextField(null=True)
+    processed = pw.BigIntegerField(default=0)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("mailbox", "folder"), True),)
+
+
+class Shunt(BaseModel):
+    """A message that could not be tracked, kept aside with its reason."""
+
+    mailbox = pw.ForeignKeyField(Mailbox, on_delete="CASCADE")
+    folder = pw.TextField()
+    source_id = pw.CharField(max_length=512)
+    message_id = pw.CharField(max_length=998, null=True)
+    reason = pw.CharField(max_length=64)
+    detail = pw.TextField(default="")
+    raw_path = pw.TextField(null=True)  # relative to state_dir
+    size = pw.BigIntegerField(default=0)
+    attempts = pw.IntegerField(default=1)
+    created_at = pw.DateTimeField(default=utcnow)
+    last_attempt_at = pw.DateTimeField(default=utcnow)
+    resolved_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("mailbox", "folder", "source_id"), True),)
+
+
+class DaemonState(BaseModel):
+    """Small key/value facts the daemon publishes for ``mailfiler status``."""
+
+    key = pw.CharField(max_length=128, primary_key=True)
+    value = pw.TextField()
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
+ALL_MODELS: list[type[BaseModel]] = [
+    SchemaVersion,
+    Record,
+    RecordAddress,
+    Mailbox,
+    TrackedFolder,
+    Activity,
+    ActivityParty,
+    Blob,
+    Attachment,
+    Location,
+    FolderCursor,
+    Shunt,
+    DaemonState,
+]

@@ -1,0 +1,225 @@
+"""Track one message: the activity, its parties, attachments, location and
+the folder cursor, written in one transaction.
+
+The transaction is idempotent: replaying the same message (after a crash,
+a restart or a second mailbox holding it) finds the activity by Message-ID
+and adds only what is new.  This is what makes "nothing twice" hold.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import peewee as pw
+
+from mailfiler.store.blobs import BlobStore
+from mailfiler.store.db import transaction
+from mailfiler.store.models import (
+    Activity,
+    ActivityParty,
+    Attachment,
+    Blob,
+    FolderCursor,
+    Location,
+    Record,
+    Shunt,
+    utcnow,
+)
+from mailfiler.store.records import resolve_address
+from mailfiler.tracking.context import FolderContext, MailboxContext
+from mailfiler.tracking.parse import ParsedMessage
+from mailfiler.util import crashpoints
+
+log = logging.getLogger("mailfiler.tracking")
+
+
+@dataclass
+class Outcome:
+    """What tracking one message did; ``event`` names the log event."""
+
+    event: str  # tracked | located | relinked | known | kept-regarding
+    activity_id: int
+    message_id: str
+    regarding: str | None = None
+    detail: str = ""
+
+
+class Tracker:
+    def __init__(
+        self,
+        db: pw.Database,
+        blobs: BlobStore,
+        *,
+        precedence: Sequence[str],
+        ambiguous: str = "all",
+    ) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.precedence = tuple(precedence)
+        self.ambiguous = ambiguous
+
+    # -- the one transaction ------------------------------------------------
+
+    def track(self, mailbox: MailboxContext, folder: FolderContext, source_id: str, msg: ParsedMessage) -> Outcome:
+        # blobs first: a crash after this leaves an orphan file, never a
+        # row that points to nothing
+        blob_ids = [self.blobs.put(a.data) for a in msg.attachments]
+        for attempt in range(3):
+            try:
+                crashpoints.point("before_commit")
+                with transaction(self.db):
+                    outcome = self._track_tx(mailbox, folder, source_id, msg, blob_ids)
+                crashpoints.point("after_commit")
+                return outcome
+            except pw.IntegrityError:
+                # another daemon inserted the same Message-ID between our
+                # lookup and insert: the retry finds its row
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _track_tx(
+        self,
+        mailbox: MailboxContext,
+        folder: FolderContext,
+        source_id: str,
+        msg: ParsedMessage,
+        blob_ids: list[str],
+    ) -> Outcome:
+        now = utcnow()
+        mb = mailbox.row
+        loc = Location.get_or_none(
+            (Location.mailbox == mb) & (Location.folder == folder.name) & (Location.source_id == source_id)
+        )
+        activity = Activity.get_or_none(Activity.message_id == msg.message_id)
+        if loc is not None and loc.gone_at is None and activity is not None and loc.activity_id == activity.id:
+            return Outcome("known", activity.id, msg.message_id)
+
+        if activity is None:
+            activity = self._create_activity(mailbox, folder, msg, blob_ids, now)
+            outcome = Outcome(
+                "tracked", activity.id, msg.message_id, folder.regarding.ref if folder.regarding else None
+            )
+        else:
+            self._add_parties(activity, msg)
+            outcome = self._relink(activity, mailbox, folder)
+
+        if loc is None:
+            Location.create(activity=activity, mailbox=mb, folder=folder.name, source_id=source_id, first_seen_at=now)
+        else:
+            loc.activity = activity
+            loc.gone_at = None
+            loc.save()
+
+        Shunt.update(resolved_at=now).where(
+            (Shunt.mailbox == mb)
+            & (Shunt.folder == folder.name)
+            & (Shunt.source_id == source_id)
+            & (Shunt.resolved_at.is_null())
+        ).execute()
+        self._bump_cursor(mb, folder.name, now)
+        return outcome
+
+    # -- parts ------------------------------------------------------------------
+
+    def _create_activity(
+        self, mailbox: MailboxContext, folder: FolderContext, msg: ParsedMessage, blob_ids: list[str], now
+    ) -> Activity:
+        outgoing = msg.sender is not None and msg.sender in mailbox.owner_addresses
+        activity = Activity.create(
+            message_id=msg.message_id,
+            synthetic_id=msg.synthetic_id,
+            subject=msg.subject,
+            sent_at=msg.sent_at,
+            first_seen_at=now,
+            updated_at=now,
+            direction="outgoing" if outgoing else "incoming",
+            body_text=msg.body_text,
+            body_html=msg.body_html,
+            size=msg.size,
+            in_reply_to=msg.in_reply_to,
+            references=" ".join(msg.references) or None,
+            regarding=folder.regarding,
+            correlation="folder" if folder.regarding else None,
+            correlation_folder=folder.row if folder.regarding else None,
+            owner_mailbox=mailbox.row,
+            parse_defects=", ".join(msg.defects) or None,
+        )
+        self._add_parties(activity, msg, fresh=True)
+        for position, (part, digest) in enumerate(zip(msg.attachments, blob_ids, strict=True)):
+            Blob.insert(sha256=digest, size=len(part.data)).on_conflict_ignore().execute()
+            Attachment.create(
+                activity=activity,
+                position=position,
+                filename=part.filename,
+                content_type=part.content_type,
+                size=len(part.data),
+                blob=digest,
+            )
+        return activity
+
+    def _add_parties(self, activity: Activity, msg: ParsedMessage, *, fresh: bool = False) -> None:
+        existing: set[tuple[str, str]] = set()
+        if not fresh:
+            existing = {(p.role, p.address) for p in ActivityParty.select().where(ActivityParty.activity == activity)}
+        rows = []
+        for role, addresses in msg.addresses.items():
+            for addr in addresses:
+                if (role, addr.address) in existing:
+                    continue
+                existing.add((role, addr.address))
+                records: list[Record | None] = list(
+                    resolve_address(addr.address, precedence=self.precedence, ambiguous=self.ambiguous)
+                ) or [None]
+                for rec in records:
+                    rows.append(
+                        {
+                            "activity": activity.id,
+                            "role": role,
+                            "address": addr.address,
+                            "display_name": addr.name,
+                            "record": rec.id if rec else None,
+                        }
+                    )
+        if rows:
+            ActivityParty.insert_many(rows).on_conflict_ignore().execute()
+
+    def _relink(self, activity: Activity, mailbox: MailboxContext, folder: FolderContext) -> Outcome:
+        """Apply folder-level tracking to a message seen in one more place.
+
+        As in Dynamics: a folder with a regarding re-links the message; a
+        folder without one keeps what the message had.  When another user's
+        folder decided the regarding, the first one processed wins."""
+        target = folder.regarding
+        current = activity.regarding.ref if activity.regarding_id else None
+        if target is None or activity.regarding_id == target.id:
+            return Outcome("located", activity.id, activity.message_id, current)
+        if activity.correlation == "folder" and activity.correlation_folder_id is not None:
+            decided_by = activity.correlation_folder
+            if decided_by.mailbox_id != mailbox.row.id:
+                return Outcome(
+                    "kept-regarding",
+                    activity.id,
+                    activity.message_id,
+                    current,
+                    f"regarding {current} was set by mailbox {decided_by.mailbox.name}; first filed wins",
+                )
+        activity.regarding = target
+        activity.correlation = "folder"
+        activity.correlation_folder = folder.row
+        activity.updated_at = utcnow()
+        activity.save()
+        return Outcome("relinked", activity.id, activity.message_id, target.ref, f"from {current}")
+
+    def _bump_cursor(self, mailbox, folder: str, now) -> None:
+        updated = (
+            FolderCursor.update(processed=FolderCursor.processed + 1, updated_at=now, last_sync_at=now)
+            .where((FolderCursor.mailbox == mailbox) & (FolderCursor.folder == folder))
+            .execute()
+        )
+        if not updated:
+            FolderCursor.insert(
+                mailbox=mailbox, folder=folder, processed=1, updated_at=now, last_sync_at=now, state="syncing"
+            ).on_conflict_ignore().execute()

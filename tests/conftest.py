@@ -1,0 +1,18 @@
+"""Shared fixtures. Server fixtures live in tests/servers/; import them here to share them."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.servers.postgres import fresh_postgres_url, postgres_server, postgres_url
+
+__all__ = ["fresh_postgres_url", "postgres_server", "postgres_url"]
+
+_POSTGRES_FIXTURES = {"postgres_server", "postgres_url", "fresh_postgres_url"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tests that use a PostgreSQL fixture get the `postgres` marker, so `-m "not postgres"` works.
+    for item in items:
+        if _POSTGRES_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
