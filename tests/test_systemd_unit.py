@@ -82,7 +82,7 @@ def test_unit_keeps_production_settings() -> None:
     directives = _directives(UNIT.read_text())
     service = {key: value for section, key, value in directives if section == "Service"}
     assert service["ExecStart"] == (
-        "/usr/local/bin/mailfiler --config /etc/mailfiler/mailfiler.yaml run --log-format json"
+        "/usr/local/bin/mailfiler --config /etc/mailfiler/mailfiler.yaml --log-format json run"
     )
     expected = {
         "Type": "notify",
@@ -111,6 +111,23 @@ def test_unit_keeps_production_settings() -> None:
     assert filters == ["@system-service", "~@privileged @resources"]
     # Not verified safe for every code path of the daemon; see the comment in the unit.
     assert "MemoryDenyWriteExecute" not in service
+
+
+def test_exec_start_arguments_parse() -> None:
+    # verify only checks that the binary exists; this checks that the installed CLI
+    # accepts the arguments (an option in the wrong place is a usage error, exit 2,
+    # and Restart= would just retry it forever).
+    service = {key: value for section, key, value in _directives(UNIT.read_text()) if section == "Service"}
+    args = service["ExecStart"].split()[1:]
+    result = subprocess.run(
+        [sys.executable, "-m", "mailfiler", *args, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Run the daemon" in result.stdout
 
 
 @needs_analyze

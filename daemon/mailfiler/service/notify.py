@@ -176,7 +176,7 @@ async def watchdog_loop(
         exc_info = False
         try:
             reason = health()
-        except Exception as exc:  # a broken health check counts as unhealthy
+        except Exception as exc:  # noqa: BLE001 - a broken health check counts as unhealthy
             reason = f"health check raised {exc!r}"
             exc_info = True
         if reason is None:

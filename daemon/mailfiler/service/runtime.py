@@ -169,6 +169,13 @@ def build_services(db: pw.Database, config: Config) -> Services:
         max_message_bytes=config.limits.max_message_bytes,
     )
     services.mailboxes = sync_config(db, config)
+    if config.rules:
+        log.warning(
+            "the config lists %d rule file(s), but this release does not apply rules yet; "
+            "only tracked_folders decide what is tracked",
+            len(config.rules),
+            extra={"event": "rules-not-applied"},
+        )
     return services
 
 

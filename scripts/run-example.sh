@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Set up mailfiler in .venv and run the daemon on the embedded default:
+# a local Maildir and a SQLite store under ./state (config/mailfiler.example.yaml).
+#
+#   scripts/run-example.sh            # run the daemon in the foreground (Ctrl-C stops it)
+#   scripts/run-example.sh status     # any other mailfiler command, with the example config
+#
+# Works on a fresh Debian 12 machine: as root it installs python3-venv if missing.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
+REPO=$(pwd)
+VENV="$REPO/.venv"
+STAMP="$VENV/.run-setup-cfg.sha256"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+PY=$(command -v python3.11 || command -v python3 || true)
+if [ -z "$PY" ] || ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        echo "run-example.sh: installing python3 and python3-venv" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv </dev/null >/dev/null
+        PY=$(command -v python3.11 || command -v python3)
+    else
+        echo "run-example.sh: needs Python 3.11 with venv (sudo apt-get install python3-venv)" >&2
+        exit 1
+    fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+fi
+want=$(sha256sum setup.cfg | cut -d' ' -f1)
+if [ ! -x "$VENV/bin/mailfiler" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+    echo "run-example.sh: installing mailfiler into $VENV" >&2
+    "$VENV/bin/pip" install -q -e .
+    echo "$want" >"$STAMP"
+fi
+
+export MAILFILER_CONFIG="$REPO/config/mailfiler.example.yaml"
+if [ $# -eq 0 ]; then
+    cat >&2 <<'TXT'
+mailfiler is starting on the example config (Maildir: state/Maildir, store: state/mailfiler.db).
+Drop a message into a tracked folder from another terminal, for example:
+    cp some-message.eml state/Maildir/.Tracked.Contoso/new/
+then list what was tracked:
+    scripts/run-example.sh activities
+TXT
+    exec "$VENV/bin/mailfiler" run
+fi
+exec "$VENV/bin/mailfiler" "$@"
