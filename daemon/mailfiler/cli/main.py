@@ -130,13 +130,11 @@ def once(obj: Context, as_json: bool) -> None:
 @handle_errors
 def status(obj: Context, as_json: bool) -> None:
     """Per mailbox and folder: state, last sync, tracked and shunted counts, last error."""
+    from mailfiler.service.runtime import open_store
     from mailfiler.store import reports
-    from mailfiler.store.db import connect
-    from mailfiler.store.migrations import migrate
 
     loaded = obj.load()
-    db = connect(loaded.config.database)
-    migrate(db)
+    open_store(loaded.config)
     data = reports.status()
     if as_json:
         emit_json(data)
@@ -176,11 +174,10 @@ def status(obj: Context, as_json: bool) -> None:
 @handle_errors
 def activities(obj: Context, regarding: str | None, mailbox: str | None, limit: int | None, as_json: bool) -> None:
     """The tracked email activities."""
+    from mailfiler.service.runtime import open_store
     from mailfiler.store import reports
-    from mailfiler.store.db import connect
-    from mailfiler.store.migrations import migrate
 
-    migrate(connect(obj.load().config.database))
+    open_store(obj.load().config)
     data = reports.activities(regarding=regarding, mailbox=mailbox, limit=limit)
     if as_json:
         emit_json(data)

@@ -35,12 +35,11 @@ def import_(obj, file: Path, as_json: bool) -> None:
     Folders whose regarding names a record that did not exist are re-linked
     by the daemon on its next start or reload (SIGHUP).
     """
-    from mailfiler.store.db import connect
-    from mailfiler.store.migrations import migrate
+    from mailfiler.service.runtime import open_store
     from mailfiler.store.records import read_records_file, upsert_records
 
     cfg = obj.load().config
-    migrate(connect(cfg.database))
+    open_store(cfg)
     items = read_records_file(file)
     result = upsert_records(items, known_entities=cfg.entity_types())
     data = {"file": str(file), "created": result.created, "updated": result.updated, "unchanged": result.unchanged}
@@ -57,11 +56,10 @@ def import_(obj, file: Path, as_json: bool) -> None:
 @handle_errors
 def list_(obj, entity: str | None, as_json: bool) -> None:
     """List records with their addresses and parent."""
-    from mailfiler.store.db import connect
-    from mailfiler.store.migrations import migrate
+    from mailfiler.service.runtime import open_store
     from mailfiler.store.records import list_records, record_json
 
-    migrate(connect(obj.load().config.database))
+    open_store(obj.load().config)
     data = [record_json(r) for r in list_records(entity)]
     if as_json:
         emit_json(data)

@@ -27,11 +27,10 @@ def shunt() -> None:
 @handle_errors
 def list_(obj, include_resolved: bool, as_json: bool) -> None:
     """List shunted messages with their reason."""
+    from mailfiler.service.runtime import open_store
     from mailfiler.store import reports
-    from mailfiler.store.db import connect
-    from mailfiler.store.migrations import migrate
 
-    migrate(connect(obj.load().config.database))
+    open_store(obj.load().config)
     data = reports.shunts(include_resolved=include_resolved)
     if as_json:
         emit_json(data)

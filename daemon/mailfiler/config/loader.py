@@ -557,6 +557,10 @@ def _resolve_paths(config: schema.Config, base_dir: Path) -> schema.Config:
         update={
             "database": _resolve_db_url(config.database, base_dir),
             "state_dir": _resolve(config.state_dir, base_dir),
+            # ${VARS} (systemd credentials) are expanded when the file is read
+            "database_password_file": config.database_password_file
+            if config.database_password_file is None or "$" in config.database_password_file
+            else str(_resolve(Path(config.database_password_file), base_dir)),
             "rules": [_resolve(r, base_dir) for r in config.rules],
             "mailboxes": mailboxes,
         }

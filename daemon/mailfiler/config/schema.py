@@ -140,6 +140,10 @@ class Tracking(Strict):
 class Config(Strict):
     database: str = Field(description="sqlite:///PATH or postgresql://user@host:port/db")
     state_dir: Path = Field(description="Attachments and shunted messages live here.")
+    database_password_file: str | None = Field(
+        default=None,
+        description="File holding the PostgreSQL password; ${CREDENTIALS_DIRECTORY} is expanded at start.",
+    )
     entities: list[EntityType] = Field(default_factory=list, description="Custom entity types.")
     records: list[RecordSeed] = Field(default_factory=list, description="Records upserted at start-up.")
     limits: Limits = Field(default_factory=Limits)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import peewee as pw
 
@@ -22,12 +23,22 @@ from mailfiler.tracking.context import FolderContext, MailboxContext
 from mailfiler.tracking.folders import relink_folder
 from mailfiler.tracking.pipeline import Tracker
 from mailfiler.tracking.shunt import ShuntStore
+from mailfiler.util.secrets import read_secret
 
 log = logging.getLogger("mailfiler.runtime")
 
 
 def open_store(config: Config) -> pw.Database:
-    db = storedb.connect(config.database)
+    """Connect to the store named by the config and migrate it."""
+    password = None
+    if config.database_password_file:
+        password = read_secret(config.database_password_file, what="database_password_file")
+    elif urlparse(config.database).password:
+        log.warning(
+            "the database URL holds a password; put it in database_password_file instead",
+            extra={"event": "insecure-config"},
+        )
+    db = storedb.connect(config.database, password=password)
     migrate(db)
     return db
 

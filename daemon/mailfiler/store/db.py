@@ -25,7 +25,7 @@ SQLITE_PRAGMAS = {
 }
 
 
-def make_database(url: str, *, base_dir: Path | None = None) -> peewee.Database:
+def make_database(url: str, *, base_dir: Path | None = None, password: str | None = None) -> peewee.Database:
     """Build (but do not connect) a peewee database for ``url``."""
     if url.startswith("sqlite:///"):
         raw = url[len("sqlite:///") :]
@@ -42,10 +42,15 @@ def make_database(url: str, *, base_dir: Path | None = None) -> peewee.Database:
             kwargs["port"] = parts.port
         if parts.username:
             kwargs["user"] = unquote(parts.username)
-        if parts.password:
+        if password is not None:
+            kwargs["password"] = password
+        elif parts.password:
             kwargs["password"] = unquote(parts.password)
         dbname = parts.path.lstrip("/") or "mailfiler"
-        return peewee.PostgresqlDatabase(dbname, autorollback=True, **kwargs)  # type: ignore[arg-type]
+        # no autorollback=: peewee 4 always runs in autocommit mode (a failed
+        # statement outside a transaction leaves no aborted transaction behind)
+        # and deprecates the option, which warns on every connect
+        return peewee.PostgresqlDatabase(dbname, **kwargs)  # type: ignore[arg-type]
     raise StoreUnavailable(f"unsupported database URL {url!r}", url=url)
 
 
@@ -58,9 +63,9 @@ def redact(url: str) -> str:
     return url
 
 
-def connect(url: str, *, base_dir: Path | None = None) -> peewee.Database:
+def connect(url: str, *, base_dir: Path | None = None, password: str | None = None) -> peewee.Database:
     """Open the store, bind the models to it, and check it is reachable."""
-    db = make_database(url, base_dir=base_dir)
+    db = make_database(url, base_dir=base_dir, password=password)
     if isinstance(db, peewee.SqliteDatabase):
         Path(db.database).parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -1,0 +1,64 @@
+"""Schema migrations on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import peewee as pw
+import pytest
+
+from mailfiler.errors import SchemaTooNew
+from mailfiler.store import db as storedb
+from mailfiler.store import models as m
+from mailfiler.store.migrations import LATEST, MIGRATIONS, current_version, migrate
+from tests.store.helpers import Store
+
+
+def _tables(db: pw.Database) -> set[str]:
+    return set(db.get_tables())
+
+
+def test_fresh_migrate_reaches_latest(store: Store) -> None:
+    # the fixture migrated already; a brand-new connection sees the same version
+    assert current_version(store.db) == LATEST
+    assert sorted(r.version for r in m.SchemaVersion.select()) == list(range(1, LATEST + 1))
+    assert {model._meta.table_name for model in m.ALL_MODELS} <= _tables(store.db)
+    assert set(MIGRATIONS) == set(range(1, LATEST + 1))
+
+
+def test_migrate_from_empty_database_applies_every_step(store: Store) -> None:
+    store.db.drop_tables(m.ALL_MODELS)
+    assert current_version(store.db) == 0
+    assert migrate(store.db) == list(range(1, LATEST + 1))
+    assert current_version(store.db) == LATEST
+
+
+def test_migrate_twice_is_a_noop(store: Store) -> None:
+    before = [(r.version, r.applied_at, r.description) for r in m.SchemaVersion.select().order_by(m.SchemaVersion.id)]
+    m.Record.create(entity="account", key="contoso", name="Contoso")
+    assert migrate(store.db) == []
+    assert migrate(store.db) == []
+    after = [(r.version, r.applied_at, r.description) for r in m.SchemaVersion.select().order_by(m.SchemaVersion.id)]
+    assert after == before
+    # data survives: the store is migrated, never rebuilt
+    assert m.Record.select().count() == 1
+
+
+def test_reconnect_and_migrate_is_a_noop(store: Store) -> None:
+    store.db.close()
+    db = storedb.connect(store.url)
+    try:
+        assert migrate(db) == []
+        assert current_version(db) == LATEST
+    finally:
+        db.close()
+        storedb.connect(store.url)  # leave the models bound to an open store for the fixture's teardown
+
+
+def test_newer_schema_raises_schema_too_new(store: Store) -> None:
+    m.SchemaVersion.create(version=LATEST + 1, description="from the future")
+    with pytest.raises(SchemaTooNew) as info:
+        migrate(store.db)
+    assert info.value.version == LATEST + 1
+    assert info.value.latest == LATEST
+    assert "upgrade mailfiler" in str(info.value)
+    # nothing was touched: the version rows are as they were
+    assert sorted(r.version for r in m.SchemaVersion.select()) == [*range(1, LATEST + 1), LATEST + 1]
