@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tests.mailgen import drop_into_maildir, fs_folder_dir, make_maildir_folder, maildirpp_folder_dir
+from tests.mailgen import drop_into_maildir, fs_folder_dir, maildirpp_folder_dir, make_maildir_folder
 
 T = TypeVar("T")
 
@@ -51,9 +51,7 @@ RECORDS: list[dict[str, Any]] = [
 ]
 
 
-def wait_for(
-    probe: Callable[[], T], *, timeout: float = WAIT, every: float = POLL_EVERY, what: str = "condition"
-) -> T:
+def wait_for(probe: Callable[[], T], *, timeout: float = WAIT, every: float = POLL_EVERY, what: str = "condition") -> T:
     """Call ``probe`` until it returns something truthy; return that. Fail after ``timeout`` s
     with the last value seen."""
     deadline = time.monotonic() + timeout
@@ -174,9 +172,7 @@ class DaemonProcess:
         with self._cond:
             lines = list(self.lines)
         return [
-            ln
-            for ln in lines
-            if ln.data is None or ln.data.get("level") in ("error", "critical") or "exc" in ln.data
+            ln for ln in lines if ln.data is None or ln.data.get("level") in ("error", "critical") or "exc" in ln.data
         ]
 
     def signal(self, sig: signal.Signals) -> None:
@@ -262,6 +258,8 @@ class E2EEnv:
         self.daemons: list[DaemonProcess] = []
         #: log events at level error a test expects (e.g. config-invalid); any other error fails it
         self.expected_errors: set[str] = set()
+        #: the config that `activities` and `status` read the store through (None: the daemon's)
+        self.reader_config: Path | None = None
 
     # -- config ----------------------------------------------------------------------
 
@@ -326,8 +324,10 @@ class E2EEnv:
 
     # -- the CLI -------------------------------------------------------------------------
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "mailfiler", "--config", str(self.config_path), *args]
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 30.0, config: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "mailfiler", "--config", str(config or self.config_path), *args]
         res = subprocess.run(
             cmd,
             cwd=self.root,
@@ -340,14 +340,16 @@ class E2EEnv:
             check=False,
         )
         if check and res.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} exited {res.returncode}\nstdout: {res.stdout}\nstderr: {res.stderr}")
+            raise AssertionError(
+                f"{' '.join(args)} exited {res.returncode}\nstdout: {res.stdout}\nstderr: {res.stderr}"
+            )
         return res
 
     def activities(self) -> list[dict[str, Any]]:
-        return json.loads(self.cli("activities", "--json").stdout)
+        return json.loads(self.cli("activities", "--json", config=self.reader_config).stdout)
 
     def status(self) -> dict[str, Any]:
-        return json.loads(self.cli("status", "--json").stdout)
+        return json.loads(self.cli("status", "--json", config=self.reader_config).stdout)
 
     def activity(self, message_id: str) -> dict[str, Any] | None:
         found = [a for a in self.activities() if a["message_id"] == message_id]
@@ -368,7 +370,9 @@ class E2EEnv:
         try:
             return wait_for(probe, timeout=timeout, what=what)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\nactivities: {json.dumps(seen, indent=1)[:4000]}\n{self._daemon_logs()}") from None
+            raise AssertionError(
+                f"{exc}\nactivities: {json.dumps(seen, indent=1)[:4000]}\n{self._daemon_logs()}"
+            ) from None
 
     def wait_activity(
         self, message_id: str, pred: Callable[[dict[str, Any]], bool] = lambda a: True, *, timeout: float = WAIT
@@ -384,7 +388,11 @@ class E2EEnv:
         return next(a for a in acts if a["message_id"] == message_id)
 
     def wait_status(
-        self, pred: Callable[[dict[str, Any]], bool], *, timeout: float = WAIT, what: str = "status"
+        self,
+        pred: Callable[[dict[str, Any]], bool],
+        *,
+        timeout: float = WAIT,
+        what: str = "status",
     ) -> dict[str, Any]:
         seen: list[dict[str, Any]] = []
 

@@ -7,6 +7,7 @@ back through ``mailfiler activities --json`` and ``mailfiler status --json``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -16,6 +17,7 @@ import pytest
 from tests.e2e.harness import E2EEnv, locations, wait_for
 from tests.mailgen import (
     make_maildir_folder,
+    malformed_corpus,
     mark_seen,
     message_id_for,
     move_message,
@@ -219,9 +221,12 @@ def test_invalid_config_on_sighup_keeps_the_old_one_until_fixed(env: E2EEnv) -> 
     daemon.wait_event("config-kept", since=since)
     assert daemon.proc.poll() is None
 
+    # `status` still reads the store the broken file names, and lists the file's problems
     status = env.wait_status(lambda s: bool(s["daemons"] and s["daemons"][0]["config_error"]), what="config_error")
-    error = status["daemons"][0]["config_error"]
-    assert "mailfiler.yaml" in error and "tracked_foldrs" in error
+    assert any("tracked_foldrs" in p for p in status["config_problems"])
+    [d] = status["daemons"]
+    assert d["pid"] == daemon.pid and d["state"] == "running"
+    assert "mailfiler.yaml" in d["config_error"] and "tracked_foldrs" in d["config_error"]
 
     # the old config is still in force: mail is tracked as before
     mid = message_id_for(0, seed=51)
@@ -231,6 +236,7 @@ def test_invalid_config_on_sighup_keeps_the_old_one_until_fixed(env: E2EEnv) -> 
     env.write_config(good)
     daemon.reload()
     status = env.wait_status(lambda s: s["daemons"][0]["config_error"] is None, what="config_error cleared")
+    assert status["config_problems"] == []
     assert status["daemons"][0]["state"] == "running"
     mid = message_id_for(1, seed=51)
     env.drop("alice", "Tracked/Contoso", realistic_message(1, seed=51))
@@ -261,6 +267,8 @@ def test_sigterm_exits_zero_promptly_after_the_message_in_flight(env: E2EEnv) ->
     # a pass over the folder finishes the rest, tracking nothing twice
     res = env.cli("once", "--json")
     assert res.returncode == 0
+    [summary] = json.loads(res.stdout)["alice"]
+    assert summary["new"] == n - len(stored) and summary["gone"] == 0 and summary["shunted"] == 0
     acts = env.activities()
     assert sorted(a["message_id"] for a in acts) == sorted(ids)
     assert env.status()["shunted"] == 0
@@ -273,31 +281,37 @@ def test_sigterm_exits_zero_promptly_after_the_message_in_flight(env: E2EEnv) ->
 
 def test_same_message_in_two_mailboxes_and_two_folders_is_one_activity(env: E2EEnv) -> None:
     env.add_mailbox("alice", "alice@example.com", [("Tracked/Contoso", "account:contoso"), ("Tracked/Unfiled", None)])
-    env.add_mailbox("bob", "bob@contoso.com", [("Customers/Contoso", "account:contoso")])
+    env.add_mailbox("carol", "carol@example.com", [("Customers/Contoso", "account:contoso")])
     env.write_config()
     daemon = env.start_daemon()
 
-    # alice writes to bob; alice's copy is filed first, so the activity is outgoing
+    # alice writes to bob and copies carol; alice's copy is filed first, so the activity is outgoing
     mid = "<outgoing.1@example.com>"
-    raw = simple_message(mid, sender="Alice <alice@example.com>", to="Bob Smith <bob@contoso.com>", subject="Offer")
+    raw = simple_message(
+        mid, sender="Alice <alice@example.com>", to="Bob Smith <bob@contoso.com>, carol@example.com", subject="Offer"
+    )
     env.drop("alice", "Tracked/Contoso", raw, flags="S")
     env.wait_activity(mid)
-    env.drop("bob", "Customers/Contoso", raw)
+    env.drop("carol", "Customers/Contoso", raw)
     env.drop("alice", "Tracked/Unfiled", raw, flags="S")
     act = env.wait_activity(mid, lambda a: len(a["locations"]) == 3)
-    assert locations(act) == [("alice", "Tracked/Contoso"), ("alice", "Tracked/Unfiled"), ("bob", "Customers/Contoso")]
+    assert locations(act) == [
+        ("alice", "Tracked/Contoso"),
+        ("alice", "Tracked/Unfiled"),
+        ("carol", "Customers/Contoso"),
+    ]
     assert act["direction"] == "outgoing"
     assert act["regarding"] == "account:contoso"
-    to = next(p for p in act["parties"] if p["role"] == "to")
-    assert to["address"] == "bob@contoso.com" and to["record"] == "contact:bob.smith"
+    to = {p["address"]: p["record"] for p in act["parties"] if p["role"] == "to"}
+    assert to == {"bob@contoso.com": "contact:bob.smith", "carol@example.com": "user:carol@example.com"}
 
     # the same message landing in both mailboxes at the same moment: still one activity
     mid2 = "<race.2@contoso.com>"
-    raw2 = simple_message(mid2, to="Alice <alice@example.com>, Bob Smith <bob@contoso.com>", subject="Race")
+    raw2 = simple_message(mid2, to="Alice <alice@example.com>, carol@example.com", subject="Race")
     env.drop("alice", "Tracked/Contoso", raw2)
-    env.drop("bob", "Customers/Contoso", raw2)
+    env.drop("carol", "Customers/Contoso", raw2)
     act2 = env.wait_activity(mid2, lambda a: len(a["locations"]) == 2)
-    assert act2["direction"] == "incoming"  # From is bob, and neither copy is alice's own
+    assert act2["direction"] == "incoming"  # From is bob, neither mailbox's owner
     assert len(env.activities()) == 2
     assert len(daemon.events("tracked", message_id=mid2)) == 1
     assert not daemon.events("shunted")
@@ -306,10 +320,18 @@ def test_same_message_in_two_mailboxes_and_two_folders_is_one_activity(env: E2EE
 def test_fs_layout_nested_folders(env: E2EEnv) -> None:
     one_mailbox(
         env,
-        [("Kunder/Åkesson AB", "account:akesson"), ("Kunder/Contoso/Support", "account:contoso")],
+        [
+            ("Kunder/Åkesson AB", "account:akesson"),
+            ("Kunder/Contoso/Support", "account:contoso"),
+            ("Projekt/Fabrikam/Avtal", "account:fabrikam"),
+        ],
         layout="fs",
+        create_missing_folders=False,
     )
+    make_maildir_folder(env.folder_dir("alice", "Kunder/Åkesson AB"))
+    make_maildir_folder(env.folder_dir("alice", "Kunder/Contoso/Support"))
     daemon = env.start_daemon()
+    daemon.wait_event("folder-missing", folder="Projekt/Fabrikam/Avtal")
     akesson = env.folder_dir("alice", "Kunder/Åkesson AB")
     assert akesson == env.mailboxes["alice"].maildir / "Kunder" / "Åkesson AB"
     mid = message_id_for(0, seed=81)
@@ -325,6 +347,14 @@ def test_fs_layout_nested_folders(env: E2EEnv) -> None:
     act = env.wait_activity(mid, lambda a: locations(a) == [("alice", "Kunder/Contoso/Support")])
     assert act["regarding"] == "account:contoso"
     assert len(env.activities()) == 1
+
+    # a whole tree renamed into place (IMAP RENAME Staging -> Projekt) brings a tracked
+    # folder two levels down, already holding mail
+    mid2 = message_id_for(1, seed=81)
+    env.drop("alice", "Staging/Fabrikam/Avtal", realistic_message(1, seed=81), flags="S")
+    os.rename(env.folder_dir("alice", "Staging"), env.folder_dir("alice", "Projekt"))
+    act = env.wait_activity(mid2)
+    assert act["regarding"] == "account:fabrikam" and locations(act) == [("alice", "Projekt/Fabrikam/Avtal")]
 
 
 def test_message_without_message_id_gets_a_stable_synthetic_id(env: E2EEnv) -> None:
@@ -398,12 +428,33 @@ def test_once_does_one_pass_and_exits_zero(env: E2EEnv) -> None:
         env.drop("alice", "Tracked/Contoso", realistic_message(i, seed=99))
     res = env.cli("once", "--json")
     assert res.returncode == 0
+    summary = {r["folder"]: r for r in json.loads(res.stdout)["alice"]}
+    assert summary["Tracked/Contoso"]["new"] == 3 and summary["Tracked/Missing"]["missing"] is True
     acts = env.activities()
     assert sorted(a["message_id"] for a in acts) == sorted(message_id_for(i, seed=99) for i in range(3))
     assert all(a["regarding"] == "account:contoso" for a in acts)
     # a second pass finds nothing new
-    env.cli("once", "--json")
+    again = json.loads(env.cli("once", "--json").stdout)["alice"]
+    assert [r["new"] for r in again] == [0, 0]
     assert len(env.activities()) == 3
     status = env.status()
     assert env.folder_status(status, "alice", "Tracked/Missing")["state"] == "missing"
-    assert wait_for(lambda: env.folder_status(env.status(), "alice", "Tracked/Contoso")["tracked"] == 3)
+    assert env.folder_status(status, "alice", "Tracked/Contoso")["tracked"] == 3
+
+
+def test_untrackable_files_are_shunted_and_counted(env: E2EEnv) -> None:
+    one_mailbox(env, [("Tracked/Contoso", "account:contoso")])
+    daemon = env.start_daemon()
+    corpus = malformed_corpus()
+    since = daemon.mark()
+    env.drop("alice", "Tracked/Contoso", corpus["binary_png"])
+    env.drop("alice", "Tracked/Contoso", corpus["empty"])
+    wait_for(lambda: len(daemon.events("shunted", since=since)) == 2, what="two shunted events")
+    reasons = {ln.data["reason"] for ln in daemon.events("shunted", since=since) if ln.data}
+    assert reasons == {"not-a-message", "empty-message"}
+    status = env.wait_status(lambda s: env.folder_status(s, "alice", "Tracked/Contoso")["shunted"] == 2)
+    assert status["shunted"] == 2 and status["activities"] == 0
+    # mail after them is tracked as usual
+    mid = message_id_for(0, seed=71)
+    env.drop("alice", "Tracked/Contoso", realistic_message(0, seed=71))
+    assert env.wait_activity(mid)["regarding"] == "account:contoso"

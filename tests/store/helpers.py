@@ -10,7 +10,8 @@ from pathlib import Path
 import peewee as pw
 
 from mailfiler.config.schema import Config
-from mailfiler.service.runtime import MailboxRuntime, precedence, sync_config
+from mailfiler.service.runtime import MailboxRuntime, precedence
+from mailfiler.store import models as m
 from mailfiler.store.blobs import BlobStore
 from mailfiler.tracking.parse import parse_message
 from mailfiler.tracking.pipeline import Outcome, Tracker
@@ -39,7 +40,6 @@ class Store:
             precedence=precedence(config),
             ambiguous=ambiguous or config.tracking.ambiguous_addresses,
         )
-
 
 
 # --------------------------------------------------------------------------- building mail
@@ -89,6 +89,7 @@ def mailbox_config(name: str, owner: str, maildir: Path, folders: dict[str, str 
     }
 
 
-def setup_runtime(store: Store, config: Config) -> tuple[Tracker, dict[str, MailboxRuntime]]:
-    runtimes = sync_config(store.db, config)
-    return store.tracker(config), runtimes
+def counts() -> dict[str, int]:
+    """Rows per table that tracking writes."""
+    tables = (m.Activity, m.ActivityParty, m.Attachment, m.Blob, m.Location, m.FolderCursor, m.Shunt)
+    return {t.__name__: t.select().count() for t in tables}

@@ -86,3 +86,10 @@ def test_every_malformed_mail_parses_or_is_rejected_cleanly() -> None:
 def test_clean_text() -> None:
     assert clean_text("a\x00b") == "ab"
     assert clean_text("caf\udce9") == "caf\ufffd"
+
+
+def test_addresses_survive_8bit_garbage_in_the_display_name() -> None:
+    # a stray "(" makes the stdlib parsers swallow the address as a comment
+    raw = b"From: anna@contoso.com\nTo: Caf\xc3( \xff\xfe <erik@fabrikam.com>\nSubject: x\n\nbody\n"
+    msg = parse_message(raw)
+    assert [a.address for a in msg.addresses["to"]] == ["erik@fabrikam.com"]

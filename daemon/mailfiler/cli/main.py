@@ -11,7 +11,8 @@ import click
 from mailfiler import __version__
 from mailfiler.cli.errors import handle_errors, report
 from mailfiler.cli.output import emit_json, json_option, table
-from mailfiler.config.loader import LoadedConfig, load_config
+from mailfiler.config.loader import LoadedConfig, load_config, store_settings_lenient
+from mailfiler.config.schema import Config
 from mailfiler.errors import ConfigError
 from mailfiler.service.logsetup import setup_logging
 
@@ -42,6 +43,29 @@ class Context:
         if self._loaded is None:
             self._loaded = load_config(self.config_path)
         return self._loaded
+
+    def open_store_for_reading(self) -> list[str]:
+        """Open the store for a read-only command.
+
+        An invalid config still names its store: read-only commands go on
+        with it (so an admin can look while fixing the file) and get the
+        config's problems back to show."""
+        from mailfiler.service.runtime import open_store
+
+        try:
+            cfg = self.load().config
+        except ConfigError as exc:
+            settings = store_settings_lenient(self.config_path)
+            if settings is None:
+                raise
+            database, password_file = settings
+            open_store(Config.model_construct(database=database, database_password_file=password_file))
+            problems = [str(p) for p in exc.problems] or [str(exc)]
+            for problem in problems:
+                click.secho(f"config problem: {problem}", fg="red", err=True)
+            return problems
+        open_store(cfg)
+        return []
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -129,13 +153,17 @@ def once(obj: Context, as_json: bool) -> None:
 @pass_ctx
 @handle_errors
 def status(obj: Context, as_json: bool) -> None:
-    """Per mailbox and folder: state, last sync, tracked and shunted counts, last error."""
-    from mailfiler.service.runtime import open_store
+    """Per mailbox and folder: state, last sync, tracked and shunted counts, last error.
+
+    Also shows each daemon's heartbeat and a config it rejected on reload.
+    When the config file itself is invalid, status still reads the store it
+    names and lists the config's problems (`config_problems` in JSON).
+    """
     from mailfiler.store import reports
 
-    loaded = obj.load()
-    open_store(loaded.config)
+    problems = obj.open_store_for_reading()
     data = reports.status()
+    data["config_problems"] = problems
     if as_json:
         emit_json(data)
         return
@@ -160,9 +188,8 @@ def status(obj: Context, as_json: bool) -> None:
         for mb in data["mailboxes"]
         for f in mb["folders"]
     ]
-    table(
-        None, ["mailbox", "folder", "regarding", "state", "last sync (UTC)", "tracked", "shunted", "last error"], rows
-    )
+    columns = ["mailbox", "folder", "regarding", "state", "last sync (UTC)", "tracked", "shunted", "last error"]
+    table(None, columns, rows)
 
 
 @cli.command()
@@ -174,10 +201,9 @@ def status(obj: Context, as_json: bool) -> None:
 @handle_errors
 def activities(obj: Context, regarding: str | None, mailbox: str | None, limit: int | None, as_json: bool) -> None:
     """The tracked email activities."""
-    from mailfiler.service.runtime import open_store
     from mailfiler.store import reports
 
-    open_store(obj.load().config)
+    obj.open_store_for_reading()
     data = reports.activities(regarding=regarding, mailbox=mailbox, limit=limit)
     if as_json:
         emit_json(data)

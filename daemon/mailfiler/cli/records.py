@@ -56,10 +56,9 @@ def import_(obj, file: Path, as_json: bool) -> None:
 @handle_errors
 def list_(obj, entity: str | None, as_json: bool) -> None:
     """List records with their addresses and parent."""
-    from mailfiler.service.runtime import open_store
     from mailfiler.store.records import list_records, record_json
 
-    open_store(obj.load().config)
+    obj.open_store_for_reading()
     data = [record_json(r) for r in list_records(entity)]
     if as_json:
         emit_json(data)

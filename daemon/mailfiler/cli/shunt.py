@@ -27,10 +27,9 @@ def shunt() -> None:
 @handle_errors
 def list_(obj, include_resolved: bool, as_json: bool) -> None:
     """List shunted messages with their reason."""
-    from mailfiler.service.runtime import open_store
     from mailfiler.store import reports
 
-    open_store(obj.load().config)
+    obj.open_store_for_reading()
     data = reports.shunts(include_resolved=include_resolved)
     if as_json:
         emit_json(data)
@@ -68,6 +67,8 @@ def retry(obj, ids: tuple[int, ...], retry_all: bool, as_json: bool) -> None:
     else:
         for r in results:
             line = f"shunt {r['id']}: {r['result']}"
+            if r.get("reason"):
+                line += f" ({r['reason']})"
             if r.get("message_id"):
                 line += f" as {r['message_id']} regarding {r.get('regarding') or '-'}"
             if r.get("detail"):

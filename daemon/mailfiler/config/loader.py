@@ -565,3 +565,26 @@ def _resolve_paths(config: schema.Config, base_dir: Path) -> schema.Config:
             "mailboxes": mailboxes,
         }
     )
+
+
+def store_settings_lenient(path: str | os.PathLike[str] | None) -> tuple[str, str | None] | None:
+    """(database URL, database_password_file) read from a config that may be
+    invalid, so ``mailfiler status`` can still show the store while the admin
+    fixes the file.  None if even that cannot be read."""
+    if path is None:
+        path = os.environ.get(ENV_VAR)
+    if not path:
+        return None
+    cfg_path = Path(path).expanduser().absolute()
+    try:
+        data = yaml.safe_load(cfg_path.read_bytes())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("database"), str):
+        return None
+    base_dir = cfg_path.parent
+    url = _resolve_db_url(data["database"], base_dir)
+    pw_file = data.get("database_password_file")
+    if isinstance(pw_file, str) and "$" not in pw_file:
+        pw_file = str(_resolve(Path(pw_file), base_dir))
+    return url, pw_file if isinstance(pw_file, str) else None

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import traceback
 
-from mailfiler.errors import MessageError, NotFound
+from mailfiler.errors import MessageError, MessageTooLarge, NotFound, ProcessingFailed
 from mailfiler.service.runtime import Services
 from mailfiler.store.models import Mailbox, Shunt, TrackedFolder
 from mailfiler.store.records import get_by_ref
@@ -57,14 +57,19 @@ def retry(services: Services, ids: list[int] | None) -> list[dict]:
         mctx, fctx = _contexts(services, row)
         try:
             if len(raw) > services.max_message_bytes:
-                raise MessageError(
-                    f"message is {len(raw)} bytes; limits.max_message_bytes is {services.max_message_bytes}"
+                raise MessageTooLarge(
+                    f"message is {len(raw)} bytes; limits.max_message_bytes is {services.max_message_bytes}",
+                    size=len(raw),
                 )
             parsed = parse_message(raw)
             outcome = services.tracker.track(mctx, fctx, row.source_id, parsed)
         except Exception as exc:  # noqa: BLE001 - report and keep it shunted
-            code = exc.code if isinstance(exc, MessageError) else "processing-failed"
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            # the same reason and detail the daemon gives (service/worker.py)
+            if isinstance(exc, MessageError):
+                code, detail = exc.code, str(exc)
+            else:
+                code = ProcessingFailed.code
+                detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             services.shunts.keep(row.mailbox, row.folder, row.source_id, reason=code, detail=detail, raw=raw)
             results.append({"id": row.id, "result": "failed", "reason": code, "detail": detail})
             continue

@@ -5,6 +5,7 @@ line with the config (re-linking folders whose regarding changed)."""
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -102,12 +103,14 @@ def sync_config(db: pw.Database, config: Config) -> dict[str, MailboxRuntime]:
     runtimes: dict[str, MailboxRuntime] = {}
     with storedb.transaction(db):
         configured = {m.name for m in config.mailboxes}
-        Mailbox.update(active=False).where(Mailbox.name.not_in(configured) if configured else True).execute()
+        host = socket.gethostname()
+        retired = Mailbox.update(active=False).where(Mailbox.managed_by == host)
+        retired.where(Mailbox.name.not_in(configured) if configured else True).execute()
         for mbc in config.mailboxes:
             user = ensure_user(mbc.owner)
             row, _ = Mailbox.get_or_create(name=mbc.name, defaults={"owner": mbc.owner})
             row.owner, row.backend, row.location = mbc.owner, "maildir", str(mbc.maildir)
-            row.owner_record, row.active = user, True
+            row.owner_record, row.active, row.managed_by = user, True, host
             row.save()
             owner_addresses = {mbc.owner} | {
                 a.value

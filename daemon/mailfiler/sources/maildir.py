@@ -176,13 +176,18 @@ class MaildirSource(Source):
         if path.name in SUBDIRS:
             folder = self.folder_of_dir(path.parent)
             return (folder, None) if folder else None
+        if path.name != "tmp":
+            # a folder directory itself: created, or renamed into place whole
+            # (IMAP RENAME), possibly already holding mail
+            folder = self.folder_of_dir(path)
+            return (folder, None) if folder and folder != INBOX else None
         return None
 
     async def watch(self, folders: Sequence[str], stop: asyncio.Event) -> AsyncIterator[list[Change]]:
         wanted = set(folders)
 
         def keep(change: watchfiles.Change, path: str) -> bool:
-            return "/new" in path or "/cur" in path
+            return "/new" in path or "/cur" in path or self._classify(Path(path)) is not None
 
         async for batch in watchfiles.awatch(
             self.root,
@@ -201,32 +206,41 @@ class MaildirSource(Source):
     def _batch_to_changes(self, batch: set[tuple[watchfiles.Change, str]], wanted: set[str]) -> list[Change]:
         added: dict[tuple[str, str], str] = {}
         deleted: set[tuple[str, str]] = set()
+        added_paths: set[str] = set()
+        deleted_paths: dict[tuple[str, str], set[str]] = {}
         rescans: set[str] = set()
         for kind, raw_path in batch:
             where = self._classify(Path(raw_path))
             if where is None:
                 continue
             folder, filename = where
-            if folder not in wanted:
+            if folder not in wanted and not (filename is None and self.layout == "fs"):
                 continue
             if filename is None:
                 rescans.add(folder)
+                if self.layout == "fs":
+                    # a directory renamed in whole brings its subfolders with it
+                    rescans.update(f for f in wanted if f.startswith(folder + "/"))
                 continue
             if filename.startswith("."):
                 continue
             sid = source_id_of(filename)
             if kind in (watchfiles.Change.added, watchfiles.Change.modified):
                 added[(folder, sid)] = raw_path
+                added_paths.add(raw_path)
             elif kind == watchfiles.Change.deleted:
                 deleted.add((folder, sid))
-        changes = [Change("rescan", f) for f in sorted(rescans)]
-        for (folder, sid), path in added.items():
-            if folder not in rescans:
-                changes.append(Change("added", folder, sid, path))
-        maybe_gone = {key for key in deleted if key not in added and key[0] not in rescans}
+                deleted_paths.setdefault((folder, sid), set()).add(raw_path)
+        rescans &= wanted
+        # A delete may be half of a rename (new/ -> cur/, flag change), and an
+        # add may be followed by a move out within the same batch (read, then
+        # moved at once): the batch is a set, so order is lost.  Only what is
+        # really absent now is gone; a still-existing added file proves presence.
+        maybe_gone = {
+            key for key in deleted if key[0] not in rescans and not (key in added and os.path.exists(added[key]))
+        }
+        gone: list[tuple[str, str]] = []
         if maybe_gone:
-            # a delete may be half of a rename (new/ -> cur/, flag change):
-            # only what is really absent now is gone
             by_folder: dict[str, set[str]] = {}
             for folder, sid in maybe_gone:
                 by_folder.setdefault(folder, set()).add(sid)
@@ -235,5 +249,16 @@ class MaildirSource(Source):
                     present = set(self._scan(folder))
                 except FolderMissing:
                     present = set()
-                changes.extend(Change("gone", folder, sid) for sid in sorted(sids - present))
+                gone.extend((folder, sid) for sid in sorted(sids - present))
+        changes = [Change("rescan", f) for f in sorted(rescans)]
+        gone_keys = set(gone)
+        # A message renamed within its folder (new/x -> cur/x:2,S, a flag
+        # change) is a delete plus an add of the same id: no change, unless
+        # the deleted file itself appeared in this batch (a new message read
+        # at once must still be reported).
+        renamed = {key for key, paths in deleted_paths.items() if key in added and not paths & added_paths}
+        for (folder, sid), path in added.items():
+            if folder not in rescans and (folder, sid) not in gone_keys and (folder, sid) not in renamed:
+                changes.append(Change("added", folder, sid, path))
+        changes.extend(Change("gone", folder, sid) for folder, sid in gone)
         return changes

@@ -61,6 +61,9 @@ class RecordAddress(BaseModel):
 
 class Mailbox(BaseModel):
     name = pw.CharField(max_length=128, unique=True)
+    #: host whose daemon config declares this mailbox: daemons sharing one
+    #: PostgreSQL store retire only mailboxes they manage themselves
+    managed_by = pw.CharField(max_length=255, default="")
     owner = pw.CharField(max_length=320)
     backend = pw.CharField(max_length=16, default="maildir")
     location = pw.TextField(default="")
@@ -115,7 +118,17 @@ class ActivityParty(BaseModel):
     record = pw.ForeignKeyField(Record, null=True, on_delete="SET NULL")
 
     class Meta:
-        indexes = ((("activity", "role", "address", "record"), True), (("address",), False))
+        indexes = ((("address",), False),)
+
+
+# NULLs are distinct in a plain unique index, so an unresolved party could be
+# inserted twice by two daemons at once; COALESCE makes "no record" one value
+ActivityParty.add_index(
+    pw.SQL(
+        "CREATE UNIQUE INDEX IF NOT EXISTS activity_party_unique"
+        " ON activity_party (activity_id, role, address, COALESCE(record_id, 0))"
+    )
+)
 
 
 class Blob(BaseModel):

@@ -162,7 +162,10 @@ def upsert_records(items: Sequence[RecordInput], *, known_entities: Iterable[str
             if dirty:
                 rec.name = item.name
                 rec.save()
-            wanted = {("email", e) for e in item.emails} | {("domain", d) for d in item.domains}
+            # stored lower-cased: resolve_address looks up the lower-cased address
+            wanted = {("email", e.strip().lower()) for e in item.emails} | {
+                ("domain", d.strip().lower().lstrip("@")) for d in item.domains
+            }
             have = {(a.kind, a.value): a for a in rec.addresses}
             for kv in set(have) - wanted:
                 have[kv].delete_instance()
@@ -233,6 +236,48 @@ def record_json(rec: Record) -> dict[str, object]:
     }
 
 
+#: addresses looked up per query (SQLite allows 32766 bound parameters)
+_RESOLVE_CHUNK = 500
+
+
+def resolve_addresses(
+    addresses: Iterable[str], *, precedence: Sequence[str], ambiguous: str = "all"
+) -> dict[str, list[Record]]:
+    """:func:`resolve_address` for several addresses at once, keyed by the
+    lower-cased address.  One query per 500 addresses instead of up to two
+    per address: building a query costs far more than running it."""
+    wanted = sorted({a.lower() for a in addresses})
+    rank = {e: i for i, e in enumerate(precedence)}
+    found: dict[tuple[str, str], list[Record]] = {}
+    for start in range(0, len(wanted), _RESOLVE_CHUNK):
+        emails = wanted[start : start + _RESOLVE_CHUNK]
+        domains = sorted({e.rpartition("@")[2] for e in emails} - {""})
+        cond = (RecordAddress.kind == "email") & RecordAddress.value.in_(emails)
+        if domains:
+            cond |= (RecordAddress.kind == "domain") & RecordAddress.value.in_(domains)
+        query = (
+            Record.select(Record, RecordAddress.kind.alias("matched_kind"), RecordAddress.value.alias("matched_value"))
+            .join(RecordAddress)
+            .where(cond)
+            .order_by(Record.id)
+            .objects()
+        )
+        for rec in query:
+            found.setdefault((rec.matched_kind, rec.matched_value), []).append(rec)
+    result: dict[str, list[Record]] = {}
+    for address in wanted:
+        result[address] = []
+        for kind, value in (("email", address), ("domain", address.rpartition("@")[2])):
+            matches = found.get((kind, value)) if value else None
+            if not matches:
+                continue
+            best = min(rank.get(r.entity, len(rank)) for r in matches)
+            chosen = [r for r in matches if rank.get(r.entity, len(rank)) == best]
+            result[address] = [] if len(chosen) > 1 and ambiguous == "none" else chosen
+            break
+    return result
+
+
 def resolve_address(address: str, *, precedence: Sequence[str], ambiguous: str = "all") -> list[Record]:
     """Records an address stands for.
 
@@ -240,25 +285,7 @@ def resolve_address(address: str, *, precedence: Sequence[str], ambiguous: str =
     entity type earliest in ``precedence`` wins; if several records of that
     type share the address, ``ambiguous`` decides: ``all`` links every one,
     ``none`` leaves the address unresolved."""
-    address = address.lower()
-    rank = {e: i for i, e in enumerate(precedence)}
-    for kind, value in (("email", address), ("domain", address.rpartition("@")[2])):
-        if not value:
-            continue
-        matches = list(
-            Record.select()
-            .join(RecordAddress)
-            .where((RecordAddress.kind == kind) & (RecordAddress.value == value))
-            .order_by(Record.id)
-        )
-        if not matches:
-            continue
-        best = min(rank.get(r.entity, len(rank)) for r in matches)
-        chosen = [r for r in matches if rank.get(r.entity, len(rank)) == best]
-        if len(chosen) > 1 and ambiguous == "none":
-            return []
-        return chosen
-    return []
+    return resolve_addresses([address], precedence=precedence, ambiguous=ambiguous)[address.lower()]
 
 
 __all__ = [
@@ -272,5 +299,6 @@ __all__ = [
     "read_records_file",
     "record_json",
     "resolve_address",
+    "resolve_addresses",
     "upsert_records",
 ]

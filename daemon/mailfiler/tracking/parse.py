@@ -23,6 +23,7 @@ from mailfiler.tracking.htmltext import html_to_text
 #: headers of which a real message has at least one
 _MAIL_HEADERS = {"from", "to", "cc", "subject", "date", "message-id", "received", "sender", "return-path"}
 _MSGID_RE = re.compile(r"<[^<>\s]+>")
+_ANGLE_ADDR_RE = re.compile(r"<([^<>\s@]{1,64}@[^<>\s@]{1,255})>")
 ADDRESS_ROLES = ("from", "to", "cc", "bcc")
 
 
@@ -93,7 +94,6 @@ def _header(msg: Message, name: str, defects: list[str]) -> str | None:
 
 
 def _addresses(msg: Message, name: str, defects: list[str]) -> list[Address]:
-    result: list[Address] = []
     try:
         values = msg.get_all(name) or []
         pairs = []
@@ -104,6 +104,22 @@ def _addresses(msg: Message, name: str, defects: list[str]) -> list[Address]:
         defects.append(f"header {name}: {type(exc).__name__}")
         raw = [v for k, v in msg._headers if k.lower() == name]  # noqa: SLF001
         pairs = email.utils.getaddresses([str(v) for v in raw])
+    result = _valid_addresses(pairs)
+    if not result:
+        # the header parser can drop every address without raising (a stray
+        # "(" in 8-bit garbage opens a comment); the lenient parser may still
+        # find them
+        raw = [str(v) for k, v in msg._headers if k.lower() == name]  # noqa: SLF001
+        if any("@" in v for v in raw):
+            result = _valid_addresses(email.utils.getaddresses(raw))
+            if not result:
+                # last resort: anything that looks like <local@domain>
+                result = _valid_addresses([("", m) for v in raw for m in _ANGLE_ADDR_RE.findall(v)])
+    return result
+
+
+def _valid_addresses(pairs: list[tuple[str, str]]) -> list[Address]:
+    result: list[Address] = []
     seen: set[str] = set()
     for display, spec in pairs:
         spec = clean_text(spec or "").strip().lower()
@@ -214,12 +230,18 @@ def parse_message(raw: bytes) -> ParsedMessage:
         is_body = ctype in ("text/plain", "text/html") and disposition != "attachment" and not filename
         if not is_body:
             data = part.get_payload(decode=True) or b""
-            attachments.append(AttachmentPart(filename, ctype, data))
+            # the content type comes from an untrusted header: NUL and stray
+            # bytes must not reach the store, and the column is varchar(255)
+            attachments.append(AttachmentPart(filename, clean_text(ctype)[:255], data))
             continue
         if ctype == "text/plain" and not body_text:
             body_text = _part_text(part, defects)
         elif ctype == "text/html" and body_html is None:
             body_html = _part_text(part, defects)
+    # decoding a part registers what was wrong with it (invalid base64, a cut-off
+    # attachment) on that part; the list above holds only the top-level defects
+    for part in _walk_parts(msg, []):
+        defects.extend(type(d).__name__ for d in part.defects)
     if not body_text and body_html:
         body_text = html_to_text(body_html)
 

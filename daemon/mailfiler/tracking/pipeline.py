@@ -27,7 +27,7 @@ from mailfiler.store.models import (
     Shunt,
     utcnow,
 )
-from mailfiler.store.records import resolve_address
+from mailfiler.store.records import resolve_addresses
 from mailfiler.tracking.context import FolderContext, MailboxContext
 from mailfiler.tracking.parse import ParsedMessage
 from mailfiler.util import crashpoints
@@ -164,25 +164,30 @@ class Tracker:
         existing: set[tuple[str, str]] = set()
         if not fresh:
             existing = {(p.role, p.address) for p in ActivityParty.select().where(ActivityParty.activity == activity)}
-        rows = []
+        todo = []
         for role, addresses in msg.addresses.items():
             for addr in addresses:
                 if (role, addr.address) in existing:
                     continue
                 existing.add((role, addr.address))
-                records: list[Record | None] = list(
-                    resolve_address(addr.address, precedence=self.precedence, ambiguous=self.ambiguous)
-                ) or [None]
-                for rec in records:
-                    rows.append(
-                        {
-                            "activity": activity.id,
-                            "role": role,
-                            "address": addr.address,
-                            "display_name": addr.name,
-                            "record": rec.id if rec else None,
-                        }
-                    )
+                todo.append((role, addr))
+        # one lookup for all of the message's addresses (was up to two queries each)
+        resolved = resolve_addresses(
+            {addr.address for _, addr in todo}, precedence=self.precedence, ambiguous=self.ambiguous
+        )
+        rows = []
+        for role, addr in todo:
+            records: list[Record | None] = list(resolved[addr.address.lower()]) or [None]
+            for rec in records:
+                rows.append(
+                    {
+                        "activity": activity.id,
+                        "role": role,
+                        "address": addr.address,
+                        "display_name": addr.name,
+                        "record": rec.id if rec else None,
+                    }
+                )
         if rows:
             ActivityParty.insert_many(rows).on_conflict_ignore().execute()
 

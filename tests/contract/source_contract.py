@@ -1,0 +1,434 @@
+"""The contract every mailbox backend (:class:`mailfiler.sources.base.Source`) meets.
+
+vdirsyncer's StorageTests pattern: :class:`SourceContract` holds the tests;
+a backend's test class subclasses it and supplies the ``backend`` fixture,
+which returns a :class:`Backend`: the ``Source`` under test plus a
+:class:`MailboxAdmin` that changes the same mailbox out-of-band, the way a
+mail client or an MDA would (for Maildir: file operations; for IMAP: APPEND,
+MOVE, STORE +FLAGS; for Exchange: EWS calls).  The mailbox starts with an
+empty INBOX and nothing else.
+
+The tests never assume what a source id looks like: they learn the id of a
+message they put by diffing ``list_messages`` before and after.
+
+Class attributes tune a backend's timing: ``watch_latency`` (an ``added`` or
+``gone`` must arrive within it), ``quiet_period`` (how long "no change" is
+watched for) and ``watch_ready_timeout`` (how long the watcher may take to
+start delivering events).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from mailfiler.errors import FolderMissing, MessageVanished
+from mailfiler.sources.base import Change, Listing, Source
+from tests.mailgen import realistic_message
+
+__all__ = [
+    "FOLDER_NAMES",
+    "NON_ASCII",
+    "AdminMessage",
+    "Backend",
+    "MailboxAdmin",
+    "SourceContract",
+    "WatchRecorder",
+    "message_bytes",
+]
+
+NON_ASCII = "Kunder/Åkesson AB"
+#: folder names every backend must handle: plain, nested non-ASCII, "&" (escaped in modified UTF-7)
+FOLDER_NAMES = ("Archive", NON_ASCII, "Projekt & Co/2024")
+
+
+@dataclass(frozen=True)
+class AdminMessage:
+    """A message as the admin knows it: its folder and a backend handle
+    (a path for Maildir, a UID for IMAP, an item id for Exchange)."""
+
+    folder: str
+    ref: object
+
+
+class MailboxAdmin(abc.ABC):
+    """Out-of-band access to the mailbox behind the Source under test."""
+
+    @abc.abstractmethod
+    async def create_folder(self, folder: str) -> None: ...
+
+    @abc.abstractmethod
+    async def put(self, folder: str, data: bytes, *, seen: bool = False) -> AdminMessage:
+        """Deliver a message (unread, or already read when ``seen``)."""
+
+    @abc.abstractmethod
+    async def remove(self, msg: AdminMessage) -> None:
+        """Delete (expunge) a message."""
+
+    @abc.abstractmethod
+    async def move(self, msg: AdminMessage, folder: str) -> AdminMessage:
+        """Move a message to another folder, as a client does."""
+
+    @abc.abstractmethod
+    async def flag(self, msg: AdminMessage, flags: str = "S") -> AdminMessage:
+        """Add flags (Maildir letters: S seen, F flagged, R replied) to a message."""
+
+    @abc.abstractmethod
+    async def snapshot(self) -> object:
+        """The complete observable state of the mailbox, comparable with ``==``
+        (for Maildir: every path with its size, hash and mtime)."""
+
+
+@dataclass
+class Backend:
+    source: Source
+    admin: MailboxAdmin
+
+
+def message_bytes(n: int, *, attachment: bool = False) -> bytes:
+    """A realistic message with CRLF line endings (what IMAP stores and returns)."""
+    raw = realistic_message(n, with_attachment_every=1 if attachment else 0, seed=4711)
+    return raw.replace(b"\n", b"\r\n")
+
+
+async def put_and_identify(
+    source: Source, admin: MailboxAdmin, folder: str, data: bytes, **kw
+) -> tuple[AdminMessage, str]:
+    """Put a message and learn its source id from the listing diff."""
+    before = set((await source.list_messages(folder)).messages)
+    msg = await admin.put(folder, data, **kw)
+    new = set((await source.list_messages(folder)).messages) - before
+    assert len(new) == 1, f"putting one message into {folder!r} made {sorted(new)} appear"
+    return msg, new.pop()
+
+
+@dataclass
+class WatchRecorder:
+    """Runs ``source.watch(folders)`` in a task and records every change."""
+
+    source: Source
+    folders: Sequence[str]
+    changes: list[Change] = field(default_factory=list)
+    #: (folder, source_id) of the warm-up probes, left out of :meth:`relevant`
+    ignored: set[tuple[str, str | None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.stop = asyncio.Event()
+        self._arrived = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        async for batch in self.source.watch(list(self.folders), self.stop):
+            assert isinstance(batch, list)
+            for change in batch:
+                assert isinstance(change, Change)
+            self.changes.extend(batch)
+            self._arrived.set()
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name="contract-watch")
+
+    def relevant(self) -> list[Change]:
+        return [c for c in self.changes if (c.folder, c.source_id) not in self.ignored]
+
+    async def wait_for(
+        self, predicate: Callable[[list[Change]], bool], timeout: float, *, what: str = "changes"
+    ) -> list[Change]:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.task is not None and self.task.done():
+                self.task.result()  # the watcher raised: show why
+                pytest.fail(f"watch() ended while waiting for {what}")
+            got = self.relevant()
+            if predicate(got):
+                return got
+            left = deadline - time.monotonic()
+            if left <= 0:
+                pytest.fail(f"no {what} within {timeout:.1f} s; got {got}")
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), left)
+
+    async def quiet(self, period: float) -> list[Change]:
+        """The relevant changes that arrive within ``period``."""
+        await asyncio.sleep(period)
+        if self.task is not None and self.task.done():
+            self.task.result()
+        return self.relevant()
+
+    async def warm_up(self, admin: MailboxAdmin, timeout: float) -> None:
+        """Wait until the watcher delivers events for every watched folder:
+        put a probe into each and wait for its ``added`` (putting another
+        probe now and then, in case the first came before the watcher was
+        listening).  Probes stay in their folders and are ignored."""
+        await asyncio.sleep(0.02)  # let the watch task start before the first probe
+        for n, folder in enumerate(self.folders):
+            deadline = time.monotonic() + timeout
+            while True:
+                _, sid = await put_and_identify(self.source, admin, folder, message_bytes(900 + n))
+                self.ignored.add((folder, sid))
+                probes = {s for f, s in self.ignored if f == folder}
+                try:
+                    await asyncio.wait_for(self._probe_seen(folder, probes), 0.25)
+                    break
+                except TimeoutError:
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"watch() reported nothing for folder {folder!r} within {timeout:.1f} s")
+        self.changes.clear()
+
+    async def _probe_seen(self, folder: str, probes: set[str]) -> None:
+        while not any(c.kind == "added" and c.folder == folder and c.source_id in probes for c in self.changes):
+            if self.task is not None and self.task.done():
+                self.task.result()
+                pytest.fail("watch() ended during warm-up")
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        self.stop.set()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, timeout)
+
+
+def _only(changes: Iterable[Change], folder: str | None = None) -> list[tuple[str, str, str | None]]:
+    return sorted((c.kind, c.folder, c.source_id) for c in changes if folder is None or c.folder == folder)
+
+
+class SourceContract:
+    """Tests every Source must pass.  Subclasses provide ``backend``."""
+
+    #: an ``added``/``gone`` change must arrive within this many seconds
+    watch_latency: float = 1.0
+    #: how long to watch for the absence of changes
+    quiet_period: float = 0.5
+    #: how long the watcher may take to start delivering events
+    watch_ready_timeout: float = 5.0
+
+    @pytest.fixture
+    def backend(self) -> Backend:
+        raise NotImplementedError("a backend's test class must provide the `backend` fixture")
+
+    @pytest.fixture
+    async def source(self, backend: Backend) -> AsyncIterator[Source]:
+        await backend.source.open()
+        try:
+            yield backend.source
+        finally:
+            await backend.source.close()
+
+    @pytest.fixture
+    def admin(self, backend: Backend) -> MailboxAdmin:
+        return backend.admin
+
+    @contextlib.asynccontextmanager
+    async def watching(
+        self, source: Source, admin: MailboxAdmin, folders: Sequence[str]
+    ) -> AsyncIterator[WatchRecorder]:
+        recorder = WatchRecorder(source, folders)
+        recorder.start()
+        try:
+            await recorder.warm_up(admin, self.watch_ready_timeout)
+            yield recorder
+        finally:
+            await recorder.close()
+
+    # ------------------------------------------------------------------ folders
+
+    async def test_list_folders(self, source: Source, admin: MailboxAdmin) -> None:
+        assert "INBOX" in await source.list_folders()
+        for folder in FOLDER_NAMES:
+            await admin.create_folder(folder)
+        folders = await source.list_folders()
+        assert all(isinstance(f, str) for f in folders)
+        assert len(folders) == len(set(folders))
+        assert {"INBOX", *FOLDER_NAMES} <= set(folders)
+
+    @pytest.mark.parametrize("folder", FOLDER_NAMES)
+    async def test_folder_exists_and_create_folder(self, source: Source, admin: MailboxAdmin, folder: str) -> None:
+        assert await source.folder_exists("INBOX")
+        assert not await source.folder_exists(folder)
+        assert folder not in await source.list_folders()
+        await source.create_folder(folder)
+        assert await source.folder_exists(folder)
+        assert folder in await source.list_folders()
+        await source.create_folder(folder)  # creating an existing folder is not an error
+        # it is a real folder: what a client puts there is listed and fetched
+        _, sid = await put_and_identify(source, admin, folder, message_bytes(1))
+        assert await source.fetch(folder, sid) == message_bytes(1)
+
+    async def test_folder_made_by_a_client_exists(self, source: Source, admin: MailboxAdmin) -> None:
+        await admin.create_folder(NON_ASCII)
+        assert await source.folder_exists(NON_ASCII)
+        assert (await source.list_messages(NON_ASCII)).messages == {}
+
+    async def test_list_messages_of_a_missing_folder_raises_folder_missing(self, source: Source) -> None:
+        with pytest.raises(FolderMissing):
+            await source.list_messages("No/Such Folder")
+        with pytest.raises(FolderMissing):
+            await source.list_messages(NON_ASCII)
+
+    # ------------------------------------------------------------------ listing and fetching
+
+    @pytest.mark.parametrize("folder", ["INBOX", NON_ASCII])
+    async def test_list_messages_returns_stable_source_ids(
+        self, source: Source, admin: MailboxAdmin, folder: str
+    ) -> None:
+        if folder != "INBOX":
+            await admin.create_folder(folder)
+        put = [await put_and_identify(source, admin, folder, message_bytes(i), seen=i == 1) for i in range(3)]
+        ids = {sid for _, sid in put}
+        assert len(ids) == 3
+        listing = await source.list_messages(folder)
+        assert isinstance(listing, Listing)
+        assert listing.folder == folder
+        assert set(listing.messages) == ids
+        assert all(isinstance(sid, str) and sid for sid in listing.messages)
+        assert set((await source.list_messages(folder)).messages) == ids
+
+        # reading/flagging a message does not change its id
+        (msg0, sid0), (msg1, _), (msg2, sid2) = put
+        await admin.flag(msg0, "S")
+        await admin.flag(msg1, "F")
+        assert set((await source.list_messages(folder)).messages) == ids
+        # nor do arrivals and removals of other messages
+        _, sid3 = await put_and_identify(source, admin, folder, message_bytes(3))
+        await admin.remove(msg2)
+        assert set((await source.list_messages(folder)).messages) == (ids | {sid3}) - {sid2}
+        assert await source.fetch(folder, sid0) == message_bytes(0)
+
+    @pytest.mark.parametrize("folder", ["INBOX", NON_ASCII])
+    async def test_fetch_returns_the_exact_bytes(self, source: Source, admin: MailboxAdmin, folder: str) -> None:
+        if folder != "INBOX":
+            await admin.create_folder(folder)
+        datas = [
+            message_bytes(10),
+            message_bytes(11, attachment=True),
+            "Subject: Åkesson\r\nMessage-ID: <x@y>\r\n\r\nHälsningar \u20ac\r\n".encode(),
+        ]
+        sids = [(await put_and_identify(source, admin, folder, d, seen=i == 2))[1] for i, d in enumerate(datas)]
+        listing = await source.list_messages(folder)
+        for sid, data in zip(sids, datas, strict=True):
+            assert await source.fetch(folder, sid, listing.messages[sid]) == data
+            assert await source.fetch(folder, sid) == data
+            assert await source.size(folder, sid, listing.messages[sid]) == len(data)
+            assert await source.size(folder, sid) == len(data)
+
+    async def test_fetch_never_alters_the_mailbox(self, source: Source, admin: MailboxAdmin) -> None:
+        await admin.create_folder(NON_ASCII)
+        for i in range(3):
+            await admin.put("INBOX", message_bytes(i), seen=i == 0)
+            await admin.put(NON_ASCII, message_bytes(10 + i), seen=i == 2)
+        before = await admin.snapshot()
+        for folder in await source.list_folders():
+            assert await source.folder_exists(folder)
+            listing = await source.list_messages(folder)
+            for sid, hint in listing.messages.items():
+                await source.size(folder, sid, hint)
+                await source.fetch(folder, sid, hint)
+                await source.fetch(folder, sid)
+        assert await admin.snapshot() == before
+
+    async def test_fetch_with_a_stale_hint_after_a_flag_change(self, source: Source, admin: MailboxAdmin) -> None:
+        msg, sid = await put_and_identify(source, admin, "INBOX", message_bytes(5))
+        hint = (await source.list_messages("INBOX")).messages[sid]
+        await admin.flag(msg, "S")
+        assert await source.fetch("INBOX", sid, hint) == message_bytes(5)
+        assert await source.size("INBOX", sid, hint) == len(message_bytes(5))
+
+    async def test_vanished_message_raises_message_vanished(self, source: Source, admin: MailboxAdmin) -> None:
+        msg, sid = await put_and_identify(source, admin, "INBOX", message_bytes(6))
+        hint = (await source.list_messages("INBOX")).messages[sid]
+        await admin.remove(msg)
+        assert sid not in (await source.list_messages("INBOX")).messages
+        for h in (hint, None):
+            with pytest.raises(MessageVanished):
+                await source.fetch("INBOX", sid, h)
+            with pytest.raises(MessageVanished):
+                await source.size("INBOX", sid, h)
+
+    async def test_moved_message_is_gone_from_its_old_folder(self, source: Source, admin: MailboxAdmin) -> None:
+        await admin.create_folder("Archive")
+        msg, sid = await put_and_identify(source, admin, "INBOX", message_bytes(7))
+        hint = (await source.list_messages("INBOX")).messages[sid]
+        before = set((await source.list_messages("Archive")).messages)
+        await admin.move(msg, "Archive")
+        assert sid not in (await source.list_messages("INBOX")).messages
+        with pytest.raises(MessageVanished):
+            await source.fetch("INBOX", sid, hint)
+        (new_sid,) = set((await source.list_messages("Archive")).messages) - before
+        assert await source.fetch("Archive", new_sid) == message_bytes(7)
+
+    # ------------------------------------------------------------------ watch
+
+    @pytest.mark.parametrize("folder", ["INBOX", NON_ASCII])
+    async def test_watch_reports_a_new_message(self, source: Source, admin: MailboxAdmin, folder: str) -> None:
+        if folder != "INBOX":
+            await admin.create_folder(folder)
+        async with self.watching(source, admin, [folder]) as rec:
+            started = time.monotonic()
+            await admin.put(folder, message_bytes(20))
+            got = await rec.wait_for(lambda cs: any(c.kind == "added" for c in cs), self.watch_latency, what="added")
+            elapsed = time.monotonic() - started
+            (new_sid,) = set((await source.list_messages(folder)).messages) - {s for _, s in rec.ignored}
+            assert _only(got) == [("added", folder, new_sid)]
+            assert elapsed <= self.watch_latency
+            (change,) = got
+            assert await source.fetch(folder, new_sid, change.hint) == message_bytes(20)
+
+    async def test_watch_reports_a_message_read_at_once(self, source: Source, admin: MailboxAdmin) -> None:
+        """Delivery and a flag change in quick succession are still a new message."""
+        async with self.watching(source, admin, ["INBOX"]) as rec:
+            await admin.flag(await admin.put("INBOX", message_bytes(26)), "S")
+            got = await rec.wait_for(lambda cs: any(c.kind == "added" for c in cs), self.watch_latency, what="added")
+            (new_sid,) = set((await source.list_messages("INBOX")).messages) - {s for _, s in rec.ignored}
+            assert _only(got) == [("added", "INBOX", new_sid)]
+            assert await rec.quiet(0.1) == got
+
+    async def test_watch_reports_a_removed_message(self, source: Source, admin: MailboxAdmin) -> None:
+        msg, sid = await put_and_identify(source, admin, "INBOX", message_bytes(21))
+        async with self.watching(source, admin, ["INBOX"]) as rec:
+            await admin.remove(msg)
+            got = await rec.wait_for(lambda cs: any(c.kind == "gone" for c in cs), self.watch_latency, what="gone")
+            assert _only(got) == [("gone", "INBOX", sid)]
+
+    async def test_watch_flag_only_change_is_no_change(self, source: Source, admin: MailboxAdmin) -> None:
+        unread, _ = await put_and_identify(source, admin, "INBOX", message_bytes(22))
+        read, _ = await put_and_identify(source, admin, "INBOX", message_bytes(23), seen=True)
+        async with self.watching(source, admin, ["INBOX"]) as rec:
+            await admin.flag(unread, "S")  # Maildir: new/x -> cur/x:2,S
+            await admin.flag(read, "F")  # Maildir: cur/y:2,S -> cur/y:2,FS
+            assert await rec.quiet(self.quiet_period) == []
+
+    async def test_watch_move_between_watched_folders(self, source: Source, admin: MailboxAdmin) -> None:
+        await admin.create_folder(NON_ASCII)
+        msg, sid = await put_and_identify(source, admin, "INBOX", message_bytes(24), seen=True)
+        async with self.watching(source, admin, ["INBOX", NON_ASCII]) as rec:
+            await admin.move(msg, NON_ASCII)
+            got = await rec.wait_for(
+                lambda cs: {c.kind for c in cs} >= {"gone", "added"}, self.watch_latency, what="gone + added"
+            )
+            probes = {s for _, s in rec.ignored}
+            (new_sid,) = set((await source.list_messages(NON_ASCII)).messages) - probes
+            assert _only(got) == [("added", NON_ASCII, new_sid), ("gone", "INBOX", sid)]
+            (added,) = (c for c in got if c.kind == "added")
+            assert await source.fetch(NON_ASCII, new_sid, added.hint) == message_bytes(24)
+
+    async def test_watch_ignores_folders_it_does_not_watch(self, source: Source, admin: MailboxAdmin) -> None:
+        await admin.create_folder("Archive")
+        async with self.watching(source, admin, ["INBOX"]) as rec:
+            await admin.put("Archive", message_bytes(25))
+            assert await rec.quiet(self.quiet_period) == []
+
+    async def test_watch_ends_when_stop_is_set(self, source: Source, admin: MailboxAdmin) -> None:
+        rec = WatchRecorder(source, ["INBOX"])
+        rec.start()
+        await rec.warm_up(admin, self.watch_ready_timeout)
+        started = time.monotonic()
+        await rec.close(timeout=5.0)
+        assert time.monotonic() - started < 1.0

@@ -1,0 +1,359 @@
+"""Subprocess helpers for the crash-safety, bad-input and shunt CLI tests.
+
+The real ``mailfiler`` runs as ``[sys.executable, "-m", "mailfiler", ...]``: the CLI through
+:func:`cli`, the daemon through :class:`DaemonProc` (a context manager that always kills it).
+Results are read straight from the SQLite store with the standard ``sqlite3`` module, so a
+check never depends on the code under test; every wait polls a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+#: records every test world knows (folders below point at them)
+RECORDS: list[dict[str, Any]] = [
+    {"entity": "account", "key": "contoso", "name": "Contoso Ltd", "domains": ["contoso.com"]},
+    {"entity": "account", "key": "fabrikam", "name": "Fabrikam Inc", "domains": ["fabrikam.com"]},
+    {"entity": "case", "key": "CAS-01001", "name": "Contoso invoice dispute", "parent": "account:contoso"},
+]
+MAILBOX = "alice"
+OWNER = "alice@example.com"
+SYNTHETIC_SUFFIX = "@synthetic.mailfiler.invalid>"
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class World:
+    """One test's files: config, Maildir root, state dir and SQLite store."""
+
+    base: Path
+    maildir: Path
+    folders: list[tuple[str, str | None]]
+    limits: dict[str, int] | None = None
+    config: Path = field(init=False)
+    state_dir: Path = field(init=False)
+    db: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.config = self.base / "mailfiler.yaml"
+        self.state_dir = self.base / "state"
+        self.db = self.state_dir / "mailfiler.db"
+        self.write_config()
+
+    def write_config(self, *, limits: dict[str, int] | None = None) -> None:
+        if limits is not None:
+            self.limits = limits
+        data: dict[str, Any] = {
+            "database": f"sqlite:///{self.db}",
+            "state_dir": str(self.state_dir),
+            "records": RECORDS,
+            "mailboxes": [
+                {
+                    "name": MAILBOX,
+                    "owner": OWNER,
+                    "maildir": str(self.maildir),
+                    "layout": "maildir++",
+                    "tracked_folders": [{"folder": f, **({"regarding": r} if r else {})} for f, r in self.folders],
+                }
+            ],
+        }
+        if self.limits:
+            data["limits"] = dict(self.limits)
+        self.config.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MAILFILER_CRASH_AT", "MAILFILER_CONFIG", "NOTIFY_SOCKET")}
+    env.update(extra or {})
+    return env
+
+
+def mailfiler_cmd(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "mailfiler", "--config", str(config), *args]
+
+
+def cli(
+    config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """Run one ``mailfiler`` command to completion; output captured as text."""
+    return subprocess.run(
+        mailfiler_cmd(config, *args),
+        capture_output=True,
+        text=True,
+        env=_env(env),
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def cli_json(config: Path, *args: str, expect_rc: int = 0) -> Any:
+    res = cli(config, *args, "--json")
+    assert res.returncode == expect_rc, describe(res)
+    return json.loads(res.stdout)
+
+
+def describe(res: subprocess.CompletedProcess[str]) -> str:
+    return f"{res.args!r} exited {res.returncode}\n--- stdout\n{res.stdout[-4000:]}\n--- stderr\n{res.stderr[-4000:]}"
+
+
+class DaemonProc:
+    """``mailfiler --log-format json run`` with its log in a file; killed on exit."""
+
+    def __init__(self, config: Path, log: Path, *, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log = log
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_start = 0
+
+    def start(self) -> DaemonProc:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.log_start = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                mailfiler_cmd(self.config, "--log-format", "json", "run", "--no-progress"),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=_env(self.env),
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> int:
+        """SIGKILL (no goodbye) and reap; the return code (-9 when it was running)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        return self.proc.wait(timeout=30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM: the daemon finishes the message in flight and exits."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"the daemon did not stop within {timeout} s of SIGTERM") from None
+
+    def events(self, *, this_run: bool = True) -> list[dict[str, Any]]:
+        """The JSON log lines written so far (of this start only, by default)."""
+        if not self.log.exists():
+            return []
+        with open(self.log, "rb") as fh:
+            if this_run:
+                fh.seek(self.log_start)
+            data = fh.read()
+        out = []
+        for line in data.decode("utf-8", "replace").splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
+
+    def has_event(self, name: str) -> bool:
+        return any(e.get("event") == name for e in self.events())
+
+    def log_tail(self, n: int = 40) -> str:
+        if not self.log.exists():
+            return "(no log)"
+        return "\n".join(self.log.read_text("utf-8", "replace").splitlines()[-n:])
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+
+    def __enter__(self) -> DaemonProc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    state: Callable[[], object] | None = None,
+) -> T:
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = f"\nstate: {state()}" if state else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}{extra}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- the store
+
+
+@contextlib.contextmanager
+def open_db(path: Path) -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(str(path), timeout=30)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def query(path: Path, sql: str, params: Sequence[Any] = (), *, before_migration: bool = False) -> list[tuple[Any, ...]]:
+    """Rows of one SELECT.  ``before_migration=True`` (for polls while a daemon starts):
+    no rows, rather than an error, while the store does not exist or has no tables yet."""
+    if before_migration and not path.exists():
+        return []
+    if not path.exists():
+        raise FileNotFoundError(path)
+    with open_db(path) as conn:
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if before_migration and "no such table" in str(exc):
+                return []
+            raise
+
+
+def scalar(path: Path, sql: str, params: Sequence[Any] = (), *, before_migration: bool = False) -> Any:
+    rows = query(path, sql, params, before_migration=before_migration)
+    return rows[0][0] if rows else None
+
+
+def integrity_problems(path: Path) -> list[str]:
+    """``PRAGMA integrity_check`` and ``foreign_key_check``; empty when the file is sound."""
+    with open_db(path) as conn:
+        problems = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall() if r[0] != "ok"]
+        problems += [f"foreign key: {r!r}" for r in conn.execute("PRAGMA foreign_key_check").fetchall()]
+    return problems
+
+
+def present_locations(path: Path) -> set[tuple[str, str]]:
+    """(folder, source_id) of every location whose message is still there (none before the
+    first daemon has created the store)."""
+    rows = query(path, "SELECT folder, source_id FROM location WHERE gone_at IS NULL", before_migration=True)
+    return {(f, s) for f, s in rows}
+
+
+def shunts(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """(folder, source_id) -> the shunt row (none before the store exists)."""
+    rows = query(
+        path,
+        "SELECT folder, source_id, reason, detail, raw_path, attempts, resolved_at, size FROM shunt ORDER BY id",
+        before_migration=True,
+    )
+    return {
+        (r[0], r[1]): {
+            "reason": r[2],
+            "detail": r[3],
+            "raw_path": r[4],
+            "attempts": r[5],
+            "resolved_at": r[6],
+            "size": r[7],
+        }
+        for r in rows
+    }
+
+
+def snapshot(path: Path) -> dict[str, Any]:
+    """What a run left in the store, without row ids and timestamps, for comparing runs."""
+    with open_db(path) as conn:
+        refs = {rid: f"{e}:{k}" for rid, e, k in conn.execute("SELECT id, entity, key FROM record")}
+        acts: dict[int, dict[str, Any]] = {}
+        for aid, mid, synthetic, subject, direction, regarding, correlation, defects, sent_at, size in conn.execute(
+            "SELECT id, message_id, synthetic_id, subject, direction, regarding_id, correlation, parse_defects,"
+            " sent_at, size FROM activity"
+        ):
+            acts[aid] = {
+                "message_id": mid,
+                "synthetic": bool(synthetic),
+                "subject": subject,
+                "direction": direction,
+                "regarding": refs.get(regarding),
+                "correlation": correlation,
+                "defects": defects,
+                "sent_at": sent_at,
+                "size": size,
+                "parties": [],
+                "attachments": [],
+                "locations": [],
+            }
+        for aid, role, address, name, record in conn.execute(
+            "SELECT activity_id, role, address, display_name, record_id FROM activity_party"
+        ):
+            acts[aid]["parties"].append((role, address, name, refs.get(record)))
+        for aid, pos, filename, ctype, size, blob in conn.execute(
+            "SELECT activity_id, position, filename, content_type, size, blob_id FROM attachment"
+        ):
+            acts[aid]["attachments"].append((pos, filename, ctype, size, blob))
+        for aid, folder, sid, gone in conn.execute("SELECT activity_id, folder, source_id, gone_at FROM location"):
+            acts[aid]["locations"].append((folder, sid, gone is not None))
+        cursors = {
+            folder: (processed, state)
+            for folder, processed, state in conn.execute("SELECT folder, processed, state FROM folder_cursor")
+        }
+        n_shunts = conn.execute("SELECT COUNT(*) FROM shunt WHERE resolved_at IS NULL").fetchone()[0]
+    by_mid: dict[str, dict[str, Any]] = {}
+    for a in acts.values():
+        for key in ("parties", "attachments", "locations"):
+            a[key] = sorted(a[key], key=repr)
+        assert a["message_id"] not in by_mid
+        by_mid[a["message_id"]] = a
+    return {"activities": by_mid, "cursors": cursors, "pending_shunts": n_shunts}
+
+
+# --------------------------------------------------------------------------- files
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file under ``root``."""
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
