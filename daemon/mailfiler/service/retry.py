@@ -70,7 +70,9 @@ def retry(services: Services, ids: list[int] | None) -> list[dict]:
             else:
                 code = ProcessingFailed.code
                 detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            services.shunts.keep(row.mailbox, row.folder, row.source_id, reason=code, detail=detail, raw=raw)
+            # the kept copy is already there: do not write a second one
+            keep_raw = None if row.raw_path else raw
+            services.shunts.keep(row.mailbox, row.folder, row.source_id, reason=code, detail=detail, raw=keep_raw)
             results.append({"id": row.id, "result": "failed", "reason": code, "detail": detail})
             continue
         log.info("shunt %d tracked as %s", row.id, outcome.message_id, extra={"event": "unshunted", "shunt_id": row.id})

@@ -90,7 +90,11 @@ def _header(msg: Message, name: str, defects: list[str]) -> str | None:
         value = _raw_header(msg, name)
     if value is None:
         return None
-    return clean_text(" ".join(str(value).split()))
+    text = " ".join(str(value).split())
+    cleaned = clean_text(text)
+    if cleaned != text or "\ufffd" in cleaned:
+        defects.append(f"header {name}: undecodable 8-bit bytes")
+    return cleaned
 
 
 def _addresses(msg: Message, name: str, defects: list[str]) -> list[Address]:
@@ -170,6 +174,13 @@ def _part_text(part: Message, defects: list[str]) -> str:
             return clean_text(payload.decode("utf-8", "replace"))
 
 
+def _part_text_raw(part: Message) -> str:
+    payload = part.get_payload()
+    if isinstance(payload, str):
+        return clean_text(payload.strip())
+    return ""
+
+
 def _filename(part: Message, defects: list[str]) -> str:
     try:
         return clean_text(part.get_filename() or "")
@@ -227,6 +238,12 @@ def parse_message(raw: bytes) -> ParsedMessage:
         ctype = part.get_content_type()
         disposition = (part.get_content_disposition() or "").lower()
         filename = _filename(part, defects)
+        if ctype.startswith("multipart/"):
+            # a multipart whose boundary never appears: its whole payload
+            # arrives as one leaf; it is the body text, not an attachment
+            if not body_text:
+                body_text = _part_text_raw(part)
+            continue
         is_body = ctype in ("text/plain", "text/html") and disposition != "attachment" and not filename
         if not is_body:
             data = part.get_payload(decode=True) or b""
