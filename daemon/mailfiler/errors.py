@@ -47,10 +47,18 @@ class UserError(MailfilerError):
     code = "user-error"
 
 
+class ProblemsError(UserError):
+    """A user error made of several problems, all reported at once."""
+
+    def __init__(self, message: str, problems: list[Any] | None = None, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.problems = list(problems or [])
+
+
 # --- configuration -------------------------------------------------------
 
 
-class ConfigError(UserError):
+class ConfigError(ProblemsError):
     """The configuration is invalid.
 
     ``problems`` is a list of :class:`mailfiler.config.loader.Problem`, each
@@ -58,10 +66,6 @@ class ConfigError(UserError):
     """
 
     code = "config-invalid"
-
-    def __init__(self, message: str, problems: list[Any] | None = None, **fields: Any) -> None:
-        super().__init__(message, **fields)
-        self.problems = list(problems or [])
 
 
 class NoConfigError(ConfigError):
@@ -92,14 +96,10 @@ class SchemaTooNew(StoreError, UserError):
     code = "schema-too-new"
 
 
-class RecordImportError(UserError):
+class RecordImportError(ProblemsError):
     """A records file could not be imported; ``problems`` lists each row."""
 
     code = "records-invalid"
-
-    def __init__(self, message: str, problems: list[str] | None = None, **fields: Any) -> None:
-        super().__init__(message, **fields)
-        self.problems = list(problems or [])
 
 
 class NotFound(UserError):
