@@ -283,8 +283,18 @@ class Daemon:
         return None
 
     async def _heartbeat(self) -> None:
+        last = ""
         while True:
             self._publish("running")
+            totals: dict[str, int] = {}
+            for worker in self.workers.values():
+                for event, n in worker.counts.items():
+                    totals[event] = totals.get(event, 0) + n
+            if totals:
+                text = "since start: " + ", ".join(f"{n} {event}" for event, n in sorted(totals.items()))
+                if text != last:
+                    self.notifier.status(text)
+                    last = text
             await asyncio.sleep(HEARTBEAT_EVERY)
 
     def _publish(self, state: str) -> None:

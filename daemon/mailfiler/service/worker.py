@@ -50,6 +50,8 @@ class MailboxWorker:
         #: called after each message of a scan with (folder, done, total)
         self.progress: Callable[[str, int, int], None] | None = None
         self.last_progress = time.monotonic()
+        #: outcomes since start (tracked, relinked, shunted...), for STATUS=
+        self.counts: dict[str, int] = {}
 
     @property
     def mailbox(self):
@@ -184,6 +186,7 @@ class MailboxWorker:
             log.debug("processing failed", exc_info=True)
             return await self._shunt(folder, source_id, hint, raw, ProcessingFailed.code, detail)
         self.last_progress = time.monotonic()
+        self.counts[outcome.event] = self.counts.get(outcome.event, 0) + 1
         self._log_outcome(outcome, folder, parsed.subject)
         return outcome
 
@@ -235,6 +238,7 @@ class MailboxWorker:
             },
         )
         self.last_progress = time.monotonic()
+        self.counts["shunted"] = self.counts.get("shunted", 0) + 1
         return "shunted"
 
     def _log_outcome(self, outcome: Outcome, folder: str, subject: str) -> None:
