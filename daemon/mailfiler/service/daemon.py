@@ -179,6 +179,12 @@ class Daemon:
         try:
             await self._backfill(rt, worker)
             self.notifier.status(f"{rt.name}: backfill done; following changes")
+            log.info(
+                "mailbox %s: backfill done, watching %d folder(s)",
+                rt.name,
+                len(folders),
+                extra={"event": "watching", "mailbox": rt.name},
+            )
             while not stop.is_set():
                 get = asyncio.create_task(queue.get())
                 stopper = asyncio.create_task(stop.wait())

@@ -194,7 +194,8 @@ class MailboxWorker:
         delay = 0.05
         for attempt in range(STORE_RETRIES):
             try:
-                return self.services.tracker.track(self.rt.ctx, fctx, source_id, parsed)
+                # process() only sees locations that are not in the shunt
+                return self.services.tracker.track(self.rt.ctx, fctx, source_id, parsed, may_be_shunted=False)
             except pw.OperationalError:
                 if attempt == STORE_RETRIES - 1:
                     raise

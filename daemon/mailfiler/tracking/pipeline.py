@@ -62,7 +62,17 @@ class Tracker:
 
     # -- the one transaction ------------------------------------------------
 
-    def track(self, mailbox: MailboxContext, folder: FolderContext, source_id: str, msg: ParsedMessage) -> Outcome:
+    def track(
+        self,
+        mailbox: MailboxContext,
+        folder: FolderContext,
+        source_id: str,
+        msg: ParsedMessage,
+        *,
+        may_be_shunted: bool = True,
+    ) -> Outcome:
+        """Track one message.  ``may_be_shunted=False`` (the caller checked
+        that no pending shunt holds this location) saves a query per message."""
         # blobs first: a crash after this leaves an orphan file, never a
         # row that points to nothing
         blob_ids = [self.blobs.put(a.data) for a in msg.attachments]
@@ -70,7 +80,7 @@ class Tracker:
             try:
                 crashpoints.point("before_commit")
                 with transaction(self.db):
-                    outcome = self._track_tx(mailbox, folder, source_id, msg, blob_ids)
+                    outcome = self._track_tx(mailbox, folder, source_id, msg, blob_ids, may_be_shunted)
                 crashpoints.point("after_commit")
                 return outcome
             except pw.IntegrityError:
@@ -87,6 +97,7 @@ class Tracker:
         source_id: str,
         msg: ParsedMessage,
         blob_ids: list[str],
+        may_be_shunted: bool,
     ) -> Outcome:
         now = utcnow()
         mb = mailbox.row
@@ -113,12 +124,13 @@ class Tracker:
             loc.gone_at = None
             loc.save()
 
-        Shunt.update(resolved_at=now).where(
-            (Shunt.mailbox == mb)
-            & (Shunt.folder == folder.name)
-            & (Shunt.source_id == source_id)
-            & (Shunt.resolved_at.is_null())
-        ).execute()
+        if may_be_shunted:
+            Shunt.update(resolved_at=now).where(
+                (Shunt.mailbox == mb)
+                & (Shunt.folder == folder.name)
+                & (Shunt.source_id == source_id)
+                & (Shunt.resolved_at.is_null())
+            ).execute()
         self._bump_cursor(mb, folder.name, now)
         return outcome
 
