@@ -205,9 +205,10 @@ class Daemon:
     async def _backfill(self, rt: MailboxRuntime, worker: MailboxWorker) -> None:
         progress_ctx = None
         if self.progress:
+            from rich.console import Console
             from rich.progress import Progress
 
-            progress_ctx = Progress(transient=True)
+            progress_ctx = Progress(console=Console(stderr=True), transient=True)
             progress_ctx.start()
             tasks: dict[str, int] = {}
 

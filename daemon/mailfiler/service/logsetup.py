@@ -44,8 +44,21 @@ class PlainFormatter(logging.Formatter):
         return f"{line} [{event}]" if event else line
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now, so that the backfill
+    progress bar (which redirects stderr) prints log lines above itself."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(fmt: str = "plain", level: str = "info") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
