@@ -260,6 +260,8 @@ class E2EEnv:
         self.expected_errors: set[str] = set()
         #: the config that `activities` and `status` read the store through (None: the daemon's)
         self.reader_config: Path | None = None
+        #: the store; relative to the config file (a PostgreSQL URL for the shared-store tests)
+        self.database = "sqlite:///state/mailfiler.db"
 
     # -- config ----------------------------------------------------------------------
 
@@ -287,7 +289,7 @@ class E2EEnv:
 
     def config_data(self) -> dict[str, Any]:
         return {
-            "database": "sqlite:///state/mailfiler.db",  # relative to the config file
+            "database": self.database,
             "state_dir": "state",
             "records": self.records,
             "mailboxes": [mb.as_yaml() for mb in self.mailboxes.values()],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from pathlib import Path
 
 import click
 
@@ -283,4 +282,4 @@ def main() -> None:
     cli(prog_name="mailfiler")
 
 
-__all__ = ["Path", "cli", "main"]
+__all__ = ["cli", "main"]

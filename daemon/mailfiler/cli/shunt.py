@@ -57,10 +57,11 @@ def retry(obj, ids: tuple[int, ...], retry_all: bool, as_json: bool) -> None:
     if not ids and not retry_all:
         raise click.UsageError("give one or more shunt IDs, or --all")
     from mailfiler.service.retry import retry as do_retry
-    from mailfiler.service.runtime import build_services, open_store
+    from mailfiler.service.runtime import build_services, manager_id, open_store
 
-    cfg = obj.load().config
-    services = build_services(open_store(cfg), cfg)
+    loaded = obj.load()
+    cfg = loaded.config
+    services = build_services(open_store(cfg), cfg, manager=manager_id(loaded.path))
     results = do_retry(services, None if retry_all else list(ids))
     if as_json:
         emit_json(results)

@@ -22,7 +22,7 @@ from pathlib import Path
 from mailfiler.config.loader import LoadedConfig, load_config
 from mailfiler.errors import ConfigError, MailfilerError
 from mailfiler.service.notify import LoopLagMonitor, Notifier, watchdog_interval, watchdog_loop
-from mailfiler.service.runtime import MailboxRuntime, Services, build_services, open_store
+from mailfiler.service.runtime import MailboxRuntime, Services, build_services, manager_id, open_store
 from mailfiler.service.worker import MailboxWorker
 from mailfiler.store.models import DaemonState, utcnow
 
@@ -59,7 +59,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self._on_stop, "SIGINT")
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
         db = open_store(self.loaded.config)
-        self.services = build_services(db, self.loaded.config)
+        self.services = build_services(db, self.loaded.config, manager=manager_id(self.loaded.path))
         self._publish("starting")
         self.lag.start()
         helpers = [
@@ -271,7 +271,7 @@ class Daemon:
         assert self.services is not None
         db = self.services.db
         self.loaded = new
-        self.services = build_services(db, new.config)
+        self.services = build_services(db, new.config, manager=manager_id(new.path))
         self._start_mailboxes()
         self._publish("running")
         self.notifier.ready()
@@ -327,7 +327,7 @@ class Daemon:
 async def run_once(loaded: LoadedConfig, *, progress: bool = False) -> dict[str, list]:
     """One full pass over every tracked folder (for cron and tests)."""
     db = open_store(loaded.config)
-    services = build_services(db, loaded.config)
+    services = build_services(db, loaded.config, manager=manager_id(loaded.path))
     summary: dict[str, list] = {}
     try:
         for name, rt in services.mailboxes.items():

@@ -18,7 +18,7 @@ from mailfiler.sources.maildir import MaildirSource
 from mailfiler.store import db as storedb
 from mailfiler.store.blobs import BlobStore
 from mailfiler.store.migrations import migrate
-from mailfiler.store.models import Activity, Mailbox, Record, RecordAddress, TrackedFolder, utcnow
+from mailfiler.store.models import Mailbox, RecordAddress, TrackedFolder, utcnow
 from mailfiler.store.records import ENTITY_PRECEDENCE, RecordInput, ensure_user, get_by_ref, upsert_records
 from mailfiler.tracking.context import FolderContext, MailboxContext
 from mailfiler.tracking.folders import relink_folder
@@ -97,13 +97,22 @@ def _folder_context(row: TrackedFolder) -> FolderContext:
     return FolderContext(row=row, regarding=record)
 
 
-def sync_config(db: pw.Database, config: Config) -> dict[str, MailboxRuntime]:
+def manager_id(config_path: Path | None = None) -> str:
+    """Who manages the mailboxes of a config: this host and config file.
+
+    Daemons sharing one PostgreSQL store each retire only the mailboxes
+    that their own config used to list."""
+    host = socket.gethostname()
+    return f"{host}:{config_path}" if config_path else host
+
+
+def sync_config(db: pw.Database, config: Config, *, manager: str | None = None) -> dict[str, MailboxRuntime]:
     """Make the store match the config; return the per-mailbox runtime."""
     _seed_records(config)
     runtimes: dict[str, MailboxRuntime] = {}
     with storedb.transaction(db):
         configured = {m.name for m in config.mailboxes}
-        host = socket.gethostname()
+        host = manager or manager_id()
         retired = Mailbox.update(active=False).where(Mailbox.managed_by == host)
         retired.where(Mailbox.name.not_in(configured) if configured else True).execute()
         for mbc in config.mailboxes:
@@ -169,7 +178,7 @@ def sync_config(db: pw.Database, config: Config) -> dict[str, MailboxRuntime]:
     return runtimes
 
 
-def build_services(db: pw.Database, config: Config) -> Services:
+def build_services(db: pw.Database, config: Config, *, manager: str | None = None) -> Services:
     state_dir = Path(config.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(
@@ -182,7 +191,7 @@ def build_services(db: pw.Database, config: Config) -> Services:
         shunts=ShuntStore(db, state_dir),
         max_message_bytes=config.limits.max_message_bytes,
     )
-    services.mailboxes = sync_config(db, config)
+    services.mailboxes = sync_config(db, config, manager=manager)
     if config.rules:
         log.warning(
             "the config lists %d rule file(s), but this release does not apply rules yet; "
@@ -193,4 +202,4 @@ def build_services(db: pw.Database, config: Config) -> Services:
     return services
 
 
-__all__ = ["Activity", "MailboxRuntime", "Record", "Services", "build_services", "open_store", "sync_config"]
+__all__ = ["MailboxRuntime", "Services", "build_services", "open_store", "sync_config"]

@@ -61,8 +61,8 @@ class RecordAddress(BaseModel):
 
 class Mailbox(BaseModel):
     name = pw.CharField(max_length=128, unique=True)
-    #: host whose daemon config declares this mailbox: daemons sharing one
-    #: PostgreSQL store retire only mailboxes they manage themselves
+    #: "host:config path" whose config declares this mailbox: daemons sharing
+    #: one PostgreSQL store retire only mailboxes they manage themselves
     managed_by = pw.CharField(max_length=255, default="")
     owner = pw.CharField(max_length=320)
     backend = pw.CharField(max_length=16, default="maildir")

@@ -8,7 +8,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import peewee as pw
 import yaml
 
 from mailfiler.errors import RecordImportError
@@ -295,7 +294,6 @@ __all__ = [
     "ensure_user",
     "get_by_ref",
     "list_records",
-    "pw",
     "read_records_file",
     "record_json",
     "resolve_address",

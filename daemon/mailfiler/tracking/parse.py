@@ -15,7 +15,7 @@ import email.utils
 import hashlib
 import re
 from dataclasses import dataclass, field
-from email.message import EmailMessage, Message
+from email.message import Message
 
 from mailfiler.errors import EmptyMessage, NotAMessage
 from mailfiler.tracking.htmltext import html_to_text
@@ -278,4 +278,4 @@ def parse_message(raw: bytes) -> ParsedMessage:
     )
 
 
-__all__ = ["Address", "AttachmentPart", "EmailMessage", "ParsedMessage", "clean_text", "parse_message"]
+__all__ = ["Address", "AttachmentPart", "ParsedMessage", "clean_text", "parse_message"]
