@@ -458,3 +458,25 @@ def test_untrackable_files_are_shunted_and_counted(env: E2EEnv) -> None:
     mid = message_id_for(0, seed=71)
     env.drop("alice", "Tracked/Contoso", realistic_message(0, seed=71))
     assert env.wait_activity(mid)["regarding"] == "account:contoso"
+
+
+def test_unreadable_mailbox_is_an_error_in_status_then_recovers(env: E2EEnv) -> None:
+    env.expected_errors |= {"mailbox-error"}
+    one_mailbox(env, [("Tracked/Contoso", "account:contoso")], create_missing_folders=False)
+    maildir = env.mailboxes["alice"].maildir
+    maildir.rename(maildir.with_name("Maildir-away"))  # the whole Maildir is gone (unmounted, say)
+    daemon = env.start_daemon()
+    daemon.wait_event("mailbox-error", mailbox="alice")
+    status = env.wait_status(
+        lambda s: env.folder_status(s, "alice", "Tracked/Contoso")["state"] == "error", what="state error"
+    )
+    assert "does not exist" in env.folder_status(status, "alice", "Tracked/Contoso")["last_error"]
+    assert daemon.proc.poll() is None  # the daemon keeps running and retries with back-off
+
+    maildir.with_name("Maildir-away").rename(maildir)
+    make_maildir_folder(env.folder_dir("alice", "Tracked/Contoso"))
+    mid = message_id_for(0, seed=93)
+    env.drop("alice", "Tracked/Contoso", realistic_message(0, seed=93))
+    act = env.wait_activity(mid, timeout=15)
+    assert act["regarding"] == "account:contoso"
+    assert env.wait_status(lambda s: env.folder_status(s, "alice", "Tracked/Contoso")["state"] == "ok")

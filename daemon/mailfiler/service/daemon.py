@@ -24,7 +24,9 @@ from mailfiler.errors import ConfigError, MailfilerError
 from mailfiler.service.notify import LoopLagMonitor, Notifier, watchdog_interval, watchdog_loop
 from mailfiler.service.runtime import MailboxRuntime, Services, build_services, manager_id, open_store
 from mailfiler.service.worker import MailboxWorker
+from mailfiler.store.db import redact
 from mailfiler.store.models import DaemonState, utcnow
+from mailfiler.tracking.folders import set_folder_state
 
 log = logging.getLogger("mailfiler.daemon")
 
@@ -99,8 +101,6 @@ class Daemon:
             ev.set()
 
     def _store_label(self) -> str:
-        from mailfiler.store.db import redact
-
         return redact(self.loaded.config.database)
 
     # -- mailboxes ------------------------------------------------------------------
@@ -143,8 +143,6 @@ class Daemon:
                     exc_info=not isinstance(exc, MailfilerError),
                     extra={"event": "mailbox-error", "mailbox": rt.name},
                 )
-                from mailfiler.tracking.folders import set_folder_state
-
                 for folder in rt.folders:
                     try:
                         set_folder_state(rt.ctx.row, folder, "error", message)
