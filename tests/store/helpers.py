@@ -39,6 +39,7 @@ class Store:
             BlobStore(self.state_dir),
             precedence=precedence(config),
             ambiguous=ambiguous or config.tracking.ambiguous_addresses,
+            correlation=config.correlation,
         )
 
 

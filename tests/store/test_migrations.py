@@ -62,3 +62,40 @@ def test_newer_schema_raises_schema_too_new(store: Store) -> None:
     assert "upgrade mailfiler" in str(info.value)
     # nothing was touched: the version rows are as they were
     assert sorted(r.version for r in m.SchemaVersion.select()) == [*range(1, LATEST + 1), LATEST + 1]
+
+
+def test_version_1_store_gains_the_correlation_columns(store: Store) -> None:
+    # make the store look as schema 1 left it: no correlation columns, version 1
+    store.db.execute_sql("DROP INDEX IF EXISTS activity_subject_key")
+    if isinstance(store.db, pw.SqliteDatabase):
+        # SQLite cannot drop a foreign-key column: rebuild the table from its
+        # own DDL without the schema-2 parts
+        ddl = store.db.execute_sql("SELECT sql FROM sqlite_master WHERE name = 'activity'").fetchone()[0]
+        for part in (
+            ', "subject_key" VARCHAR(255)',
+            ', "correlated_activity_id" INTEGER',
+            ', "categories" TEXT',
+            ', "owner" VARCHAR(320)',
+            ', FOREIGN KEY ("correlated_activity_id") REFERENCES "activity" ("id") ON DELETE SET NULL',
+        ):
+            assert part in ddl
+            ddl = ddl.replace(part, "")
+        store.db.execute_sql("PRAGMA foreign_keys = OFF")
+        store.db.execute_sql("DROP TABLE activity")
+        store.db.execute_sql(ddl)
+        store.db.execute_sql("PRAGMA foreign_keys = ON")
+    else:
+        for column in ("subject_key", "correlated_activity_id", "categories", "owner"):
+            store.db.execute_sql(f"ALTER TABLE activity DROP COLUMN {column}")
+    m.SchemaVersion.delete().where(m.SchemaVersion.version > 1).execute()
+    m.Record.create(entity="account", key="contoso", name="Contoso")
+    assert current_version(store.db) == 1
+
+    assert migrate(store.db) == list(range(2, LATEST + 1))
+    columns = {c.name for c in store.db.get_columns("activity")}
+    assert {"subject_key", "correlated_activity_id", "categories", "owner"} <= columns
+    assert "activity_subject_key" in {i.name for i in store.db.get_indexes("activity")}
+    # existing data is untouched, and the new columns are usable
+    assert m.Record.get(m.Record.key == "contoso").name == "Contoso"
+    m.Activity.create(message_id="<a@b>", direction="incoming", subject_key="hello", categories="x")
+    assert m.Activity.get(m.Activity.message_id == "<a@b>").subject_key == "hello"

@@ -14,14 +14,13 @@ current directory.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import hashlib
 import os
 import types
 import typing
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -30,6 +29,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mailfiler.config import schema
+from mailfiler.config.yamlpos import MAP, Builder, KeyPath, Problem, compose, is_empty
+from mailfiler.config.yamlpos import fmt_path as _fmt
+from mailfiler.config.yamlpos import path_prefix as _prefix
 from mailfiler.errors import ConfigError, NoConfigError
 
 __all__ = ["ENV_VAR", "LoadedConfig", "Problem", "load_config", "sqlite_path"]
@@ -38,33 +40,6 @@ __all__ = ["ENV_VAR", "LoadedConfig", "Problem", "load_config", "sqlite_path"]
 ENV_VAR = "MAILFILER_CONFIG"
 
 _SQLITE_PREFIX = "sqlite:///"
-
-# YAML tags we build values for; anything else (!!binary, !!set, !!omap,
-# custom !tags, ...) would construct objects the schema never expects.
-_TAG = "tag:yaml.org,2002:"
-_STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
-# A plain 2024-01-01 resolves to a timestamp; the schema has no dates, so
-# keep the text rather than hand pydantic a datetime it would reject.
-_TIMESTAMP = _TAG + "timestamp"
-_SEQ, _MAP, _MERGE = _TAG + "seq", _TAG + "map", _TAG + "merge"
-
-#: a position in the file: 1-based (line, column)
-Pos = tuple[int, int]
-#: a key path into the data: mapping keys and list indices
-KeyPath = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem in a config file, printable as ``FILE:LINE:COL: message``."""
-
-    file: str
-    line: int
-    col: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -142,37 +117,18 @@ def _fail(file: str, problems: list[Problem]) -> ConfigError:
 
 def _parse(raw: bytes, file: str, base_dir: Path) -> schema.Config:
     """Bytes to validated, normalised config; raises ConfigError."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line, col = _offset_to_pos(raw, exc.start)
-        raise _fail(file, [Problem(file, line, col, "the file is not valid UTF-8 text")]) from None
-    try:
-        root = yaml.compose(text, Loader=_SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        # PyYAML splits "while parsing X" / "expected Y, but found Z" into context and problem.
-        what = ", ".join(part for part in (exc.context, exc.problem) if part) or "invalid YAML"
-        raise _fail(file, [Problem(file, line, col, f"YAML syntax error: {what}")]) from None
-    except yaml.reader.ReaderError as exc:
-        # position is an index into the decoded text
-        line = text.count("\n", 0, exc.position) + 1
-        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        msg = f"the file holds a character YAML does not allow: {exc.reason}"
-        raise _fail(file, [Problem(file, line, col, msg)]) from None
-    except yaml.YAMLError as exc:  # any other YAML failure: no position known
-        raise _fail(file, [Problem(file, 1, 1, f"YAML error: {exc}")]) from None
-
-    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == _NULL):  # nothing, or a bare "---"
+    root, problem = compose(raw, file)
+    if problem is not None:
+        raise _fail(file, [problem])
+    if is_empty(root):
         msg = "the file is empty: expected a mapping with at least database: and state_dir:"
         raise _fail(file, [Problem(file, 1, 1, msg)])
-    if not isinstance(root, yaml.MappingNode) or root.tag != _MAP:
+    if not isinstance(root, yaml.MappingNode) or root.tag != MAP:
         found = "a list" if isinstance(root, yaml.SequenceNode) else "a single value"
         msg = f"the top level must be a mapping of keys (database:, state_dir:, mailboxes:, ...), found {found}"
         raise _fail(file, [Problem(file, 1, 1, msg)])
 
-    built = _Builder(file)
+    built = Builder(file)
     data = built.build(root, ())
     problems = list(built.problems)
     config: schema.Config | None = None
@@ -187,151 +143,10 @@ def _parse(raw: bytes, file: str, base_dir: Path) -> schema.Config:
     return _resolve_paths(config, base_dir)
 
 
-def _offset_to_pos(raw: bytes, offset: int) -> Pos:
-    before = raw[:offset]
-    line = before.count(b"\n") + 1
-    col = len(before.rsplit(b"\n", 1)[-1].decode("utf-8", "replace")) + 1
-    return line, col
-
-
-# --- YAML nodes to plain values, recording positions -------------------------
-
-
-class _SafeLoader(yaml.SafeLoader):
-    """SafeLoader whose aliases are reported where the alias is written.
-
-    PyYAML's composer returns the anchored node itself for ``*alias``, so a
-    problem in an aliased value would point at the anchor.  A shallow copy
-    with the alias's start mark keeps the content and moves the position.
-    """
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            alias = copy.copy(super().compose_node(parent, index))
-            alias.start_mark = mark
-            return alias
-        return super().compose_node(parent, index)
-
-
-def _pos(node: yaml.Node) -> Pos:
-    return node.start_mark.line + 1, node.start_mark.column + 1
-
-
-def _short_tag(tag: str) -> str:
-    return "!!" + tag[len(_TAG) :] if tag.startswith(_TAG) else tag
-
-
-@dataclass
-class _Builder:
-    """Builds plain values from a node tree, noting every value's and key's position."""
-
-    file: str
-    problems: list[Problem] = field(default_factory=list)
-    #: path -> position of the value node
-    values: dict[KeyPath, Pos] = field(default_factory=dict)
-    #: path -> position of the key node naming that value
-    keys: dict[KeyPath, Pos] = field(default_factory=dict)
-    #: paths whose value could not be built; pydantic errors under them are noise
-    poisoned: set[KeyPath] = field(default_factory=set)
-    #: ids of the child lists of the collections being built (to catch cycles)
-    _active: set[int] = field(default_factory=set)
-    _constructor: yaml.constructor.SafeConstructor = field(default_factory=yaml.constructor.SafeConstructor)
-
-    def problem(self, pos: Pos, message: str, path: KeyPath | None = None) -> None:
-        self.problems.append(Problem(self.file, pos[0], pos[1], message))
-        if path is not None:
-            self.poisoned.add(path)
-
-    def build(self, node: yaml.Node, path: KeyPath) -> Any:
-        self.values[path] = _pos(node)
-        if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node, path)
-        # An alias to an enclosing collection would recurse for ever.  Alias
-        # nodes are copies (see _SafeLoader), so compare the shared child list.
-        if id(node.value) in self._active:
-            self.problem(_pos(node), f"{_prefix(path)}an alias refers to a node that contains it", path)
-            return None
-        self._active.add(id(node.value))
-        try:
-            if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ:
-                return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-            if isinstance(node, yaml.MappingNode) and node.tag == _MAP:
-                return self._mapping(node, path)
-            self.problem(_pos(node), f"{_prefix(path)}unsupported YAML tag {_short_tag(node.tag)}", path)
-            return None
-        finally:
-            self._active.discard(id(node.value))
-
-    def _scalar(self, node: yaml.ScalarNode, path: KeyPath) -> Any:
-        tag = node.tag
-        if tag in (_STR, _TIMESTAMP):
-            return node.value
-        build = {
-            _INT: self._constructor.construct_yaml_int,
-            _FLOAT: self._constructor.construct_yaml_float,
-            _BOOL: self._constructor.construct_yaml_bool,
-            _NULL: self._constructor.construct_yaml_null,
-        }.get(tag)
-        if build is None:
-            self.problem(_pos(node), f"{_prefix(path)}unsupported YAML tag {_short_tag(tag)}", path)
-            return None
-        try:
-            return build(node)
-        except (ValueError, KeyError):  # e.g. !!int "abc", !!bool "maybe"
-            self.problem(_pos(node), f"{_prefix(path)}{node.value!r} is not a valid {_short_tag(tag)}", path)
-            return None
-
-    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        where = _prefix(path)
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                self.problem(_pos(key_node), f"{where}a key must be a plain word, not a list or mapping")
-                continue
-            if key_node.tag == _MERGE:
-                self.problem(_pos(key_node), f"{where}merge keys (<<) are not supported")
-                continue
-            # Keys are taken as written: 'yes:' or '1:' are keys named yes and 1,
-            # which the schema then reports as unknown instead of True or 1.
-            key = str(key_node.value)
-            child = (*path, key)
-            if key in out:
-                first_line = self.keys[child][0]
-                self.problem(_pos(key_node), f"{where}duplicate key {key!r} (first on line {first_line})")
-            self.keys[child] = _pos(key_node)
-            out[key] = self.build(value_node, child)
-        return out
-
-    def pos(self, path: Sequence[str | int]) -> Pos:
-        """Position of the deepest recorded prefix of *path* (the value, or the file start)."""
-        return self.values.get(self.known(path), (1, 1))
-
-    def known(self, path: Sequence[str | int]) -> KeyPath:
-        """The longest prefix of *path* that names a value in the file."""
-        loc = tuple(path)
-        while loc and loc not in self.values:
-            loc = loc[:-1]
-        return loc
-
-
-def _fmt(path: Sequence[str | int]) -> str:
-    """``mailboxes[0].tracked_folders[1].regarding``, as an admin would name it."""
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _prefix(path: Sequence[str | int]) -> str:
-    """``"path: "`` to start a message, or nothing at the top level."""
-    return f"{_fmt(path)}: " if path else ""
-
-
 # --- pydantic errors to problems ---------------------------------------------
 
 
-def _pydantic_problems(exc: ValidationError, built: _Builder) -> list[Problem]:
+def _pydantic_problems(exc: ValidationError, built: Builder) -> list[Problem]:
     problems: list[Problem] = []
     for err in exc.errors(include_url=False):
         loc = tuple(p for p in err["loc"] if isinstance(p, str | int))
@@ -415,7 +230,7 @@ def _unwrap_optional(tp: Any) -> Any:
 # --- checks across items -----------------------------------------------------
 
 
-def _cross_checks(data: dict[str, Any], built: _Builder, base_dir: Path) -> list[Problem]:
+def _cross_checks(data: dict[str, Any], built: Builder, base_dir: Path) -> list[Problem]:
     """Checks that span several items, each pointing at the offending item.
 
     They run on the raw data, not on a validated model, so that they are

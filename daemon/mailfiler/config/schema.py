@@ -137,6 +137,28 @@ class Tracking(Strict):
     )
 
 
+class TokenSettings(Strict):
+    enabled: bool = Field(default=False, description="Correlate by a token such as CRM:0001234 in the subject.")
+    prefix: str = Field(default="CRM", min_length=1, max_length=20, pattern=r"^[A-Za-z0-9_-]+$")
+    old_prefixes: list[str] = Field(default_factory=list, description="Earlier prefixes that still correlate.")
+
+
+class SmartSettings(Strict):
+    enabled: bool = Field(default=False, description="Match on the normalised subject plus shared addresses.")
+    min_shared_addresses: int = Field(default=2, ge=1)
+    days: int = Field(default=90, ge=1, description="Only activities first seen this many days back are candidates.")
+
+
+class CorrelationSettings(Strict):
+    in_reply_to: bool = True
+    references: bool = True
+    forwards_as_replies: bool = Field(
+        default=True, description="Treat a forward (Fwd:, VS:, WG: ...) with In-Reply-To as a reply."
+    )
+    token: TokenSettings = Field(default_factory=TokenSettings)
+    smart: SmartSettings = Field(default_factory=SmartSettings)
+
+
 class Config(Strict):
     database: str = Field(description="sqlite:///PATH or postgresql://user@host:port/db")
     state_dir: Path = Field(description="Attachments and shunted messages live here.")
@@ -148,6 +170,7 @@ class Config(Strict):
     records: list[RecordSeed] = Field(default_factory=list, description="Records upserted at start-up.")
     limits: Limits = Field(default_factory=Limits)
     tracking: Tracking = Field(default_factory=Tracking)
+    correlation: CorrelationSettings = Field(default_factory=CorrelationSettings)
     rules: list[Path] = Field(default_factory=list, description="Rule files or folders (read from issue 3 on).")
     mailboxes: list[Mailbox] = Field(default_factory=list)
 

@@ -182,7 +182,11 @@ def build_services(db: pw.Database, config: Config, *, manager: str | None = Non
     state_dir = Path(config.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(
-        db, BlobStore(state_dir), precedence=precedence(config), ambiguous=config.tracking.ambiguous_addresses
+        db,
+        BlobStore(state_dir),
+        precedence=precedence(config),
+        ambiguous=config.tracking.ambiguous_addresses,
+        correlation=config.correlation,
     )
     services = Services(
         db=db,

@@ -11,6 +11,8 @@ import logging
 from collections.abc import Callable
 
 import peewee as pw
+from playhouse.migrate import SchemaMigrator
+from playhouse.migrate import migrate as run_migrations
 
 from mailfiler.errors import SchemaTooNew
 from mailfiler.store import models as m
@@ -23,8 +25,33 @@ def _v1_initial(db: pw.Database) -> None:
     db.create_tables(m.ALL_MODELS, safe=True)
 
 
+def _add_columns(db: pw.Database, model: type[m.BaseModel], names: list[str]) -> None:
+    """Add model fields missing from the table.
+
+    Idempotent, because a store created at a later version already has them
+    (version 1 creates tables from the current models)."""
+    table = model._meta.table_name
+    have = {c.name for c in db.get_columns(table)}
+    migrator = SchemaMigrator.from_database(db)
+    ops = []
+    for name in names:
+        field = model._meta.fields[name]
+        if field.column_name not in have:
+            ops.append(migrator.add_column(table, field.column_name, field))
+    if ops:
+        run_migrations(*ops)
+
+
+def _v2_correlation(db: pw.Database) -> None:
+    _add_columns(db, m.Activity, ["subject_key", "correlated_activity", "categories", "owner"])
+    db.execute_sql(
+        f"CREATE INDEX IF NOT EXISTS activity_subject_key ON {m.Activity._meta.table_name} (subject_key)"
+    )
+
+
 MIGRATIONS: dict[int, tuple[str, Callable[[pw.Database], None]]] = {
     1: ("initial schema", _v1_initial),
+    2: ("correlation: subject key, correlated activity, categories, owner", _v2_correlation),
 }
 LATEST = max(MIGRATIONS)
 

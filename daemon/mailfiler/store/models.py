@@ -108,6 +108,13 @@ class Activity(BaseModel):
     correlation_folder = pw.ForeignKeyField(TrackedFolder, null=True, on_delete="SET NULL")
     owner_mailbox = pw.ForeignKeyField(Mailbox, null=True, on_delete="SET NULL")
     parse_defects = pw.TextField(null=True)
+    # schema 2: correlation and rule results
+    #: normalised subject (no Re:/Fwd: prefixes, folded case and space) for smart matching
+    subject_key = pw.CharField(max_length=255, null=True, index=True)
+    #: the tracked activity this one was correlated to (In-Reply-To, References, token, smart)
+    correlated_activity = pw.ForeignKeyField("self", null=True, backref="correlated", on_delete="SET NULL")
+    categories = pw.TextField(null=True)  # comma-separated, set by rules
+    owner = pw.CharField(max_length=320, null=True)  # set by rules; default: the owner mailbox's user
 
 
 class ActivityParty(BaseModel):

@@ -50,6 +50,11 @@ def activities(*, regarding: str | None = None, mailbox: str | None = None, limi
     ids = [a.id for a in rows]
     records = {r.id: r.ref for r in Record.select(Record.id, Record.entity, Record.key)}
     mailboxes = {m.id: m.name for m in Mailbox.select(Mailbox.id, Mailbox.name)}
+    correlated_ids = {a.correlated_activity_id for a in rows if a.correlated_activity_id}
+    correlated = {
+        a.id: a.message_id
+        for a in Activity.select(Activity.id, Activity.message_id).where(Activity.id.in_(list(correlated_ids) or [0]))
+    }
     parties: dict[int, list[dict]] = defaultdict(list)
     locations: dict[int, list[dict]] = defaultdict(list)
     attachments: dict[int, list[dict]] = defaultdict(list)
@@ -90,6 +95,9 @@ def activities(*, regarding: str | None = None, mailbox: str | None = None, limi
                 "direction": a.direction,
                 "regarding": records.get(a.regarding_id) if a.regarding_id else None,
                 "correlation": a.correlation,
+                "correlated_to": correlated.get(a.correlated_activity_id) if a.correlated_activity_id else None,
+                "categories": a.categories.split(",") if a.categories else [],
+                "owner": a.owner,
                 "owner_mailbox": mailboxes.get(a.owner_mailbox_id),
                 "parties": parties[a.id],
                 "locations": locations[a.id],

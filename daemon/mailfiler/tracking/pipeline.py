@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import peewee as pw
 
+from mailfiler.config.schema import CorrelationSettings
 from mailfiler.store.blobs import BlobStore
 from mailfiler.store.db import transaction
 from mailfiler.store.models import (
@@ -29,6 +30,7 @@ from mailfiler.store.models import (
 )
 from mailfiler.store.records import resolve_addresses
 from mailfiler.tracking.context import FolderContext, MailboxContext
+from mailfiler.tracking.correlate import correlate, subject_key
 from mailfiler.tracking.parse import ParsedMessage
 from mailfiler.util import crashpoints
 
@@ -54,11 +56,13 @@ class Tracker:
         *,
         precedence: Sequence[str],
         ambiguous: str = "all",
+        correlation: CorrelationSettings | None = None,
     ) -> None:
         self.db = db
         self.blobs = blobs
         self.precedence = tuple(precedence)
         self.ambiguous = ambiguous
+        self.correlation = correlation or CorrelationSettings()
 
     # -- the one transaction ------------------------------------------------
 
@@ -140,6 +144,14 @@ class Tracker:
         self, mailbox: MailboxContext, folder: FolderContext, msg: ParsedMessage, blob_ids: list[str], now
     ) -> Activity:
         outgoing = msg.sender is not None and msg.sender in mailbox.owner_addresses
+        # the folder's record wins; a folder without one lets correlation decide
+        regarding, method, correlated = folder.regarding, "folder" if folder.regarding else None, None
+        if regarding is None:
+            match = correlate(msg, self.correlation)
+            if match is not None:
+                correlated = match.activity
+                if match.activity.regarding_id is not None:
+                    regarding, method = match.activity.regarding, match.method
         activity = Activity.create(
             message_id=msg.message_id,
             synthetic_id=msg.synthetic_id,
@@ -153,9 +165,11 @@ class Tracker:
             size=msg.size,
             in_reply_to=msg.in_reply_to,
             references=" ".join(msg.references) or None,
-            regarding=folder.regarding,
-            correlation="folder" if folder.regarding else None,
+            regarding=regarding,
+            correlation=method,
             correlation_folder=folder.row if folder.regarding else None,
+            correlated_activity=correlated,
+            subject_key=subject_key(msg.subject) or None,
             owner_mailbox=mailbox.row,
             parse_defects=", ".join(msg.defects) or None,
         )
