@@ -54,6 +54,8 @@ class ParsedMessage:
     attachments: list[AttachmentPart]
     size: int
     defects: list[str] = field(default_factory=list)
+    #: every header as (name, unfolded cleaned value), capped, for rules
+    headers: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def sender(self) -> str | None:
@@ -80,6 +82,19 @@ def _raw_header(msg: Message, name: str) -> str | None:
         if key.lower() == name:
             return value if isinstance(value, str) else str(value)
     return None
+
+
+#: limits on what rules see of the header block (untrusted input)
+MAX_HEADERS = 500
+MAX_HEADER_VALUE = 8192
+
+
+def _raw_headers(msg: Message) -> list[tuple[str, str]]:
+    out = []
+    for name, value in msg._headers[:MAX_HEADERS]:  # noqa: SLF001 - raw values, no re-parsing
+        text = " ".join(str(value).split())[:MAX_HEADER_VALUE]
+        out.append((clean_text(str(name))[:200], clean_text(text)))
+    return out
 
 
 def _header(msg: Message, name: str, defects: list[str]) -> str | None:
@@ -275,6 +290,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         attachments=attachments,
         size=len(raw),
         defects=sorted(set(defects)),
+        headers=_raw_headers(msg),
     )
 
 
