@@ -269,9 +269,11 @@ def config_check(obj: Context, as_json: bool) -> None:
 
 def _register() -> None:
     from mailfiler.cli import records as records_cmd
+    from mailfiler.cli import rules as rules_cmd
     from mailfiler.cli import shunt as shunt_cmd
 
     cli.add_command(records_cmd.records)
+    cli.add_command(rules_cmd.rules)
     cli.add_command(shunt_cmd.shunt)
 
 

@@ -9,8 +9,8 @@ never touches the store.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from mailfiler.rules.conditions import View
@@ -149,9 +149,7 @@ class CreateContactAction:
             return None
         sender = v.facts.from_[0]
         first, last = split_display_name(sender.name, sender.address)
-        return CreateContactSpec(
-            self.entity, self.parent_by_domain, sender.address.lower(), sender.name, first, last
-        )
+        return CreateContactSpec(self.entity, self.parent_by_domain, sender.address.lower(), sender.name, first, last)
 
 
 @dataclass(frozen=True)

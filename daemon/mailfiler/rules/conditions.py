@@ -64,6 +64,7 @@ class View:
         }
         self.sender_entities = frozenset(e.lower() for e in facts.sender_entities)
         self.recipient_entities = frozenset(e.lower() for e in facts.recipient_entities)
+        self._domains: dict[str, list[str]] = {}
 
     @cached_property
     def body(self) -> str:
@@ -81,7 +82,10 @@ class View:
         return auto_submitted_reason(self.facts)
 
     def domains(self, role: str) -> list[str]:
-        return [a.rpartition("@")[2] for a in self.addresses[role]]
+        found = self._domains.get(role)
+        if found is None:  # once per message and role, not once per rule
+            found = self._domains[role] = [a.rpartition("@")[2] for a in self.addresses[role]]
+        return found
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,11 @@ class Condition:
     @property
     def captures(self) -> frozenset[str]:
         return frozenset()
+
+    @property
+    def mentioned(self) -> frozenset[str]:
+        """Every capture name anywhere inside, produced or not (for messages)."""
+        return self.captures
 
     def test(self, v: View) -> Outcome:
         raise NotImplementedError
@@ -111,6 +120,10 @@ class AllOf(Condition):
     @property
     def captures(self) -> frozenset[str]:
         return frozenset().union(*(p.captures for p in self.parts))
+
+    @property
+    def mentioned(self) -> frozenset[str]:
+        return frozenset().union(*(p.mentioned for p in self.parts))
 
     def test(self, v: View) -> Outcome:
         results: dict[int, dict[str, str]] = {}
@@ -139,6 +152,10 @@ class AnyOf(Condition):
         sets = [p.captures for p in self.parts]
         return frozenset.intersection(*sets) if sets else frozenset()
 
+    @property
+    def mentioned(self) -> frozenset[str]:
+        return frozenset().union(*(p.mentioned for p in self.parts))
+
     def test(self, v: View) -> Outcome:
         whys = []
         for part in self.parts:
@@ -156,6 +173,10 @@ class Not(Condition):
     @property
     def cost(self) -> int:  # type: ignore[override]
         return self.part.cost
+
+    @property
+    def mentioned(self) -> frozenset[str]:
+        return self.part.mentioned
 
     def test(self, v: View) -> Outcome:
         out = self.part.test(v)
@@ -191,6 +212,10 @@ class FolderCond(Condition):
     @property
     def captures(self) -> frozenset[str]:
         return frozenset.intersection(*(p.names for p in self.patterns))
+
+    @property
+    def mentioned(self) -> frozenset[str]:
+        return frozenset().union(*(p.names for p in self.patterns))
 
     def test(self, v: View) -> Outcome:
         if v.folder is None:
@@ -244,6 +269,10 @@ class TextCond(Condition):
     def captures(self) -> frozenset[str]:
         return frozenset.intersection(*(r.names for r in self.regexes))
 
+    @property
+    def mentioned(self) -> frozenset[str]:
+        return frozenset().union(*(r.names for r in self.regexes))
+
     def test(self, v: View) -> Outcome:
         text = v.body if self.what == "body" else v.subject
         for r in self.regexes:
@@ -264,6 +293,10 @@ class HeaderCond(Condition):
     @property
     def captures(self) -> frozenset[str]:
         return frozenset.intersection(*(r.names for r in self.regexes))
+
+    @property
+    def mentioned(self) -> frozenset[str]:
+        return frozenset().union(*(r.names for r in self.regexes))
 
     def test(self, v: View) -> Outcome:
         values = v.headers.get(self.name)

@@ -61,7 +61,7 @@ class Facts:
     def from_parsed(
         cls,
         msg: ParsedMessage,
-        raw_headers: Iterable[tuple[str, object]],
+        raw_headers: Iterable[tuple[str, object]] | None = None,
         *,
         mailbox: str,
         folder: str | None,
@@ -69,9 +69,12 @@ class Facts:
         sender_entities: Iterable[str] = (),
         recipient_entities: Iterable[str] = (),
     ) -> Facts:
-        """Facts from a parsed message plus its raw header pairs (for example
-        ``email_message.raw_items()`` or :func:`header_pairs`)."""
-        headers = tuple((clean_text(str(k)), _decode_header(v)) for k, v in raw_headers)
+        """Facts from a parsed message and its header pairs: *raw_headers*
+        (for example ``email_message.raw_items()`` or :func:`header_pairs`),
+        by default the ones the parser kept (``msg.headers``).  Values are
+        unfolded, RFC 2047-decoded and capped here."""
+        pairs = msg.headers if raw_headers is None else raw_headers
+        headers = tuple((clean_text(str(k)), _decode_header(v)) for k, v in pairs)
         ctype = next((v for k, v in headers if k.lower() == "content-type"), "")
         return cls(
             mailbox=mailbox,

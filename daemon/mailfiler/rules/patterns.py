@@ -19,8 +19,8 @@ import re2
 
 __all__ = [
     "BODY_CAP",
-    "HEADER_CAP",
     "CAPTURE_NAME",
+    "HEADER_CAP",
     "FolderPattern",
     "PatternError",
     "Regex",
@@ -96,9 +96,9 @@ def compile_regex(source: str) -> Regex:
         raw = exc.args[0] if exc.args else "invalid pattern"
         msg = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
         hint = next((h for start, h in reversed(_HINTS) if msg.startswith(start)), "")
-        raise PatternError(f"invalid regular expression {source!r}: {msg}{hint}") from None
+        raise PatternError(f"invalid regular expression '{source}': {msg}{hint}") from None
     except (TypeError, ValueError) as exc:  # e.g. a NUL or a surrogate in the pattern
-        raise PatternError(f"invalid regular expression {source!r}: {exc}") from None
+        raise PatternError(f"invalid regular expression '{source}': {exc}") from None
     names = frozenset(compiled.groupindex)
     for name in names:
         if not CAPTURE_NAME.match(name):

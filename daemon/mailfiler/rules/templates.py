@@ -34,7 +34,7 @@ BUILTIN_NAMES = (
 )
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[a-z]+)?$")
 
 
 def slug(value: str) -> str:
@@ -89,9 +89,7 @@ class Template:
                     )
                 for f in filters:
                     if f not in FILTERS:
-                        raise TemplateError(
-                            f"template {source!r}: unknown filter {f!r} (known: {', '.join(FILTERS)})"
-                        )
+                        raise TemplateError(f"template {source!r}: unknown filter {f!r} (known: {', '.join(FILTERS)})")
                 parts.append(_Slot(name, tuple(filters)))
         if pos < len(source):
             parts.append(source[pos:])
