@@ -262,6 +262,8 @@ class E2EEnv:
         self.reader_config: Path | None = None
         #: the store; relative to the config file (a PostgreSQL URL for the shared-store tests)
         self.database = "sqlite:///state/mailfiler.db"
+        #: rule files or folders for the config's `rules:` (relative to the config file)
+        self.rules: list[str] = []
 
     # -- config ----------------------------------------------------------------------
 
@@ -293,6 +295,7 @@ class E2EEnv:
             "state_dir": "state",
             "records": self.records,
             "mailboxes": [mb.as_yaml() for mb in self.mailboxes.values()],
+            **({"rules": self.rules} if self.rules else {}),
         }
 
     def write_config(self, text: str | None = None) -> Path:

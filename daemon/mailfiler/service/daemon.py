@@ -22,7 +22,14 @@ from pathlib import Path
 from mailfiler.config.loader import LoadedConfig, load_config
 from mailfiler.errors import ConfigError, MailfilerError
 from mailfiler.service.notify import LoopLagMonitor, Notifier, watchdog_interval, watchdog_loop
-from mailfiler.service.runtime import MailboxRuntime, Services, build_services, manager_id, open_store
+from mailfiler.service.runtime import (
+    MailboxRuntime,
+    Services,
+    build_services,
+    load_ruleset,
+    manager_id,
+    open_store,
+)
 from mailfiler.service.worker import MailboxWorker
 from mailfiler.store.db import redact
 from mailfiler.store.models import DaemonState, utcnow
@@ -250,6 +257,9 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.loaded.path)
+            # load the rules before touching the running mailboxes: a broken
+            # rule file keeps the last good config and rules in force
+            new_rules = load_ruleset(new.config)
         except ConfigError as exc:
             self.config_error = "; ".join(str(p) for p in exc.problems) or str(exc)
             for problem in exc.problems or [exc]:
@@ -269,7 +279,7 @@ class Daemon:
         assert self.services is not None
         db = self.services.db
         self.loaded = new
-        self.services = build_services(db, new.config, manager=manager_id(new.path))
+        self.services = build_services(db, new.config, manager=manager_id(new.path), rules=new_rules)
         self._start_mailboxes()
         self._publish("running")
         self.notifier.ready()

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import peewee as pw
 
 from mailfiler.config.schema import Config
+from mailfiler.rules import RuleSet, load_rules
 from mailfiler.sources.base import Source
 from mailfiler.sources.maildir import MaildirSource
 from mailfiler.store import db as storedb
@@ -178,7 +179,19 @@ def sync_config(db: pw.Database, config: Config, *, manager: str | None = None) 
     return runtimes
 
 
-def build_services(db: pw.Database, config: Config, *, manager: str | None = None) -> Services:
+def load_ruleset(config: Config) -> RuleSet | None:
+    """The config's rules; raises ConfigError listing every problem."""
+    if not config.rules:
+        return None
+    return load_rules(config.rules, known_entities=config.entity_types())
+
+
+def build_services(
+    db: pw.Database, config: Config, *, manager: str | None = None, rules: RuleSet | None = None
+) -> Services:
+    """``rules``: an already loaded rule set (else the config's are loaded)."""
+    if rules is None:
+        rules = load_ruleset(config)
     state_dir = Path(config.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(
@@ -187,6 +200,7 @@ def build_services(db: pw.Database, config: Config, *, manager: str | None = Non
         precedence=precedence(config),
         ambiguous=config.tracking.ambiguous_addresses,
         correlation=config.correlation,
+        rules=rules,
     )
     services = Services(
         db=db,
@@ -196,12 +210,12 @@ def build_services(db: pw.Database, config: Config, *, manager: str | None = Non
         max_message_bytes=config.limits.max_message_bytes,
     )
     services.mailboxes = sync_config(db, config, manager=manager)
-    if config.rules:
-        log.warning(
-            "the config lists %d rule file(s), but this release does not apply rules yet; "
-            "only tracked_folders decide what is tracked",
-            len(config.rules),
-            extra={"event": "rules-not-applied"},
+    if rules is not None:
+        log.info(
+            "%d rule(s) loaded from %d file(s)",
+            len(rules.rules),
+            len(rules.sources),
+            extra={"event": "rules-loaded"},
         )
     return services
 

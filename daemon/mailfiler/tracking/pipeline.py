@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import peewee as pw
 
 from mailfiler.config.schema import CorrelationSettings
+from mailfiler.rules import Decision, Facts, RuleSet
 from mailfiler.store.blobs import BlobStore
 from mailfiler.store.db import transaction
 from mailfiler.store.models import (
@@ -32,6 +33,8 @@ from mailfiler.store.records import resolve_addresses
 from mailfiler.tracking.context import FolderContext, MailboxContext
 from mailfiler.tracking.correlate import correlate, subject_key
 from mailfiler.tracking.parse import ParsedMessage
+from mailfiler.tracking.regarding import create_contact
+from mailfiler.tracking.regarding import resolve as resolve_regarding
 from mailfiler.util import crashpoints
 
 log = logging.getLogger("mailfiler.tracking")
@@ -57,12 +60,14 @@ class Tracker:
         precedence: Sequence[str],
         ambiguous: str = "all",
         correlation: CorrelationSettings | None = None,
+        rules: RuleSet | None = None,
     ) -> None:
         self.db = db
         self.blobs = blobs
         self.precedence = tuple(precedence)
         self.ambiguous = ambiguous
         self.correlation = correlation or CorrelationSettings()
+        self.rules = rules
 
     # -- the one transaction ------------------------------------------------
 
@@ -144,8 +149,30 @@ class Tracker:
         self, mailbox: MailboxContext, folder: FolderContext, msg: ParsedMessage, blob_ids: list[str], now
     ) -> Activity:
         outgoing = msg.sender is not None and msg.sender in mailbox.owner_addresses
-        # the folder's record wins; a folder without one lets correlation decide
+        # the folder's record wins (as in Dynamics); a folder without one lets
+        # the rules decide, then correlation
         regarding, method, correlated = folder.regarding, "folder" if folder.regarding else None, None
+        categories: str | None = None
+        owner: str | None = None
+        if regarding is None and self.rules is not None:
+            decision = self._decide(mailbox, folder, msg, "outgoing" if outgoing else "incoming")
+            if decision.regarding is not None:
+                record, created = resolve_regarding(self.db, decision.regarding)
+                if record is not None:
+                    regarding, method = record, f"rule:{decision.rule}"
+                    if created:
+                        log.info(
+                            "rule %s created %s",
+                            decision.rule,
+                            record.ref,
+                            extra={"event": "record-created", "record": record.ref, "rule": decision.rule},
+                        )
+            # after the regarding: a record the rule just created can be the
+            # new contact's parent by domain
+            if decision.create_contact is not None:
+                create_contact(self.db, decision.create_contact, parent_precedence=self.precedence)
+            categories = ",".join(decision.categories) or None
+            owner = decision.owner
         if regarding is None:
             match = correlate(msg, self.correlation)
             if match is not None:
@@ -170,6 +197,8 @@ class Tracker:
             correlation_folder=folder.row if folder.regarding else None,
             correlated_activity=correlated,
             subject_key=subject_key(msg.subject) or None,
+            categories=categories,
+            owner=owner,
             owner_mailbox=mailbox.row,
             parse_defects=", ".join(msg.defects) or None,
         )
@@ -185,6 +214,23 @@ class Tracker:
                 blob=digest,
             )
         return activity
+
+    def _decide(self, mailbox: MailboxContext, folder: FolderContext, msg: ParsedMessage, direction: str) -> Decision:
+        assert self.rules is not None
+        sender = msg.sender
+        recipients = {a.address for role in ("to", "cc", "bcc") for a in msg.addresses.get(role, ())}
+        resolved = resolve_addresses(
+            recipients | ({sender} if sender else set()), precedence=self.precedence, ambiguous=self.ambiguous
+        )
+        facts = Facts.from_parsed(
+            msg,
+            mailbox=mailbox.row.name,
+            folder=folder.name,
+            direction=direction,
+            sender_entities={r.entity for r in resolved.get(sender, [])} if sender else set(),
+            recipient_entities={r.entity for a in recipients for r in resolved.get(a, [])},
+        )
+        return self.rules.evaluate(facts)
 
     def _add_parties(self, activity: Activity, msg: ParsedMessage, *, fresh: bool = False) -> None:
         existing: set[tuple[str, str]] = set()
