@@ -142,6 +142,8 @@ def assert_converged(world: World, corpus: Corpus) -> None:
         db,
         "SELECT l.folder, l.source_id, l.gone_at, a.id, a.message_id, a.synthetic_id, r.entity || ':' || r.key,"
         " (SELECT COUNT(*) FROM attachment t WHERE t.activity_id = a.id)"
+        " , a.correlation, (SELECT r2.entity || ':' || r2.key FROM activity p JOIN record r2 ON r2.id = p.regarding_id"
+        "    WHERE p.id = a.correlated_activity_id)"
         " FROM location l JOIN activity a ON a.id = l.activity_id LEFT JOIN record r ON r.id = a.regarding_id",
     )
     by_loc = {(r[0], r[1]): r for r in rows}
@@ -157,7 +159,7 @@ def assert_converged(world: World, corpus: Corpus) -> None:
         if len(acts) != 1:
             problems.append(f"message {m.i}: its copies map to different activities {acts}")
             continue
-        aid, mid, synthetic, regarding, n_att = acts.pop()
+        aid, mid, synthetic, regarding, n_att, correlation, parent_regarding = acts.pop()
         if aid in seen:
             problems.append(f"messages {seen[aid]} and {m.i} share activity {aid}")
         seen[aid] = m.i
@@ -165,8 +167,12 @@ def assert_converged(world: World, corpus: Corpus) -> None:
             problems.append(f"message {m.i}: message id {mid!r} (synthetic={synthetic}), expected {m.message_id!r}")
         if m.message_id is None and not (synthetic and mid.endswith(SYNTHETIC_SUFFIX)):
             problems.append(f"message {m.i} has no Message-ID but got {mid!r} (synthetic={synthetic})")
-        if regarding != m.regarding:
-            problems.append(f"message {m.i} ({mid}): regarding {regarding}, expected {m.regarding}")
+        # in the folder without a regarding, a reply inherits the regarding of the
+        # tracked message it answers (correlation); otherwise it has none
+        correlated = m.regarding is None and correlation in ("in-reply-to", "references")
+        expected = parent_regarding if correlated else m.regarding
+        if regarding != expected or (correlated and regarding is None):
+            problems.append(f"message {m.i} ({mid}): regarding {regarding} by {correlation}, expected {expected}")
         if n_att != m.attachments:
             problems.append(f"message {m.i}: {n_att} attachments, expected {m.attachments}")
     assert not problems, f"{len(problems)} problem(s):\n" + "\n".join(problems[:30])
