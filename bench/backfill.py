@@ -49,6 +49,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import benchconfig  # noqa: E402
+from benchconfig import FOLDERS as ALL_FOLDERS  # noqa: E402
+
 from mailfiler.config.loader import load_config  # noqa: E402
 from mailfiler.service.logsetup import PlainFormatter  # noqa: E402
 from mailfiler.service.runtime import build_services, open_store  # noqa: E402
@@ -62,31 +65,6 @@ from tests.mailgen import (  # noqa: E402
 
 TARGET_RATIO = 0.40
 
-ALL_FOLDERS: tuple[tuple[str, str | None], ...] = (
-    ("Tracked/Contoso", "account:contoso"),
-    ("Tracked/Fabrikam", "account:fabrikam"),
-    ("Cases/CAS-01001", "case:CAS-01001"),
-    ("Tracked/Unfiled", None),
-)
-
-CONFIG_TEMPLATE = """\
-# written by bench/backfill.py
-database: sqlite:///store.db
-state_dir: state
-records:
-  - {{entity: account, key: contoso, name: Contoso Ltd, domains: [contoso.com]}}
-  - {{entity: account, key: fabrikam, name: Fabrikam Inc, domains: [fabrikam.com]}}
-  - {{entity: contact, key: bob.smith, name: Bob Smith, emails: [bob@contoso.com], parent: "account:contoso"}}
-  - {{entity: case, key: CAS-01001, name: Contoso invoice dispute, parent: "account:contoso"}}
-mailboxes:
-  - name: alice
-    owner: alice@example.com
-    maildir: "{maildir}"
-    layout: maildir++
-    create_missing_folders: false
-    tracked_folders:
-{folders}
-"""
 
 
 # -- corpus ------------------------------------------------------------------------------
@@ -140,15 +118,7 @@ def message_files(maildir: Path, folders: list[str]) -> list[Path]:
 
 
 def write_config(base: Path, maildir: Path, folders: list[str]) -> Path:
-    regarding = dict(ALL_FOLDERS)
-    lines = []
-    for folder in folders:
-        lines.append(f"      - folder: {folder}")
-        if regarding[folder]:
-            lines.append(f'        regarding: "{regarding[folder]}"')
-    cfg = base / "mailfiler.yaml"
-    cfg.write_text(CONFIG_TEMPLATE.format(maildir=maildir, folders="\n".join(lines)), encoding="utf-8")
-    return cfg
+    return benchconfig.write_config(base, maildir, folders, writer="bench/backfill.py")
 
 
 # -- baseline ------------------------------------------------------------------------------

@@ -47,7 +47,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import benchconfig  # noqa: E402
 import watchfiles  # noqa: E402
+from benchconfig import FOLDERS  # noqa: E402
 
 from mailfiler.sources.maildir import MaildirSource  # noqa: E402
 from mailfiler.tracking.parse import parse_message  # noqa: E402
@@ -62,43 +64,10 @@ from tests.mailgen import (  # noqa: E402
 
 TARGET_MEDIAN_MS = 100.0
 
-#: (folder, regarding) tracked by the benchmark mailbox
-FOLDERS: tuple[tuple[str, str | None], ...] = (
-    ("Tracked/Contoso", "account:contoso"),
-    ("Tracked/Fabrikam", "account:fabrikam"),
-    ("Cases/CAS-01001", "case:CAS-01001"),
-    ("Tracked/Unfiled", None),
-)
-
-CONFIG_TEMPLATE = """\
-# written by bench/latency.py
-database: sqlite:///store.db
-state_dir: state
-records:
-  - {{entity: account, key: contoso, name: Contoso Ltd, domains: [contoso.com]}}
-  - {{entity: account, key: fabrikam, name: Fabrikam Inc, domains: [fabrikam.com]}}
-  - {{entity: contact, key: bob.smith, name: Bob Smith, emails: [bob@contoso.com], parent: "account:contoso"}}
-  - {{entity: case, key: CAS-01001, name: Contoso invoice dispute, parent: "account:contoso"}}
-mailboxes:
-  - name: alice
-    owner: alice@example.com
-    maildir: Maildir
-    layout: maildir++
-    create_missing_folders: false
-    tracked_folders:
-{folders}
-"""
 
 
 def write_config(base: Path) -> Path:
-    lines = []
-    for folder, regarding in FOLDERS:
-        lines.append(f"      - folder: {folder}")
-        if regarding:
-            lines.append(f'        regarding: "{regarding}"')
-    cfg = base / "mailfiler.yaml"
-    cfg.write_text(CONFIG_TEMPLATE.format(folders="\n".join(lines)), encoding="utf-8")
-    return cfg
+    return benchconfig.write_config(base, "Maildir", [f for f, _ in FOLDERS], writer="bench/latency.py")
 
 
 def make_maildir(root: Path) -> list[Path]:

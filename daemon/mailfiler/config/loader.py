@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mailfiler.config import schema
-from mailfiler.config.yamlpos import MAP, Builder, KeyPath, Problem, compose, is_empty
+from mailfiler.config.yamlpos import MAP, Builder, KeyPath, Problem, compose, describe_value, is_empty
 from mailfiler.config.yamlpos import fmt_path as _fmt
 from mailfiler.config.yamlpos import path_prefix as _prefix
 from mailfiler.errors import ConfigError, NoConfigError
@@ -177,18 +177,8 @@ def _readable(err: Any) -> str:
         msg = "expected a file system path (a string)"
     elif err["type"] in ("list_type", "model_type", "model_attributes_type", "dict_type"):
         want = "a list (lines starting with '- ')" if err["type"] == "list_type" else "a mapping (key: value lines)"
-        msg = f"expected {want}, found {_describe(err.get('input'))}"
+        msg = f"expected {want}, found {describe_value(err.get('input'))}"
     return msg
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
 
 
 def _unknown_key(key: str, fields: Sequence[str]) -> str:

@@ -26,6 +26,7 @@ __all__ = [
     "Problem",
     "SafeLoader",
     "compose",
+    "describe_value",
     "fmt_path",
     "is_empty",
     "node_pos",
@@ -223,6 +224,17 @@ class Builder:
         while loc and loc not in self.values:
             loc = loc[:-1]
         return loc
+
+
+def describe_value(value: Any) -> str:
+    """A value as a problem message names it: "a mapping", "a list", 'x'."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
 
 
 def fmt_path(path: Sequence[str | int]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from mailfiler.config.yamlpos import MAP, Builder, KeyPath, Problem, compose, fmt_path, is_empty
+from mailfiler.config.yamlpos import MAP, Builder, KeyPath, Problem, compose, describe_value, fmt_path, is_empty
 from mailfiler.errors import ConfigError
 from mailfiler.rules import conditions as c
 from mailfiler.rules.actions import LOOKUP_FIELDS, Actions, CreateContactAction, RegardingAction
@@ -122,16 +122,6 @@ def _did_you_mean(word: str, choices: Sequence[str]) -> str:
     return f"expected one of: {', '.join(choices)}"
 
 
-def _describe(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
-
-
 class _Checker:
     """Turns the built data of one file into rules, recording problems."""
 
@@ -174,13 +164,13 @@ class _Checker:
     def mapping(self, path: KeyPath, value: Any, what: str) -> dict[str, Any] | None:
         if isinstance(value, dict):
             return value
-        self.err(path, f"expected {what} (key: value lines), found {_describe(value)}")
+        self.err(path, f"expected {what} (key: value lines), found {describe_value(value)}")
         return None
 
     def string(self, path: KeyPath, value: Any, what: str = "a string", *, empty: bool = False) -> str | None:
         if isinstance(value, str) and (empty or value.strip()):
             return value
-        found = "an empty string" if isinstance(value, str) else _describe(value)
+        found = "an empty string" if isinstance(value, str) else describe_value(value)
         if isinstance(value, bool):
             found += " (YAML reads a bare yes, no, on or off as true or false: quote it)"
         self.err(path, f"expected {what}, found {found}")
@@ -189,7 +179,7 @@ class _Checker:
     def boolean(self, path: KeyPath, value: Any) -> bool | None:
         if isinstance(value, bool):
             return value
-        self.err(path, f"expected true or false, found {_describe(value)}")
+        self.err(path, f"expected true or false, found {describe_value(value)}")
         return None
 
     def strings(self, path: KeyPath, value: Any, what: str, *, empty: bool = False) -> list[tuple[KeyPath, str]] | None:
@@ -197,7 +187,7 @@ class _Checker:
         if isinstance(value, str):
             return [(path, value)] if self.string(path, value, what, empty=empty) is not None else None
         if not isinstance(value, list) or not value:
-            self.err(path, f"expected {what} or a list of them, found {_describe(value)}")
+            self.err(path, f"expected {what} or a list of them, found {describe_value(value)}")
             return None
         out: list[tuple[KeyPath, str]] = []
         ok = True
@@ -229,7 +219,7 @@ class _Checker:
                 self.err((), "a rule file must have a rules: list")
             return []
         if not isinstance(rules, list):
-            self.err(("rules",), f"expected a list of rules (lines starting with '- '), found {_describe(rules)}")
+            self.err(("rules",), f"expected a list of rules (lines starting with '- '), found {describe_value(rules)}")
             return []
         out = []
         for i, item in enumerate(rules):
@@ -244,7 +234,7 @@ class _Checker:
 
     def rule(self, path: KeyPath, index: int, item: Any) -> Rule | None:
         if not isinstance(item, dict):
-            self.err(path, f"each rule must be a mapping with name:, when: and then:, found {_describe(item)}")
+            self.err(path, f"each rule must be a mapping with name:, when: and then:, found {describe_value(item)}")
             return None
         raw_name = item.get("name")
         name = None
@@ -328,7 +318,9 @@ class _Checker:
 
     def _combinator(self, path: KeyPath, value: Any, key: str) -> c.Condition | None:
         if not isinstance(value, list) or not value:
-            self.err(path, f"{key}: expects a list of conditions (lines starting with '- '), found {_describe(value)}")
+            self.err(
+                path, f"{key}: expects a list of conditions (lines starting with '- '), found {describe_value(value)}"
+            )
             return None
         parts = [self.condition((*path, i), item) for i, item in enumerate(value)]
         if any(p is None for p in parts):
@@ -363,7 +355,7 @@ class _Checker:
     def _direction(self, path: KeyPath, value: Any, key: str) -> c.Condition | None:
         if value in ("incoming", "outgoing"):
             return c.DirectionCond(value)
-        self.err(path, f"direction must be incoming or outgoing, found {_describe(value)}")
+        self.err(path, f"direction must be incoming or outgoing, found {describe_value(value)}")
         return None
 
     def _addresses(self, path: KeyPath, value: Any, key: str) -> c.Condition | None:
@@ -655,7 +647,7 @@ class _Checker:
             if lookup_field not in LOOKUP_FIELDS:
                 self.err(
                     (*path, "field"),
-                    f"field must be one of {', '.join(LOOKUP_FIELDS)}, found {_describe(lookup_field)}",
+                    f"field must be one of {', '.join(LOOKUP_FIELDS)}, found {describe_value(lookup_field)}",
                 )
                 ok = False
             if "value" not in data:
@@ -735,7 +727,7 @@ class _Checker:
         if "entity" in data:
             entity = data["entity"]
             if entity not in CONTACT_ENTITIES:
-                self.err((*path, "entity"), f"create_contact creates a contact or a lead, not {_describe(entity)}")
+                self.err((*path, "entity"), f"create_contact creates a contact or a lead, not {describe_value(entity)}")
                 return False
             if entity not in self.known:
                 self.err((*path, "entity"), f"unknown entity type {entity!r}")

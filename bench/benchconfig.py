@@ -1,0 +1,47 @@
+"""The mailbox both benchmarks run against: four tracked folders (three with
+a regarding, one without) and a few records, in a fresh SQLite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: (folder, regarding) tracked by the benchmark mailbox
+FOLDERS: tuple[tuple[str, str | None], ...] = (
+    ("Tracked/Contoso", "account:contoso"),
+    ("Tracked/Fabrikam", "account:fabrikam"),
+    ("Cases/CAS-01001", "case:CAS-01001"),
+    ("Tracked/Unfiled", None),
+)
+
+_TEMPLATE = """\
+# written by {writer}
+database: sqlite:///store.db
+state_dir: state
+records:
+  - {{entity: account, key: contoso, name: Contoso Ltd, domains: [contoso.com]}}
+  - {{entity: account, key: fabrikam, name: Fabrikam Inc, domains: [fabrikam.com]}}
+  - {{entity: contact, key: bob.smith, name: Bob Smith, emails: [bob@contoso.com], parent: "account:contoso"}}
+  - {{entity: case, key: CAS-01001, name: Contoso invoice dispute, parent: "account:contoso"}}
+mailboxes:
+  - name: alice
+    owner: alice@example.com
+    maildir: "{maildir}"
+    layout: maildir++
+    create_missing_folders: false
+    tracked_folders:
+{folders}
+"""
+
+
+def write_config(base: Path, maildir: Path | str, folders: list[str], *, writer: str) -> Path:
+    """Write ``base/mailfiler.yaml`` tracking ``folders`` (names from FOLDERS)."""
+    regarding = dict(FOLDERS)
+    lines = []
+    for folder in folders:
+        lines.append(f"      - folder: {folder}")
+        if regarding[folder]:
+            lines.append(f'        regarding: "{regarding[folder]}"')
+    cfg = base / "mailfiler.yaml"
+    text = _TEMPLATE.format(writer=writer, maildir=maildir, folders="\n".join(lines))
+    cfg.write_text(text, encoding="utf-8")
+    return cfg
