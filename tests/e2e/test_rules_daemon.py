@@ -37,6 +37,9 @@ def test_case_number_rule_and_broken_edit_keeps_old_rules(env: E2EEnv) -> None:
     env.drop("alice", "Support", _with_subject(0, "Printer broken CAS-00042"))
     act = env.wait_activity(mid)
     assert (act["regarding"], act["correlation"]) == ("case:CAS-00042", "rule:case-number-in-subject")
+    # the log line names the regarding the rule decided, not the folder's (none)
+    tracked = daemon.wait_event("tracked", message_id=mid)
+    assert tracked.data is not None and tracked.data["regarding"] == "case:CAS-00042"
 
     # a broken edit: the daemon says where, and keeps the last good rules
     (env.root / "rules.yaml").write_text(GOOD.replace("subject:", "subjekt:"), encoding="utf-8")

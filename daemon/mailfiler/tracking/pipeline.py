@@ -119,9 +119,9 @@ class Tracker:
 
         if activity is None:
             activity = self._create_activity(mailbox, folder, msg, blob_ids, now)
-            outcome = Outcome(
-                "tracked", activity.id, msg.message_id, folder.regarding.ref if folder.regarding else None
-            )
+            # the regarding may come from the folder, a rule or correlation
+            regarding = activity.regarding.ref if activity.regarding_id else None
+            outcome = Outcome("tracked", activity.id, msg.message_id, regarding)
         else:
             self._add_parties(activity, msg)
             outcome = self._relink(activity, mailbox, folder)
@@ -202,6 +202,8 @@ class Tracker:
             owner_mailbox=mailbox.row,
             parse_defects=", ".join(msg.defects) or None,
         )
+        # resolved afresh, not reused from _decide: a rule may have just
+        # created the sender's contact
         self._add_parties(activity, msg, fresh=True)
         for position, (part, digest) in enumerate(zip(msg.attachments, blob_ids, strict=True)):
             Blob.insert(sha256=digest, size=len(part.data)).on_conflict_ignore().execute()
