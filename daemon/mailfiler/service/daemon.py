@@ -17,7 +17,6 @@ import signal
 import socket
 import sys
 import time
-from pathlib import Path
 
 from mailfiler.config.loader import LoadedConfig, load_config
 from mailfiler.errors import ConfigError, MailfilerError
@@ -164,9 +163,7 @@ class Daemon:
     async def _run_mailbox(self, rt: MailboxRuntime, stop: asyncio.Event) -> None:
         assert self.services is not None
         source = rt.source
-        if rt.create_missing and hasattr(source, "root"):
-            Path(source.root).mkdir(parents=True, exist_ok=True)
-        await source.open()
+        await source.open(create=rt.create_missing)
         worker = MailboxWorker(rt, self.services, should_stop=stop.is_set)
         self.workers[rt.name] = worker
         queue: asyncio.Queue = asyncio.Queue()
@@ -339,9 +336,7 @@ async def run_once(loaded: LoadedConfig, *, progress: bool = False) -> dict[str,
     summary: dict[str, list] = {}
     try:
         for name, rt in services.mailboxes.items():
-            if rt.create_missing and hasattr(rt.source, "root"):
-                Path(rt.source.root).mkdir(parents=True, exist_ok=True)
-            await rt.source.open()
+            await rt.source.open(create=rt.create_missing)
             worker = MailboxWorker(rt, services)
             summary[name] = [await worker.scan_folder(folder) for folder in rt.folders]
             await rt.source.close()

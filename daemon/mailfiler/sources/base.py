@@ -47,8 +47,9 @@ class Source(abc.ABC):
     #: name of the backend in config and status ("maildir", "imap", ...)
     backend: str = ""
 
-    async def open(self) -> None:  # noqa: B027 - optional hook
-        """Connect or check the mailbox is readable."""
+    async def open(self, *, create: bool = False) -> None:  # noqa: B027 - optional hook
+        """Connect or check the mailbox is readable.  ``create`` makes an
+        empty mailbox first where the backend can (a new local Maildir)."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

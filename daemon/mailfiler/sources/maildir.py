@@ -68,7 +68,9 @@ class MaildirSource(Source):
 
     # -- Source API ----------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, *, create: bool = False) -> None:
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
         if not self.root.is_dir():
             raise MailboxUnavailable(f"Maildir {self.root} does not exist or is not a directory", path=str(self.root))
         if not os.access(self.root, os.R_OK | os.X_OK):
