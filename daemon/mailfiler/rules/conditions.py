@@ -110,7 +110,9 @@ class Condition:
 
 
 @dataclass(frozen=True)
-class AllOf(Condition):
+class _Combinator(Condition):
+    """Conditions over several parts: as costly as the costliest part."""
+
     parts: tuple[Condition, ...]
 
     @property
@@ -118,12 +120,15 @@ class AllOf(Condition):
         return max((p.cost for p in self.parts), default=0)
 
     @property
-    def captures(self) -> frozenset[str]:
-        return frozenset().union(*(p.captures for p in self.parts))
-
-    @property
     def mentioned(self) -> frozenset[str]:
         return frozenset().union(*(p.mentioned for p in self.parts))
+
+
+@dataclass(frozen=True)
+class AllOf(_Combinator):
+    @property
+    def captures(self) -> frozenset[str]:
+        return frozenset().union(*(p.captures for p in self.parts))
 
     def test(self, v: View) -> Outcome:
         results: dict[int, dict[str, str]] = {}
@@ -140,21 +145,11 @@ class AllOf(Condition):
 
 
 @dataclass(frozen=True)
-class AnyOf(Condition):
-    parts: tuple[Condition, ...]
-
-    @property
-    def cost(self) -> int:  # type: ignore[override]
-        return max((p.cost for p in self.parts), default=0)
-
+class AnyOf(_Combinator):
     @property
     def captures(self) -> frozenset[str]:
         sets = [p.captures for p in self.parts]
         return frozenset.intersection(*sets) if sets else frozenset()
-
-    @property
-    def mentioned(self) -> frozenset[str]:
-        return frozenset().union(*(p.mentioned for p in self.parts))
 
     def test(self, v: View) -> Outcome:
         whys = []
