@@ -22,7 +22,7 @@ from mailfiler.errors import FolderMissing, MessageError, MessageTooLarge, Messa
 from mailfiler.service.runtime import MailboxRuntime, Services
 from mailfiler.sources.base import Change
 from mailfiler.store.models import Location, Shunt
-from mailfiler.tracking.folders import known_source_ids, mark_gone, set_folder_state
+from mailfiler.tracking.folders import mark_gone, present_source_ids, set_folder_state, shunted_source_ids
 from mailfiler.tracking.parse import parse_message
 from mailfiler.tracking.pipeline import Outcome
 
@@ -83,14 +83,9 @@ class MailboxWorker:
             set_folder_state(self.mailbox, folder, "missing", str(exc))
             result.missing = True
             return result
-        known = known_source_ids(self.mailbox, folder)
-        present_locations = {
-            r.source_id
-            for r in Location.select(Location.source_id).where(
-                (Location.mailbox == self.mailbox) & (Location.folder == folder) & (Location.gone_at.is_null())
-            )
-        }
-        gone = present_locations - set(listing.messages)
+        present = present_source_ids(self.mailbox, folder)
+        known = present | shunted_source_ids(self.mailbox, folder)
+        gone = present - set(listing.messages)
         result.gone = mark_gone(self.services.db, self.mailbox, folder, gone)
         todo = sorted(sid for sid in listing.messages if sid not in known)
         for done, sid in enumerate(todo, 1):

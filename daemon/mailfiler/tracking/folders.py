@@ -14,16 +14,25 @@ from mailfiler.store.models import Activity, FolderCursor, Location, Mailbox, Sh
 log = logging.getLogger("mailfiler.tracking")
 
 
-def known_source_ids(mailbox: Mailbox, folder: str) -> set[str]:
-    """Source ids already handled in a folder: present locations plus
-    messages waiting in the shunt (retried only on request)."""
+def present_source_ids(mailbox: Mailbox, folder: str) -> set[str]:
+    """Source ids the store believes are in a folder now."""
     present = Location.select(Location.source_id).where(
         (Location.mailbox == mailbox) & (Location.folder == folder) & (Location.gone_at.is_null())
     )
+    return {r.source_id for r in present}
+
+
+def shunted_source_ids(mailbox: Mailbox, folder: str) -> set[str]:
+    """Source ids of a folder waiting in the shunt (retried only on request)."""
     shunted = Shunt.select(Shunt.source_id).where(
         (Shunt.mailbox == mailbox) & (Shunt.folder == folder) & (Shunt.resolved_at.is_null())
     )
-    return {r.source_id for r in present} | {r.source_id for r in shunted}
+    return {r.source_id for r in shunted}
+
+
+def known_source_ids(mailbox: Mailbox, folder: str) -> set[str]:
+    """Source ids already handled in a folder: present or shunted."""
+    return present_source_ids(mailbox, folder) | shunted_source_ids(mailbox, folder)
 
 
 def mark_gone(db: pw.Database, mailbox: Mailbox, folder: str, source_ids: Iterable[str]) -> int:
