@@ -155,7 +155,7 @@ class Tracker:
         categories: str | None = None
         owner: str | None = None
         if regarding is None and self.rules is not None:
-            decision = self._decide(mailbox, folder, msg, "outgoing" if outgoing else "incoming")
+            decision = self.decide(mailbox, folder.name, msg, "outgoing" if outgoing else "incoming")
             if decision.regarding is not None:
                 record, created = resolve_regarding(self.db, decision.regarding)
                 if record is not None:
@@ -202,7 +202,7 @@ class Tracker:
             owner_mailbox=mailbox.row,
             parse_defects=", ".join(msg.defects) or None,
         )
-        # resolved afresh, not reused from _decide: a rule may have just
+        # resolved afresh, not reused from decide(): a rule may have just
         # created the sender's contact
         self._add_parties(activity, msg, fresh=True)
         for position, (part, digest) in enumerate(zip(msg.attachments, blob_ids, strict=True)):
@@ -217,8 +217,11 @@ class Tracker:
             )
         return activity
 
-    def _decide(self, mailbox: MailboxContext, folder: FolderContext, msg: ParsedMessage, direction: str) -> Decision:
-        assert self.rules is not None
+    def decide(self, mailbox: MailboxContext, folder: str | None, msg: ParsedMessage, direction: str) -> Decision:
+        """What the rules say about *msg* in *folder*; reads the store only
+        to see which records the addresses resolve to."""
+        if self.rules is None:
+            return Decision()
         sender = msg.sender
         recipients = {a.address for role in ("to", "cc", "bcc") for a in msg.addresses.get(role, ())}
         resolved = resolve_addresses(
@@ -227,7 +230,7 @@ class Tracker:
         facts = Facts.from_parsed(
             msg,
             mailbox=mailbox.row.name,
-            folder=folder.name,
+            folder=folder,
             direction=direction,
             sender_entities={r.entity for r in resolved.get(sender, [])} if sender else set(),
             recipient_entities={r.entity for a in recipients for r in resolved.get(a, [])},
