@@ -65,6 +65,72 @@ class TrackedFolder(Strict):
         return v
 
 
+#: folders auto-tracking never reads: deleted mail, spam, unsent drafts
+DEFAULT_AUTO_EXCLUDE = (
+    "Trash",
+    "Deleted Items",
+    "Deleted Messages",
+    "Junk",
+    "Junk E-mail",
+    "Junk Email",
+    "Spam",
+    "Drafts",
+    "Outbox",
+    "Templates",
+    "Papperskorgen",
+    "Skräppost",
+    "Utkast",
+    "Roskaposti",
+    "Poistetut",
+    "Luonnokset",
+    "Papirkurv",
+    "Uønsket mail",
+    "Kladder",
+)
+
+
+def _never_track_entry(v: str) -> str:
+    v = v.strip().lower()
+    if v.startswith("@"):
+        if len(v) < 2 or "@" in v[1:] or "/" in v:
+            raise ValueError(f"never_track entry {v!r}: a domain is written @example.com")
+    elif "@" not in v or v.startswith("@") or v.endswith("@"):
+        raise ValueError(f"never_track entry {v!r}: expected an address (a@example.com) or a domain (@example.com)")
+    return v
+
+
+class AutoTrack(Strict):
+    """Tracking of mail outside tracked folders (the Inbox and any watched folder)."""
+
+    policy: Literal["none", "replies", "known", "all"] = Field(
+        default="replies",
+        description=(
+            "none: only what rules track; replies: replies to tracked mail (the default, as in Dynamics);"
+            " known: also mail from or to records; all: every message."
+        ),
+    )
+    folders: list[str] = Field(
+        default_factory=lambda: ["**"],
+        description="Folder patterns to watch (** any depth, * one segment); [] watches none.",
+    )
+    exclude: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_AUTO_EXCLUDE),
+        description="Folder patterns never watched (matched case-insensitively, also as parents: Trash/**).",
+    )
+
+    @field_validator("folders", "exclude")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        from mailfiler.rules.patterns import PatternError, compile_folder
+
+        for pattern in v:
+            try:
+                compile_folder(pattern)
+            except PatternError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+
 class Mailbox(Strict):
     name: str = Field(description="Short unique name of the mailbox (used in CLI output and logs).")
     owner: str = Field(description="E-mail address of the CRM user whose mailbox this is.")
@@ -77,6 +143,15 @@ class Mailbox(Strict):
         default=False, description="Create tracked folders that do not exist yet (handy for a new local Maildir)."
     )
     tracked_folders: list[TrackedFolder] = Field(default_factory=list)
+    auto_track: AutoTrack = Field(default_factory=AutoTrack)
+    never_track: list[str] = Field(
+        default_factory=list, description="Addresses and @domains whose mail is never auto-tracked."
+    )
+
+    @field_validator("never_track")
+    @classmethod
+    def _never(cls, v: list[str]) -> list[str]:
+        return [_never_track_entry(x) for x in v]
 
     @field_validator("name")
     @classmethod
@@ -135,6 +210,14 @@ class Tracking(Strict):
     ambiguous_addresses: Literal["all", "none"] = Field(
         default="all", description="When several records share an address: link all of them, or none."
     )
+    never_track: list[str] = Field(
+        default_factory=list, description="Addresses and @domains never auto-tracked in any mailbox."
+    )
+
+    @field_validator("never_track")
+    @classmethod
+    def _never(cls, v: list[str]) -> list[str]:
+        return [_never_track_entry(x) for x in v]
 
 
 class TokenSettings(Strict):
