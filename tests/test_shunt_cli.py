@@ -118,7 +118,16 @@ def test_retry_too_large_after_raising_the_limit_tracks_it(world: World) -> None
     assert res.returncode == 0, describe(res)
     assert json.loads(res.stdout) == [{"id": large_id, "result": "already-resolved"}]
     once = cli_json(world.config, "once")
-    assert once["alice"] == [{"folder": FOLDER, "new": 0, "gone": 0, "shunted": 0, "missing": False}]
+    [tracked] = [r for r in once["alice"] if r["kind"] == "tracked"]
+    assert tracked == {
+        "folder": FOLDER,
+        "kind": "tracked",
+        "new": 0,
+        "skipped": 0,
+        "gone": 0,
+        "shunted": 0,
+        "missing": False,
+    }
     assert len(cli_json(world.config, "activities")) == 2
     assert set(listing(world)) == {"empty", "notmail"}
 

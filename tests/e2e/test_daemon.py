@@ -118,7 +118,8 @@ def test_moves_between_tracked_folders_and_out_of_them(env: E2EEnv) -> None:
         ],
     )
     daemon = env.start_daemon()
-    archive = make_maildir_folder(env.folder_dir("alice", "Archive"))  # not tracked
+    # not tracked, and not watched by auto-tracking (excluded by default)
+    trash = make_maildir_folder(env.folder_dir("alice", "Trash"))
     mid = message_id_for(0, seed=21)
     path = env.drop("alice", "Tracked/Contoso", realistic_message(0, seed=21))
     env.wait_activity(mid, lambda a: a["regarding"] == "account:contoso")
@@ -137,8 +138,8 @@ def test_moves_between_tracked_folders_and_out_of_them(env: E2EEnv) -> None:
     act = env.wait_activity(mid, lambda a: locations(a) == [("alice", "Tracked/Unfiled")])
     assert act["regarding"] == "account:fabrikam"
 
-    # C -> an untracked folder: still tracked, no location left
-    move_message(path, archive)
+    # C -> a folder neither tracked nor watched: still tracked, no location left
+    move_message(path, trash)
     act = env.wait_activity(mid, lambda a: a["locations"] == [])
     assert act["regarding"] == "account:fabrikam"
     assert len(env.activities()) == 1
@@ -267,7 +268,7 @@ def test_sigterm_exits_zero_promptly_after_the_message_in_flight(env: E2EEnv) ->
     # a pass over the folder finishes the rest, tracking nothing twice
     res = env.cli("once", "--json")
     assert res.returncode == 0
-    [summary] = json.loads(res.stdout)["alice"]
+    [summary] = [r for r in json.loads(res.stdout)["alice"] if r["kind"] == "tracked"]
     assert summary["new"] == n - len(stored) and summary["gone"] == 0 and summary["shunted"] == 0
     acts = env.activities()
     assert sorted(a["message_id"] for a in acts) == sorted(ids)
@@ -435,7 +436,7 @@ def test_once_does_one_pass_and_exits_zero(env: E2EEnv) -> None:
     assert all(a["regarding"] == "account:contoso" for a in acts)
     # a second pass finds nothing new
     again = json.loads(env.cli("once", "--json").stdout)["alice"]
-    assert [r["new"] for r in again] == [0, 0]
+    assert [r["new"] for r in again if r["kind"] == "tracked"] == [0, 0]
     assert len(env.activities()) == 3
     status = env.status()
     assert env.folder_status(status, "alice", "Tracked/Missing")["state"] == "missing"

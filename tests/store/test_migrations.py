@@ -99,3 +99,23 @@ def test_version_1_store_gains_the_correlation_columns(store: Store) -> None:
     assert m.Record.get(m.Record.key == "contoso").name == "Contoso"
     m.Activity.create(message_id="<a@b>", direction="incoming", subject_key="hello", categories="x")
     assert m.Activity.get(m.Activity.message_id == "<a@b>").subject_key == "hello"
+
+
+def test_version_2_store_gains_the_auto_tracking_tables(store: Store) -> None:
+    # as schema 2 left it: no seen table, no cursor kind
+    cursor_table = m.FolderCursor._meta.table_name
+    store.db.execute_sql(f"DROP TABLE {m.SeenMessage._meta.table_name}")
+    store.db.execute_sql(f"ALTER TABLE {cursor_table} DROP COLUMN kind")
+    mb = m.Mailbox.create(name="alice", owner="alice@example.com")
+    store.db.execute_sql(
+        f"INSERT INTO {cursor_table} (mailbox_id, folder, state, processed, updated_at)"
+        f" VALUES ({mb.id}, 'Tracked', 'ok', 3, CURRENT_TIMESTAMP)"
+    )
+    m.SchemaVersion.delete().where(m.SchemaVersion.version > 2).execute()
+    assert current_version(store.db) == 2
+
+    assert migrate(store.db) == list(range(3, LATEST + 1))
+    # the old cursor is a tracked folder's; the seen table works
+    assert m.FolderCursor.get(m.FolderCursor.folder == "Tracked").kind == "tracked"
+    m.SeenMessage.create(mailbox=mb, folder="INBOX", source_id="1", verdict="baseline")
+    assert m.SeenMessage.select().count() == 1

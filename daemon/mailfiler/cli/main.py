@@ -125,13 +125,25 @@ def run(obj: Context, progress: bool | None) -> None:
 @pass_ctx
 @handle_errors
 def once(obj: Context, as_json: bool) -> None:
-    """One full pass over every tracked folder, then exit (for cron and tests)."""
+    """One full pass over every tracked folder, then exit (for cron and tests).
+
+    Folders that auto-tracking watches (kind "watched") are passed over too:
+    "new" counts the messages tracked, "skipped" those judged and left alone.
+    """
     from mailfiler.service.daemon import run_once
 
     summary = asyncio.run(run_once(obj.load()))
     data = {
         mailbox: [
-            {"folder": r.folder, "new": r.new, "gone": r.gone, "shunted": r.shunted, "missing": r.missing}
+            {
+                "folder": r.folder,
+                "kind": r.kind,
+                "new": r.new,
+                "skipped": r.skipped,
+                "gone": r.gone,
+                "shunted": r.shunted,
+                "missing": r.missing,
+            }
             for r in results
         ]
         for mailbox, results in summary.items()
@@ -140,11 +152,20 @@ def once(obj: Context, as_json: bool) -> None:
         emit_json(data)
         return
     rows = [
-        (mb, r["folder"], r["new"], r["gone"], r["shunted"], "missing" if r["missing"] else "ok")
+        (
+            mb,
+            r["folder"],
+            r["kind"],
+            r["new"],
+            r["skipped"],
+            r["gone"],
+            r["shunted"],
+            "missing" if r["missing"] else "ok",
+        )
         for mb, results in data.items()
         for r in results
     ]
-    table("mailfiler once", ["mailbox", "folder", "new", "gone", "shunted", "state"], rows)
+    table("mailfiler once", ["mailbox", "folder", "kind", "new", "skipped", "gone", "shunted", "state"], rows)
 
 
 @cli.command()

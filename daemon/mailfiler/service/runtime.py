@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,6 +22,7 @@ from mailfiler.store.blobs import BlobStore
 from mailfiler.store.migrations import migrate
 from mailfiler.store.models import Mailbox, RecordAddress, TrackedFolder, utcnow
 from mailfiler.store.records import ENTITY_PRECEDENCE, RecordInput, ensure_user, get_by_ref, upsert_records
+from mailfiler.tracking.autotrack import FolderFilter, NeverTrack
 from mailfiler.tracking.context import FolderContext, MailboxContext
 from mailfiler.tracking.folders import relink_folder
 from mailfiler.tracking.pipeline import Tracker
@@ -55,6 +57,14 @@ class MailboxRuntime:
     source: Source
     folders: dict[str, FolderContext]
     create_missing: bool = False
+    #: which other folders auto-tracking watches (a pattern test)
+    auto_folders: Callable[[str], bool] = lambda folder: False
+    #: the watched folders found in the mailbox (set by the worker)
+    watched: dict[str, FolderContext] = field(default_factory=dict)
+
+    def context(self, folder: str) -> FolderContext | None:
+        """The tracked or watched folder's context, or None."""
+        return self.folders.get(folder) or self.watched.get(folder)
 
     @property
     def name(self) -> str:
@@ -171,10 +181,16 @@ def sync_config(db: pw.Database, config: Config, *, manager: str | None = None) 
                         )
                 folders[tf.folder] = fctx
             runtimes[mbc.name] = MailboxRuntime(
-                ctx=MailboxContext(row=row, owner_addresses=frozenset(owner_addresses)),
+                ctx=MailboxContext(
+                    row=row,
+                    owner_addresses=frozenset(owner_addresses),
+                    policy=mbc.auto_track.policy,
+                    never=NeverTrack(mbc.never_track) | NeverTrack(config.tracking.never_track),
+                ),
                 source=make_source(mbc),
                 folders=folders,
                 create_missing=mbc.create_missing_folders,
+                auto_folders=FolderFilter(mbc.auto_track),
             )
     return runtimes
 

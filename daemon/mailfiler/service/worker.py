@@ -21,8 +21,18 @@ import peewee as pw
 from mailfiler.errors import FolderMissing, MessageError, MessageTooLarge, MessageVanished, ProcessingFailed
 from mailfiler.service.runtime import MailboxRuntime, Services
 from mailfiler.sources.base import Change
-from mailfiler.store.models import Location, Shunt
-from mailfiler.tracking.folders import mark_gone, present_source_ids, set_folder_state, shunted_source_ids
+from mailfiler.store.db import transaction
+from mailfiler.store.models import FolderCursor, Location, SeenMessage, Shunt
+from mailfiler.tracking.context import watched_folder
+from mailfiler.tracking.folders import (
+    forget_seen,
+    mark_gone,
+    present_source_ids,
+    record_baseline,
+    seen_source_ids,
+    set_folder_state,
+    shunted_source_ids,
+)
 from mailfiler.tracking.parse import parse_message
 from mailfiler.tracking.pipeline import Outcome
 
@@ -36,7 +46,10 @@ STORE_RETRIES = 5
 @dataclass
 class ScanResult:
     folder: str
+    kind: str = "tracked"
     new: int = 0
+    #: judged by auto-tracking and not tracked
+    skipped: int = 0
     gone: int = 0
     shunted: int = 0
     missing: bool = False
@@ -52,6 +65,8 @@ class MailboxWorker:
         self.last_progress = time.monotonic()
         #: outcomes since start (tracked, relinked, shunted...), for STATUS=
         self.counts: dict[str, int] = {}
+        #: watched folders seen for the first time: record, do not track
+        self.baseline: set[str] = set()
 
     @property
     def mailbox(self):
@@ -59,7 +74,110 @@ class MailboxWorker:
 
     # -- folder scan (backfill, catch-up) ----------------------------------------
 
+    # -- watched folders (auto-tracking) ------------------------------------------
+
+    async def discover(self, *, at_start: bool) -> tuple[list[str], list[str]]:
+        """Find the folders auto-tracking watches; return (added, removed).
+
+        At start, a folder auto-tracking has not watched before is first
+        recorded as it is (its mail is not tracked retroactively); a folder
+        that appears while the daemon runs is new mail, judged message by
+        message."""
+        rt = self.rt
+        try:
+            names = await rt.source.list_folders()
+        except FolderMissing:
+            names = []
+        wanted = {f for f in names if f not in rt.folders and rt.auto_folders(f)}
+        added = sorted(wanted - set(rt.watched))
+        removed = sorted(set(rt.watched) - wanted)
+        for folder in removed:
+            del rt.watched[folder]
+        if at_start:
+            watched_before = {
+                c.folder
+                for c in FolderCursor.select(FolderCursor.folder).where(
+                    (FolderCursor.mailbox == self.mailbox) & (FolderCursor.kind == "watched")
+                )
+            }
+            self.baseline |= {f for f in added if f not in watched_before}
+            # folders no longer watched (config or folder changes while we were away)
+            stale = watched_before - wanted
+            if stale:
+                self._unwatch(sorted(stale))
+        elif removed:
+            self._unwatch(removed)
+        for folder in added:
+            rt.watched[folder] = watched_folder(folder)
+        return added, removed
+
+    def _unwatch(self, folders: list[str]) -> None:
+        with transaction(self.services.db):
+            FolderCursor.update(kind="unwatched", state="unwatched").where(
+                (FolderCursor.mailbox == self.mailbox) & (FolderCursor.folder.in_(folders))
+            ).execute()
+            SeenMessage.delete().where(
+                (SeenMessage.mailbox == self.mailbox) & (SeenMessage.folder.in_(folders))
+            ).execute()
+
+    # -- folder scan (backfill, catch-up) ----------------------------------------
+
     async def scan_folder(self, folder: str) -> ScanResult:
+        if folder in self.rt.watched:
+            return await self._scan_watched(folder)
+        return await self._scan_tracked(folder)
+
+    async def _scan_watched(self, folder: str) -> ScanResult:
+        result = ScanResult(folder, kind="watched")
+        mb = self.mailbox
+        try:
+            listing = await self.rt.source.list_messages(folder)
+        except FolderMissing:
+            # a watched folder that went away is simply no longer watched
+            self.rt.watched.pop(folder, None)
+            self._unwatch([folder])
+            result.missing = True
+            return result
+        set_folder_state(mb, folder, "syncing", kind="watched")
+        present = present_source_ids(mb, folder)
+        seen = seen_source_ids(mb, folder)
+        known = present | seen | shunted_source_ids(mb, folder)
+        result.gone = mark_gone(self.services.db, mb, folder, present - set(listing.messages))
+        forget_seen(self.services.db, mb, folder, seen - set(listing.messages))
+        todo = sorted(sid for sid in listing.messages if sid not in known)
+        if folder in self.baseline:
+            record_baseline(self.services.db, mb, folder, todo)
+            self.baseline.discard(folder)
+            log.info(
+                "auto-tracking now watches %s/%s: %d message(s) already there are left as they are",
+                self.rt.name,
+                folder,
+                len(todo),
+                extra={"event": "watch-baseline", "mailbox": self.rt.name, "folder": folder, "count": len(todo)},
+            )
+            todo = []
+        await self._process_all(folder, todo, listing, result)
+        if not self.should_stop():
+            set_folder_state(mb, folder, "ok", synced=True, kind="watched")
+        return result
+
+    async def _process_all(self, folder: str, todo: list[str], listing, result: ScanResult) -> None:
+        for done, sid in enumerate(todo, 1):
+            if self.should_stop():
+                break
+            outcome = await self.process(folder, sid, listing.messages[sid])
+            if outcome == "shunted":
+                result.shunted += 1
+            elif isinstance(outcome, Outcome) and outcome.event == "skipped":
+                result.skipped += 1
+            elif outcome is not None:
+                result.new += 1
+            if self.progress:
+                self.progress(folder, done, len(todo))
+            # let signals, the watchdog and other mailboxes run
+            await asyncio.sleep(0)
+
+    async def _scan_tracked(self, folder: str) -> ScanResult:
         result = ScanResult(folder)
         source = self.rt.source
         if not await source.folder_exists(folder):
@@ -88,18 +206,7 @@ class MailboxWorker:
         gone = present - set(listing.messages)
         result.gone = mark_gone(self.services.db, self.mailbox, folder, gone)
         todo = sorted(sid for sid in listing.messages if sid not in known)
-        for done, sid in enumerate(todo, 1):
-            if self.should_stop():
-                break
-            outcome = await self.process(folder, sid, listing.messages[sid])
-            if outcome == "shunted":
-                result.shunted += 1
-            elif outcome is not None:
-                result.new += 1
-            if self.progress:
-                self.progress(folder, done, len(todo))
-            # let signals, the watchdog and other mailboxes run
-            await asyncio.sleep(0)
+        await self._process_all(folder, todo, listing, result)
         if not self.should_stop():
             set_folder_state(self.mailbox, folder, "ok", synced=True)
         return result
@@ -110,11 +217,14 @@ class MailboxWorker:
         for change in changes:
             if self.should_stop():
                 return
-            if change.folder not in self.rt.folders:
+            fctx = self.rt.context(change.folder)
+            if fctx is None:
                 continue
             if change.kind == "rescan":
                 await self.scan_folder(change.folder)
             elif change.kind == "gone" and change.source_id:
+                if not fctx.tracked:
+                    forget_seen(self.services.db, self.mailbox, change.folder, [change.source_id])
                 n = mark_gone(self.services.db, self.mailbox, change.folder, [change.source_id])
                 if n:
                     log.info(
@@ -134,8 +244,10 @@ class MailboxWorker:
                     continue
                 await self.process(change.folder, change.source_id, change.hint)
             await asyncio.sleep(0)
-        for folder in {c.folder for c in changes if c.folder in self.rt.folders}:
-            set_folder_state(self.mailbox, folder, "ok", synced=True)
+        for folder in {c.folder for c in changes}:
+            fctx = self.rt.context(folder)
+            if fctx is not None:
+                set_folder_state(self.mailbox, folder, "ok", synced=True, kind=fctx.kind)
 
     def _already_here(self, folder: str, source_id: str) -> bool:
         loc = Location.select(Location.id).where(
@@ -150,7 +262,12 @@ class MailboxWorker:
             & (Shunt.source_id == source_id)
             & (Shunt.resolved_at.is_null())
         )
-        return loc.exists() or shunt.exists()
+        seen = SeenMessage.select(SeenMessage.id).where(
+            (SeenMessage.mailbox == self.mailbox)
+            & (SeenMessage.folder == folder)
+            & (SeenMessage.source_id == source_id)
+        )
+        return loc.exists() or shunt.exists() or seen.exists()
 
     # -- one message ---------------------------------------------------------------
 
@@ -158,7 +275,9 @@ class MailboxWorker:
         """Track one message.  Returns the outcome, "shunted", or None when
         the message vanished before it could be read (a move in progress)."""
         source = self.rt.source
-        fctx = self.rt.folders[folder]
+        fctx = self.rt.context(folder)
+        if fctx is None:
+            return None
         raw: bytes | None = None
         try:
             size = await source.size(folder, source_id, hint)
@@ -239,6 +358,17 @@ class MailboxWorker:
 
     def _log_outcome(self, outcome: Outcome, folder: str, subject: str) -> None:
         if outcome.event == "known":
+            return
+        if outcome.event == "skipped":
+            # most mail outside tracked folders is not tracked: not news
+            log.debug(
+                "not tracked: %s in %s/%s: %s",
+                outcome.message_id,
+                self.rt.name,
+                folder,
+                outcome.detail,
+                extra={"event": "skipped", "message_id": outcome.message_id, "mailbox": self.rt.name},
+            )
             return
         level = logging.INFO
         text = {

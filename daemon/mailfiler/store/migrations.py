@@ -49,9 +49,15 @@ def _v2_correlation(db: pw.Database) -> None:
     )
 
 
+def _v3_auto_tracking(db: pw.Database) -> None:
+    db.create_tables([m.SeenMessage], safe=True)
+    _add_columns(db, m.FolderCursor, ["kind"])
+
+
 MIGRATIONS: dict[int, tuple[str, Callable[[pw.Database], None]]] = {
     1: ("initial schema", _v1_initial),
     2: ("correlation: subject key, correlated activity, categories, owner", _v2_correlation),
+    3: ("auto-tracking: seen messages, watched folder cursors", _v3_auto_tracking),
 }
 LATEST = max(MIGRATIONS)
 

@@ -190,6 +190,8 @@ class FolderCursor(BaseModel):
     last_error = pw.TextField(null=True)
     processed = pw.BigIntegerField(default=0)
     updated_at = pw.DateTimeField(default=utcnow)
+    #: tracked (a tracked folder) | watched (auto-tracking reads it) | unwatched (no longer)
+    kind = pw.CharField(max_length=16, default="tracked")
 
     class Meta:
         indexes = ((("mailbox", "folder"), True),)
@@ -210,6 +212,26 @@ class Shunt(BaseModel):
     created_at = pw.DateTimeField(default=utcnow)
     last_attempt_at = pw.DateTimeField(default=utcnow)
     resolved_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("mailbox", "folder", "source_id"), True),)
+
+
+class SeenMessage(BaseModel):
+    """A message outside tracked folders that auto-tracking looked at and did
+    not track, so that it is judged once, not at every scan.
+
+    ``verdict``: ``baseline`` (in the folder when auto-tracking first saw
+    it: existing mail is not tracked retroactively) or ``skipped`` (judged;
+    ``reason`` says why).  The row goes when the message leaves the folder."""
+
+    mailbox = pw.ForeignKeyField(Mailbox, on_delete="CASCADE")
+    folder = pw.TextField()
+    source_id = pw.CharField(max_length=512)
+    message_id = pw.CharField(max_length=998, null=True)
+    verdict = pw.CharField(max_length=16)
+    reason = pw.TextField(default="")
+    seen_at = pw.DateTimeField(default=utcnow)
 
     class Meta:
         indexes = ((("mailbox", "folder", "source_id"), True),)
@@ -236,5 +258,6 @@ ALL_MODELS: list[type[BaseModel]] = [
     Location,
     FolderCursor,
     Shunt,
+    SeenMessage,
     DaemonState,
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mailfiler.store.models import Mailbox, Record, TrackedFolder
+from mailfiler.tracking.autotrack import NeverTrack
 
 
 @dataclass
@@ -12,14 +13,34 @@ class MailboxContext:
     row: Mailbox
     #: addresses that make a message outgoing (the owner and the owner's record's addresses)
     owner_addresses: frozenset[str] = field(default_factory=frozenset)
+    #: auto-tracking policy for mail outside tracked folders: none | replies | known | all
+    policy: str = "replies"
+    #: the mailbox's never-track list joined with the global one
+    never: NeverTrack = field(default_factory=NeverTrack)
 
 
 @dataclass
 class FolderContext:
-    row: TrackedFolder
+    #: the tracked folder; None for a folder auto-tracking watches
+    row: TrackedFolder | None
     #: the record the folder stands for, when its regarding is set and exists
     regarding: Record | None = None
+    #: the folder's path when there is no row
+    path: str = ""
 
     @property
     def name(self) -> str:
-        return self.row.folder
+        return self.row.folder if self.row is not None else self.path
+
+    @property
+    def tracked(self) -> bool:
+        """A tracked folder (mail filed there is always tracked), not a watched one."""
+        return self.row is not None
+
+    @property
+    def kind(self) -> str:
+        return "tracked" if self.row is not None else "watched"
+
+
+def watched_folder(path: str) -> FolderContext:
+    return FolderContext(row=None, path=path)

@@ -9,7 +9,16 @@ from collections.abc import Iterable
 import peewee as pw
 
 from mailfiler.store.db import transaction
-from mailfiler.store.models import Activity, FolderCursor, Location, Mailbox, Shunt, TrackedFolder, utcnow
+from mailfiler.store.models import (
+    Activity,
+    FolderCursor,
+    Location,
+    Mailbox,
+    SeenMessage,
+    Shunt,
+    TrackedFolder,
+    utcnow,
+)
 
 log = logging.getLogger("mailfiler.tracking")
 
@@ -30,9 +39,50 @@ def shunted_source_ids(mailbox: Mailbox, folder: str) -> set[str]:
     return {r.source_id for r in shunted}
 
 
+def seen_source_ids(mailbox: Mailbox, folder: str) -> set[str]:
+    """Source ids auto-tracking judged and did not track (or found there first)."""
+    seen = SeenMessage.select(SeenMessage.source_id).where(
+        (SeenMessage.mailbox == mailbox) & (SeenMessage.folder == folder)
+    )
+    return {r.source_id for r in seen}
+
+
 def known_source_ids(mailbox: Mailbox, folder: str) -> set[str]:
-    """Source ids already handled in a folder: present or shunted."""
-    return present_source_ids(mailbox, folder) | shunted_source_ids(mailbox, folder)
+    """Source ids already handled in a folder: present, shunted or seen."""
+    return present_source_ids(mailbox, folder) | shunted_source_ids(mailbox, folder) | seen_source_ids(mailbox, folder)
+
+
+def record_baseline(db: pw.Database, mailbox: Mailbox, folder: str, source_ids: Iterable[str]) -> int:
+    """Note the messages a watched folder held when auto-tracking first saw
+    it: they are not tracked retroactively, and not read."""
+    ids = list(source_ids)
+    now = utcnow()
+    with transaction(db):
+        for start in range(0, len(ids), 500):
+            rows = [
+                {"mailbox": mailbox, "folder": folder, "source_id": sid, "verdict": "baseline", "seen_at": now}
+                for sid in ids[start : start + 500]
+            ]
+            SeenMessage.insert_many(rows).on_conflict_ignore().execute()
+    return len(ids)
+
+
+def forget_seen(db: pw.Database, mailbox: Mailbox, folder: str, source_ids: Iterable[str]) -> int:
+    """Messages that left a watched folder: a later return is judged afresh."""
+    ids = list(source_ids)
+    count = 0
+    with transaction(db):
+        for start in range(0, len(ids), 500):
+            count += (
+                SeenMessage.delete()
+                .where(
+                    (SeenMessage.mailbox == mailbox)
+                    & (SeenMessage.folder == folder)
+                    & (SeenMessage.source_id.in_(ids[start : start + 500]))
+                )
+                .execute()
+            )
+    return count
 
 
 def mark_gone(db: pw.Database, mailbox: Mailbox, folder: str, source_ids: Iterable[str]) -> int:
@@ -80,10 +130,18 @@ def relink_folder(db: pw.Database, folder: TrackedFolder, record_id: int) -> int
 
 
 def set_folder_state(
-    mailbox: Mailbox, folder: str, state: str, error: str | None = None, *, synced: bool = False
+    mailbox: Mailbox,
+    folder: str,
+    state: str,
+    error: str | None = None,
+    *,
+    synced: bool = False,
+    kind: str | None = None,
 ) -> None:
     now = utcnow()
     values: dict = {"state": state, "last_error": error, "updated_at": now}
+    if kind is not None:
+        values["kind"] = kind
     if synced:
         values["last_sync_at"] = now
     updated = (

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import peewee as pw
 
 from mailfiler.config.schema import CorrelationSettings
-from mailfiler.rules import Decision, Facts, RuleSet
+from mailfiler.rules import Decision, Facts, RuleSet, auto_submitted_reason
 from mailfiler.store.blobs import BlobStore
 from mailfiler.store.db import transaction
 from mailfiler.store.models import (
@@ -26,12 +26,14 @@ from mailfiler.store.models import (
     FolderCursor,
     Location,
     Record,
+    SeenMessage,
     Shunt,
     utcnow,
 )
 from mailfiler.store.records import resolve_addresses
+from mailfiler.tracking.autotrack import Verdict, auto_verdict
 from mailfiler.tracking.context import FolderContext, MailboxContext
-from mailfiler.tracking.correlate import correlate, subject_key
+from mailfiler.tracking.correlate import Match, correlate, subject_key
 from mailfiler.tracking.parse import ParsedMessage
 from mailfiler.tracking.regarding import create_contact
 from mailfiler.tracking.regarding import resolve as resolve_regarding
@@ -41,11 +43,24 @@ log = logging.getLogger("mailfiler.tracking")
 
 
 @dataclass
+class Plan:
+    """Auto-tracking's judgement of a message outside tracked folders,
+    computed before the transaction and handed to it (no second evaluation)."""
+
+    decision: Decision | None = None
+    #: None: the message is tracked already (another location of it)
+    verdict: Verdict | None = None
+    #: correlation's answer, once asked (``correlated``)
+    match: Match | None = None
+    correlated: bool = False
+
+
+@dataclass
 class Outcome:
     """What tracking one message did; ``event`` names the log event."""
 
-    event: str  # tracked | located | relinked | known | kept-regarding
-    activity_id: int
+    event: str  # tracked | located | relinked | known | kept-regarding | skipped
+    activity_id: int | None
     message_id: str
     regarding: str | None = None
     detail: str = ""
@@ -81,7 +96,15 @@ class Tracker:
         may_be_shunted: bool = True,
     ) -> Outcome:
         """Track one message.  ``may_be_shunted=False`` (the caller checked
-        that no pending shunt holds this location) saves a query per message."""
+        that no pending shunt holds this location) saves a query per message.
+
+        In a watched folder (not a tracked one) auto-tracking judges the
+        message first; one it does not track is noted as seen, nothing more."""
+        plan: Plan | None = None
+        if not folder.tracked:
+            plan = self.auto_plan(mailbox, folder.name, msg)
+            if plan.verdict is not None and not plan.verdict.track:
+                return self._skip(mailbox, folder, source_id, msg, plan.verdict.reason, may_be_shunted)
         # blobs first: a crash after this leaves an orphan file, never a
         # row that points to nothing
         blob_ids = [self.blobs.put(a.data) for a in msg.attachments]
@@ -89,8 +112,10 @@ class Tracker:
             try:
                 crashpoints.point("before_commit")
                 with transaction(self.db):
-                    outcome = self._track_tx(mailbox, folder, source_id, msg, blob_ids, may_be_shunted)
+                    outcome = self._track_tx(mailbox, folder, source_id, msg, blob_ids, may_be_shunted, plan)
                 crashpoints.point("after_commit")
+                if plan is not None and plan.verdict is not None and outcome.event == "tracked":
+                    outcome.detail = plan.verdict.reason
                 return outcome
             except pw.IntegrityError:
                 # another daemon inserted the same Message-ID between our
@@ -107,6 +132,7 @@ class Tracker:
         msg: ParsedMessage,
         blob_ids: list[str],
         may_be_shunted: bool,
+        plan: Plan | None = None,
     ) -> Outcome:
         now = utcnow()
         mb = mailbox.row
@@ -118,7 +144,7 @@ class Tracker:
             return Outcome("known", activity.id, msg.message_id)
 
         if activity is None:
-            activity = self._create_activity(mailbox, folder, msg, blob_ids, now)
+            activity = self._create_activity(mailbox, folder, msg, blob_ids, now, plan)
             # the regarding may come from the folder, a rule or correlation
             regarding = activity.regarding.ref if activity.regarding_id else None
             outcome = Outcome("tracked", activity.id, msg.message_id, regarding)
@@ -134,19 +160,96 @@ class Tracker:
             loc.save()
 
         if may_be_shunted:
-            Shunt.update(resolved_at=now).where(
-                (Shunt.mailbox == mb)
-                & (Shunt.folder == folder.name)
-                & (Shunt.source_id == source_id)
-                & (Shunt.resolved_at.is_null())
+            self._resolve_shunt(mb, folder.name, source_id, now)
+        if not folder.tracked:
+            # judged before (skipped, then the thread got tracked): no longer "seen"
+            SeenMessage.delete().where(
+                (SeenMessage.mailbox == mb) & (SeenMessage.folder == folder.name) & (SeenMessage.source_id == source_id)
             ).execute()
-        self._bump_cursor(mb, folder.name, now)
+        self._bump_cursor(mb, folder, now)
         return outcome
+
+    def _resolve_shunt(self, mb, folder: str, source_id: str, now) -> None:
+        Shunt.update(resolved_at=now).where(
+            (Shunt.mailbox == mb)
+            & (Shunt.folder == folder)
+            & (Shunt.source_id == source_id)
+            & (Shunt.resolved_at.is_null())
+        ).execute()
+
+    # -- auto-tracking --------------------------------------------------------------
+
+    def auto_plan(self, mailbox: MailboxContext, folder: str | None, msg: ParsedMessage) -> Plan:
+        """Judge a message outside tracked folders (reads only).  No verdict
+        when the message is tracked already: it is then one more location."""
+        if Activity.select(Activity.id).where(Activity.message_id == msg.message_id).exists():
+            return Plan()
+        outgoing = msg.sender is not None and msg.sender in mailbox.owner_addresses
+        facts = self.facts(mailbox, folder, msg, "outgoing" if outgoing else "incoming")
+        decision = self.rules.evaluate(facts) if self.rules is not None else Decision()
+        plan = Plan(decision=decision)
+        parties = {a.address for addrs in msg.addresses.values() for a in addrs}
+
+        def correlated() -> str | None:
+            plan.match = correlate(msg, self.correlation)
+            plan.correlated = True
+            return plan.match.method if plan.match is not None else None
+
+        def known() -> str | None:
+            others = parties - mailbox.owner_addresses
+            resolved = resolve_addresses(others, precedence=self.precedence, ambiguous=self.ambiguous)
+            for address in sorted(others):
+                if any(r.entity != "user" for r in resolved.get(address, [])):
+                    return address
+            return None
+
+        plan.verdict = auto_verdict(
+            decision=decision,
+            policy=mailbox.policy,
+            never=mailbox.never.blocks(msg.sender, parties, mailbox.owner_addresses),
+            auto_reply=auto_submitted_reason(facts),
+            correlated=correlated,
+            known=known,
+        )
+        return plan
+
+    def _skip(
+        self,
+        mailbox: MailboxContext,
+        folder: FolderContext,
+        source_id: str,
+        msg: ParsedMessage,
+        reason: str,
+        may_be_shunted: bool,
+    ) -> Outcome:
+        now = utcnow()
+        crashpoints.point("before_commit")
+        with transaction(self.db):
+            SeenMessage.insert(
+                mailbox=mailbox.row,
+                folder=folder.name,
+                source_id=source_id,
+                message_id=msg.message_id,
+                verdict="skipped",
+                reason=reason[:1000],
+                seen_at=now,
+            ).on_conflict_ignore().execute()
+            if may_be_shunted:
+                self._resolve_shunt(mailbox.row, folder.name, source_id, now)
+            self._bump_cursor(mailbox.row, folder, now)
+        crashpoints.point("after_commit")
+        return Outcome("skipped", None, msg.message_id, None, reason)
 
     # -- parts ------------------------------------------------------------------
 
     def _create_activity(
-        self, mailbox: MailboxContext, folder: FolderContext, msg: ParsedMessage, blob_ids: list[str], now
+        self,
+        mailbox: MailboxContext,
+        folder: FolderContext,
+        msg: ParsedMessage,
+        blob_ids: list[str],
+        now,
+        plan: Plan | None = None,
     ) -> Activity:
         outgoing = msg.sender is not None and msg.sender in mailbox.owner_addresses
         # the folder's record wins (as in Dynamics); a folder without one lets
@@ -154,8 +257,11 @@ class Tracker:
         regarding, method, correlated = folder.regarding, "folder" if folder.regarding else None, None
         categories: str | None = None
         owner: str | None = None
-        if regarding is None and self.rules is not None:
-            decision = self.decide(mailbox, folder.name, msg, "outgoing" if outgoing else "incoming")
+        if regarding is None and (self.rules is not None or (plan is not None and plan.decision is not None)):
+            if plan is not None and plan.decision is not None:
+                decision = plan.decision
+            else:
+                decision = self.decide(mailbox, folder.name, msg, "outgoing" if outgoing else "incoming")
             if decision.regarding is not None:
                 record, created = resolve_regarding(self.db, decision.regarding)
                 if record is not None:
@@ -169,12 +275,14 @@ class Tracker:
                         )
             # after the regarding: a record the rule just created can be the
             # new contact's parent by domain
-            if decision.create_contact is not None:
-                create_contact(self.db, decision.create_contact, parent_precedence=self.precedence)
+            # never-track covers contact creation too (HubSpot's never-log)
+            spec = decision.create_contact
+            if spec is not None and mailbox.never.entry_for(spec.address) is None:
+                create_contact(self.db, spec, parent_precedence=self.precedence)
             categories = ",".join(decision.categories) or None
             owner = decision.owner
         if regarding is None:
-            match = correlate(msg, self.correlation)
+            match = plan.match if plan is not None and plan.correlated else correlate(msg, self.correlation)
             if match is not None:
                 correlated = match.activity
                 if match.activity.regarding_id is not None:
@@ -222,12 +330,16 @@ class Tracker:
         to see which records the addresses resolve to."""
         if self.rules is None:
             return Decision()
+        return self.rules.evaluate(self.facts(mailbox, folder, msg, direction))
+
+    def facts(self, mailbox: MailboxContext, folder: str | None, msg: ParsedMessage, direction: str) -> Facts:
+        """The message as the rules see it, with its parties' entity types."""
         sender = msg.sender
         recipients = {a.address for role in ("to", "cc", "bcc") for a in msg.addresses.get(role, ())}
         resolved = resolve_addresses(
             recipients | ({sender} if sender else set()), precedence=self.precedence, ambiguous=self.ambiguous
         )
-        facts = Facts.from_parsed(
+        return Facts.from_parsed(
             msg,
             mailbox=mailbox.row.name,
             folder=folder,
@@ -235,7 +347,6 @@ class Tracker:
             sender_entities={r.entity for r in resolved.get(sender, [])} if sender else set(),
             recipient_entities={r.entity for a in recipients for r in resolved.get(a, [])},
         )
-        return self.rules.evaluate(facts)
 
     def _add_parties(self, activity: Activity, msg: ParsedMessage, *, fresh: bool = False) -> None:
         existing: set[tuple[str, str]] = set()
@@ -276,6 +387,8 @@ class Tracker:
         folder decided the regarding, the first one processed wins."""
         target = folder.regarding
         current = activity.regarding.ref if activity.regarding_id else None
+        if not folder.tracked:
+            return Outcome("located", activity.id, activity.message_id, current)
         if target is None or activity.regarding_id == target.id:
             return Outcome("located", activity.id, activity.message_id, current)
         if activity.correlation == "folder" and activity.correlation_folder_id is not None:
@@ -295,13 +408,19 @@ class Tracker:
         activity.save()
         return Outcome("relinked", activity.id, activity.message_id, target.ref, f"from {current}")
 
-    def _bump_cursor(self, mailbox, folder: str, now) -> None:
+    def _bump_cursor(self, mailbox, folder: FolderContext, now) -> None:
         updated = (
             FolderCursor.update(processed=FolderCursor.processed + 1, updated_at=now, last_sync_at=now)
-            .where((FolderCursor.mailbox == mailbox) & (FolderCursor.folder == folder))
+            .where((FolderCursor.mailbox == mailbox) & (FolderCursor.folder == folder.name))
             .execute()
         )
         if not updated:
             FolderCursor.insert(
-                mailbox=mailbox, folder=folder, processed=1, updated_at=now, last_sync_at=now, state="syncing"
+                mailbox=mailbox,
+                folder=folder.name,
+                processed=1,
+                updated_at=now,
+                last_sync_at=now,
+                state="syncing",
+                kind=folder.kind,
             ).on_conflict_ignore().execute()
