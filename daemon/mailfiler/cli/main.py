@@ -175,6 +175,10 @@ def once(obj: Context, as_json: bool) -> None:
 def status(obj: Context, as_json: bool) -> None:
     """Per mailbox and folder: state, last sync, tracked and shunted counts, last error.
 
+    A second table lists the folders auto-tracking watches (the Inbox and
+    others outside tracked folders): what it tracked there, and how many
+    messages it judged and left alone (`mailfiler rules test` tells why).
+
     Also shows each daemon's heartbeat and a config it rejected on reload.
     When the config file itself is invalid, status still reads the store it
     names and lists the config's problems (`config_problems` in JSON).
@@ -210,6 +214,14 @@ def status(obj: Context, as_json: bool) -> None:
     ]
     columns = ["mailbox", "folder", "regarding", "state", "last sync (UTC)", "tracked", "shunted", "last error"]
     table(None, columns, rows)
+    watched = [
+        (mb["name"], f["folder"], f["state"], f["last_sync"] or "never", f["tracked"], f["skipped"], f["shunted"])
+        for mb in data["mailboxes"]
+        for f in mb["watched"]
+    ]
+    if watched:
+        columns = ["mailbox", "folder", "state", "last sync (UTC)", "tracked", "not tracked", "shunted"]
+        table("auto-tracking: other folders watched", columns, watched)
 
 
 @cli.command()

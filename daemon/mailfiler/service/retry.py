@@ -10,7 +10,7 @@ from mailfiler.errors import MessageError, MessageTooLarge, NotFound, Processing
 from mailfiler.service.runtime import Services
 from mailfiler.store.models import Mailbox, Shunt, TrackedFolder
 from mailfiler.store.records import get_by_ref
-from mailfiler.tracking.context import FolderContext, MailboxContext
+from mailfiler.tracking.context import FolderContext, MailboxContext, watched_folder
 from mailfiler.tracking.parse import parse_message
 
 log = logging.getLogger("mailfiler.shunt")
@@ -20,6 +20,9 @@ def _contexts(services: Services, row: Shunt) -> tuple[MailboxContext, FolderCon
     rt = services.mailboxes.get(row.mailbox.name)
     if rt is not None and row.folder in rt.folders:
         return rt.ctx, rt.folders[row.folder]
+    if rt is not None and rt.auto_folders(row.folder):
+        # shunted in a folder auto-tracking watches: judged as it would have been
+        return rt.ctx, watched_folder(row.folder)
     # the folder is no longer tracked: track it with what the store knows
     mb: Mailbox = row.mailbox
     tf = TrackedFolder.get_or_none((TrackedFolder.mailbox == mb) & (TrackedFolder.folder == row.folder))
@@ -74,6 +77,19 @@ def retry(services: Services, ids: list[int] | None) -> list[dict]:
             keep_raw = None if row.raw_path else raw
             services.shunts.keep(row.mailbox, row.folder, row.source_id, reason=code, detail=detail, raw=keep_raw)
             results.append({"id": row.id, "result": "failed", "reason": code, "detail": detail})
+            continue
+        if outcome.event == "skipped":
+            # read at last, and auto-tracking leaves it alone: the shunt is resolved
+            log.info(
+                "shunt %d read: %s not tracked (%s)",
+                row.id,
+                outcome.message_id,
+                outcome.detail,
+                extra={"event": "unshunted", "shunt_id": row.id},
+            )
+            results.append(
+                {"id": row.id, "result": "skipped", "message_id": outcome.message_id, "detail": outcome.detail}
+            )
             continue
         log.info("shunt %d tracked as %s", row.id, outcome.message_id, extra={"event": "unshunted", "shunt_id": row.id})
         results.append(

@@ -18,6 +18,7 @@ from mailfiler.store.models import (
     Location,
     Mailbox,
     Record,
+    SeenMessage,
     Shunt,
     TrackedFolder,
     utcnow,
@@ -154,6 +155,13 @@ def status() -> dict:
         .group_by(Shunt.mailbox, Shunt.folder)
     )
     cursors = {(c.mailbox_id, c.folder): c for c in FolderCursor.select()}
+    # judged by auto-tracking and left alone (the baseline is not counted)
+    skipped_counts = dict(
+        ((r.mailbox_id, r.folder), r.n)
+        for r in SeenMessage.select(SeenMessage.mailbox, SeenMessage.folder, pw.fn.COUNT(SeenMessage.id).alias("n"))
+        .where(SeenMessage.verdict == "skipped")
+        .group_by(SeenMessage.mailbox, SeenMessage.folder)
+    )
     mailboxes = []
     for mb in Mailbox.select().where(Mailbox.active).order_by(Mailbox.name):
         folders = []
@@ -174,8 +182,27 @@ def status() -> dict:
                     or (None if regarding_ok else f"regarding record {tf.regarding_ref} does not exist"),
                 }
             )
+        watched = [
+            {
+                "folder": cur.folder,
+                "state": cur.state,
+                "last_sync": _iso(cur.last_sync_at),
+                "tracked": tracked_counts.get((mb.id, cur.folder), 0),
+                "skipped": skipped_counts.get((mb.id, cur.folder), 0),
+                "shunted": shunt_counts.get((mb.id, cur.folder), 0),
+            }
+            for (mb_id, _), cur in sorted(cursors.items(), key=lambda kv: kv[0][1])
+            if mb_id == mb.id and cur.kind == "watched"
+        ]
         mailboxes.append(
-            {"name": mb.name, "owner": mb.owner, "backend": mb.backend, "location": mb.location, "folders": folders}
+            {
+                "name": mb.name,
+                "owner": mb.owner,
+                "backend": mb.backend,
+                "location": mb.location,
+                "folders": folders,
+                "watched": watched,
+            }
         )
     return {
         "daemons": daemons,
