@@ -228,6 +228,8 @@ class MailboxSpec:
     layout: str = "maildir++"
     create_missing_folders: bool = True
     folders: list[dict[str, Any]] = field(default_factory=list)
+    #: more mailbox settings for the config (auto_track, never_track...)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def folder_dir(self, folder: str) -> Path:
         if self.layout == "fs":
@@ -242,6 +244,7 @@ class MailboxSpec:
             "layout": self.layout,
             "create_missing_folders": self.create_missing_folders,
             "tracked_folders": [dict(f) for f in self.folders],
+            **self.extra,
         }
 
 
@@ -264,6 +267,8 @@ class E2EEnv:
         self.database = "sqlite:///state/mailfiler.db"
         #: rule files or folders for the config's `rules:` (relative to the config file)
         self.rules: list[str] = []
+        #: more top-level config settings (tracking, correlation...)
+        self.extra: dict[str, Any] = {}
 
     # -- config ----------------------------------------------------------------------
 
@@ -296,6 +301,7 @@ class E2EEnv:
             "records": self.records,
             "mailboxes": [mb.as_yaml() for mb in self.mailboxes.values()],
             **({"rules": self.rules} if self.rules else {}),
+            **self.extra,
         }
 
     def write_config(self, text: str | None = None) -> Path:
