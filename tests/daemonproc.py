@@ -48,6 +48,8 @@ class World:
     maildir: Path
     folders: list[tuple[str, str | None]]
     limits: dict[str, int] | None = None
+    #: more settings for the mailbox (auto_track, never_track...)
+    mailbox_extra: dict[str, Any] = field(default_factory=dict)
     config: Path = field(init=False)
     state_dir: Path = field(init=False)
     db: Path = field(init=False)
@@ -73,6 +75,7 @@ class World:
                     "maildir": str(self.maildir),
                     "layout": "maildir++",
                     "tracked_folders": [{"folder": f, **({"regarding": r} if r else {})} for f, r in self.folders],
+                    **self.mailbox_extra,
                 }
             ],
         }

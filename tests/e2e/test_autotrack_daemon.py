@@ -7,8 +7,9 @@ first sees it is not tracked retroactively."""
 
 from __future__ import annotations
 
-from email.utils import format_datetime
+import json
 from datetime import UTC, datetime
+from email.utils import format_datetime
 
 import pytest
 
@@ -123,7 +124,7 @@ def test_replies_are_tracked_wherever_they_land_and_other_mail_is_not(env: E2EEn
     daemon.wait_event("watching")
     res = env.cli("once", "--json")
     assert res.returncode == 0
-    assert all(r["new"] == 0 and r["skipped"] == 0 for r in __import__("json").loads(res.stdout)["alice"])
+    assert all(r["new"] == 0 and r["skipped"] == 0 for r in json.loads(res.stdout)["alice"])
     assert len(env.activities()) == 3
     assert watched(env, "INBOX")["skipped"] == 1
 
@@ -212,7 +213,7 @@ def test_rules_track_case_numbers_and_new_client_folders(env: E2EEnv, monkeypatc
     created = daemon.wait_event("record-created")
     assert created.data is not None and created.data["record"] == act["regarding"]
     records = env.cli("records", "list", "--json")
-    assert any(r["name"] == "Northwind Traders" for r in __import__("json").loads(records.stdout))
+    assert any(r["name"] == "Northwind Traders" for r in json.loads(records.stdout))
 
 
 @pytest.mark.parametrize(
