@@ -20,6 +20,7 @@ import time
 
 from mailfiler.config.loader import LoadedConfig, load_config
 from mailfiler.errors import ConfigError, MailfilerError
+from mailfiler.service.filewatch import ConfigWatcher
 from mailfiler.service.notify import LoopLagMonitor, Notifier, watchdog_interval, watchdog_loop
 from mailfiler.service.runtime import (
     MailboxRuntime,
@@ -58,6 +59,8 @@ class Daemon:
         self.config_error: str | None = None
         self.started_at = utcnow()
         self._reload_requested = asyncio.Event()
+        # SIGHUP and a save may ask at once; two reloads must not restart the mailboxes over each other
+        self._reload_lock = asyncio.Lock()
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -73,6 +76,9 @@ class Daemon:
         helpers = [
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
             asyncio.create_task(self._reloader(), name="reloader"),
+            asyncio.create_task(
+                ConfigWatcher(lambda: self.loaded, self.reload_on_save, self.stop_event).run(), name="config-watch"
+            ),
         ]
         interval = watchdog_interval()
         if interval:
@@ -248,7 +254,8 @@ class Daemon:
         while True:
             await self._reload_requested.wait()
             self._reload_requested.clear()
-            await self.reload()
+            async with self._reload_lock:
+                await self.reload()
 
     async def reload(self) -> None:
         self.notifier.reloading()
@@ -258,11 +265,7 @@ class Daemon:
             # rule file keeps the last good config and rules in force
             new_rules = load_ruleset(new.config)
         except ConfigError as exc:
-            self.config_error = "; ".join(str(p) for p in exc.problems) or str(exc)
-            for problem in exc.problems or [exc]:
-                log.error("config reload rejected: %s", problem, extra={"event": "config-invalid"})
-            log.error("keeping the previous configuration", extra={"event": "config-kept"})
-            self._publish("running")
+            self._reject(exc)
             self.notifier.ready()
             return
         if new.config.database != self.loaded.config.database:
@@ -281,6 +284,44 @@ class Daemon:
         self._publish("running")
         self.notifier.ready()
         log.info("configuration reloaded", extra={"event": "reloaded"})
+
+    def _reject(self, exc: ConfigError) -> None:
+        """Log each problem as FILE:LINE:COL: message; `status` shows them until a good save."""
+        self.config_error = "; ".join(str(p) for p in exc.problems) or str(exc)
+        for problem in exc.problems or [exc]:
+            log.error("config reload rejected: %s", problem, extra={"event": "config-invalid"})
+        log.error("keeping the previous configuration", extra={"event": "config-kept"})
+        self._publish("running")
+
+    async def reload_on_save(self) -> None:
+        """The config or a rule file was saved (service/filewatch.py).  A changed
+        config reloads in full; otherwise only the rules are swapped into the
+        tracker, and the mailboxes go on without a restart (and a rescan)."""
+        async with self._reload_lock:
+            if self.stop_event.is_set():
+                return  # stopping: starting mailboxes now would orphan them
+            try:
+                new = load_config(self.loaded.path)
+                config_changed = new.text_sha256 != self.loaded.text_sha256
+                rules = None if config_changed else load_ruleset(new.config)
+            except ConfigError as exc:
+                self._reject(exc)
+                return
+            if config_changed:
+                await self.reload()
+                return
+            assert self.services is not None
+            # the tracker reads its rules once per message, between awaits: the swap is atomic for it
+            self.services.tracker.rules = rules
+            self.config_error = None
+            self._publish("running")
+            n_rules, n_files = (len(rules.rules), len(rules.sources)) if rules else (0, 0)
+            log.info(
+                "rules reloaded: %d rule(s) from %d file(s)",
+                n_rules,
+                n_files,
+                extra={"event": "rules-reloaded", "rules": n_rules, "files": n_files},
+            )
 
     # -- health and status ------------------------------------------------------------
 
