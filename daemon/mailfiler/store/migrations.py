@@ -54,10 +54,27 @@ def _v3_auto_tracking(db: pw.Database) -> None:
     _add_columns(db, m.FolderCursor, ["kind"])
 
 
+def _v4_sync_back(db: pw.Database) -> None:
+    # new tables only; safe=True makes a store created at version 4 a no-op here
+    db.create_tables(
+        [
+            m.ContactDetails,
+            m.ContactPhone,
+            m.PostalAddress,
+            m.AppointmentDetails,
+            m.SyncCollection,
+            m.SyncItem,
+            m.SyncShunt,
+        ],
+        safe=True,
+    )
+
+
 MIGRATIONS: dict[int, tuple[str, Callable[[pw.Database], None]]] = {
     1: ("initial schema", _v1_initial),
     2: ("correlation: subject key, correlated activity, categories, owner", _v2_correlation),
     3: ("auto-tracking: seen messages, watched folder cursors", _v3_auto_tracking),
+    4: ("sync-back: contact and appointment details, sync collections, status and shunt", _v4_sync_back),
 }
 LATEST = max(MIGRATIONS)
 

@@ -245,6 +245,166 @@ class DaemonState(BaseModel):
     updated_at = pw.DateTimeField(default=utcnow)
 
 
+
+# --- schema 4: contacts and appointments, and their sync-back (mailfiler.sync) ---
+
+
+class ContactDetails(BaseModel):
+    """What only a contact has, beside its ``Record`` (entity ``contact``).
+
+    A contact stays a Record so that mail resolves to it, it can be the
+    regarding of activities and the child of an account, and ``records
+    import`` keeps working; a contact without this row is a name and its
+    e-mail addresses (those stay in RecordAddress, where resolution looks).
+    The company is free text; ``Record.parent`` is the parent account."""
+
+    record = pw.ForeignKeyField(Record, primary_key=True, backref="contact_details", on_delete="CASCADE")
+    #: the vCard UID, kept so that the user's copy is recognised (None: derived from the key)
+    uid = pw.CharField(max_length=255, null=True, unique=True)
+    given_name = pw.TextField(default="")
+    family_name = pw.TextField(default="")
+    additional_names = pw.TextField(default="")
+    prefix = pw.TextField(default="")
+    suffix = pw.TextField(default="")
+    company = pw.TextField(default="")
+    job_title = pw.TextField(default="")
+    notes = pw.TextField(default="")
+    #: the CRM user (e-mail) who owns the contact; sync filters say ``owner: mailbox``
+    owner = pw.CharField(max_length=320, null=True, index=True)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
+class ContactPhone(BaseModel):
+    record = pw.ForeignKeyField(Record, backref="phones", on_delete="CASCADE")
+    position = pw.IntegerField()
+    kind = pw.CharField(max_length=32, default="")  # vCard TYPE: work, home, cell, ... (comma-separated)
+    number = pw.CharField(max_length=64)
+
+    class Meta:
+        indexes = ((("record", "position"), True),)
+
+
+class PostalAddress(BaseModel):
+    """A postal address of a record (a contact may have several)."""
+
+    record = pw.ForeignKeyField(Record, backref="postal_addresses", on_delete="CASCADE")
+    position = pw.IntegerField()
+    kind = pw.CharField(max_length=32, default="")  # work | home | ...
+    po_box = pw.TextField(default="")
+    extended = pw.TextField(default="")
+    street = pw.TextField(default="")
+    locality = pw.TextField(default="")
+    region = pw.TextField(default="")
+    postal_code = pw.TextField(default="")
+    country = pw.TextField(default="")
+
+    class Meta:
+        indexes = ((("record", "position"), True),)
+
+
+class AppointmentDetails(BaseModel):
+    """What only an appointment has, beside its ``Activity`` (kind ``appointment``).
+
+    Subject, body, regarding and owner are the activity's; the organizer is
+    its ``from`` party and the required and optional attendees its ``to``
+    and ``cc`` parties, as Outlook addresses a meeting request.  Times keep
+    the form they were given in (``2024-03-31``, ``2024-03-31T09:00:00``,
+    ``...Z``, ``...[Europe/Stockholm]``), because a recurring event must
+    recur in its own zone across a DST change; ``starts_at``/``ends_at`` are
+    the UTC instants of the first occurrence, for sorting and ranges."""
+
+    activity = pw.ForeignKeyField(Activity, primary_key=True, backref="appointment_details", on_delete="CASCADE")
+    uid = pw.CharField(max_length=255, unique=True)
+    start = pw.CharField(max_length=80)
+    end = pw.CharField(max_length=80, null=True)
+    starts_at = pw.DateTimeField(null=True, index=True)
+    ends_at = pw.DateTimeField(null=True)
+    all_day = pw.BooleanField(default=False)
+    location = pw.TextField(default="")
+    status = pw.CharField(max_length=16, default="confirmed")  # tentative | confirmed | cancelled
+    #: RRULE value (RFC 5545), e.g. FREQ=WEEKLY;COUNT=10;BYDAY=MO
+    rrule = pw.TextField(null=True)
+    #: JSON list of cancelled occurrences (EXDATE), in the time form above
+    exdates = pw.TextField(null=True)
+    #: JSON list of moved or changed occurrences (RECURRENCE-ID overrides): recurrence_id plus the fields they change
+    overrides = pw.TextField(null=True)
+
+
+class SyncCollection(BaseModel):
+    """An address book or calendar of a mailbox that sync-back keeps in step.
+
+    ``role``: ``main`` receives the CRM items the mailbox's sync filters
+    select; ``tracked`` only brings the user's items into the CRM (the
+    collection-level twin of a tracked folder)."""
+
+    mailbox = pw.ForeignKeyField(Mailbox, backref="sync_collections", on_delete="CASCADE")
+    kind = pw.CharField(max_length=16)  # contacts | calendar
+    backend = pw.CharField(max_length=16)  # vdir | caldav | carddav
+    location = pw.TextField()
+    role = pw.CharField(max_length=16, default="main")
+    active = pw.BooleanField(default=True)
+    state = pw.CharField(max_length=16, default="new")  # new | ok | error | stopped
+    last_sync_at = pw.DateTimeField(null=True)
+    last_error = pw.TextField(null=True)
+    #: the backend's sync token (RFC 6578), when it has one
+    token = pw.TextField(null=True)
+    items = pw.IntegerField(default=0)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("mailbox", "kind", "location"), True),)
+
+
+class SyncItem(BaseModel):
+    """The sync status: the last state both sides agreed on, per item.
+
+    ``state``: ``linked`` (a CRM item and the user's copy), ``unlinked`` (the
+    user deleted their copy and ``on_mailbox_delete: unlink`` keeps it from
+    coming back; no href) or ``ignored`` (the user's own item, not tracked;
+    remembered by etag so it is read again only when it changes).  ``base``
+    is the agreed content (JSON of the synced fields), the base of the
+    three-way merge; the hashes say cheaply whether a side moved from it."""
+
+    collection = pw.ForeignKeyField(SyncCollection, backref="items_status", on_delete="CASCADE")
+    state = pw.CharField(max_length=16, default="linked")
+    href = pw.CharField(max_length=512, null=True)
+    etag = pw.CharField(max_length=255, null=True)
+    uid = pw.CharField(max_length=255, null=True)
+    record = pw.ForeignKeyField(Record, null=True, on_delete="SET NULL")
+    activity = pw.ForeignKeyField(Activity, null=True, on_delete="SET NULL")
+    #: set on first link: a null record/activity with this set means the CRM item was deleted
+    crm_id = pw.IntegerField(null=True)
+    crm_hash = pw.CharField(max_length=64, null=True)
+    mbox_hash = pw.CharField(max_length=64, null=True)
+    base = pw.TextField(default="{}")
+    synced_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("collection", "href"), True), (("collection", "uid"), False))
+
+
+class SyncShunt(BaseModel):
+    """A vCard or iCalendar item the sync could not read, with its reason.
+
+    Kept apart from the mail shunt: ``shunt retry`` would try to track it
+    as a message.  The sync reads the item again when its etag changes and
+    resolves the row when it parses or goes away."""
+
+    collection = pw.ForeignKeyField(SyncCollection, backref="shunts", on_delete="CASCADE")
+    href = pw.CharField(max_length=512)
+    etag = pw.CharField(max_length=255, null=True)
+    reason = pw.CharField(max_length=64)
+    detail = pw.TextField(default="")
+    raw_path = pw.TextField(null=True)  # relative to state_dir
+    attempts = pw.IntegerField(default=1)
+    created_at = pw.DateTimeField(default=utcnow)
+    last_attempt_at = pw.DateTimeField(default=utcnow)
+    resolved_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("collection", "href"), True),)
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     SchemaVersion,
     Record,
@@ -260,4 +420,11 @@ ALL_MODELS: list[type[BaseModel]] = [
     Shunt,
     SeenMessage,
     DaemonState,
+    ContactDetails,
+    ContactPhone,
+    PostalAddress,
+    AppointmentDetails,
+    SyncCollection,
+    SyncItem,
+    SyncShunt,
 ]
