@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.mailgen import drop_into_maildir, maildirpp_folder_dir, make_maildir_folder
+
 REPO = Path(__file__).resolve().parents[2]
 
 RULES = r"""
@@ -184,3 +186,46 @@ def test_test_errors(world: Path) -> None:
     (world.parent / "rules" / "10-main.yaml").write_text("rules:\n  - name: x\n    then: tack\n")
     res = mf("rules", "test", str(world.parent / "mail.eml"), config=world)
     assert res.returncode == 78 and "10-main.yaml:3:11: rule 'x': then: unknown action 'tack'" in res.stderr
+
+
+def test_test_says_the_final_answer(world: Path) -> None:
+    mail = str(world.parent / "mail.eml")
+    out = mf("rules", "test", mail, config=world).stdout
+    assert "correlation: not tried: no store yet" in out
+    assert "auto-track: INBOX watched, policy replies" in out
+    assert "=> not tracked: policy replies: not a reply to tracked mail" in out
+    out = mf("rules", "test", mail, "--folder", "Tracked/Contoso", config=world).stdout
+    assert "=> tracked regarding account:contoso (folder)" in out
+    assert "why: Tracked/Contoso is a tracked folder: mail filed there is always tracked" in out
+    assert "auto-track:" not in out
+    data = json.loads(mf("rules", "test", mail, "--json", config=world).stdout)
+    assert data["verdict"]["tracked"] is False and data["auto_tracking"]["policy"] == "replies"
+    assert data["correlation"] == {"method": None, "activity": None, "note": "not tried: no store yet"}
+
+
+def test_test_reply_to_mail_tracked_by_once(world: Path) -> None:
+    """The store written by a real `mailfiler once`: the reply correlates to the filed message."""
+    records = world.parent / "records.yaml"
+    records.write_text("- {entity: account, key: contoso, name: Contoso, domains: [contoso.com]}\n")
+    assert mf("records", "import", str(records), config=world).returncode == 0
+    maildir = world.parent / "Maildir"
+    make_maildir_folder(maildir)
+    drop_into_maildir(maildirpp_folder_dir(maildir, "Tracked/Contoso"), MESSAGE)
+    assert (res := mf("once", config=world)).returncode == 0, res.stderr
+    reply = world.parent / "reply.eml"
+    reply.write_bytes(
+        MESSAGE.replace(b"<inv-4711@contoso.com>", b"<r@contoso.com>\r\nIn-Reply-To: <inv-4711@contoso.com>")
+    )
+    out = mf("rules", "test", str(reply), config=world).stdout
+    assert (
+        "correlation: in-reply-to: activity 1 <inv-4711@contoso.com> 'Invoice 4711', regarding account:contoso" in out
+    )
+    assert "=> tracked regarding account:contoso (in-reply-to)" in out
+    assert "why: policy replies: reply to tracked mail (in-reply-to)" in out
+
+
+def test_apply_help_teaches() -> None:
+    res = mf("rules", "apply", "--help")
+    assert res.returncode == 0
+    for text in ("--dry-run", "--mailbox NAME", "the folder wins", "Examples:", "skipped-folder"):
+        assert text in res.stdout
