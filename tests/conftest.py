@@ -7,6 +7,7 @@ import pytest
 from tests.servers.postgres import fresh_postgres_url, postgres_server, postgres_url
 
 __all__ = ["fresh_postgres_url", "postgres_server", "postgres_url"]
+pytest_plugins = ("tests.servers.dovecot",)  # dovecot, imap_user fixtures and the dovecot marker
 
 _POSTGRES_FIXTURES = {"postgres_server", "postgres_url", "fresh_postgres_url"}
 

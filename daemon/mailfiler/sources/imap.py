@@ -1,0 +1,327 @@
+"""IMAP backend (aioimaplib), read-only like every mailfiler source.
+
+* **Folders** are "/"-separated in mailfiler; on the wire they use the
+  server's hierarchy separator (from ``LIST "" ""``), modified UTF-7 and
+  quoting (:mod:`~mailfiler.sources.imapproto`).  ``\\Noselect`` and
+  ``\\NonExistent`` names (a parent that only holds children) are not folders.
+* **Source ids** are ``"{UIDVALIDITY}:{UID}"``: (mailbox, UIDVALIDITY, UID)
+  names one immutable message (RFC 3501 2.3.1.1), and a new UIDVALIDITY makes
+  every id new, so the tracker re-identifies the messages by Message-ID
+  instead of trusting stale UIDs.  Hints are not used (None).
+* **Reading never alters a message:** folders are opened with EXAMINE
+  (read-only, keeps ``\\Recent``), bodies are fetched with ``BODY.PEEK[]``
+  (never ``\\Seen``), and nothing is ever stored, copied, moved or expunged.
+* **Connections:** one command connection (list, fetch, and the watcher's
+  diffs), opened by :meth:`ImapSource.open` and re-made after a failure;
+  ``watch()`` adds its listeners (:mod:`~mailfiler.sources.imapwatch`).
+  A call made without :meth:`open` (``mailfiler shunt retry``) uses a
+  connection of its own for just that call.
+* **Failures:** every command is bounded by a timeout and by connection loss
+  (:mod:`~mailfiler.sources.imapconn`); either raises
+  :class:`~mailfiler.errors.MailboxUnavailable`, and so do wrong credentials
+  and an untrusted TLS certificate, with a message naming the user and
+  server (never the password).  The daemon's supervisor then retries with
+  backoff.  A folder that does not exist raises
+  :class:`~mailfiler.errors.FolderMissing`; a message that is gone (or whose
+  UIDVALIDITY is stale) raises :class:`~mailfiler.errors.MessageVanished`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Sequence
+
+from mailfiler.errors import FolderMissing, MessageVanished, SourceError
+from mailfiler.sources import imapproto as proto
+from mailfiler.sources import imapwatch
+from mailfiler.sources.base import Change, Listing, Source
+from mailfiler.sources.imapconn import ImapConnection, ImapSettings, TlsMode
+
+__all__ = ["ImapSettings", "ImapSource", "TlsMode"]
+
+#: copy_raw streams a message in pieces of this size
+COPY_CHUNK = 4 * 1024 * 1024
+#: fetch_many sends a new UID FETCH once the batch holds this many bytes
+BATCH_BYTES = 16 * 1024 * 1024
+#: a body fetch may take this many times the per-command timeout in all
+#: (aioimaplib's own timer restarts while data flows; this caps a stall)
+BODY_TIMEOUT_FACTOR = 10
+
+
+class ImapSource(Source):
+    backend = "imap"
+
+    def __init__(self, settings: ImapSettings) -> None:
+        self.settings = settings
+        #: the server's capabilities after login (CONDSTORE, QRESYNC, MOVE, NOTIFY...)
+        self.capabilities: frozenset[str] = frozenset()
+        self.separator: str | None = None
+        self._conn: ImapConnection | None = None
+        self._opened = False
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"ImapSource({self.settings.where()}, tls={self.settings.tls})"
+
+    # -- capabilities for the sync engine ------------------------------------------------
+
+    def has(self, capability: str) -> bool:
+        return capability.upper() in self.capabilities
+
+    @property
+    def condstore(self) -> bool:
+        return self.has("CONDSTORE") or self.has("QRESYNC")
+
+    @property
+    def qresync(self) -> bool:
+        return self.has("QRESYNC")
+
+    @property
+    def move(self) -> bool:
+        return self.has("MOVE")
+
+    @property
+    def notify(self) -> bool:
+        return self.has("NOTIFY")
+
+    # -- connection --------------------------------------------------------------------
+
+    def _loop_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        return self._lock
+
+    async def _connect(self, purpose: str = "commands") -> ImapConnection:
+        conn = await ImapConnection.connect(self.settings, purpose=purpose)
+        self.capabilities, self.separator = conn.capabilities, conn.separator
+        return conn
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[ImapConnection]:
+        """The command connection, for one caller at a time."""
+        async with self._loop_lock():
+            if not self._opened:
+                conn = await self._connect("one-off")
+                try:
+                    yield conn
+                finally:
+                    await conn.logout()
+                return
+            if self._conn is None or not self._conn.usable:
+                if self._conn is not None:
+                    self._conn.abort()
+                self._conn = None
+                self._conn = await self._connect()
+            yield self._conn
+
+    async def open(self, *, create: bool = False) -> None:
+        # ``create`` cannot apply: an IMAP account is made by its server
+        await self.close()
+        self._opened = True
+        try:
+            async with self.session():
+                pass
+        except BaseException:
+            self._opened = False
+            raise
+
+    async def close(self) -> None:
+        self._opened = False
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.logout()
+
+    # -- folders ---------------------------------------------------------------------
+
+    async def _list(self, conn: ImapConnection, pattern: str) -> list[proto.ListEntry]:
+        response = await conn.simple("LIST", '""', pattern)
+        if response.result != "OK":
+            raise SourceError(f"LIST on {self.settings.where()} failed: {response.lines[-1]!r}")
+        entries = []
+        for line in proto.join_literals(response.lines[:-1]):
+            try:
+                entries.append(proto.parse_list(line))
+            except proto.ParseError:
+                continue
+        return entries
+
+    async def list_folders(self) -> list[str]:
+        async with self.session() as conn:
+            entries = await self._list(conn, '"*"')
+        names = {proto.folder_from_wire(e.name, e.separator or conn.separator) for e in entries if e.selectable}
+        return sorted(names)
+
+    async def folder_exists(self, folder: str) -> bool:
+        async with self.session() as conn:
+            return await self._exists(conn, folder)
+
+    async def _exists(self, conn: ImapConnection, folder: str) -> bool:
+        try:
+            wire = conn.wire(folder)
+        except FolderMissing:
+            return False
+        # "*" and "%" in a name are LIST wildcards: compare what comes back
+        for entry in await self._list(conn, wire):
+            name = proto.folder_from_wire(entry.name, entry.separator or conn.separator)
+            if entry.selectable and (name == folder or (proto.is_inbox(folder) and proto.is_inbox(name))):
+                return True
+        return False
+
+    async def create_folder(self, folder: str) -> None:
+        async with self.session() as conn:
+            wire = conn.wire(folder)
+            response = await conn.simple("CREATE", wire)
+            text = bytes(response.lines[-1]).decode("utf-8", "replace")
+            already = "ALREADYEXISTS" in text.upper()
+            if response.result != "OK" and not already and not await self._exists(conn, folder):
+                raise SourceError(f"cannot create folder {folder!r} on {self.settings.where()}: {text}", folder=folder)
+            # clients often show only subscribed folders; a failure here is harmless
+            await conn.simple("SUBSCRIBE", wire)
+
+    # -- messages ---------------------------------------------------------------------
+
+    async def list_messages(self, folder: str) -> Listing:
+        async with self.session() as conn:
+            info = await conn.examine(folder)  # always afresh: a current view and UIDVALIDITY
+            uv, uidnext = info.get("UIDVALIDITY", 0), info.get("UIDNEXT", 0)
+            uids = await conn.uid_search("ALL") if info["EXISTS"] else set()
+        # later arrivals than the EXAMINE saw belong to the next listing
+        return Listing(folder, {proto.make_source_id(uv, u): None for u in sorted(uids) if not uidnext or u < uidnext})
+
+    def _uid(self, folder: str, source_id: str) -> tuple[int, int]:
+        parsed = proto.split_source_id(source_id)
+        if parsed is None:
+            raise MessageVanished(f"{source_id!r} is not an IMAP source id", folder=folder, source_id=source_id)
+        return parsed
+
+    async def _select(self, conn: ImapConnection, folder: str, source_id: str) -> int:
+        uv, uid = self._uid(folder, source_id)
+        if conn.selected != folder or conn.uidvalidity != uv:
+            try:
+                await conn.examine(folder)
+            except FolderMissing as exc:
+                raise MessageVanished(
+                    f"{folder}/{source_id} is gone with its folder", folder=folder, source_id=source_id
+                ) from exc
+        if conn.uidvalidity != uv:
+            raise MessageVanished(
+                f"{folder}/{source_id} is void: the folder's UIDVALIDITY is now {conn.uidvalidity}",
+                folder=folder,
+                source_id=source_id,
+            )
+        return uid
+
+    async def size(self, folder: str, source_id: str, hint: str | None = None) -> int:
+        async with self.session() as conn:
+            uid = await self._select(conn, folder, source_id)
+            for data in await conn.uid_fetch(str(uid), "(UID RFC822.SIZE)"):
+                size = data.get("RFC822.SIZE")
+                if proto.fetch_uid(data) == uid and isinstance(size, bytes):
+                    return int(size)
+        raise MessageVanished(f"{folder}/{source_id} is gone", folder=folder, source_id=source_id)
+
+    async def fetch(self, folder: str, source_id: str, hint: str | None = None) -> bytes:
+        async with self.session() as conn:
+            uid = await self._select(conn, folder, source_id)
+            timeout = self.settings.timeout * BODY_TIMEOUT_FACTOR
+            for data in await conn.uid_fetch(str(uid), "(UID BODY.PEEK[])", timeout=timeout):
+                body = proto.body_of(data)
+                if proto.fetch_uid(data) == uid and body is not None:
+                    return body
+        raise MessageVanished(f"{folder}/{source_id} is gone", folder=folder, source_id=source_id)
+
+    async def copy_raw(self, folder: str, source_id: str, hint: str | None, dest: str) -> bool:
+        """Stream the message to ``dest`` in pieces (``BODY.PEEK[]<offset.length>``)."""
+        total = await self.size(folder, source_id, hint)
+        with open(dest, "wb") as out:
+            offset = 0
+            while offset < total:
+                async with self.session() as conn:
+                    uid = await self._select(conn, folder, source_id)
+                    items = f"(UID BODY.PEEK[]<{offset}.{COPY_CHUNK}>)"
+                    piece = None
+                    for data in await conn.uid_fetch(str(uid), items, timeout=self.settings.timeout * 2):
+                        if proto.fetch_uid(data) == uid:
+                            piece = proto.body_of(data)
+                if not piece:
+                    if piece is None:
+                        raise MessageVanished(f"{folder}/{source_id} is gone", folder=folder, source_id=source_id)
+                    break
+                out.write(piece)
+                offset += len(piece)
+            out.flush()
+            os.fsync(out.fileno())
+        return True
+
+    async def sizes(self, folder: str, source_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """Sizes of many messages (all in the folder by default), in batches of
+        at most :data:`~mailfiler.sources.imapproto.FETCH_BATCH` UIDs."""
+        if source_ids is None:
+            source_ids = list((await self.list_messages(folder)).messages)
+        out: dict[str, int] = {}
+        async with self.session() as conn:
+            uv = await self._uidvalidity(conn, folder)
+            wanted = _uids_of(source_ids, uv)
+            for batch in proto.batches(sorted(wanted)):
+                for data in await conn.uid_fetch(proto.uid_set(batch), "(UID RFC822.SIZE)"):
+                    uid, size = proto.fetch_uid(data), data.get("RFC822.SIZE")
+                    if uid in wanted and isinstance(size, bytes):
+                        out[proto.make_source_id(uv, uid)] = int(size)
+        return out
+
+    async def fetch_many(
+        self, folder: str, source_ids: Sequence[str], *, max_batch_bytes: int = BATCH_BYTES
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        """(source_id, raw) for each message that still exists, fetched in batches
+        of at most 400 UIDs and about ``max_batch_bytes`` (for backfills)."""
+        sizes = await self.sizes(folder, source_ids)
+        batch: list[int] = []
+        batch_bytes = 0
+        pending: list[list[int]] = []
+        for sid in source_ids:
+            if sid not in sizes:
+                continue
+            uid = self._uid(folder, sid)[1]
+            if batch and (len(batch) >= proto.FETCH_BATCH or batch_bytes + sizes[sid] > max_batch_bytes):
+                pending.append(batch)
+                batch, batch_bytes = [], 0
+            batch.append(uid)
+            batch_bytes += sizes[sid]
+        if batch:
+            pending.append(batch)
+        for uids in pending:
+            async with self.session() as conn:
+                uv = await self._uidvalidity(conn, folder)
+                timeout = self.settings.timeout * BODY_TIMEOUT_FACTOR
+                got = await conn.uid_fetch(proto.uid_set(uids), "(UID BODY.PEEK[])", timeout=timeout)
+            bodies = {proto.fetch_uid(d): proto.body_of(d) for d in got}
+            for uid in uids:
+                body = bodies.get(uid)
+                if body is not None:
+                    yield proto.make_source_id(uv, uid), body
+
+    async def _uidvalidity(self, conn: ImapConnection, folder: str) -> int:
+        if conn.selected != folder or conn.uidvalidity is None:
+            await conn.examine(folder)
+        assert conn.uidvalidity is not None
+        return conn.uidvalidity
+
+    # -- push --------------------------------------------------------------------------
+
+    async def watch(self, folders: Sequence[str], stop: asyncio.Event) -> AsyncIterator[list[Change]]:
+        async for batch in imapwatch.watch(self, folders, stop):
+            yield batch
+
+
+def _uids_of(source_ids: Sequence[str], uidvalidity: int) -> set[int]:
+    """The UIDs among ``source_ids`` that belong to ``uidvalidity``."""
+    out = set()
+    for sid in source_ids:
+        parsed = proto.split_source_id(sid)
+        if parsed is not None and parsed[0] == uidvalidity:
+            out.add(parsed[1])
+    return out
