@@ -209,7 +209,7 @@ def rules_test_result(
         "summary": _rules_summary(tracked, decision),
         "correlation": seen.correlation,
         "auto_tracking": auto,
-        "verdict": _verdict(mb, tracked, decision, seen, auto),
+        "verdict": _verdict(mb, tracked, seen, auto),
         "trace": trace,
     }
 
@@ -241,13 +241,12 @@ def _all_addresses(msg: Any) -> list[str]:
 
 
 def _rules_summary(tracked: Any, decision: Any) -> str:
+    """What the rules alone say; the verdict weighs it with the folder and the policy."""
     if tracked is not None and tracked.regarding:
         return f"the tracked folder's regarding {tracked.regarding} wins over any rule"
-    if decision.action == "track":
-        return "tracked, by rule " + str(decision.rule)
-    if decision.action == "skip":
-        return "not tracked: rule " + str(decision.rule) + " says skip"
-    return "the rules say nothing about tracking: the folder and the mailbox's policy decide"
+    if decision.action is not None:
+        return f"{decision.action} (rule {decision.rule})"
+    return "nothing about tracking: the folder and the mailbox's policy decide"
 
 
 # -- the store, read-only ------------------------------------------------------------
@@ -518,13 +517,13 @@ def _known(msg: Any, seen: _Seen) -> str | None:
     return None
 
 
-def _verdict(mb: Any, tracked: Any, decision: Any, seen: _Seen, auto: dict[str, Any] | None) -> dict[str, Any]:
+def _verdict(mb: Any, tracked: Any, seen: _Seen, auto: dict[str, Any] | None) -> dict[str, Any]:
     """Tracked or not, the regarding and its method (the activity's ``correlation``), and why."""
     notes = [seen.rule.note] if seen.rule is not None and seen.rule.note else []
     if mb is None:
         return _answer(False, None, None, "the config has no mailbox", notes)
     if tracked is None:
-        assert auto is not None
+        assert auto is not None  # computed for every message outside tracked folders
         if not auto["track"]:
             return _answer(False, None, None, auto["reason"], [])
         return _answer(True, *_by_rule_or_thread(seen), auto["reason"], notes)
@@ -566,7 +565,7 @@ def _print_result(result: dict[str, Any]) -> None:
         click.echo(f"categories: {', '.join(d['categories'])}")
     if d["owner"]:
         click.echo(f"owner:     {d['owner']}")
-    click.echo(f"rules say: {result['summary']}")
+    click.echo(f"rules:     {result['summary']}")
     click.echo(f"correlation: {_correlation_line(result['correlation'])}")
     auto = result["auto_tracking"]
     if auto is not None:

@@ -159,6 +159,9 @@ class _Target:
 
 
 class _Reapplier:
+    """One run of ``rules apply``: the tracker's rules, the mailboxes' sources
+    (opened once, on first use) and, in a dry run, what would change."""
+
     def __init__(self, db: pw.Database, config: Config, rules: RuleSet | None, *, dry_run: bool) -> None:
         self.db = db
         self.config = config
@@ -176,7 +179,8 @@ class _Reapplier:
         self.mailbox_configs = {mb.name: mb for mb in config.mailboxes}
         self.contexts: dict[int, MailboxContext] = {}
         self.sources: dict[str, Source | None] = {}
-        self.source_notes: dict[str, str] = {}
+        #: why a mailbox cannot be read at all (not in the config, not openable)
+        self.source_problems: dict[str, str] = {}
         #: dry run: the regarding each activity would get, so that a reply
         #: correlated to it follows the parent's new regarding as in a real run
         self.planned: dict[int, str] = {}
@@ -243,12 +247,14 @@ class _Reapplier:
         # the mailbox asked for, then the owner's, then the newest location
         preferred = only.id if only is not None else activity.owner_mailbox_id
         present.sort(key=lambda loc: loc.mailbox_id != preferred)
+        problems: list[str] = []
         for loc in present:
             msg = await self._fetch(loc, activity.message_id)
-            if msg is not None:
+            if not isinstance(msg, str):
                 return _Read(msg, self._context(loc.mailbox), loc.folder, f"{loc.mailbox.name}/{loc.folder}")
-        why = "; ".join(sorted(set(self.source_notes.get(loc.mailbox.name, "") for loc in present) - {""}))
-        note = "no copy left in any mailbox" if not present else f"could not read it again ({why or 'gone'})"
+            problems.append(msg)
+        why = "; ".join(dict.fromkeys(problems))
+        note = f"could not read it again ({why})" if present else "no copy left in any mailbox"
         holder = present[0].mailbox if present else activity.owner_mailbox if activity.owner_mailbox_id else None
         return _Read(
             stored_message(activity),
@@ -258,34 +264,35 @@ class _Reapplier:
             f"{note}: stored fields used, headers not available",
         )
 
-    async def _fetch(self, loc: Location, message_id: str) -> ParsedMessage | None:
+    async def _fetch(self, loc: Location, message_id: str) -> ParsedMessage | str:
+        """The message read again from *loc*, or why it could not be."""
         source = await self._source(loc.mailbox.name)
         if source is None:
-            return None
+            return self.source_problems[loc.mailbox.name]
         try:
             if await source.size(loc.folder, loc.source_id) > self.config.limits.max_message_bytes:
-                self.source_notes[loc.mailbox.name] = "larger than limits.max_message_bytes"
-                return None
+                return "larger than limits.max_message_bytes"
             msg = parse_message(await source.fetch(loc.folder, loc.source_id))
         except (MailfilerError, OSError, RecursionError) as exc:
             # vanished, moved, unreadable, MIME nested too deep: the stored fields stand in
-            self.source_notes.setdefault(loc.mailbox.name, str(exc))
-            return None
-        # a source id reused for another message must not lend its headers
-        return msg if msg.message_id == message_id else None
+            return str(exc) or type(exc).__name__
+        if msg.message_id != message_id:
+            # a source id reused for another message must not lend its headers
+            return f"{loc.folder}/{loc.source_id} now holds another message"
+        return msg
 
     async def _source(self, name: str) -> Source | None:
         if name not in self.sources:
             mb = self.mailbox_configs.get(name)
             source: Source | None = None
             if mb is None:
-                self.source_notes[name] = f"mailbox {name} is not in the config"
+                self.source_problems[name] = f"mailbox {name} is not in the config"
             else:
                 source = make_source(mb)
                 try:
                     await source.open()
                 except MailfilerError as exc:
-                    self.source_notes[name] = str(exc)
+                    self.source_problems[name] = str(exc)
                     source = None
             self.sources[name] = source
         return self.sources[name]
