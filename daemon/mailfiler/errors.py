@@ -174,3 +174,54 @@ class ProcessingFailed(MessageError):
     error that persisted through retries)."""
 
     code = "processing-failed"
+
+
+# --- sync-back of contacts and appointments (mailfiler.sync) ----------------
+
+
+class SyncError(MailfilerError):
+    """Syncing one address book or calendar failed; the others go on."""
+
+    code = "sync-error"
+    severity = Severity.FOLDER
+
+
+class SyncTargetUnavailable(SyncError):
+    """An address book or calendar cannot be reached (a missing folder, a server down)."""
+
+    code = "sync-target-unavailable"
+
+
+class SyncSideEmpty(SyncError, UserError):
+    """One side of a sync suddenly looks empty while the status says it held
+    items: a changed path or a wiped server, not N deletions (vdirsyncer's
+    StorageEmpty).  Nothing is deleted until the user says so."""
+
+    code = "sync-side-empty"
+
+
+class SyncPreconditionFailed(SyncError):
+    """An item changed or vanished under the sync (its etag no longer matches);
+    the next sync sees the new state."""
+
+    code = "sync-precondition-failed"
+
+
+class SyncItemNotFound(SyncPreconditionFailed):
+    """The item does not exist (any more)."""
+
+    code = "sync-item-not-found"
+
+
+class SyncItemExists(SyncPreconditionFailed):
+    """An item with this name exists already."""
+
+    code = "sync-item-exists"
+
+
+class SyncItemUnreadable(SyncError):
+    """A vCard or iCalendar item cannot be read; it is shunted with ``reason``
+    (``bad-vcard``, ``bad-icalendar``, ``empty-item``) and the rest goes on."""
+
+    code = "sync-item-unreadable"
+    severity = Severity.MESSAGE

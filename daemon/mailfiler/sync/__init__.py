@@ -1,0 +1,19 @@
+"""Sync-back: CRM contacts and appointments in the user's address book and
+calendar, and the user's changes back into the CRM (issue 5).
+
+The shape follows vdirsyncer:
+
+- :mod:`~mailfiler.sync.target` is the storage abstraction: one collection
+  (an address book or a calendar) listed with etags, read, and written with
+  etag guards; :mod:`~mailfiler.sync.vdir` and :mod:`~mailfiler.sync.memory`
+  implement it, CalDAV/CardDAV come next.
+- :mod:`~mailfiler.sync.vcard` and :mod:`~mailfiler.sync.ical` turn items
+  into plain field dicts and back, merging into the user's item so that
+  properties mailfiler does not manage survive.
+- :mod:`~mailfiler.sync.crm` reads and writes the same field dicts in the
+  store; :mod:`~mailfiler.sync.filters` decides which CRM items a mailbox
+  gets; :mod:`~mailfiler.sync.merge` is the per-field three-way merge.
+- :mod:`~mailfiler.sync.engine` compares both sides with the status table
+  (``SyncItem``) and commits each item alone; :mod:`~mailfiler.sync.runner`
+  builds it from the config for the CLI and the daemon.
+"""

@@ -1,0 +1,347 @@
+"""The CRM side of the sync: contacts and appointments in the store, read
+and written as the field dicts of :mod:`mailfiler.sync.items`.
+
+Reading loads every item of a kind in a handful of queries (not one per
+item), because a resync with no changes still compares every item.
+Writing happens inside the caller's transaction, one item at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import peewee as pw
+
+from mailfiler.store.models import (
+    Activity,
+    ActivityParty,
+    AppointmentDetails,
+    ContactDetails,
+    ContactPhone,
+    Mailbox,
+    PostalAddress,
+    Record,
+    RecordAddress,
+    utcnow,
+)
+from mailfiler.store.records import ENTITY_PRECEDENCE, resolve_addresses
+from mailfiler.sync.items import ADDRESS_PARTS, Fields, empty_fields, is_all_day, utc_instant
+
+#: namespace of the UIDs derived for contacts that never had a vCard
+_UID_NS = uuid.UUID("6f1c0a52-9b7e-4d43-8f0e-2b8f7f6a5c11")
+_ROLE_TO_PARTY = {"required": "to", "optional": "cc"}
+_PARTY_TO_ROLE = {v: k for k, v in _ROLE_TO_PARTY.items()}
+
+
+@dataclass
+class CrmItem:
+    id: int
+    uid: str
+    fields: Fields
+    modified: dt.datetime | None
+    #: what sync filters look at
+    owner: str | None = None
+    ref: str | None = None  # contact:KEY (contacts)
+    regarding: str | None = None  # the parent (contacts) or the regarding (appointments), ENTITY:KEY
+    parties: frozenset[str] = field(default_factory=frozenset)
+
+
+def _max(*values: dt.datetime | None) -> dt.datetime | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def _chunks(ids: list[int], size: int = 500) -> list[list[int]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+class ContactStore:
+    """Contacts: ``Record`` rows of entity ``contact`` with their details."""
+
+    kind = "contacts"
+
+    @staticmethod
+    def derived_uid(key: str) -> str:
+        return str(uuid.uuid5(_UID_NS, f"contact:{key}"))
+
+    def load_all(self, ids: list[int] | None = None) -> dict[int, CrmItem]:
+        """Every contact, or those with *ids*."""
+        q = Record.select().where(Record.entity == "contact").order_by(Record.id)
+        records = list(q if ids is None else q.where(Record.id.in_(ids)))
+        ids = [r.id for r in records]
+        details: dict[int, ContactDetails] = {}
+        emails: dict[int, list[str]] = defaultdict(list)
+        phones: dict[int, list[list[str]]] = defaultdict(list)
+        postal: dict[int, list[dict[str, str]]] = defaultdict(list)
+        for chunk in _chunks(ids):
+            for d in ContactDetails.select().where(ContactDetails.record.in_(chunk)):
+                details[d.record_id] = d
+            for a in RecordAddress.select().where((RecordAddress.record.in_(chunk)) & (RecordAddress.kind == "email")):
+                emails[a.record_id].append(a.value)
+            for p in ContactPhone.select().where(ContactPhone.record.in_(chunk)).order_by(ContactPhone.position):
+                phones[p.record_id].append([p.kind, p.number])
+            for a in PostalAddress.select().where(PostalAddress.record.in_(chunk)).order_by(PostalAddress.position):
+                postal[a.record_id].append({part: getattr(a, part) for part in ADDRESS_PARTS})
+        parent_ids = list({r.parent_id for r in records if r.parent_id})
+        parents = {p.id: p for chunk in _chunks(parent_ids) for p in Record.select().where(Record.id.in_(chunk))}
+        items = {}
+        for rec in records:
+            d = details.get(rec.id)
+            parent = parents.get(rec.parent_id) if rec.parent_id else None
+            f = empty_fields("contacts")
+            f["name"] = rec.name
+            if d is not None:
+                for name in ("given_name", "family_name", "additional_names", "prefix", "suffix", "job_title", "notes"):
+                    f[name] = getattr(d, name)
+                f["company"] = d.company
+            if not f["company"] and parent is not None and parent.entity == "account":
+                f["company"] = parent.name
+            f["emails"] = sorted(set(emails[rec.id]))
+            f["phones"] = phones[rec.id]
+            f["addresses"] = postal[rec.id]
+            items[rec.id] = CrmItem(
+                id=rec.id,
+                uid=(d.uid if d is not None and d.uid else self.derived_uid(rec.key)),
+                fields=f,
+                modified=_max(rec.updated_at, d.updated_at if d else None),
+                owner=d.owner if d is not None else None,
+                ref=rec.ref,
+                regarding=parent.ref if parent is not None else None,
+                parties=frozenset(f["emails"]),
+            )
+        return items
+
+    def find_by_emails(self, emails: list[str]) -> list[int]:
+        if not emails:
+            return []
+        q = (
+            RecordAddress.select(RecordAddress.record)
+            .join(Record)
+            .where(
+                (RecordAddress.kind == "email")
+                & RecordAddress.value.in_([e.lower() for e in emails])
+                & (Record.entity == "contact")
+            )
+            .order_by(RecordAddress.record)
+        )
+        return list(dict.fromkeys(a.record_id for a in q))
+
+    def create(self, fields: Fields, *, uid: str, owner: str | None, mailbox: Mailbox, regarding: Record | None) -> int:
+        rec = Record.create(entity="contact", key=self._new_key(fields), name=fields.get("name") or "(no name)")
+        ContactDetails.create(record=rec, uid=uid, owner=owner)
+        if regarding is not None and regarding.entity == "account":
+            rec.parent = regarding
+            rec.save()
+        self.write(rec.id, {k: v for k, v in fields.items() if k != "name"})
+        return rec.id
+
+    def _new_key(self, fields: Fields) -> str:
+        """A readable key: the first e-mail address, else the name, made unique."""
+        base = (fields.get("emails") or [""])[0] or re.sub(r"[^\w.@-]+", ".", (fields.get("name") or "").lower())
+        base = base.strip(".")[:200] or "contact"
+        key, n = base, 1
+        while Record.select().where((Record.entity == "contact") & (Record.key == key)).exists():
+            n += 1
+            key = f"{base}-{n}"
+        return key
+
+    def write(self, record_id: int, changed: Fields) -> None:
+        if not changed:
+            return
+        rec = Record.get_by_id(record_id)
+        d, _ = ContactDetails.get_or_create(record=rec)
+        now = utcnow()
+        if "name" in changed:
+            rec.name = changed["name"] or "(no name)"
+        for name in ("given_name", "family_name", "additional_names", "prefix", "suffix", "job_title", "notes"):
+            if name in changed:
+                setattr(d, name, changed[name] or "")
+        if "company" in changed:
+            d.company = changed["company"] or ""
+            account = self._account_named(d.company)
+            if account is not None:
+                rec.parent = account
+        if "emails" in changed:
+            wanted = {e.lower() for e in changed["emails"] or []}
+            have = {
+                a.value: a
+                for a in RecordAddress.select().where((RecordAddress.record == rec) & (RecordAddress.kind == "email"))
+            }
+            for value in set(have) - wanted:
+                have[value].delete_instance()
+            for value in sorted(wanted - set(have)):
+                RecordAddress.create(record=rec, kind="email", value=value)
+        if "phones" in changed:
+            ContactPhone.delete().where(ContactPhone.record == rec).execute()
+            for i, (kind, number) in enumerate(changed["phones"] or []):
+                ContactPhone.create(record=rec, position=i, kind=kind[:32], number=number[:64])
+        if "addresses" in changed:
+            PostalAddress.delete().where(PostalAddress.record == rec).execute()
+            for i, item in enumerate(changed["addresses"] or []):
+                PostalAddress.create(record=rec, position=i, **{p: item.get(p, "") for p in ADDRESS_PARTS})
+        rec.updated_at = d.updated_at = now
+        rec.save()
+        d.save()
+
+    @staticmethod
+    def _account_named(name: str) -> Record | None:
+        """The account a company name stands for (case-insensitive), if exactly one."""
+        if not name:
+            return None
+        found = list(
+            Record.select().where((Record.entity == "account") & (pw.fn.LOWER(Record.name) == name.lower())).limit(2)
+        )
+        return found[0] if len(found) == 1 else None
+
+    def delete(self, record_id: int) -> None:
+        Record.delete().where(Record.id == record_id).execute()
+
+
+class AppointmentStore:
+    """Appointments: ``Activity`` rows of kind ``appointment`` with their details.
+
+    The organizer is the ``from`` party; required and optional attendees are
+    ``to`` and ``cc``, as Outlook addresses a meeting request."""
+
+    kind = "calendar"
+
+    def load_all(self, ids: list[int] | None = None) -> dict[int, CrmItem]:
+        """Every appointment, or those with *ids*."""
+        q = (
+            Activity.select(Activity, AppointmentDetails)
+            .join(AppointmentDetails)
+            .where(Activity.kind == "appointment")
+            .order_by(Activity.id)
+        )
+        rows = list(q if ids is None else q.where(Activity.id.in_(ids)))
+        ids = [a.id for a in rows]
+        parties: dict[int, list[ActivityParty]] = defaultdict(list)
+        for chunk in _chunks(ids):
+            for p in ActivityParty.select().where(ActivityParty.activity.in_(chunk)).order_by(ActivityParty.id):
+                parties[p.activity_id].append(p)
+        refs = {
+            r.id: r.ref
+            for chunk in _chunks(list({a.regarding_id for a in rows if a.regarding_id}))
+            for r in Record.select(Record.id, Record.entity, Record.key).where(Record.id.in_(chunk))
+        }
+        items = {}
+        for a in rows:
+            d = a.appointmentdetails
+            f = empty_fields("calendar")
+            f.update(
+                subject=a.subject,
+                start=d.start,
+                end=d.end,
+                location=d.location,
+                status=d.status,
+                body=a.body_text,
+                rrule=d.rrule,
+                exdates=json.loads(d.exdates) if d.exdates else [],
+                overrides=json.loads(d.overrides) if d.overrides else [],
+            )
+            attendees = {}
+            for p in parties[a.id]:
+                if p.role == "from":
+                    f["organizer"] = [p.address, p.display_name]
+                elif p.role in _PARTY_TO_ROLE:
+                    attendees[p.address] = [p.address, p.display_name, _PARTY_TO_ROLE[p.role]]
+            f["attendees"] = [attendees[k] for k in sorted(attendees)]
+            items[a.id] = CrmItem(
+                id=a.id,
+                uid=d.uid,
+                fields=f,
+                modified=a.updated_at,
+                owner=a.owner,
+                regarding=refs.get(a.regarding_id) if a.regarding_id else None,
+                parties=frozenset(p.address for p in parties[a.id]),
+            )
+        return items
+
+    def find_by_emails(self, emails: list[str]) -> list[int]:
+        return []
+
+    def create(self, fields: Fields, *, uid: str, owner: str | None, mailbox: Mailbox, regarding: Record | None) -> int:
+        organizer = (fields.get("organizer") or [""])[0]
+        activity = Activity.create(
+            message_id=f"appointment:{uid}"[:998],
+            synthetic_id=True,
+            kind="appointment",
+            direction="outgoing" if organizer and organizer == owner else "incoming",
+            subject=fields.get("subject") or "",
+            regarding=regarding,
+            correlation="sync" if regarding is not None else None,
+            owner=owner,
+            owner_mailbox=mailbox,
+        )
+        AppointmentDetails.create(activity=activity, uid=uid, start=fields.get("start") or "")
+        self.write(activity.id, fields)
+        return activity.id
+
+    def write(self, activity_id: int, changed: Fields) -> None:
+        if not changed:
+            return
+        a = Activity.get_by_id(activity_id)
+        d = AppointmentDetails.get_by_id(activity_id)
+        if "subject" in changed:
+            a.subject = changed["subject"] or ""
+        if "body" in changed:
+            a.body_text = changed["body"] or ""
+        for name in ("start", "end", "location", "status", "rrule"):
+            if name in changed:
+                value: Any = changed[name]
+                setattr(d, name, value if value is not None or name in ("end", "rrule") else "")
+        if "status" in changed:
+            d.status = changed["status"] or "confirmed"
+        if "exdates" in changed:
+            d.exdates = json.dumps(changed["exdates"] or [], ensure_ascii=False) if changed["exdates"] else None
+        if "overrides" in changed:
+            d.overrides = json.dumps(changed["overrides"] or [], ensure_ascii=False) if changed["overrides"] else None
+        d.all_day = is_all_day(d.start)
+        d.starts_at = utc_instant(d.start)
+        d.ends_at = utc_instant(d.end)
+        a.sent_at = d.starts_at
+        if "organizer" in changed or "attendees" in changed:
+            self._write_parties(a, changed)
+        a.updated_at = utcnow()
+        a.save()
+        d.save()
+
+    def _write_parties(self, a: Activity, changed: Fields) -> None:
+        wanted: list[tuple[str, str, str]] = []
+        current = {p.role: p for p in ActivityParty.select().where(ActivityParty.activity == a)}
+        organizer = (
+            changed["organizer"]
+            if "organizer" in changed
+            else ([current["from"].address, current["from"].display_name] if "from" in current else None)
+        )
+        if organizer and organizer[0]:
+            wanted.append(("from", organizer[0], organizer[1]))
+        if "attendees" in changed:
+            attendees = changed["attendees"] or []
+        else:
+            attendees = [
+                [p.address, p.display_name, _PARTY_TO_ROLE[p.role]]
+                for p in ActivityParty.select().where(
+                    (ActivityParty.activity == a) & ActivityParty.role.in_(list(_PARTY_TO_ROLE))
+                )
+            ]
+        for address, name, role in attendees:
+            wanted.append((_ROLE_TO_PARTY.get(role, "to"), address, name))
+        ActivityParty.delete().where(ActivityParty.activity == a).execute()
+        resolved = resolve_addresses([w[1] for w in wanted], precedence=ENTITY_PRECEDENCE)
+        for role, address, name in wanted:
+            records = resolved.get(address.lower()) or [None]
+            for rec in records:
+                ActivityParty.create(activity=a, role=role, address=address.lower(), display_name=name, record=rec)
+
+    def delete(self, activity_id: int) -> None:
+        Activity.delete().where(Activity.id == activity_id).execute()
+
+
+STORES = {"contacts": ContactStore, "calendar": AppointmentStore}
