@@ -179,6 +179,10 @@ def status(obj: Context, as_json: bool) -> None:
     others outside tracked folders): what it tracked there, and how many
     messages it judged and left alone (`mailfiler rules test` tells why).
 
+    A third table lists the sync-back address books and calendars: state,
+    last sync, items synced, unreadable items kept aside, and the last error
+    (`sync` in JSON).
+
     Also shows each daemon's heartbeat and a config it rejected on reload.
     When the config file itself is invalid, status still reads the store it
     names and lists the config's problems (`config_problems` in JSON).
@@ -188,6 +192,9 @@ def status(obj: Context, as_json: bool) -> None:
     problems = obj.open_store_for_reading()
     data = reports.status()
     data["config_problems"] = problems
+    from mailfiler.sync import reports as sync_reports
+
+    data["sync"] = sync_reports.status()
     if as_json:
         emit_json(data)
         return
@@ -222,6 +229,19 @@ def status(obj: Context, as_json: bool) -> None:
     if watched:
         columns = ["mailbox", "folder", "state", "last sync (UTC)", "tracked", "not tracked", "shunted"]
         table("auto-tracking: other folders watched", columns, watched)
+    _print_sync_status(data)
+
+
+def _print_sync_status(data: dict) -> None:
+    """Sync-back collections (mailfiler.sync): added to `data` as "sync" for --json too."""
+    rows = [
+        (s["mailbox"], s["kind"], s["location"], s["state"], s["last_sync"] or "never", s["items"], s["shunted"],
+         s["last_error"] or "")
+        for s in data.get("sync", [])
+    ]  # fmt: skip
+    if rows:
+        columns = ["mailbox", "kind", "where", "state", "last sync (UTC)", "items", "shunted", "last error"]
+        table("sync-back: address books and calendars", columns, rows)
 
 
 @cli.command()
@@ -304,10 +324,14 @@ def _register() -> None:
     from mailfiler.cli import records as records_cmd
     from mailfiler.cli import rules as rules_cmd
     from mailfiler.cli import shunt as shunt_cmd
+    from mailfiler.cli import sync as sync_cmd
 
     cli.add_command(records_cmd.records)
     cli.add_command(rules_cmd.rules)
     cli.add_command(shunt_cmd.shunt)
+    cli.add_command(sync_cmd.sync)
+    cli.add_command(sync_cmd.contacts)
+    cli.add_command(sync_cmd.appointments)
 
 
 _register()

@@ -1,0 +1,153 @@
+"""``mailfiler sync``, ``mailfiler contacts`` and ``mailfiler appointments``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+
+from mailfiler.cli.errors import handle_errors
+from mailfiler.cli.output import emit_json, json_option, table
+from mailfiler.errors import NotFound
+
+
+@click.command("sync")
+@click.option("--mailbox", metavar="NAME", help="Only this mailbox (default: every mailbox with sync:).")
+@click.option(
+    "--force-delete",
+    is_flag=True,
+    help="Go on when one side looks empty although items were synced there (the empty-side guard).",
+)
+@json_option
+@click.pass_obj
+@handle_errors
+def sync(obj, mailbox: str | None, force_delete: bool, as_json: bool) -> None:
+    """Sync CRM contacts and appointments with each mailbox's address book and calendar, once.
+
+    \b
+    Both ways, item by item, against the state of the last sync:
+      - a CRM item the mailbox's sync filters select goes to the user's side;
+        one that stops matching is removed from it;
+      - the user's edits come back into the CRM, field by field (sync.fields);
+        when both sides changed one field, sync.conflicts decides and the
+        conflict is logged with both values;
+      - a contact or event with the category `Tracked` (sync.category), or in
+        a collection under sync.tracked, becomes CRM data;
+      - an item the user deleted: sync.on_mailbox_delete (unlink, restore,
+        delete-in-crm).
+
+    When a side that held synced items suddenly looks empty (a changed path, a
+    wiped server), that collection is not synced and the command says so;
+    --force-delete goes on.  An unreadable vCard or iCalendar item is kept
+    aside (see `mailfiler status`) and the rest goes on.  The daemon runs the
+    same sync on sync.interval and whenever a vdir folder changes.
+
+    Exits 0 when every collection synced cleanly, 1 otherwise.
+    """
+    from mailfiler.service.runtime import manager_id, open_store, sync_config
+    from mailfiler.sync.runner import sync_all
+
+    loaded = obj.load()
+    cfg = loaded.config
+    names = [m.name for m in cfg.mailboxes if m.sync is not None]
+    if mailbox is not None and mailbox not in names:
+        known = ", ".join(names) or "none has sync:"
+        raise NotFound(f"no mailbox {mailbox!r} with sync: in the config ({known})")
+    db = open_store(cfg)
+    try:
+        sync_config(db, cfg, manager=manager_id(loaded.path))
+        results = asyncio.run(sync_all(db, loaded, mailbox=mailbox, force_delete=force_delete))
+    finally:
+        db.close()
+    data = [{"mailbox": name, **r.as_dict()} for name, rs in results.items() for r in rs]
+    if as_json:
+        emit_json(data)
+    else:
+        rows = [
+            (
+                d["mailbox"],
+                d["kind"],
+                d["location"],
+                d["state"],
+                d["uploaded"],
+                d["updated_mailbox"],
+                d["deleted_mailbox"],
+                d["created_crm"],
+                d["updated_crm"],
+                d["deleted_crm"],
+                d["conflicts"],
+                d["shunted"],
+                d["items"],
+            )
+            for d in data
+        ]
+        columns = ["mailbox", "kind", "where", "state", "to user", "changed there", "deleted there",
+                   "new in CRM", "changed in CRM", "deleted in CRM", "conflicts", "shunted", "items"]  # fmt: skip
+        table("mailfiler sync", columns, rows)
+        for d in data:
+            for error in d["errors"]:
+                click.secho(f"{d['mailbox']} {d['kind']}: {error}", fg="red", err=True)
+        if not data:
+            click.echo("no mailbox has sync: in the config")
+    if any(d["state"] != "ok" for d in data):
+        sys.exit(1)
+
+
+@click.group()
+def contacts() -> None:
+    """CRM contacts with their details (names, addresses, phones, company)."""
+
+
+@contacts.command("list")
+@click.option("--owner", metavar="EMAIL", help="Only contacts this user owns.")
+@json_option
+@click.pass_obj
+@handle_errors
+def contacts_list(obj, owner: str | None, as_json: bool) -> None:
+    """List contacts; --json gives every field."""
+    from mailfiler.sync import reports
+
+    obj.open_store_for_reading()
+    data = reports.contacts(owner=owner)
+    if as_json:
+        emit_json(data)
+        return
+    rows = [
+        (c["ref"], c["name"], ", ".join(c["emails"]), ", ".join(p[1] for p in c["phones"]), c["company"],
+         c["job_title"], c["owner"] or "-")
+        for c in data
+    ]  # fmt: skip
+    table(f"{len(data)} contact(s)", ["ref", "name", "e-mail", "phone", "company", "title", "owner"], rows)
+
+
+@click.group()
+def appointments() -> None:
+    """CRM appointments (activities of kind appointment)."""
+
+
+@appointments.command("list")
+@click.option("--regarding", metavar="ENTITY:KEY", help="Only appointments regarding this record.")
+@json_option
+@click.pass_obj
+@handle_errors
+def appointments_list(obj, regarding: str | None, as_json: bool) -> None:
+    """List appointments by start; --json gives every field, recurrence included.
+
+    Times keep their zone: 2024-03-31T09:00:00[Europe/Stockholm]; a date alone
+    is an all-day appointment.
+    """
+    from mailfiler.sync import reports
+
+    obj.open_store_for_reading()
+    data = reports.appointments(regarding=regarding)
+    if as_json:
+        emit_json(data)
+        return
+    rows = [
+        (a["id"], a["start"], a["end"] or "", a["subject"][:60], a["location"][:30], a["regarding"] or "-",
+         a["rrule"] or "", a["status"])
+        for a in data
+    ]  # fmt: skip
+    columns = ["id", "start", "end", "subject", "location", "regarding", "repeats", "status"]
+    table(f"{len(data)} appointment(s)", columns, rows)
