@@ -33,6 +33,7 @@ from mailfiler.service.runtime import (
 from mailfiler.service.worker import MailboxWorker
 from mailfiler.store.db import redact
 from mailfiler.store.models import DaemonState, utcnow
+from mailfiler.sync.runner import sync_loop
 from mailfiler.tracking.folders import set_folder_state
 
 log = logging.getLogger("mailfiler.daemon")
@@ -79,6 +80,8 @@ class Daemon:
             asyncio.create_task(
                 ConfigWatcher(lambda: self.loaded, self.reload_on_save, self.stop_event).run(), name="config-watch"
             ),
+            # sync-back of contacts and appointments: on its interval and on vdir changes
+            asyncio.create_task(sync_loop(db, lambda: self.loaded, self.stop_event), name="sync"),
         ]
         interval = watchdog_interval()
         if interval:
