@@ -45,7 +45,7 @@ class VdirTarget(Target):
         self.path = Path(path)
 
     async def open(self, *, create: bool = True) -> None:
-        if create:
+        if create and not self.path.exists():
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
