@@ -112,7 +112,9 @@ class Rig:
         path = self.contacts_dir / filename
         parsed = vcard.parse(path.read_bytes())
         fields = {**parsed.fields, **changes}
-        self.write_item("contacts", filename, vcard.render(fields, set(changes), uid=parsed.uid, existing=path.read_bytes()))
+        self.write_item(
+            "contacts", filename, vcard.render(fields, set(changes), uid=parsed.uid, existing=path.read_bytes())
+        )
 
     def file_of(self, name: str, kind: str = "contacts") -> str:
         key = "name" if kind == "contacts" else "subject"

@@ -107,7 +107,9 @@ def test_malformed_vcards_name_their_reason(data: bytes, reason: str, match: str
 
 
 def test_latin1_vcard_is_read() -> None:
-    p = vcard.parse("BEGIN:VCARD\r\nVERSION:3.0\r\nUID:l1\r\nFN:Jörgen\r\nN:;Jörgen;;;\r\nEND:VCARD\r\n".encode("latin-1"))
+    p = vcard.parse(
+        "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:l1\r\nFN:Jörgen\r\nN:;Jörgen;;;\r\nEND:VCARD\r\n".encode("latin-1")
+    )
     assert p.fields["name"] == "Jörgen"
 
 
@@ -175,9 +177,9 @@ def test_all_day_event() -> None:
 
 def test_utc_floating_and_duration() -> None:
     data = (
-        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\nBEGIN:VEVENT\r\nUID:d1\r\nDTSTAMP:20240101T000000Z\r\n"
-        "DTSTART:20240102T090000Z\r\nDURATION:PT90M\r\nSUMMARY:UTC\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
-    ).encode()
+        b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\nBEGIN:VEVENT\r\nUID:d1\r\nDTSTAMP:20240101T000000Z\r\n"
+        b"DTSTART:20240102T090000Z\r\nDURATION:PT90M\r\nSUMMARY:UTC\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
     f = ical.parse(data).fields
     assert (f["start"], f["end"]) == ("2024-01-02T09:00:00Z", "2024-01-02T10:30:00Z")
     floating = data.replace(b"DTSTART:20240102T090000Z", b"DTSTART:20240102T090000")
@@ -185,7 +187,7 @@ def test_utc_floating_and_duration() -> None:
 
 
 def test_outlook_time_zone_name_keeps_the_instant() -> None:
-    data = """BEGIN:VCALENDAR\r
+    data = b"""BEGIN:VCALENDAR\r
 VERSION:2.0\r
 PRODID:Microsoft Exchange Server 2010\r
 BEGIN:VTIMEZONE\r
@@ -211,7 +213,7 @@ DTEND;TZID=W. Europe Standard Time:20240703T110000\r
 SUMMARY:Outlook\r
 END:VEVENT\r
 END:VCALENDAR\r
-""".encode()
+"""
     f = ical.parse(data).fields
     # 10:00 summer time in Central Europe is 08:00 UTC, whichever way the zone is named
     assert utc_instant(f["start"]) == dt.datetime(2024, 7, 3, 8, 0)
@@ -222,7 +224,10 @@ END:VCALENDAR\r
     [
         (b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nEND:VCALENDAR\r\n", "no VEVENT"),
         (b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nSUMMARY:no start\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n", "DTSTART"),
-        (b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART:2024-13-45\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n", "DTSTART|broken"),
+        (
+            b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART:2024-13-45\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
+            "DTSTART|broken",
+        ),
         (b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART:20240101T000000Z\r\n", "broken|VEVENT"),
         (b"BEGIN:VCARD\r\nEND:VCARD\r\n", "no BEGIN:VCALENDAR"),
         (

@@ -37,12 +37,14 @@ def test_daemon_tracks_a_card_saved_into_the_address_book(tmp_path: Path) -> Non
     )
     with DaemonProc(world.config, tmp_path / "daemon.log").start() as daemon:
         wait_until(
-            lambda: scalar(
-                world.db,
-                "SELECT COUNT(*) FROM sync_collection WHERE last_sync_at IS NOT NULL",
-                before_migration=True,
-            )
-            == 2,
+            lambda: (
+                scalar(
+                    world.db,
+                    "SELECT COUNT(*) FROM sync_collection WHERE last_sync_at IS NOT NULL",
+                    before_migration=True,
+                )
+                == 2
+            ),
             timeout=30,
             what="the first sync",
             state=daemon.log_tail,
