@@ -40,6 +40,10 @@ log = logging.getLogger("mailfiler.daemon")
 
 BACKOFF_MAX = 60.0
 HEARTBEAT_EVERY = 10.0
+#: how often to look for folders auto-tracking should start or stop watching
+DISCOVER_EVERY = float(os.environ.get("MAILFILER_DISCOVER_EVERY", "30"))
+#: after a watcher restart, diff the new folders again this much later
+CATCH_UP_AFTER = 1.0
 
 
 def daemon_key() -> str:
@@ -175,14 +179,25 @@ class Daemon:
         await source.open(create=rt.create_missing)
         worker = MailboxWorker(rt, self.services, should_stop=stop.is_set)
         self.workers[rt.name] = worker
+        await worker.discover(at_start=True)
         queue: asyncio.Queue = asyncio.Queue()
-        folders = list(rt.folders)
 
-        async def pump() -> None:
-            async for batch in source.watch(folders, stop):
-                queue.put_nowait(batch)
+        def start_watcher() -> asyncio.Task:
+            folders = [*rt.folders, *rt.watched]
+            # its own stop event: watchfiles sets the event it is given when
+            # cancelled, and a watcher restart must not stop the mailbox
+            own_stop = asyncio.Event()
 
-        pump_task = asyncio.create_task(pump(), name=f"watch:{rt.name}")
+            async def pump() -> None:
+                try:
+                    async for batch in source.watch(folders, own_stop):
+                        queue.put_nowait(batch)
+                finally:
+                    own_stop.set()
+
+            return asyncio.create_task(pump(), name=f"watch:{rt.name}")
+
+        pump_task = start_watcher()
         # the watcher registers inotify watches when it first runs; let it
         # start before the backfill so nothing that lands meanwhile is missed
         for _ in range(3):
@@ -191,15 +206,23 @@ class Daemon:
             await self._backfill(rt, worker)
             self.notifier.status(f"{rt.name}: backfill done; following changes")
             log.info(
-                "mailbox %s: backfill done, watching %d folder(s)",
+                "mailbox %s: backfill done, watching %d tracked and %d other folder(s)",
                 rt.name,
-                len(folders),
+                len(rt.folders),
+                len(rt.watched),
                 extra={"event": "watching", "mailbox": rt.name},
             )
+            next_discovery = time.monotonic() + DISCOVER_EVERY
+            # folders to diff once more after a watcher restart (see below)
+            catch_up: list[str] = []
+            catch_up_at = float("inf")
             while not stop.is_set():
                 get = asyncio.create_task(queue.get())
                 stopper = asyncio.create_task(stop.wait())
-                done, _ = await asyncio.wait({get, stopper, pump_task}, return_when=asyncio.FIRST_COMPLETED)
+                timeout = max(0.0, min(next_discovery, catch_up_at) - time.monotonic())
+                done, _ = await asyncio.wait(
+                    {get, stopper, pump_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
                 stopper.cancel()
                 if get in done:
                     await worker.handle(get.result())
@@ -208,6 +231,34 @@ class Daemon:
                 if pump_task in done and not stop.is_set():
                     exc = pump_task.exception()
                     raise exc or RuntimeError("the folder watcher stopped")
+                if stop.is_set():
+                    break
+                if time.monotonic() >= catch_up_at:
+                    for folder in catch_up:
+                        if rt.context(folder) is not None:
+                            await worker.scan_folder(folder)
+                    catch_up, catch_up_at = [], float("inf")
+                if time.monotonic() >= next_discovery:
+                    next_discovery = time.monotonic() + DISCOVER_EVERY
+                    added, removed = await worker.discover(at_start=False)
+                    if added or removed:
+                        # the watcher follows a fixed folder list: restart it
+                        pump_task.cancel()
+                        await asyncio.gather(pump_task, return_exceptions=True)
+                        pump_task = start_watcher()
+                        log.info(
+                            "mailbox %s: now also watching %s%s",
+                            rt.name,
+                            ", ".join(added) or "-",
+                            f"; no longer {', '.join(removed)}" if removed else "",
+                            extra={"event": "watch-changed", "mailbox": rt.name},
+                        )
+                        # diff every folder for what landed while no watcher
+                        # ran, and the new ones once more when the new watcher
+                        # is surely up (it has no "ready" signal)
+                        for folder in [*rt.folders, *rt.watched]:
+                            await worker.scan_folder(folder)
+                        catch_up, catch_up_at = added, time.monotonic() + CATCH_UP_AFTER
         finally:
             pump_task.cancel()
             await asyncio.gather(pump_task, return_exceptions=True)
@@ -230,7 +281,7 @@ class Daemon:
 
             worker.progress = report
         try:
-            for folder in rt.folders:
+            for folder in [*rt.folders, *rt.watched]:
                 if worker.should_stop():
                     return
                 t0 = time.monotonic()
@@ -382,7 +433,8 @@ async def run_once(loaded: LoadedConfig, *, progress: bool = False) -> dict[str,
         for name, rt in services.mailboxes.items():
             await rt.source.open(create=rt.create_missing)
             worker = MailboxWorker(rt, services)
-            summary[name] = [await worker.scan_folder(folder) for folder in rt.folders]
+            await worker.discover(at_start=True)
+            summary[name] = [await worker.scan_folder(folder) for folder in [*rt.folders, *rt.watched]]
             await rt.source.close()
     finally:
         db.close()
