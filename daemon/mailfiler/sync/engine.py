@@ -76,6 +76,10 @@ log = logging.getLogger("mailfiler.sync")
 CODECS: dict[str, Any] = {"contacts": vcard, "calendar": ical}
 #: hrefs read per get_multi call (one REPORT on a DAV server)
 FETCH_BATCH = 100
+#: status states of an item with a copy on both sides: ``linked`` came from the CRM
+#: through the sync filters; ``tracked`` was brought in by the user (a category, a
+#: tracked collection) and stays in sync whatever the filters say, as in Dynamics
+LINKED = ("linked", "tracked")
 
 
 @dataclass
@@ -204,7 +208,7 @@ class SyncEngine:
         if result.errors and result.state == "ok":
             result.state = "error"
         with transaction(self.db):
-            result.items = SyncItem.select().where((SyncItem.collection == row) & (SyncItem.state == "linked")).count()
+            result.items = SyncItem.select().where((SyncItem.collection == row) & SyncItem.state.in_(LINKED)).count()
             SyncCollection.update(
                 state=result.state,
                 last_sync_at=utcnow(),
@@ -334,10 +338,10 @@ class _CollectionSync:
 
         by_href = {s.href: s for s in statuses if s.href is not None}
         self.linked_here: set[int] = {
-            cid for s in statuses if s.state in ("linked", "unlinked") and (cid := self._crm_id(s)) is not None
+            cid for s in statuses if s.state in (*LINKED, "unlinked") and (cid := self._crm_id(s)) is not None
         }
         for status in statuses:
-            if status.state == "linked" and status.href is not None:
+            if status.state in LINKED and status.href is not None:
                 await self._guarded(status.href, lambda s=status: self._linked(s))
         for href in sorted(self.listing):
             status = by_href.get(href)
@@ -396,12 +400,12 @@ class _CollectionSync:
         )
         column = SyncItem.record if self.kind == "contacts" else SyncItem.activity
         q = SyncItem.select(column).where(
-            SyncItem.collection.in_(others) & SyncItem.state.in_(["linked", "unlinked"]) & column.is_null(False)
+            SyncItem.collection.in_(others) & SyncItem.state.in_([*LINKED, "unlinked"]) & column.is_null(False)
         )
         return {getattr(s, column.name + "_id") for s in q}
 
     def _guard(self, statuses: list[SyncItem]) -> None:
-        synced = [s for s in statuses if s.state == "linked" and s.href is not None]
+        synced = [s for s in statuses if s.state in LINKED and s.href is not None]
         if not synced or self.engine.force_delete:
             return
         n = len(synced)
@@ -455,7 +459,7 @@ class _CollectionSync:
         href = status.href
         cid = self._crm_id(status)
         item = self.crm_items.get(cid) if cid is not None else None
-        in_scope = item is not None and (self.coll.role == "tracked" or cid in self.selected)
+        in_scope = item is not None and (status.state == "tracked" or cid in self.selected)
         if href in self.broken:
             return  # shunted: left alone on both sides until it can be read
         if href not in self.listing:
@@ -487,7 +491,13 @@ class _CollectionSync:
         await self._merge(status, item, pair, json.loads(status.base or "{}"))
 
     async def _merge(
-        self, status: SyncItem | None, item: CrmItem, pair: tuple[Fetched, ParsedItem], base: Fields | None
+        self,
+        status: SyncItem | None,
+        item: CrmItem,
+        pair: tuple[Fetched, ParsedItem],
+        base: Fields | None,
+        *,
+        state: str | None = None,
     ) -> None:
         fetched, parsed = pair
         merged = merge(
@@ -514,7 +524,7 @@ class _CollectionSync:
                 self.result.updated_crm += 1
             crm_fields = {**item.fields, **to_crm}
             values = dict(
-                state="linked",
+                state=state or (status.state if status is not None else "linked"),
                 href=fetched.href,
                 etag=etag,
                 uid=parsed.uid,
@@ -576,11 +586,12 @@ class _CollectionSync:
                     winner="mailbox",
                 )
                 self.result.conflicts += 1
+                state = status.state
                 with transaction(self.engine.db):
                     cid = self._create_in_crm(parsed)
                     status.delete_instance()
                 self.crm_items[cid] = self._reload(cid)
-                await self._merge(None, self.crm_items[cid], changed, None)
+                await self._merge(None, self.crm_items[cid], changed, None, state=state)
                 return
             self.result.conflicts += 1
             self._log(
@@ -631,10 +642,11 @@ class _CollectionSync:
             if cid in self.linked_here:
                 self._ignore(status, fetched, parsed)  # a second copy of a synced item
                 return
-            if self.coll.role == "tracked" or cid in self.selected or self._tracked(parsed):
+            if cid in self.selected or self._tracked(parsed):
                 if status is not None:
                     status.delete_instance()
-                await self._merge(None, self.crm_items[cid], (fetched, parsed), None)
+                state = "linked" if cid in self.selected else "tracked"
+                await self._merge(None, self.crm_items[cid], (fetched, parsed), None, state=state)
                 return
         if not self._tracked(parsed):
             self._ignore(status, fetched, parsed)
@@ -644,7 +656,7 @@ class _CollectionSync:
                 if status is not None:
                     status.delete_instance()
                 self._log(logging.INFO, "linked %s to CRM contact %d by e-mail address", href, match)
-                await self._merge(None, self.crm_items[match], (fetched, parsed), None)
+                await self._merge(None, self.crm_items[match], (fetched, parsed), None, state="tracked")
                 return
         with transaction(self.engine.db):
             cid = self._create_in_crm(parsed)
@@ -654,7 +666,7 @@ class _CollectionSync:
         self.crm_items[cid] = self._reload(cid)
         self.by_uid[parsed.uid] = cid
         self._log(logging.INFO, "tracked %s into the CRM (%s %d)", href, self.kind, cid, event="sync-tracked")
-        await self._merge(None, self.crm_items[cid], (fetched, parsed), None)
+        await self._merge(None, self.crm_items[cid], (fetched, parsed), None, state="tracked")
 
     def _tracked(self, parsed: ParsedItem) -> bool:
         if self.coll.role == "tracked":
