@@ -41,9 +41,11 @@ if [ $# -eq 0 ]; then
     cat >&2 <<'TXT'
 mailfiler is starting on the example config (Maildir: state/Maildir, store: state/mailfiler.db).
 Drop a message into a tracked folder from another terminal, for example:
-    cp some-message.eml state/Maildir/.Tracked.Contoso/new/
+    cp config/example-mail/contoso-invoice.eml state/Maildir/.Tracked.Contoso/new/
 then list what was tracked:
     scripts/run-example.sh activities
+A reply to tracked mail that lands in the Inbox (state/Maildir/new/) is tracked
+too; other Inbox mail is not (see `scripts/run-example.sh status`).
 TXT
     exec "$VENV/bin/mailfiler" run
 fi

@@ -70,7 +70,9 @@ class MaildirSource(Source):
 
     async def open(self, *, create: bool = False) -> None:
         if create:
-            self.root.mkdir(parents=True, exist_ok=True)
+            # a new local Maildir gets an Inbox too, as any MDA would make it
+            for sub in ("cur", "new", "tmp"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
         if not self.root.is_dir():
             raise MailboxUnavailable(f"Maildir {self.root} does not exist or is not a directory", path=str(self.root))
         if not os.access(self.root, os.R_OK | os.X_OK):
