@@ -46,7 +46,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mailgen import imap_utf7_encode
+from tests.mailgen import drop_into_maildir, imap_utf7_encode, maildirpp_folder_dir
 from tests.servers.postgres import _unavailable, free_port
 
 START_ATTEMPTS = 3
@@ -123,6 +123,22 @@ class ImapUser:
 
     def deliver(self, data: bytes) -> None:
         self.server.deliver(self.name, data)
+
+    def seed(self, folder: str, messages: list[bytes]) -> None:
+        """Put many messages into a folder fast: files written straight into the
+        user's Maildir (Dovecot gives them UIDs when it next looks), instead of
+        one APPEND each.  The folder is created first if needed."""
+        if folder.upper() == "INBOX":
+            self.server.doveadm("mailbox", "status", "-u", self.name, "messages", "INBOX")  # makes the Maildir
+            folder_dir = self.home / "Maildir"
+        else:
+            self.server.doveadm("mailbox", "create", "-u", self.name, folder, check=False)
+            folder_dir = maildirpp_folder_dir(self.home / "Maildir", folder)
+        uid, gid = self.server._mail_owner()
+        for data in messages:
+            path = drop_into_maildir(folder_dir, data, fsync=False)
+            if self.server.as_root:
+                os.chown(path, uid, gid)
 
     def kick(self) -> None:
         self.server.kick(self.name)
@@ -302,20 +318,32 @@ service stats {{
             return False
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the master and wait; SIGKILL if it will not go."""
+        """SIGTERM the master and wait; then SIGKILL what is left of the server,
+        as systemd would: Dovecot's imap processes outlive their master by about
+        10 s before they say BYE."""
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.kill()
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
 
-    def kill(self) -> None:
-        """SIGKILL the master (its children exit within about 0.2 s)."""
+    def kill(self, *, master_only: bool = False) -> None:
+        """SIGKILL the whole server at once, as a crash would: every client
+        connection drops.  ``master_only`` kills just the master; its imap
+        processes then keep their clients and say BYE about 10 s later."""
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.kill()
+        if master_only:
+            self.process.kill()
+        else:
+            # the master was started in a session of its own: its group is the server
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
         self._wait_port_free()
 

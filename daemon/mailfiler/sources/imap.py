@@ -274,35 +274,44 @@ class ImapSource(Source):
         return out
 
     async def fetch_many(
-        self, folder: str, source_ids: Sequence[str], *, max_batch_bytes: int = BATCH_BYTES
+        self,
+        folder: str,
+        source_ids: Sequence[str],
+        *,
+        sizes: dict[str, int] | None = None,
+        max_batch_bytes: int = BATCH_BYTES,
     ) -> AsyncIterator[tuple[str, bytes]]:
         """(source_id, raw) for each message that still exists, fetched in batches
-        of at most 400 UIDs and about ``max_batch_bytes`` (for backfills)."""
-        sizes = await self.sizes(folder, source_ids)
-        batch: list[int] = []
+        of at most 400 UIDs and about ``max_batch_bytes`` (for backfills).
+        ``sizes`` (from :meth:`sizes`) saves asking for them again."""
+        if sizes is None:
+            sizes = await self.sizes(folder, source_ids)
+        batch: list[str] = []
         batch_bytes = 0
-        pending: list[list[int]] = []
+        pending: list[list[str]] = []
         for sid in source_ids:
             if sid not in sizes:
-                continue
-            uid = self._uid(folder, sid)[1]
+                continue  # gone already
             if batch and (len(batch) >= proto.FETCH_BATCH or batch_bytes + sizes[sid] > max_batch_bytes):
                 pending.append(batch)
                 batch, batch_bytes = [], 0
-            batch.append(uid)
+            batch.append(sid)
             batch_bytes += sizes[sid]
         if batch:
             pending.append(batch)
-        for uids in pending:
+        timeout = self.settings.timeout * BODY_TIMEOUT_FACTOR
+        for sids in pending:
             async with self.session() as conn:
-                uv = await self._uidvalidity(conn, folder)
-                timeout = self.settings.timeout * BODY_TIMEOUT_FACTOR
+                try:
+                    uids = {await self._select(conn, folder, sid): sid for sid in sids}
+                except MessageVanished:
+                    continue  # the folder or its UIDVALIDITY changed: these ids are void
                 got = await conn.uid_fetch(proto.uid_set(uids), "(UID BODY.PEEK[])", timeout=timeout)
             bodies = {proto.fetch_uid(d): proto.body_of(d) for d in got}
-            for uid in uids:
+            for uid, sid in uids.items():
                 body = bodies.get(uid)
                 if body is not None:
-                    yield proto.make_source_id(uv, uid), body
+                    yield sid, body
 
     async def _uidvalidity(self, conn: ImapConnection, folder: str) -> int:
         if conn.selected != folder or conn.uidvalidity is None:

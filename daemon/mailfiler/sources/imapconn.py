@@ -493,6 +493,15 @@ class ImapConnection:
 
     async def status(self, folder: str, items: str = "(MESSAGES UIDNEXT UIDVALIDITY)") -> dict[str, int] | None:
         """STATUS of a folder; None if it does not exist."""
+        if folder == self.selected:
+            # STATUS on the selected mailbox answers from this session's view
+            # (Dovecot: even after the folder was deleted; RFC 3501 6.3.10 says
+            # not to): look afresh instead
+            try:
+                info = await self.examine(folder)
+            except FolderMissing:
+                return None
+            return {"MESSAGES": info["EXISTS"], **{k: v for k, v in info.items() if k != "EXISTS"}}
         response = await self.simple("STATUS", self.wire(folder), items)
         if response.result != "OK":
             if is_nonexistent(response):
