@@ -5,6 +5,7 @@ syncs on an interval and whenever a vdir folder changes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -110,67 +111,75 @@ async def sync_all(
 
 async def sync_loop(db: pw.Database, current: Callable[[], LoadedConfig], stop: asyncio.Event) -> None:
     """The daemon's sync: every mailbox with ``sync:`` on its interval, and at
-    once when a vdir folder changes.  Reads the config each round, so a
-    reload takes effect at the next round."""
+    once when one of its vdir folders changes.
+
+    The folder watcher runs all the time, across syncs, so a save that lands
+    while a sync runs is not missed; it is restarted only when a reload
+    changes the folders.  The config is read each round, so a reload takes
+    effect at the next one."""
     next_run: dict[str, float] = {}
-    while not stop.is_set():
-        loaded = current()
-        paths = watched_paths(loaded)
-        now = time.monotonic()
-        for mb in loaded.config.mailboxes:
-            if mb.sync is None or next_run.get(mb.name, 0.0) > now:
+    dirty: set[str] = set()
+    woken = asyncio.Event()
+    watcher: asyncio.Task | None = None
+    watching: dict[Path, str] = {}
+    try:
+        while not stop.is_set():
+            loaded = current()
+            folders = {p: name for name, ps in watched_paths(loaded).items() for p in ps}
+            for folder in folders:
+                # the engine makes missing folders too; made here first so the watcher sees them
+                with contextlib.suppress(OSError):
+                    folder.mkdir(parents=True, exist_ok=True)
+            if folders != watching or watcher is None or watcher.done():
+                if watcher is not None:
+                    watcher.cancel()
+                    await asyncio.gather(watcher, return_exceptions=True)
+                watching = folders
+                watcher = asyncio.create_task(_watch(folders, dirty, woken), name="sync-watch")
+                for _ in range(3):  # let it register its watches before the sync reads the folders
+                    await asyncio.sleep(0)
+            now = time.monotonic()
+            for mb in loaded.config.mailboxes:
+                if mb.sync is None or (mb.name not in dirty and next_run.get(mb.name, 0.0) > now):
+                    continue
+                dirty.discard(mb.name)
+                try:
+                    await sync_mailbox(db, loaded, mb)
+                except Exception:  # a sync bug must not take the daemon down; logged, retried next round
+                    log.exception(
+                        "sync of mailbox %s failed", mb.name, extra={"event": "sync-error", "mailbox": mb.name}
+                    )
+                next_run[mb.name] = time.monotonic() + mb.sync.interval
+            timeout = max(0.05, min(next_run.values(), default=now + 30.0) - time.monotonic())
+            woken.clear()
+            if dirty:
                 continue
-            try:
-                await sync_mailbox(db, loaded, mb)
-            except Exception:  # a sync bug must not take the daemon down; logged, retried next interval
-                log.exception("sync of mailbox %s failed", mb.name, extra={"event": "sync-error", "mailbox": mb.name})
-            next_run[mb.name] = time.monotonic() + mb.sync.interval
-        if not paths:
-            await _wait(stop, 30.0)  # no sync configured now; a reload may add some
-            next_run.clear()
-            continue
-        timeout = max(0.1, min(next_run.values(), default=now + 30.0) - time.monotonic())
-        changed = await _watch(paths, stop, timeout)
-        for name in changed:
-            next_run[name] = 0.0
+            waiter = asyncio.create_task(woken.wait())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({waiter, stopper}, timeout=min(timeout, 30.0), return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+            if woken.is_set():
+                await asyncio.sleep(DEBOUNCE_MS / 1000)  # a client saving many files: one sync
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
 
 
-async def _wait(stop: asyncio.Event, timeout: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=timeout)
-    except TimeoutError:
-        pass
-
-
-async def _watch(paths: dict[str, list[Path]], stop: asyncio.Event, timeout: float) -> set[str]:
-    """Mailboxes whose vdir folders changed within *timeout* seconds."""
-    folders = {p: name for name, ps in paths.items() for p in ps if p.is_dir()}
-    if not folders:
-        await _wait(stop, timeout)
-        return set()
+async def _watch(folders: dict[Path, str], dirty: set[str], woken: asyncio.Event) -> None:
+    """Mark a mailbox dirty when one of its folders changes (until cancelled)."""
+    existing = [p for p in folders if p.is_dir()]
+    if not existing:
+        return
     own_stop = asyncio.Event()
-
-    async def first_change() -> set[str]:
-        async for changes in watchfiles.awatch(
-            *folders, stop_event=own_stop, debounce=DEBOUNCE_MS, step=50, recursive=False
-        ):
-            names = set()
-            for _, changed in changes:
-                parent = Path(changed).parent
-                # temp files of our own atomic writes and the clients' are not items
-                if not Path(changed).name.startswith(".") and parent in folders:
-                    names.add(folders[parent])
-            if names:
-                return names
-        return set()
-
-    task = asyncio.create_task(first_change())
-    stopper = asyncio.create_task(stop.wait())
     try:
-        done, _ = await asyncio.wait({task, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        return task.result() if task in done else set()
+        async for changes in watchfiles.awatch(*existing, stop_event=own_stop, debounce=50, step=20, recursive=False):
+            for _, changed in changes:
+                path = Path(changed)
+                # temp files of atomic writes (ours and the clients') are not items
+                if not path.name.startswith(".") and path.parent in folders:
+                    dirty.add(folders[path.parent])
+                    woken.set()
     finally:
         own_stop.set()
-        stopper.cancel()
-        task.cancel()
-        await asyncio.gather(task, stopper, return_exceptions=True)
