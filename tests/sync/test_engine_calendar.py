@@ -125,3 +125,15 @@ async def test_tracked_calendar_brings_events_in_regarding_its_record(store: Sto
     AppointmentStore().write(a.id, {"location": "Malmö"})
     await rig.sync_ok("calendar")
     assert ical.parse((tmp_path / "contoso-cal" / "k1.ics").read_bytes()).fields["location"] == "Malmö"
+
+
+async def test_a_copy_of_a_synced_event_in_a_tracked_calendar_is_not_tracked_twice(
+    store: Store, tmp_path: Path
+) -> None:
+    tracked = VdirTarget("calendar", tmp_path / "contoso-cal")
+    rig = Rig(store.db, tmp_path, make_mailbox(), extra=[Collection(tracked, role="tracked")])
+    crm_appointment("m1", "Möte", "2024-05-02T10:00:00Z")
+    await rig.sync_ok("calendar")
+    (tmp_path / "contoso-cal" / "copy.ics").write_bytes((rig.calendar_dir / "m1.ics").read_bytes())
+    [_, other] = await rig.sync_ok("calendar")
+    assert other.created_crm == 0 and len(crm_appointments()) == 1

@@ -199,3 +199,74 @@ async def test_an_item_edited_while_the_sync_runs_is_not_overwritten(rig: Rig) -
 
 def test_vcard_helper_round_trip() -> None:
     assert vcard.parse(CARD.format(uid="x", fn="Å").encode()).fields["name"] == "Å"
+
+
+async def test_sync_tokens_read_only_what_changed(store: Store, tmp_path: Path) -> None:
+    from mailfiler.sync.memory import MemoryTarget
+
+    target = MemoryTarget("contacts", "memory:contacts")
+    reads: list[list[str]] = []
+    listings = []
+    real_get_multi, real_list = target.get_multi, target.list
+
+    async def counting_get_multi(hrefs):
+        reads.append(list(hrefs))
+        return await real_get_multi(hrefs)
+
+    async def counting_list():
+        listings.append(1)
+        return await real_list()
+
+    target.get_multi = counting_get_multi  # type: ignore[method-assign]
+    target.list = counting_list  # type: ignore[method-assign]
+    rig = Rig(store.db, tmp_path, make_mailbox(), contacts_target=target)
+    for i in range(5):
+        crm_contact(f"c{i}", f"C{i}")
+    await rig.sync_ok("contacts")
+    # the token is taken before reading (lieer's rule): our own uploads come back once, by etag, unread
+    assert listings == [1] and SyncCollection.get().token == "0"
+    # the user edits one card and deletes another: only that one is read, no listing
+    href, (etag, data, _) = sorted(target.items.items())[0]
+    await target.update(href, data.replace(b"FN:C", b"FN:Edited C"), etag)
+    gone, (gone_etag, _, _) = sorted(target.items.items())[1]
+    await target.delete(gone, gone_etag)
+    reads.clear()
+    [r] = await rig.sync_ok("contacts")
+    assert listings == [1] and reads == [[href]]
+    assert (r.updated_crm, r.unlinked) == (1, 1)
+    assert SyncCollection.get().token == "7"
+    # a token the target no longer knows: one full listing, and nothing is lost
+    SyncCollection.update(token="999").execute()
+    [r] = await rig.sync_ok("contacts")
+    assert listings == [1, 1] and r.changes == 0
+    # a target without tokens
+    target.supports_tokens = False
+    [r] = await rig.sync_ok("contacts")
+    assert r.changes == 0 and SyncCollection.get().token is None
+
+
+async def test_a_failed_item_keeps_the_sync_token(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailfiler.sync import crm
+    from mailfiler.sync.memory import MemoryTarget
+
+    target = MemoryTarget("contacts", "memory:contacts")
+    rig = Rig(store.db, tmp_path, make_mailbox(), contacts_target=target)
+    crm_contact("c1", "C1")
+    crm_contact("c2", "C2")
+    await rig.sync_ok("contacts")
+    await rig.sync_ok("contacts")
+    token = SyncCollection.get().token
+    href, (etag, data, _) = sorted(target.items.items())[0]
+    await target.update(href, data.replace(b"FN:C", b"FN:Edited C"), etag)
+
+    def broken_write(self, record_id, changed):
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(crm.ContactStore, "write", broken_write)
+    [r] = await rig.sync("contacts")
+    assert r.state == "error" and SyncCollection.get().token == token
+    monkeypatch.undo()
+    [r] = await rig.sync_ok("contacts")
+    assert r.updated_crm == 1 and "Edited C1" in crm_contacts()

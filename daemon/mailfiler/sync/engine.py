@@ -367,7 +367,9 @@ class _CollectionSync:
         ]
         if gone:
             SyncShunt.update(resolved_at=utcnow()).where(SyncShunt.id.in_(gone)).execute()
-        if self._new_token is not None:
+        # saved only when every item was handled: after a failed or skipped item the same
+        # changes are asked for again, else that item's change would never be reported again
+        if not (self.result.errors or self.result.skipped) or self._new_token is None:
             SyncCollection.update(token=self._new_token).where(SyncCollection.id == self.row.id).execute()
 
     _new_token: str | None = None
@@ -638,7 +640,10 @@ class _CollectionSync:
             return
         fetched, parsed = self.parsed[href]
         cid = self.by_uid.get(parsed.uid)
-        if cid is not None and cid not in self.elsewhere:
+        if cid is not None and cid in self.elsewhere:
+            self._ignore(status, fetched, parsed)  # a copy of an item synced in another collection
+            return
+        if cid is not None:
             if cid in self.linked_here:
                 self._ignore(status, fetched, parsed)  # a second copy of a synced item
                 return

@@ -1,5 +1,6 @@
-"""An in-memory target: the contract suite's reference and the property
-test's fast side (vdirsyncer's ``MemoryStorage``)."""
+"""An in-memory target: the contract suite's reference, a fast side for
+tests, and the one target here with sync tokens (``changes_since``), so the
+engine's token path is tested before a CalDAV server brings real ones."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import itertools
 from collections.abc import Sequence
 
 from mailfiler.sync.target import (
+    Changes,
     Fetched,
     SyncItemExists,
     SyncItemNotFound,
@@ -25,6 +27,27 @@ class MemoryTarget(Target):
     def __init__(self, kind: str, location: str = "memory") -> None:
         super().__init__(kind, location)
         self.items: dict[str, tuple[str, bytes, dt.datetime]] = {}
+        #: every change in order: (href, etag or None when deleted); a token is a position in it
+        self.journal: list[tuple[str, str | None]] = []
+        self.supports_tokens = True
+
+    async def changes_since(self, token: str | None) -> Changes | None:
+        if not self.supports_tokens:
+            return None
+        now = str(len(self.journal))
+        if token is None:
+            return Changes(now)
+        if not token.isdigit() or int(token) > len(self.journal):
+            return None  # a token we never gave: list everything (as a server's 403 valid-sync-token)
+        changes = Changes(now)
+        for href, etag in self.journal[int(token) :]:
+            if etag is None:
+                changes.changed.pop(href, None)
+                changes.deleted.add(href)
+            else:
+                changes.deleted.discard(href)
+                changes.changed[href] = etag
+        return changes
 
     def _new_etag(self) -> str:
         return f"m{next(_counter)}"
@@ -41,6 +64,7 @@ class MemoryTarget(Target):
             raise SyncItemExists(f"{href} exists already", href=href)
         etag = self._new_etag()
         self.items[href] = (etag, bytes(data), dt.datetime.now(dt.UTC).replace(tzinfo=None))
+        self.journal.append((href, etag))
         return href, etag
 
     def _check(self, href: str, etag: str) -> None:
@@ -53,8 +77,10 @@ class MemoryTarget(Target):
         self._check(href, etag)
         new = self._new_etag()
         self.items[href] = (new, bytes(data), dt.datetime.now(dt.UTC).replace(tzinfo=None))
+        self.journal.append((href, new))
         return new
 
     async def delete(self, href: str, etag: str) -> None:
         self._check(href, etag)
         del self.items[href]
+        self.journal.append((href, None))
