@@ -220,3 +220,22 @@ async def test_a_server_that_stalls_after_login() -> None:
             await source.list_messages("INBOX")  # EXAMINE gets no answer
         assert time.monotonic() - started < 2
         await source.close()
+
+
+async def test_too_many_connections_is_told_apart_from_a_wrong_password(imap_user: ImapUser) -> None:
+    """Dovecot allows 10 connections per user and IP (mail_max_userip_connections)."""
+    clients = [imap_user.client() for _ in range(10)]
+    try:
+        with pytest.raises(MailboxUnavailable) as info:
+            await ImapSource(settings(imap_user)).open()
+        assert info.value.reason == "too-many-connections"  # type: ignore[attr-defined]
+        assert imap_user.name in str(info.value)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_the_password_is_not_in_the_settings_repr() -> None:
+    s = ImapSettings("imap.example.org", 993, "alice", "hunter2-secret")
+    assert "hunter2-secret" not in repr(s)
+    assert "hunter2-secret" not in repr(ImapSource(s))

@@ -8,7 +8,7 @@ import pytest
 from aioimaplib import aioimaplib as core
 
 from mailfiler.sources import imapproto as proto
-from mailfiler.sources.imapconn import _Protocol
+from mailfiler.sources.imapconn import _Protocol, login_failure_reason
 from tests.mailgen import imap_utf7_encode
 
 # -- names -------------------------------------------------------------------------------
@@ -176,3 +176,17 @@ async def test_unsolicited_responses_are_dropped_unless_kept() -> None:
     ours = _protocol(_Protocol)
     ours.data_received(b"* 3 EXISTS\r\n")
     assert ours.idle_queue.empty()
+
+
+@pytest.mark.parametrize(
+    ("result", "text", "reason"),
+    [
+        ("NO", "[AUTHENTICATIONFAILED] Authentication failed.", "auth-failed"),
+        ("NO", "Login failed", "auth-failed"),
+        ("NO", "[LIMIT] Maximum number of connections from user+IP exceeded", "too-many-connections"),
+        ("NO", "[UNAVAILABLE] Temporary authentication failure", "server-unavailable"),
+        ("BAD", "Error in IMAP command", "server-unavailable"),
+    ],
+)
+def test_login_failure_reasons(result: str, text: str, reason: str) -> None:
+    assert login_failure_reason(result, text) == reason

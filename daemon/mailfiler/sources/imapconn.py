@@ -30,7 +30,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 from aioimaplib import aioimaplib as core
@@ -55,7 +55,7 @@ class ImapSettings:
     host: str
     port: int = 993
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)  # never in logs or tracebacks
     tls: TlsMode = "implicit"
     #: PEM file of the CA(s) to trust instead of the system store
     ca_file: str | None = None
@@ -282,7 +282,7 @@ class ImapConnection:
                 host=s.host,
                 port=s.port,
                 user=s.username,
-                reason="auth-failed" if "AUTHENTICATIONFAILED" in text or response.result == "NO" else "login-failed",
+                reason=login_failure_reason(response.result, text),
             )
         protocol.state = core.AUTH
         await self.run(protocol.capability(), "CAPABILITY")
@@ -511,6 +511,16 @@ class ImapConnection:
             with contextlib.suppress(proto.ParseError):
                 return proto.parse_status(line)[1]
         return None
+
+
+def login_failure_reason(result: str, text: str) -> str:
+    """Why a LOGIN failed, from its response code (RFC 5530) where there is one."""
+    upper = text.upper()
+    if "[LIMIT]" in upper:
+        return "too-many-connections"  # Dovecot: mail_max_userip_connections
+    if "[UNAVAILABLE]" in upper or "[SERVERBUG]" in upper or result == "BAD":
+        return "server-unavailable"
+    return "auth-failed"  # [AUTHENTICATIONFAILED], or a plain NO
 
 
 def _text(response) -> str:  # type: ignore[no-untyped-def]

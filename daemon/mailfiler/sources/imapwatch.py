@@ -88,25 +88,26 @@ class FolderDiffer:
                 self.states[folder] = None
                 return [Change("rescan", folder)] if isinstance(prior, FolderState) else []
             uv, uidnext, exists = info.get("UIDVALIDITY", 0), info.get("UIDNEXT", 0), info["EXISTS"]
-            if not isinstance(prior, FolderState) or prior.uidvalidity != uv or not uidnext:
+            if not isinstance(prior, FolderState) or prior.uidvalidity != uv:
                 # first look, a folder that (re)appeared, or all UIDs void
                 uids = await self._all(conn, uidnext)
                 self.states[folder] = FolderState(uv, uidnext or max(uids, default=0) + 1, uids)
                 return [] if prior is _UNKNOWN else [Change("rescan", folder)]
             old = prior
-            if uidnext == old.uidnext and exists == len(old.uids):
+            if uidnext and uidnext == old.uidnext and exists == len(old.uids):
                 return []  # a flag change, or nothing
             new: set[int] = set()
             if uidnext > old.uidnext:
                 found = await conn.uid_search(f"UID {old.uidnext}:{uidnext - 1}")
                 new = {u for u in found if old.uidnext <= u < uidnext}
-            if len(old.uids) + len(new) == exists:
+            if uidnext and len(old.uids) + len(new) == exists:
                 added, gone = new, set()  # nothing expunged: the counts add up
             else:
+                # something went (or the server sent no UIDNEXT): compare it all
                 now = await self._all(conn, uidnext)
                 added, gone = now - old.uids, old.uids - now
             old.uids = (old.uids | added) - gone
-            old.uidnext = uidnext
+            old.uidnext = uidnext or max(old.uids | {old.uidnext - 1}) + 1
         changes = [Change("added", folder, proto.make_source_id(uv, u)) for u in sorted(added)]
         changes.extend(Change("gone", folder, proto.make_source_id(uv, u)) for u in sorted(gone))
         return changes
