@@ -71,48 +71,84 @@ class ContactStore:
         return str(uuid.uuid5(_UID_NS, f"contact:{key}"))
 
     def load_all(self, ids: list[int] | None = None) -> dict[int, CrmItem]:
-        """Every contact, or those with *ids*."""
-        q = Record.select().where(Record.entity == "contact").order_by(Record.id)
-        records = list(q if ids is None else q.where(Record.id.in_(ids)))
-        ids = [r.id for r in records]
-        details: dict[int, ContactDetails] = {}
+        """Every contact, or those with *ids*.
+
+        Plain tuples, not model objects: a resync with no changes still
+        reads every contact, and building peewee models was most of its cost."""
+        contact = Record.entity == "contact"
+        if ids is not None:
+            contact &= Record.id.in_(ids)
+        records = list(
+            Record.select(Record.id, Record.key, Record.name, Record.parent, Record.updated_at)
+            .where(contact)
+            .order_by(Record.id)
+            .tuples()
+        )
+        details = {
+            row[0]: row
+            for row in ContactDetails.select(
+                ContactDetails.record, ContactDetails.uid, ContactDetails.given_name, ContactDetails.family_name,
+                ContactDetails.additional_names, ContactDetails.prefix, ContactDetails.suffix, ContactDetails.job_title,
+                ContactDetails.notes, ContactDetails.company, ContactDetails.owner, ContactDetails.updated_at,
+            ).join(Record).where(contact).tuples()
+        }  # fmt: skip
         emails: dict[int, list[str]] = defaultdict(list)
+        for rid, value in (
+            RecordAddress.select(RecordAddress.record, RecordAddress.value)
+            .join(Record)
+            .where(contact & (RecordAddress.kind == "email"))
+            .tuples()
+        ):
+            emails[rid].append(value)
         phones: dict[int, list[list[str]]] = defaultdict(list)
+        for rid, kind, number in (
+            ContactPhone.select(ContactPhone.record, ContactPhone.kind, ContactPhone.number)
+            .join(Record)
+            .where(contact)
+            .order_by(ContactPhone.record, ContactPhone.position)
+            .tuples()
+        ):
+            phones[rid].append([kind, number])
         postal: dict[int, list[dict[str, str]]] = defaultdict(list)
-        for chunk in _chunks(ids):
-            for d in ContactDetails.select().where(ContactDetails.record.in_(chunk)):
-                details[d.record_id] = d
-            for a in RecordAddress.select().where((RecordAddress.record.in_(chunk)) & (RecordAddress.kind == "email")):
-                emails[a.record_id].append(a.value)
-            for p in ContactPhone.select().where(ContactPhone.record.in_(chunk)).order_by(ContactPhone.position):
-                phones[p.record_id].append([p.kind, p.number])
-            for a in PostalAddress.select().where(PostalAddress.record.in_(chunk)).order_by(PostalAddress.position):
-                postal[a.record_id].append({part: getattr(a, part) for part in ADDRESS_PARTS})
-        parent_ids = list({r.parent_id for r in records if r.parent_id})
-        parents = {p.id: p for chunk in _chunks(parent_ids) for p in Record.select().where(Record.id.in_(chunk))}
+        columns = [getattr(PostalAddress, part) for part in ADDRESS_PARTS]
+        for rid, *parts in (
+            PostalAddress.select(PostalAddress.record, *columns)
+            .join(Record)
+            .where(contact)
+            .order_by(PostalAddress.record, PostalAddress.position)
+            .tuples()
+        ):
+            postal[rid].append(dict(zip(ADDRESS_PARTS, parts, strict=True)))
+        parent_ids = sorted({r[3] for r in records if r[3]})
+        parents = {
+            pid: (entity, key, name)
+            for chunk in _chunks(parent_ids)
+            for pid, entity, key, name in Record.select(Record.id, Record.entity, Record.key, Record.name)
+            .where(Record.id.in_(chunk))
+            .tuples()
+        }
         items = {}
-        for rec in records:
-            d = details.get(rec.id)
-            parent = parents.get(rec.parent_id) if rec.parent_id else None
+        for rid, key, name, parent_id, updated_at in records:
+            d = details.get(rid)
+            parent = parents.get(parent_id) if parent_id else None
             f = empty_fields("contacts")
-            f["name"] = rec.name
+            f["name"] = name
             if d is not None:
-                for name in ("given_name", "family_name", "additional_names", "prefix", "suffix", "job_title", "notes"):
-                    f[name] = getattr(d, name)
-                f["company"] = d.company
-            if not f["company"] and parent is not None and parent.entity == "account":
-                f["company"] = parent.name
-            f["emails"] = sorted(set(emails[rec.id]))
-            f["phones"] = phones[rec.id]
-            f["addresses"] = postal[rec.id]
-            items[rec.id] = CrmItem(
-                id=rec.id,
-                uid=(d.uid if d is not None and d.uid else self.derived_uid(rec.key)),
+                (f["given_name"], f["family_name"], f["additional_names"], f["prefix"], f["suffix"],
+                 f["job_title"], f["notes"], f["company"]) = d[2:10]  # fmt: skip
+            if not f["company"] and parent is not None and parent[0] == "account":
+                f["company"] = parent[2]
+            f["emails"] = sorted(set(emails[rid]))
+            f["phones"] = phones[rid]
+            f["addresses"] = postal[rid]
+            items[rid] = CrmItem(
+                id=rid,
+                uid=(d[1] if d is not None and d[1] else self.derived_uid(key)),
                 fields=f,
-                modified=_max(rec.updated_at, d.updated_at if d else None),
-                owner=d.owner if d is not None else None,
-                ref=rec.ref,
-                regarding=parent.ref if parent is not None else None,
+                modified=_max(updated_at, d[11] if d else None),
+                owner=d[10] if d is not None else None,
+                ref=f"contact:{key}",
+                regarding=f"{parent[0]}:{parent[1]}" if parent is not None else None,
                 parties=frozenset(f["emails"]),
             )
         return items
@@ -212,54 +248,75 @@ class AppointmentStore:
     kind = "calendar"
 
     def load_all(self, ids: list[int] | None = None) -> dict[int, CrmItem]:
-        """Every appointment, or those with *ids*."""
-        q = (
-            Activity.select(Activity, AppointmentDetails)
-            .join(AppointmentDetails)
-            .where(Activity.kind == "appointment")
-            .order_by(Activity.id)
-        )
-        rows = list(q if ids is None else q.where(Activity.id.in_(ids)))
-        ids = [a.id for a in rows]
-        parties: dict[int, list[ActivityParty]] = defaultdict(list)
-        for chunk in _chunks(ids):
-            for p in ActivityParty.select().where(ActivityParty.activity.in_(chunk)).order_by(ActivityParty.id):
-                parties[p.activity_id].append(p)
+        """Every appointment, or those with *ids* (plain tuples, as for contacts)."""
+        appointment = Activity.kind == "appointment"
+        if ids is not None:
+            appointment &= Activity.id.in_(ids)
+        D = AppointmentDetails
+        rows = list(
+            Activity.select(
+                Activity.id, Activity.subject, Activity.body_text, Activity.updated_at, Activity.owner,
+                Activity.regarding, D.uid, D.start, D.end, D.location, D.status, D.rrule, D.exdates, D.overrides,
+            ).join(D).where(appointment).order_by(Activity.id).tuples()
+        )  # fmt: skip
+        parties: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
+        for aid, role, address, name in (
+            ActivityParty.select(ActivityParty.activity, ActivityParty.role, ActivityParty.address,
+                                 ActivityParty.display_name)
+            .join(Activity).where(appointment).order_by(ActivityParty.id).tuples()
+        ):  # fmt: skip
+            parties[aid].append((role, address, name))
         refs = {
-            r.id: r.ref
-            for chunk in _chunks(list({a.regarding_id for a in rows if a.regarding_id}))
-            for r in Record.select(Record.id, Record.entity, Record.key).where(Record.id.in_(chunk))
+            rid: f"{entity}:{key}"
+            for chunk in _chunks(sorted({r[5] for r in rows if r[5]}))
+            for rid, entity, key in Record.select(Record.id, Record.entity, Record.key)
+            .where(Record.id.in_(chunk))
+            .tuples()
         }
         items = {}
-        for a in rows:
-            d = a.appointmentdetails
+        for (
+            aid,
+            subject,
+            body,
+            updated_at,
+            owner,
+            regarding_id,
+            uid,
+            start,
+            end,
+            location,
+            status,
+            rrule,
+            ex,
+            ov,
+        ) in rows:
             f = empty_fields("calendar")
             f.update(
-                subject=a.subject,
-                start=d.start,
-                end=d.end,
-                location=d.location,
-                status=d.status,
-                body=a.body_text,
-                rrule=d.rrule,
-                exdates=json.loads(d.exdates) if d.exdates else [],
-                overrides=json.loads(d.overrides) if d.overrides else [],
+                subject=subject,
+                start=start,
+                end=end,
+                location=location,
+                status=status,
+                body=body,
+                rrule=rrule,
+                exdates=json.loads(ex) if ex else [],
+                overrides=json.loads(ov) if ov else [],
             )
             attendees = {}
-            for p in parties[a.id]:
-                if p.role == "from":
-                    f["organizer"] = [p.address, p.display_name]
-                elif p.role in _PARTY_TO_ROLE:
-                    attendees[p.address] = [p.address, p.display_name, _PARTY_TO_ROLE[p.role]]
+            for role, address, name in parties[aid]:
+                if role == "from":
+                    f["organizer"] = [address, name]
+                elif role in _PARTY_TO_ROLE:
+                    attendees[address] = [address, name, _PARTY_TO_ROLE[role]]
             f["attendees"] = [attendees[k] for k in sorted(attendees)]
-            items[a.id] = CrmItem(
-                id=a.id,
-                uid=d.uid,
+            items[aid] = CrmItem(
+                id=aid,
+                uid=uid,
                 fields=f,
-                modified=a.updated_at,
-                owner=a.owner,
-                regarding=refs.get(a.regarding_id) if a.regarding_id else None,
-                parties=frozenset(p.address for p in parties[a.id]),
+                modified=updated_at,
+                owner=owner,
+                regarding=refs.get(regarding_id) if regarding_id else None,
+                parties=frozenset(p[1] for p in parties[aid]),
             )
         return items
 
