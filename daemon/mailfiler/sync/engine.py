@@ -379,10 +379,11 @@ class _CollectionSync:
         token = self.row.token
         changes = await self.target.changes_since(token) if token else None
         if changes is None:
-            listing = await self.target.list()
+            # the token before the listing (lieer's rule): a change made while we list
+            # is reported again next time rather than lost
             fresh = await self.target.changes_since(None)
             self._new_token = fresh.token if fresh is not None else None
-            return listing
+            return await self.target.list()
         listing = {s.href: s.etag or "" for s in statuses if s.href is not None}
         for shunt in SyncShunt.select().where((SyncShunt.collection == self.row) & SyncShunt.resolved_at.is_null()):
             listing.setdefault(shunt.href, shunt.etag or "")
