@@ -55,6 +55,7 @@ def added_in(changes: list[Change], folder: str) -> set[str]:
     [
         ("notify", {}, 2),
         ("idle+poll", {"use_notify": False, "max_idle": 3, "poll_interval": 0.5}, 4),
+        ("idle+poll, max_idle too high", {"use_notify": False, "max_idle": 20, "poll_interval": 0.5}, 5),
     ],
 )
 async def test_fifty_folders_within_the_connection_budget(

@@ -174,7 +174,6 @@ class ImapConnection:
         self.uidvalidity: int | None = None
         self.broken = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.lock = asyncio.Lock()
         self._lost = asyncio.Event()
         self._lost_reason = ""
 
@@ -189,17 +188,21 @@ class ImapConnection:
             await asyncio.wait_for(conn._open(), settings.connect_timeout)
         except TimeoutError:
             conn.abort()
-            raise MailboxUnavailable(
-                f"IMAP server {settings.host}:{settings.port} did not answer within "
-                f"{settings.connect_timeout:.0f} s (connect, TLS and login for {settings.username})",
-                host=settings.host,
-                port=settings.port,
-                user=settings.username,
-            ) from None
+            raise conn._no_answer() from None
         except BaseException:
             conn.abort()
             raise
         return conn
+
+    def _no_answer(self) -> MailboxUnavailable:
+        s = self.settings
+        return MailboxUnavailable(
+            f"IMAP server {s.host}:{s.port} did not answer within {s.connect_timeout:g} s "
+            f"(connect, TLS and login for {s.username})",
+            host=s.host,
+            port=s.port,
+            user=s.username,
+        )
 
     async def _open(self) -> None:
         s = self.settings
@@ -217,6 +220,8 @@ class ImapConnection:
                 port=s.port,
                 reason="tls-untrusted",
             ) from exc
+        except TimeoutError:  # an OSError too: aioimaplib's own greeting timeout
+            raise self._no_answer() from None
         except (OSError, core.AioImapException) as exc:
             raise MailboxUnavailable(
                 f"cannot connect to IMAP server {s.host}:{s.port}: {exc or type(exc).__name__}",
@@ -245,7 +250,11 @@ class ImapConnection:
             raise MailboxUnavailable(
                 f"IMAP server {s.host}:{s.port} does not offer STARTTLS (tls: starttls)", host=s.host, port=s.port
             )
-        await self.simple("STARTTLS")
+        response = await self.simple("STARTTLS")
+        if response.result != "OK":
+            raise MailboxUnavailable(
+                f"IMAP server {s.host}:{s.port} refused STARTTLS: {_text(response)}", host=s.host, port=s.port
+            )
         try:
             transport = await self.loop.start_tls(protocol.transport, protocol, ssl_context(s), server_hostname=s.host)
         except ssl.SSLCertVerificationError as exc:

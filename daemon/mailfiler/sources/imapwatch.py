@@ -60,6 +60,9 @@ log = logging.getLogger("mailfiler.sources.imap")
 
 #: a listener asks for a sweep of every watched folder
 SWEEP_ALL = "*"
+#: connections per mailbox, the command connection included, whatever max_idle
+#: says: Dovecot allows 10 per user and IP, and the user's clients need some
+MAX_CONNECTIONS = 5
 _SELECTED_EVENTS = (b"EXISTS", b"EXPUNGE", b"FETCH", b"RECENT")
 _UNKNOWN = object()  # a folder the differ has not looked at yet
 
@@ -274,7 +277,8 @@ async def watch(source: ImapSource, folders: Sequence[str], stop: asyncio.Event)
         polled: list[str] = []
         poll_every = settings.sweep_interval
     else:
-        idle_on = [f for f in wanted if f in present][: max(0, settings.max_idle)] if "IDLE" in caps else []
+        slots = max(0, min(settings.max_idle, MAX_CONNECTIONS - 1))
+        idle_on = [f for f in wanted if f in present][:slots] if "IDLE" in caps else []
         listeners.extend(Listener(source, queue, folder=f) for f in idle_on)
         polled = [f for f in wanted if f not in idle_on]
         poll_every = settings.poll_interval
