@@ -39,6 +39,7 @@ none          new, untracked  remember it as ``ignored`` (the user's own item)
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -286,6 +287,9 @@ class _CollectionSync:
 
     async def _guarded(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
         """Run one item's step: a failure costs that item, not the sync."""
+        # let the daemon's other work (tracking mail, heartbeats, the watchdog) run between
+        # items: a first sync of thousands of items must not hold the event loop for a minute
+        await asyncio.sleep(0)
         try:
             await step()
         except SyncTargetUnavailable:

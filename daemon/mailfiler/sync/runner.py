@@ -111,60 +111,85 @@ async def sync_all(
 
 async def sync_loop(db: pw.Database, current: Callable[[], LoadedConfig], stop: asyncio.Event) -> None:
     """The daemon's sync: every mailbox with ``sync:`` on its interval, and at
-    once when one of its vdir folders changes.
+    once when one of its vdir folders changes (see :class:`SyncLoop`)."""
+    await SyncLoop(db, current, stop).run()
 
-    The folder watcher runs all the time, across syncs, so a save that lands
+
+class SyncLoop:
+    """The folder watcher runs all the time, across syncs, so a save that lands
     while a sync runs is not missed; it is restarted only when a reload
     changes the folders.  The config is read each round, so a reload takes
-    effect at the next one."""
-    next_run: dict[str, float] = {}
-    dirty: set[str] = set()
-    woken = asyncio.Event()
-    watcher: asyncio.Task | None = None
-    watching: dict[Path, str] = {}
-    try:
-        while not stop.is_set():
-            loaded = current()
-            folders = {p: name for name, ps in watched_paths(loaded).items() for p in ps}
-            for folder in folders:
-                # the engine makes missing folders too; made here first so the watcher sees them
-                with contextlib.suppress(OSError):
-                    folder.mkdir(parents=True, exist_ok=True)
-            if folders != watching or watcher is None or watcher.done():
-                if watcher is not None:
-                    watcher.cancel()
-                    await asyncio.gather(watcher, return_exceptions=True)
-                watching = folders
-                watcher = asyncio.create_task(_watch(folders, dirty, woken), name="sync-watch")
-                for _ in range(3):  # let it register its watches before the sync reads the folders
-                    await asyncio.sleep(0)
-            now = time.monotonic()
-            for mb in loaded.config.mailboxes:
-                if mb.sync is None or (mb.name not in dirty and next_run.get(mb.name, 0.0) > now):
-                    continue
-                dirty.discard(mb.name)
+    effect at the next one (within 30 s, or at once on a change)."""
+
+    def __init__(self, db: pw.Database, current: Callable[[], LoadedConfig], stop: asyncio.Event) -> None:
+        self.db = db
+        self.current = current
+        self.stop = stop
+        self.next_run: dict[str, float] = {}
+        self.dirty: set[str] = set()
+        self.woken = asyncio.Event()
+        self.watcher: asyncio.Task | None = None
+        self.watching: dict[Path, str] = {}
+
+    async def run(self) -> None:
+        try:
+            while not self.stop.is_set():
                 try:
-                    await sync_mailbox(db, loaded, mb)
-                except Exception:  # a sync bug must not take the daemon down; logged, retried next round
-                    log.exception(
-                        "sync of mailbox %s failed", mb.name, extra={"event": "sync-error", "mailbox": mb.name}
-                    )
-                next_run[mb.name] = time.monotonic() + mb.sync.interval
-            timeout = max(0.05, min(next_run.values(), default=now + 30.0) - time.monotonic())
-            woken.clear()
-            if dirty:
+                    await self.round()
+                except Exception:  # the loop must outlive any one round's bug; logged, tried again soon
+                    log.exception("sync round failed", extra={"event": "sync-error"})
+                    await self.wait(5.0)
+        finally:
+            await self._stop_watcher()
+
+    async def round(self) -> None:
+        loaded = self.current()
+        await self._watch_folders(loaded)
+        now = time.monotonic()
+        for mb in loaded.config.mailboxes:
+            if mb.sync is None or (mb.name not in self.dirty and self.next_run.get(mb.name, 0.0) > now):
                 continue
-            waiter = asyncio.create_task(woken.wait())
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({waiter, stopper}, timeout=min(timeout, 30.0), return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
-            if woken.is_set():
-                await asyncio.sleep(DEBOUNCE_MS / 1000)  # a client saving many files: one sync
-    finally:
-        if watcher is not None:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            self.dirty.discard(mb.name)
+            try:
+                await sync_mailbox(self.db, loaded, mb)
+            except Exception:  # one mailbox's failure must not stop the others; logged, retried next round
+                log.exception("sync of mailbox %s failed", mb.name, extra={"event": "sync-error", "mailbox": mb.name})
+            self.next_run[mb.name] = time.monotonic() + mb.sync.interval
+        if self.dirty:
+            return  # changed while syncing: again at once
+        due = min(self.next_run.values(), default=now + 30.0) - time.monotonic()
+        if await self.wait(max(0.05, min(due, 30.0))):
+            await asyncio.sleep(DEBOUNCE_MS / 1000)  # a client saving many files: one sync
+
+    async def wait(self, timeout: float) -> bool:
+        """Sleep until a watched folder changes (True), the timeout, or stop."""
+        self.woken.clear()
+        waiter = asyncio.create_task(self.woken.wait())
+        stopper = asyncio.create_task(self.stop.wait())
+        await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        stopper.cancel()
+        return self.woken.is_set()
+
+    async def _watch_folders(self, loaded: LoadedConfig) -> None:
+        folders = {p: name for name, ps in watched_paths(loaded).items() for p in ps}
+        for folder in folders:
+            # the engine makes missing folders too; made here first so the watcher sees them
+            with contextlib.suppress(OSError):
+                folder.mkdir(parents=True, exist_ok=True)
+        if folders == self.watching and self.watcher is not None and not self.watcher.done():
+            return
+        await self._stop_watcher()
+        self.watching = folders
+        self.watcher = asyncio.create_task(_watch(folders, self.dirty, self.woken), name="sync-watch")
+        for _ in range(3):  # let it register its watches before the sync reads the folders
+            await asyncio.sleep(0)
+
+    async def _stop_watcher(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+            await asyncio.gather(self.watcher, return_exceptions=True)
+            self.watcher = None
 
 
 async def _watch(folders: dict[Path, str], dirty: set[str], woken: asyncio.Event) -> None:
