@@ -139,6 +139,9 @@ def test_sync_contacts_appointments_and_status_commands(tmp_path: Path) -> None:
     assert by_kind["calendar"]["shunted"] == 1 and by_kind["calendar"]["last_sync"]
     table = mf(cfg, "status").stdout
     assert "sync-back: address books and calendars" in table
+    [kept] = json.loads(mf(cfg, "sync", "--shunted", "--json").stdout)
+    assert (kept["href"], kept["reason"]) == ("broken.ics", "bad-icalendar")
+    assert "broken.ics" in mf(cfg, "sync", "--shunted").stdout
 
     # the empty-side guard through the command: exit 1, a hint, nothing deleted
     for p in (tmp_path / "dav" / "contacts").glob("*.vcf"):

@@ -19,10 +19,11 @@ from mailfiler.errors import NotFound
     is_flag=True,
     help="Go on when one side looks empty although items were synced there (the empty-side guard).",
 )
+@click.option("--shunted", is_flag=True, help="Only list the items kept aside as unreadable, with their reason.")
 @json_option
 @click.pass_obj
 @handle_errors
-def sync(obj, mailbox: str | None, force_delete: bool, as_json: bool) -> None:
+def sync(obj, mailbox: str | None, force_delete: bool, shunted: bool, as_json: bool) -> None:
     """Sync CRM contacts and appointments with each mailbox's address book and calendar, once.
 
     \b
@@ -45,6 +46,9 @@ def sync(obj, mailbox: str | None, force_delete: bool, as_json: bool) -> None:
 
     Exits 0 when every collection synced cleanly, 1 otherwise.
     """
+    if shunted:
+        _list_shunted(obj, mailbox, as_json)
+        return
     from mailfiler.service.runtime import manager_id, open_store, sync_config
     from mailfiler.sync.runner import sync_all
 
@@ -92,6 +96,21 @@ def sync(obj, mailbox: str | None, force_delete: bool, as_json: bool) -> None:
             click.echo("no mailbox has sync: in the config")
     if any(d["state"] != "ok" for d in data):
         sys.exit(1)
+
+
+def _list_shunted(obj, mailbox: str | None, as_json: bool) -> None:
+    from mailfiler.sync import reports
+
+    obj.open_store_for_reading()
+    data = [s for s in reports.shunted() if mailbox is None or s["mailbox"] == mailbox]
+    if as_json:
+        emit_json(data)
+        return
+    rows = [
+        (s["id"], s["mailbox"], s["collection"], s["href"], s["reason"], s["attempts"], s["detail"][:80]) for s in data
+    ]
+    columns = ["id", "mailbox", "collection", "item", "reason", "tries", "detail"]
+    table(f"{len(data)} item(s) kept aside (read again when they change)", columns, rows)
 
 
 @click.group()
