@@ -20,14 +20,16 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from mailfiler.config.schema import SyncFilter
 from mailfiler.store import db as storedb
 from mailfiler.store.migrations import migrate
-from mailfiler.store.models import Record
+from mailfiler.store.models import ContactDetails, Record
 from mailfiler.sync.crm import ContactStore
-from tests.sync.helpers import Rig, crm_contact, crm_contacts, make_mailbox, policy
+from tests.sync.helpers import OWNER, Rig, crm_contact, crm_contacts, make_mailbox, policy
 
 FIELDS = ("job_title", "notes")
 VALUES = st.sampled_from(["", "a", "b", "Åsa"])
+OTHER = "erik@example.com"
 CARD = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:{uid}\r\nFN:{name}\r\nN:;{name};;;\r\n{extra}END:VCARD\r\n"
 
 
@@ -49,12 +51,16 @@ class SyncMachine(RuleBasedStateMachine):
         self.unlinked: set[str] = set()  # deleted by the user, kept in the CRM, not coming back
         self.base: dict[str, dict[str, str]] = {}  # the values agreed at the last sync
         self.files: dict[str, str] = {}  # name -> file name on the user's side
+        self.owned: set[str] = set()  # CRM contacts the mailbox owner owns: the filter selects them
+        self.tracked: set[str] = set()  # linked because the user tracked them: no filter applies
 
     @initialize(conflicts=st.sampled_from(["crm-wins", "mailbox-wins"]),
                 on_delete=st.sampled_from(["unlink", "restore", "delete-in-crm"]))  # fmt: skip
     def configure(self, conflicts: str, on_delete: str) -> None:
         self.conflicts, self.on_delete = conflicts, on_delete
-        self.rig.contacts_policy = policy(conflicts=conflicts, on_mailbox_delete=on_delete)
+        self.rig.contacts_policy = policy(
+            conflicts=conflicts, on_mailbox_delete=on_delete, filters=[SyncFilter(owner="mailbox")]
+        )
 
     def teardown(self) -> None:
         self.db.close()
@@ -66,11 +72,25 @@ class SyncMachine(RuleBasedStateMachine):
 
     # --- the CRM side ------------------------------------------------------------------
 
-    @rule(job=VALUES, notes=VALUES)
-    def crm_create(self, job: str, notes: str) -> None:
+    @rule(job=VALUES, notes=VALUES, owned=st.sampled_from([True, True, False]))
+    def crm_create(self, job: str, notes: str, owned: bool) -> None:
         name = self._name()
-        crm_contact(f"k{self.n}", name, job_title=job, notes=notes)
+        crm_contact(f"k{self.n}", name, job_title=job, notes=notes, owner=OWNER if owned else OTHER)
         self.crm[name] = {"job_title": job, "notes": notes}
+        if owned:
+            self.owned.add(name)
+
+    @precondition(lambda self: self.crm)
+    @rule(data=st.data(), owned=st.booleans())
+    def crm_reassign(self, data: st.DataObject, owned: bool) -> None:
+        """The CRM item starts or stops matching the sync filter."""
+        name = data.draw(st.sampled_from(sorted(self.crm)))
+        rec = Record.get(Record.name == name)
+        ContactDetails.update(owner=OWNER if owned else OTHER).where(ContactDetails.record == rec).execute()
+        if owned:
+            self.owned.add(name)
+        else:
+            self.owned.discard(name)
 
     @precondition(lambda self: self.crm)
     @rule(data=st.data(), field=st.sampled_from(FIELDS), value=VALUES)
@@ -148,7 +168,7 @@ class SyncMachine(RuleBasedStateMachine):
     def sync(self) -> None:
         import asyncio
 
-        guard = bool(self.linked) and (not self.mine or not self.crm)
+        guard = bool(self.linked) and (not self.mine or not (set(self.crm) & self.owned))
         if guard:
             before = (crm_contacts(), self.rig.files())
             [r] = asyncio.run(self.rig.sync("contacts"))
@@ -166,48 +186,71 @@ class SyncMachine(RuleBasedStateMachine):
     def _expect(self) -> None:
         """The model's sync: README "Sync-back", item by item."""
         crm, mine = self.crm, self.mine
+
+        def selected(name: str) -> bool:
+            return name in crm and name in self.owned
+
+        def merged(name: str) -> dict[str, str]:
+            out = {}
+            for f in FIELDS:
+                c, m, b = crm[name][f], mine[name][f], self.base[name][f]
+                if c == m or m == b:
+                    out[f] = c
+                elif c == b:
+                    out[f] = m
+                else:
+                    out[f] = c if self.conflicts == "crm-wins" else m
+            return out
+
         for name in sorted(self.linked):
-            base = self.base[name]
+            in_scope = name in self.tracked or selected(name)
             in_crm, in_mine = name in crm, name in mine
             if not in_crm and not in_mine:
-                self.linked.discard(name)
+                self._drop(name)
             elif not in_crm:
-                if self.conflicts == "mailbox-wins" and mine[name] != base:
-                    crm[name] = dict(mine[name])  # the edit beats the deletion: re-created
+                if self.conflicts == "mailbox-wins" and mine[name] != self.base[name]:
+                    crm[name] = dict(mine[name])  # the edit beats the deletion: re-created, owned by the user
+                    self.owned.add(name)
                 else:
-                    del mine[name]
-                    self.files.pop(name)
-                    self.linked.discard(name)
+                    self._drop(name)
             elif not in_mine:
-                self.linked.discard(name)
-                if self.on_delete == "unlink":
+                if not in_scope:
+                    self._drop(name)
+                elif self.on_delete == "unlink":
+                    self._drop(name)
                     self.unlinked.add(name)
                 elif self.on_delete == "restore":
-                    mine[name] = dict(crm[name])
-                    self.linked.add(name)
+                    mine[name] = dict(crm[name])  # uploaded again: from now on it came from the CRM
+                    self.tracked.discard(name)
                 else:
+                    self._drop(name)
                     del crm[name]
+            elif not in_scope:
+                crm[name] = merged(name)  # the user's last edits are kept, then the copy goes
+                self._drop(name)
             else:
-                for f in FIELDS:
-                    c, m, b = crm[name][f], mine[name][f], base[f]
-                    if c != m:
-                        if m == b:
-                            value = c
-                        elif c == b:
-                            value = m
-                        else:
-                            value = c if self.conflicts == "crm-wins" else m
-                        crm[name][f] = mine[name][f] = value
+                crm[name] = dict(merged(name))
+                mine[name] = dict(crm[name])
         for name in sorted(crm):
-            if name not in self.linked and name not in self.unlinked:
-                mine[name] = dict(crm[name])  # selected (filter: all) and new to the user
+            if selected(name) and name not in self.linked and name not in self.unlinked:
+                mine[name] = dict(crm[name])
                 self.linked.add(name)
         for name in sorted(mine):
             if name not in self.linked and name not in self.private:
-                crm[name] = dict(mine[name])  # tracked by the user
+                crm[name] = dict(mine[name])  # tracked by the user, owned by them
                 self.linked.add(name)
-        self.unlinked &= set(crm)
+                self.tracked.add(name)
+                self.owned.add(name)
+        self.unlinked = {n for n in self.unlinked if selected(n)}
         self.base = {name: dict(crm[name]) for name in self.linked}
+
+    def _drop(self, name: str) -> None:
+        """No longer on the user's side nor in the status."""
+        self.linked.discard(name)
+        self.tracked.discard(name)
+        if name in self.mine:
+            del self.mine[name]
+            self.files.pop(name, None)
 
     def _check(self) -> None:
         actual_crm = {n: {f: v[f] for f in FIELDS} for n, v in crm_contacts().items()}
