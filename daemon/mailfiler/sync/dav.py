@@ -1,0 +1,605 @@
+"""CalDAV and CardDAV targets: one calendar or address book on a server
+(Radicale, Nextcloud, Fastmail, ...), as vdirsyncer's ``DAVStorage``.
+
+What each :class:`~mailfiler.sync.target.Target` call costs on the wire:
+
+==================  ======================================================
+``list``            one ``PROPFIND`` Depth 1 (``getetag``, ``resourcetype``)
+``get_multi``       one ``REPORT`` ``calendar-multiget`` (RFC 4791 §7.9) or
+                    ``addressbook-multiget`` (RFC 6352 §8.7) per 100 items
+``upload``          ``PUT`` with ``If-None-Match: *``: never replaces an item
+``update``          ``PUT`` with ``If-Match: <etag>`` (RFC 9110 §13.1.1)
+``delete``          ``DELETE`` with ``If-Match: <etag>``
+``changes_since``   one ``REPORT`` ``sync-collection`` (RFC 6578 §3.2); with
+                    no token, a ``PROPFIND`` Depth 0 of ``DAV:sync-token``
+==================  ======================================================
+
+so a resync with no changes is one ``REPORT`` answered with an empty
+multistatus.  A server without sync tokens (no ``DAV:sync-token``
+property), or one that rejects a token (403/409 ``valid-sync-token``: too
+old, or the collection was rebuilt), makes ``changes_since`` return None
+and the engine lists everything, the slow path that is always correct.
+
+``open`` costs nothing on the wire: the collection is checked by the first
+request, and made then (``MKCALENDAR``, or an extended ``MKCOL`` of an
+addressbook, RFC 5689) when it is missing and ``open(create=True)``.
+
+Errors: a connection that fails, a timeout, a refused login, a redirect,
+and a server error on a listing raise :class:`SyncTargetUnavailable` (the
+engine stops that collection; the items already done stay committed and
+the next sync goes on from there).  A server error on one item's write is a
+:class:`SyncError` for that item only; a 412 is
+:class:`SyncPreconditionFailed` (the item changed meanwhile) or
+:class:`SyncItemNotFound`.  The password is never logged and never part of
+``location``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import logging
+import ssl
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from xml.sax.saxutils import escape
+
+import httpx
+
+from mailfiler import __version__
+from mailfiler.errors import MailfilerError, SyncError
+from mailfiler.sync.target import (
+    Changes,
+    Fetched,
+    SyncItemExists,
+    SyncItemNotFound,
+    SyncPreconditionFailed,
+    SyncTargetUnavailable,
+    Target,
+    href_for,
+)
+
+log = logging.getLogger("mailfiler.sync.dav")
+# httpx logs every request at INFO: thousands of lines on a first sync.  Quietened
+# unless the admin configured those loggers (the daemon's DEBUG still shows them).
+for _name in ("httpx", "httpcore"):
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.WARNING)
+
+D, C, CR = "DAV:", "urn:ietf:params:xml:ns:caldav", "urn:ietf:params:xml:ns:carddav"
+XML_HEAD = '<?xml version="1.0" encoding="utf-8"?>\n'
+#: hrefs per multiget REPORT
+MULTIGET_BATCH = 100
+#: a server may truncate a sync-collection answer (507 on the collection, RFC 6578 §3.6);
+#: we then ask again from the token it gave, at most this many times
+MAX_SYNC_ROUNDS = 50
+DEFAULT_TIMEOUT = 60.0
+#: a multistatus larger than this is refused (a broken or hostile server)
+MAX_REPLY_BYTES = 256 * 1024 * 1024
+
+_KIND = {
+    "calendar": {
+        "backend": "caldav",
+        "noun": "calendar",
+        "resourcetype": f"{{{C}}}calendar",
+        "multiget": "C:calendar-multiget",
+        "data": f"{{{C}}}calendar-data",
+        "data_tag": "C:calendar-data",
+        "content_type": "text/calendar; charset=utf-8",
+    },
+    "contacts": {
+        "backend": "carddav",
+        "noun": "address book",
+        "resourcetype": f"{{{CR}}}addressbook",
+        "multiget": "CR:addressbook-multiget",
+        "data": f"{{{CR}}}address-data",
+        "data_tag": "CR:address-data",
+        "content_type": "text/vcard; charset=utf-8",
+    },
+}
+
+
+def _clark(tag: str) -> str:
+    prefix, _, local = tag.partition(":")
+    return "{" + {"D": D, "C": C, "CR": CR}[prefix] + "}" + local
+
+
+def _xml(root: str, body: str) -> bytes:
+    return (f'{XML_HEAD}<{root} xmlns:D="{D}" xmlns:C="{C}" xmlns:CR="{CR}">{body}</{root}>').encode()
+
+
+def _xml_headers(depth: str | None = None) -> dict[str, str]:
+    headers = {"Content-Type": "application/xml; charset=utf-8"}
+    if depth is not None:
+        headers["Depth"] = depth
+    return headers
+
+
+def _props(*tags: str) -> str:
+    return "<D:prop>" + "".join(f"<{t}/>" for t in tags) + "</D:prop>"
+
+
+@dataclass
+class _Member:
+    """One ``<D:response>`` of a multistatus."""
+
+    path: str  # unquoted URL path
+    status: int | None  # the response-level status, when given
+    props: dict[str, ET.Element] = field(default_factory=dict)  # found (200) properties
+
+    def text(self, clark: str) -> str | None:
+        el = self.props.get(clark)
+        return None if el is None else (el.text or "")
+
+    def is_collection(self) -> bool:
+        rt = self.props.get(f"{{{D}}}resourcetype")
+        return rt is not None and rt.find(f"{{{D}}}collection") is not None
+
+
+def _status_code(text: str | None) -> int | None:
+    # "HTTP/1.1 404 Not Found"
+    parts = (text or "").split()
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+
+
+def _url_path(href: str) -> str:
+    return unquote(urlsplit(href.strip()).path)
+
+
+def parse_multistatus(content: bytes) -> tuple[list[_Member], str | None]:
+    """The responses of a 207 body and its ``DAV:sync-token`` (RFC 4918 §14.16, RFC 6578 §6.4).
+
+    Raises ValueError on a body that is not a multistatus."""
+    try:
+        root = ET.fromstring(content)  # expat >= 2.4.1 refuses entity-expansion bombs; no external entities
+    except ET.ParseError as exc:
+        raise ValueError(f"the reply is not XML ({exc})") from None
+    if root.tag != f"{{{D}}}multistatus":
+        raise ValueError(f"expected a DAV:multistatus, got {root.tag}")
+    members = []
+    for resp in root.findall(f"{{{D}}}response"):
+        href = resp.find(f"{{{D}}}href")
+        if href is None or not (href.text or "").strip():
+            continue
+        member = _Member(_url_path(href.text or ""), _status_code(resp.findtext(f"{{{D}}}status")))
+        for propstat in resp.findall(f"{{{D}}}propstat"):
+            code = _status_code(propstat.findtext(f"{{{D}}}status"))
+            prop = propstat.find(f"{{{D}}}prop")
+            if prop is None or (code is not None and not 200 <= code < 300):
+                continue
+            for el in prop:
+                member.props[el.tag] = el
+        members.append(member)
+    token = root.findtext(f"{{{D}}}sync-token")
+    return members, (token.strip() if token else None)
+
+
+def _http_date(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        value = email.utils.parsedate_to_datetime(text.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value
+
+
+def _crlf(text: str) -> bytes:
+    # an XML parser turns CRLF into LF (XML 1.0 §2.11); iCalendar and vCard lines end in CRLF
+    if "\r\n" not in text and "\n" in text:
+        text = text.replace("\n", "\r\n")
+    return text.encode("utf-8")
+
+
+def ssl_context(ca_file: str | Path | None = None, verify: bool = True) -> ssl.SSLContext | bool:
+    """TLS settings for httpx: the system's CAs, or *ca_file*'s; ``verify=False`` only when asked."""
+    if not verify:
+        return False
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    return ctx
+
+
+class DavTarget(Target):
+    """One CalDAV calendar (``kind="calendar"``) or CardDAV address book
+    (``kind="contacts"``) at *url*, the collection's own URL.
+
+    *password* is the password or a function that reads it (called by
+    ``open``, so an unreadable secret stops this collection only).
+    *wrap_transport* wraps httpx's transport (tests record requests and inject faults there)."""
+
+    def __init__(
+        self,
+        kind: str,
+        url: str,
+        *,
+        username: str | None = None,
+        password: str | Callable[[], str] | None = None,
+        ca_file: str | Path | None = None,
+        verify: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+        wrap_transport: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        if parts.username or parts.password:
+            raise ValueError("the URL must not hold credentials (use username and password_file)")
+        path = parts.path if parts.path.endswith("/") else parts.path + "/"
+        clean = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+        super().__init__(kind, clean)
+        self.url = clean
+        self.backend = _KIND[kind]["backend"]
+        self.noun = _KIND[kind]["noun"]
+        #: the collection's unquoted path, to tell members' hrefs apart
+        self.path = unquote(path)
+        self.username = username
+        self._password = password
+        self.ca_file = ca_file
+        self.verify = verify
+        self.timeout = timeout
+        self.wrap_transport = wrap_transport
+        self.client: httpx.AsyncClient | None = None
+        self._create = True
+        self._made = False
+
+    # -- connection ----------------------------------------------------------------------
+
+    async def open(self, *, create: bool = True) -> None:
+        self._create = create
+        if self.client is not None:
+            return
+        auth = None
+        if self.username is not None:
+            password = self._password() if callable(self._password) else self._password
+            auth = httpx.BasicAuth(self.username, password or "")
+        try:
+            verify = ssl_context(self.ca_file, self.verify)
+        except (OSError, ssl.SSLError) as exc:
+            raise self._unavailable(f"cannot read ca_file {self.ca_file}: {exc}") from exc
+        if not self.verify:
+            log.warning(
+                "%s: TLS certificates are not checked (verify: false)", self.url, extra={"event": "tls-unverified"}
+            )
+        if self.url.startswith("http://") and auth is not None and urlsplit(self.url).hostname not in _LOOPBACK:
+            log.warning("%s: the password goes over plain http", self.url, extra={"event": "plain-http"})
+        transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(verify=verify)
+        if self.wrap_transport is not None:
+            transport = self.wrap_transport(transport)
+        self.client = httpx.AsyncClient(
+            auth=auth,
+            timeout=httpx.Timeout(self.timeout),
+            transport=transport,
+            follow_redirects=False,
+            headers={"User-Agent": f"mailfiler/{__version__}"},
+        )
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    def _unavailable(self, why: str) -> SyncTargetUnavailable:
+        return SyncTargetUnavailable(f"{self.noun} {self.url}: {why}", location=self.url)
+
+    def _item_url(self, href: str) -> str:
+        if not href or "/" in href:
+            raise SyncItemNotFound(f"{self.url}: {href!r} is not an item name", href=href)
+        return self.url + quote(href, safe="@+=-._~")
+
+    def _item_path(self, href: str) -> str:
+        return urlsplit(self._item_url(href)).path
+
+    def _name(self, path: str) -> str | None:
+        """The member name of a response's path; None for the collection itself or anything else."""
+        if not path.startswith(self.path):
+            return None
+        name = path[len(self.path) :]
+        if not name or "/" in name.rstrip("/"):
+            return None
+        return name
+
+    async def _send(
+        self, method: str, url: str, *, headers: dict[str, str] | None = None, content: bytes | None = None
+    ) -> httpx.Response:
+        """One request; what no caller can handle becomes SyncTargetUnavailable."""
+        if self.client is None:
+            await self.open(create=self._create)
+        assert self.client is not None
+        try:
+            resp = await self.client.request(method, url, headers=headers, content=content)
+        except httpx.TimeoutException:
+            raise self._unavailable(f"no answer within {self.timeout:g} s ({method})") from None
+        except httpx.TransportError as exc:
+            raise self._unavailable(_transport_error(exc)) from None
+        if resp.status_code == 401:
+            raise self._unavailable("the server refused the login (HTTP 401): check username and password_file")
+        if 300 <= resp.status_code < 400:
+            where = resp.headers.get("location", "?")
+            raise self._unavailable(f"the server redirects to {where} (HTTP {resp.status_code}); use that URL")
+        if len(resp.content) > MAX_REPLY_BYTES:
+            raise self._unavailable(f"the reply to {method} is over {MAX_REPLY_BYTES} bytes")
+        return resp
+
+    async def _collection(self, method: str, depth: str, body: bytes) -> httpx.Response:
+        """A request on the collection; makes it when missing (once) if the target may."""
+        headers = _xml_headers(depth)
+        resp = await self._send(method, self.url, headers=headers, content=body)
+        if resp.status_code == 404:
+            if not self._create:
+                raise self._unavailable("there is no such collection on the server (HTTP 404)")
+            await self._make_collection()
+            resp = await self._send(method, self.url, headers=headers, content=body)
+        return resp
+
+    async def _make_collection(self) -> None:
+        if self.kind == "calendar":
+            body = _xml(
+                "C:mkcalendar",
+                '<D:set><D:prop><C:supported-calendar-component-set><C:comp name="VEVENT"/>'
+                "</C:supported-calendar-component-set></D:prop></D:set>",
+            )
+            resp = await self._send("MKCALENDAR", self.url, content=body, headers=_xml_headers())
+        else:
+            body = _xml(
+                "D:mkcol",
+                "<D:set><D:prop><D:resourcetype><D:collection/><CR:addressbook/></D:resourcetype></D:prop></D:set>",
+            )
+            resp = await self._send("MKCOL", self.url, content=body, headers=_xml_headers())
+        if resp.status_code not in (200, 201, 405):  # 405: made meanwhile
+            raise self._unavailable(f"could not make the {self.noun} (HTTP {resp.status_code}){_reason(resp)}")
+        self._made = True
+        log.info("made the %s %s", self.noun, self.url, extra={"event": "sync-collection-made", "collection": self.url})
+
+    def _multistatus(self, resp: httpx.Response, what: str) -> tuple[list[_Member], str | None]:
+        if resp.status_code >= 500:
+            raise self._unavailable(f"server error on {what} (HTTP {resp.status_code}){_reason(resp)}")
+        if resp.status_code != 207:
+            raise self._unavailable(f"{what} failed (HTTP {resp.status_code}){_reason(resp)}")
+        try:
+            return parse_multistatus(resp.content)
+        except ValueError as exc:
+            raise self._unavailable(f"unreadable reply to {what}: {exc}") from None
+
+    def _check_type(self, member: _Member) -> None:
+        rt = member.props.get(f"{{{D}}}resourcetype")
+        if rt is None:
+            return
+        if rt.find(_KIND[self.kind]["resourcetype"]) is None:
+            other = (
+                "a calendar"
+                if rt.find(f"{{{C}}}calendar") is not None
+                else ("an address book" if rt.find(f"{{{CR}}}addressbook") is not None else "a plain WebDAV folder")
+            )
+            raise self._unavailable(f"the URL is {other}, not a {self.backend} {self.noun}")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def list(self) -> dict[str, str]:
+        resp = await self._collection("PROPFIND", "1", _xml("D:propfind", _props("D:getetag", "D:resourcetype")))
+        members, _ = self._multistatus(resp, "PROPFIND")
+        items: dict[str, str] = {}
+        for m in members:
+            name = self._name(m.path)
+            if name is None:
+                if m.path.rstrip("/") == self.path.rstrip("/"):
+                    self._check_type(m)
+                continue
+            if m.is_collection() or name.endswith("/"):
+                continue
+            etag = m.text(f"{{{D}}}getetag")
+            if etag is not None:
+                items[name] = etag
+        return items
+
+    async def get_multi(self, hrefs: Sequence[str]) -> list[Fetched]:
+        found: list[Fetched] = []
+        spec = _KIND[self.kind]
+        for start in range(0, len(hrefs), MULTIGET_BATCH):
+            batch = list(hrefs[start : start + MULTIGET_BATCH])
+            wanted = {}
+            for href in batch:
+                try:
+                    wanted[self._item_path(href)] = href
+                except SyncItemNotFound:
+                    continue
+            if not wanted:
+                continue
+            body = _xml(
+                spec["multiget"],
+                _props("D:getetag", "D:getlastmodified", spec["data_tag"])
+                + "".join(f"<D:href>{escape(p)}</D:href>" for p in wanted),
+            )
+            resp = await self._collection("REPORT", "1", body)
+            members, _ = self._multistatus(resp, spec["multiget"].split(":")[1])
+            got: dict[str, Fetched] = {}
+            for m in members:
+                name = self._name(m.path)
+                etag, data = m.text(f"{{{D}}}getetag"), m.text(spec["data"])
+                if name is None or name not in wanted.values() or etag is None or data is None:
+                    continue  # gone since the listing (404), or not one we asked for
+                got[name] = Fetched(name, etag, _crlf(data), _http_date(m.text(f"{{{D}}}getlastmodified")))
+            found.extend(got[h] for h in batch if h in got)
+        return found
+
+    async def changes_since(self, token: str | None) -> Changes | None:
+        if token is None:
+            return await self._current_token()
+        changed: dict[str, str] = {}
+        deleted: set[str] = set()
+        for _ in range(MAX_SYNC_ROUNDS):
+            body = _xml(
+                "D:sync-collection",
+                f"<D:sync-token>{escape(token)}</D:sync-token><D:sync-level>1</D:sync-level>"
+                + _props("D:getetag", "D:resourcetype"),
+            )
+            resp = await self._send("REPORT", self.url, content=body, headers=_xml_headers("0"))
+            if resp.status_code in (403, 409, 400, 404, 405, 501):
+                # 403/409 valid-sync-token: too old or unknown; 400/405/501: no sync-collection;
+                # 404: the collection is gone. All: list everything (the engine's guard
+                # stops when a synced collection comes back empty).
+                log.info(
+                    "%s: sync token not usable (HTTP %d%s); listing everything",
+                    self.url,
+                    resp.status_code,
+                    _reason(resp),
+                    extra={"event": "sync-token-refused", "collection": self.url},
+                )
+                return None
+            members, new_token = self._multistatus(resp, "sync-collection")
+            if not new_token:
+                raise self._unavailable("the sync-collection reply holds no sync-token")
+            truncated = False
+            for m in members:
+                name = self._name(m.path)
+                if name is None:
+                    truncated = truncated or (m.status == 507 and m.path.rstrip("/") == self.path.rstrip("/"))
+                    continue
+                if m.is_collection() or name.endswith("/"):
+                    continue
+                if m.status == 404:
+                    changed.pop(name, None)
+                    deleted.add(name)
+                else:
+                    deleted.discard(name)
+                    changed[name] = m.text(f"{{{D}}}getetag") or ""
+            token = new_token
+            if not truncated:
+                return Changes(token, changed, deleted)
+        raise self._unavailable(f"the server truncated its sync-collection reply {MAX_SYNC_ROUNDS} times")
+
+    async def _current_token(self) -> Changes | None:
+        resp = await self._collection("PROPFIND", "0", _xml("D:propfind", _props("D:sync-token", "D:resourcetype")))
+        members, _ = self._multistatus(resp, "PROPFIND")
+        for m in members:
+            if m.path.rstrip("/") == self.path.rstrip("/"):
+                self._check_type(m)
+                token = m.text(f"{{{D}}}sync-token")
+                return Changes(token.strip()) if token and token.strip() else None
+        return None
+
+    async def _exists(self, href: str) -> bool:
+        resp = await self._send(
+            "PROPFIND", self._item_url(href), content=_xml("D:propfind", _props("D:getetag")), headers=_xml_headers("0")
+        )
+        if resp.status_code == 404:
+            return False
+        if resp.status_code >= 500:
+            raise self._unavailable(f"server error on PROPFIND of {href} (HTTP {resp.status_code})")
+        return True
+
+    async def _etag_of(self, href: str) -> str:
+        """The etag of an item the server stored without saying it (it may have rewritten the item)."""
+        resp = await self._send(
+            "PROPFIND", self._item_url(href), content=_xml("D:propfind", _props("D:getetag")), headers=_xml_headers("0")
+        )
+        members, _ = self._multistatus(resp, "PROPFIND")
+        for m in members:
+            etag = m.text(f"{{{D}}}getetag")
+            if etag:
+                return etag
+        raise SyncError(f"{self.url}: the server gives no etag for {href}", href=href)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _write_error(self, resp: httpx.Response, what: str, href: str) -> MailfilerError:
+        code, reason = resp.status_code, _reason(resp)
+        if code == 403 and not reason:
+            # a bare 403 is about the account's rights, not this item (a DAV precondition would say)
+            return self._unavailable(f"{what} {href} is not allowed (HTTP 403)")
+        return SyncError(f"{self.url}: the server refused {what} {href} (HTTP {code}){reason}", href=href, status=code)
+
+    async def upload(self, data: bytes, *, uid: str) -> tuple[str, str]:
+        href = href_for(uid, self.kind)
+        headers = {"If-None-Match": "*", "Content-Type": _KIND[self.kind]["content_type"]}
+        resp = await self._send("PUT", self._item_url(href), content=data, headers=headers)
+        if resp.status_code in (404, 409) and "uid-conflict" not in resp.text and self._create and not self._made:
+            # no collection yet (a write before any listing): make it, once
+            await self._make_collection()
+            resp = await self._send("PUT", self._item_url(href), content=data, headers=headers)
+        if resp.status_code in (200, 201, 204):
+            return href, resp.headers.get("etag") or await self._etag_of(href)
+        if resp.status_code == 412:
+            raise SyncItemExists(f"{self.url}: {href} exists already", href=href)
+        if resp.status_code == 409 and "uid-conflict" in resp.text:
+            raise SyncItemExists(f"{self.url}: another item has the UID {uid}", href=href)
+        raise self._write_error(resp, "the upload of", href)
+
+    async def update(self, href: str, data: bytes, etag: str) -> str:
+        headers = {"If-Match": etag, "Content-Type": _KIND[self.kind]["content_type"]}
+        resp = await self._send("PUT", self._item_url(href), content=data, headers=headers)
+        if resp.status_code in (200, 201, 204):
+            return resp.headers.get("etag") or await self._etag_of(href)
+        if resp.status_code in (404, 409, 412) and "uid-conflict" not in resp.text:
+            await self._precondition_failed(href, resp)
+        raise self._write_error(resp, "the update of", href)
+
+    async def delete(self, href: str, etag: str) -> None:
+        resp = await self._send("DELETE", self._item_url(href), headers={"If-Match": etag})
+        if resp.status_code in (200, 202, 204):
+            return
+        if resp.status_code in (404, 412):
+            await self._precondition_failed(href, resp)
+        raise self._write_error(resp, "the deletion of", href)
+
+    async def _precondition_failed(self, href: str, resp: httpx.Response) -> None:
+        """A 412 (or a 404, or the 409 of a missing collection): raises unless it was another conflict."""
+        if resp.status_code == 404 or not await self._exists(href):
+            raise SyncItemNotFound(f"{self.url}: no item {href}", href=href)
+        if resp.status_code == 412:
+            raise SyncPreconditionFailed(f"{self.url}: {href} changed since it was read", href=href)
+
+
+class CalDavTarget(DavTarget):
+    """A CalDAV calendar (RFC 4791)."""
+
+    def __init__(self, url: str, **kw: Any) -> None:
+        super().__init__("calendar", url, **kw)
+
+
+class CardDavTarget(DavTarget):
+    """A CardDAV address book (RFC 6352)."""
+
+    def __init__(self, url: str, **kw: Any) -> None:
+        super().__init__("contacts", url, **kw)
+
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+def _reason(resp: httpx.Response) -> str:
+    """A short reason from an error body: a DAV precondition name, else the first line."""
+    text = resp.text.strip() if resp.content and len(resp.content) < 20000 else ""
+    if not text:
+        return ""
+    if text.startswith("<"):
+        try:
+            root = ET.fromstring(text)
+        except ET.ParseError:
+            return ""
+        if root.tag == f"{{{D}}}error" and len(root):
+            return ": " + root[0].tag.rsplit("}", 1)[-1]
+        return ""
+    return ": " + text.splitlines()[0][:200]
+
+
+def _transport_error(exc: httpx.TransportError) -> str:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f"the server's TLS certificate is not trusted ({cause.verify_message}); "
+                "set ca_file to the CA that signed it"
+            )
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect ({exc or type(exc).__name__})"
+    return f"the connection failed ({type(exc).__name__}: {exc})"
+
+
+__all__ = ["CalDavTarget", "CardDavTarget", "DavTarget", "parse_multistatus", "ssl_context"]
