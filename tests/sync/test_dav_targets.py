@@ -249,7 +249,9 @@ async def test_an_item_stored_without_an_etag_in_the_reply(dav_user: DavUser) ->
 async def test_a_wrong_password_is_a_clear_error(dav_user: DavUser) -> None:
     t = dav_target(dav_user, "calendar", password="wrong")
     await t.open()
-    with pytest.raises(SyncTargetUnavailable, match=r"refused the login \(HTTP 401\): check username and password_file"):
+    with pytest.raises(
+        SyncTargetUnavailable, match=r"refused the login \(HTTP 401\): check username and password_file"
+    ):
         await t.list()
     await t.close()
 

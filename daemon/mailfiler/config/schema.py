@@ -225,12 +225,50 @@ class SyncVdir(Strict):
     calendar: Path | None = Field(default=None, description="Folder the CRM appointments go to.")
 
 
+class SyncDav(Strict):
+    """A CalDAV calendar or CardDAV address book on a server (Radicale, Nextcloud,
+    Fastmail, ...), synced with sync tokens (RFC 6578) and ETags."""
+
+    url: str = Field(description="The collection's own URL; made on the first sync if it does not exist.")
+    username: str | None = Field(default=None, description="Login name (HTTP Basic auth, over TLS).")
+    password_file: str | None = Field(
+        default=None,
+        description="File holding the password or app password (${CREDENTIALS_DIRECTORY}/NAME under systemd).",
+    )
+    ca_file: Path | None = Field(default=None, description="PEM file of the CA(s) to trust instead of the system's.")
+    verify: bool = Field(default=True, description="Check the server's TLS certificate; false is for tests only.")
+    interval: float | None = Field(
+        default=None, ge=5, description="Seconds between sync-token polls of this server; default: sync.interval."
+    )
+    timeout: float = Field(default=60.0, gt=0, le=600, description="Seconds to wait for any one request.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an https:// URL of a calendar or address book, got {v!r}")
+        if parts.username or parts.password:
+            raise ValueError("the URL must not hold a user name or password: use username: and password_file:")
+        if parts.query or parts.fragment:
+            raise ValueError("the URL of a collection has no ?query or #fragment")
+        return v.strip()
+
+    def model_post_init(self, _context: object) -> None:
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("give username: and password_file: together (or neither, for a server without login)")
+
+
 class TrackedCollection(Strict):
     """An address book or calendar whose every item is tracked into the CRM
     (the collection-level twin of a tracked folder)."""
 
     contacts: Path | None = Field(default=None, description="A vdir folder of .vcf files.")
     calendar: Path | None = Field(default=None, description="A vdir folder of .ics files.")
+    carddav: SyncDav | None = Field(default=None, description="An address book on a CardDAV server.")
+    caldav: SyncDav | None = Field(default=None, description="A calendar on a CalDAV server.")
     regarding: str | None = Field(default=None, description="ENTITY:KEY the tracked items are regarding.")
 
     @field_validator("regarding")
@@ -241,14 +279,20 @@ class TrackedCollection(Strict):
         return v
 
     def model_post_init(self, _context: object) -> None:
-        if (self.contacts is None) == (self.calendar is None):
-            raise ValueError("a tracked collection names exactly one of contacts: or calendar:")
+        given = [x for x in (self.contacts, self.calendar, self.carddav, self.caldav) if x is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "a tracked collection names exactly one of contacts: or calendar: (vdir folders),"
+                " carddav: or caldav: (on a server)"
+            )
 
 
 class Sync(Strict):
     """Sync-back of CRM contacts and appointments to this mailbox's user (see README, Sync-back)."""
 
     vdir: SyncVdir | None = Field(default=None, description="The vdir target (the embedded default).")
+    carddav: SyncDav | None = Field(default=None, description="The address book the CRM contacts go to, on a server.")
+    caldav: SyncDav | None = Field(default=None, description="The calendar the CRM appointments go to, on a server.")
     tracked: list[TrackedCollection] = Field(default_factory=list)
     category: str | None = Field(
         default="Tracked", description="A contact or event with this category is tracked into the CRM; null: none."
@@ -266,6 +310,12 @@ class Sync(Strict):
         ),
     )
     interval: float = Field(default=300.0, ge=5, description="Seconds between syncs (a vdir also syncs on change).")
+
+    def model_post_init(self, _context: object) -> None:
+        if self.vdir is not None and self.vdir.contacts is not None and self.carddav is not None:
+            raise ValueError("the CRM contacts go to one address book: vdir.contacts or carddav, not both")
+        if self.vdir is not None and self.vdir.calendar is not None and self.caldav is not None:
+            raise ValueError("the CRM appointments go to one calendar: vdir.calendar or caldav, not both")
 
 
 class Mailbox(Strict):

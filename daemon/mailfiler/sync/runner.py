@@ -16,11 +16,14 @@ import watchfiles
 
 from mailfiler.config.loader import LoadedConfig
 from mailfiler.config.schema import Mailbox as MailboxConfig
-from mailfiler.config.schema import Sync
+from mailfiler.config.schema import Sync, SyncDav
+from mailfiler.errors import SyncTargetUnavailable
 from mailfiler.store.db import transaction
 from mailfiler.store.models import Mailbox, SyncCollection
 from mailfiler.sync.engine import Collection, Policy, Result, SyncEngine
+from mailfiler.sync.target import Target
 from mailfiler.sync.vdir import VdirTarget
+from mailfiler.util.secrets import SecretUnavailable, read_secret
 
 log = logging.getLogger("mailfiler.sync")
 
@@ -53,6 +56,33 @@ def policies(sync: Sync) -> dict[str, Policy]:
     }
 
 
+def dav_target(kind: str, dav: SyncDav, base_dir: Path) -> Target:
+    """A CalDAV/CardDAV target from its config; the password is read when it opens."""
+    from mailfiler.sync.dav import DavTarget  # httpx is imported only when a server is configured
+
+    password = None
+    if dav.password_file is not None:
+        # ${VARS} (systemd credentials) are expanded when the file is read
+        spec = dav.password_file if "$" in dav.password_file else str(resolve(Path(dav.password_file), base_dir))
+        what = f"{'carddav' if kind == 'contacts' else 'caldav'} password_file"
+
+        def password() -> str:
+            try:
+                return read_secret(spec, what=what)
+            except SecretUnavailable as exc:
+                raise SyncTargetUnavailable(str(exc), location=dav.url) from None
+
+    return DavTarget(
+        kind,
+        dav.url,
+        username=dav.username,
+        password=password,
+        ca_file=resolve(dav.ca_file, base_dir) if dav.ca_file is not None else None,
+        verify=dav.verify,
+        timeout=dav.timeout,
+    )
+
+
 def collections(sync: Sync, base_dir: Path) -> list[Collection]:
     out: list[Collection] = []
     if sync.vdir is not None:
@@ -60,12 +90,28 @@ def collections(sync: Sync, base_dir: Path) -> list[Collection]:
             path = getattr(sync.vdir, kind)
             if path is not None:
                 out.append(Collection(VdirTarget(kind, resolve(path, base_dir))))
+    if sync.carddav is not None:
+        out.append(Collection(dav_target("contacts", sync.carddav, base_dir)))
+    if sync.caldav is not None:
+        out.append(Collection(dav_target("calendar", sync.caldav, base_dir)))
     for tracked in sync.tracked:
+        if tracked.carddav is not None or tracked.caldav is not None:
+            kind = "contacts" if tracked.carddav is not None else "calendar"
+            dav = tracked.carddav or tracked.caldav
+            assert dav is not None
+            out.append(Collection(dav_target(kind, dav, base_dir), role="tracked", regarding=tracked.regarding))
+            continue
         kind = "contacts" if tracked.contacts is not None else "calendar"
         path = tracked.contacts if tracked.contacts is not None else tracked.calendar
         assert path is not None
         out.append(Collection(VdirTarget(kind, resolve(path, base_dir)), role="tracked", regarding=tracked.regarding))
     return out
+
+
+def poll_interval(sync: Sync) -> float:
+    """Seconds between syncs of a mailbox: the shortest of its servers' intervals and its own."""
+    servers = [sync.carddav, sync.caldav, *(t.carddav or t.caldav for t in sync.tracked)]
+    return min([sync.interval, *(d.interval for d in servers if d is not None and d.interval is not None)])
 
 
 def watched_paths(loaded: LoadedConfig) -> dict[str, list[Path]]:
@@ -95,7 +141,11 @@ async def sync_mailbox(
             (SyncCollection.mailbox == row) & SyncCollection.location.not_in(locations or [""])
         ).execute()
     engine = SyncEngine(db, row, policies(mb.sync), state_dir=Path(loaded.config.state_dir), force_delete=force_delete)
-    return await engine.sync(colls)
+    try:
+        return await engine.sync(colls)
+    finally:
+        for coll in colls:  # a server's connections
+            await coll.target.close()
 
 
 async def sync_all(
@@ -154,7 +204,7 @@ class SyncLoop:
                 await sync_mailbox(self.db, loaded, mb)
             except Exception:  # one mailbox's failure must not stop the others; logged, retried next round
                 log.exception("sync of mailbox %s failed", mb.name, extra={"event": "sync-error", "mailbox": mb.name})
-            self.next_run[mb.name] = time.monotonic() + mb.sync.interval
+            self.next_run[mb.name] = time.monotonic() + poll_interval(mb.sync)
         if self.dirty:
             return  # changed while syncing: again at once
         due = min(self.next_run.values(), default=now + 30.0) - time.monotonic()
