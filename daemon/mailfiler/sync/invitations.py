@@ -14,8 +14,11 @@ The appointment's regarding is set once, like an e-mail's: the first tracked
 message that carries the invitation decides, later updates do not re-link.
 From there the appointment syncs to calendars like any other.
 
-Not wired yet: the tracker calls :func:`apply_invitations` with the message's
-``text/calendar`` parts right after it creates the e-mail activity.
+The tracker (``Tracker._apply_invitations`` in :mod:`mailfiler.tracking.pipeline`)
+calls :func:`apply_invitations` with the message's ``text/calendar`` parts right
+after it creates the e-mail activity, in a savepoint of the same transaction: an
+unreadable invitation, or a bug here, is logged and noted on the e-mail's
+defects, and the e-mail is tracked all the same.
 """
 
 from __future__ import annotations

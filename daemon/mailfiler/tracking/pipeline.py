@@ -323,7 +323,38 @@ class Tracker:
                 size=len(part.data),
                 blob=digest,
             )
+        if any(a.content_type.lower() == "text/calendar" for a in msg.attachments):
+            self._apply_invitations(activity, mailbox, msg)
         return activity
+
+    def _apply_invitations(self, activity: Activity, mailbox: MailboxContext, msg: ParsedMessage) -> None:
+        """A meeting invitation (a ``text/calendar`` part, iMIP) becomes or updates the
+        appointment with its UID, regarding the mail's record, in this transaction.
+        A broken one is logged and noted on the e-mail's defects: it never stops the
+        mail being tracked (a savepoint rolls back only the invitation's writes)."""
+        from mailfiler.sync.invitations import InvitationOutcome, apply_invitations
+
+        parts = [(a.content_type, a.data) for a in msg.attachments if a.content_type.lower() == "text/calendar"]
+        try:
+            with self.db.atomic():
+                outcomes = apply_invitations(
+                    parts, regarding=activity.regarding, owner=mailbox.row.owner, mailbox=mailbox.row
+                )
+        except Exception as exc:  # any bug in an invitation must not cost the e-mail: logged with its traceback
+            log.warning(
+                "invitation in %s not applied", msg.message_id, exc_info=True, extra={"event": "invitation-error"}
+            )
+            outcomes = [InvitationOutcome(None, "unreadable", detail=f"{type(exc).__name__}: {exc}")]
+        for out in outcomes:
+            extra = {"event": f"invitation-{out.action}", "uid": out.uid, "activity": activity.id}
+            if out.action == "unreadable":
+                log.warning("invitation in %s: %s", msg.message_id, out.detail, extra=extra)
+            elif out.action != "ignored":
+                log.info("invitation %s %s: appointment %s", out.uid, out.action, out.activity_id, extra=extra)
+        broken = [f"invitation: {o.detail}"[:200] for o in outcomes if o.action == "unreadable"]
+        if broken:
+            activity.parse_defects = ", ".join(filter(None, [activity.parse_defects, *broken]))
+            activity.save()
 
     def decide(self, mailbox: MailboxContext, folder: str | None, msg: ParsedMessage, direction: str) -> Decision:
         """What the rules say about *msg* in *folder*; reads the store only
