@@ -237,11 +237,12 @@ class MailboxSpec:
         return maildirpp_folder_dir(self.maildir, folder)
 
     def as_yaml(self) -> dict[str, Any]:
+        # an IMAP mailbox (extra["imap"]) has no Maildir of its own
+        where = {} if "imap" in self.extra else {"maildir": str(self.maildir), "layout": self.layout}
         return {
             "name": self.name,
             "owner": self.owner,
-            "maildir": str(self.maildir),
-            "layout": self.layout,
+            **where,
             "create_missing_folders": self.create_missing_folders,
             "tracked_folders": [dict(f) for f in self.folders],
             **self.extra,

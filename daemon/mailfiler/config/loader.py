@@ -286,7 +286,7 @@ def _cross_checks(data: dict[str, Any], built: Builder, base_dir: Path) -> list[
             else:
                 names[name] = ("mailboxes", i, "name")
         maildir = mb.get("maildir")
-        if _is_blank(maildir):
+        if "maildir" in mb and _is_blank(maildir):
             add(("mailboxes", i, "maildir"), "maildir must not be empty")
         elif isinstance(maildir, str):
             resolved = _resolve(Path(maildir), base_dir)
@@ -356,16 +356,32 @@ def _resolve_db_url(url: str, base_dir: Path) -> str:
     return _SQLITE_PREFIX + quote(str(_resolve(Path(rest), base_dir)), safe="/:")
 
 
+def _secret_path(spec: str | None, base_dir: Path) -> str | None:
+    # ${VARS} (systemd credentials) are expanded when the file is read
+    if spec is None or "$" in spec:
+        return spec
+    return str(_resolve(Path(spec), base_dir))
+
+
+def _resolve_mailbox(mb: schema.Mailbox, base_dir: Path) -> schema.Mailbox:
+    if mb.imap is not None:
+        imap = mb.imap.model_copy(
+            update={
+                "ca_file": _resolve(mb.imap.ca_file, base_dir) if mb.imap.ca_file else None,
+                "password_file": _secret_path(mb.imap.password_file, base_dir),
+            }
+        )
+        return mb.model_copy(update={"imap": imap})
+    return mb.model_copy(update={"maildir": _resolve(mb.maildir, base_dir)})
+
+
 def _resolve_paths(config: schema.Config, base_dir: Path) -> schema.Config:
-    mailboxes = [mb.model_copy(update={"maildir": _resolve(mb.maildir, base_dir)}) for mb in config.mailboxes]
+    mailboxes = [_resolve_mailbox(mb, base_dir) for mb in config.mailboxes]
     return config.model_copy(
         update={
             "database": _resolve_db_url(config.database, base_dir),
             "state_dir": _resolve(config.state_dir, base_dir),
-            # ${VARS} (systemd credentials) are expanded when the file is read
-            "database_password_file": config.database_password_file
-            if config.database_password_file is None or "$" in config.database_password_file
-            else str(_resolve(Path(config.database_password_file), base_dir)),
+            "database_password_file": _secret_path(config.database_password_file, base_dir),
             "rules": [_resolve(r, base_dir) for r in config.rules],
             "mailboxes": mailboxes,
         }

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: entity types every mailfiler store knows; custom ones are declared in config
 BUILTIN_ENTITIES = ("user", "contact", "account", "lead", "opportunity", "case")
@@ -318,10 +318,57 @@ class Sync(Strict):
             raise ValueError("the CRM appointments go to one calendar: vdir.calendar or caldav, not both")
 
 
+#: hosts for which TLS may be turned off or left unverified (a test server)
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+class Imap(Strict):
+    """An IMAP mailbox.  Exactly one of the three ways to log in."""
+
+    host: str = Field(min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535, description="Default: 993 with implicit TLS, else 143.")
+    username: str = Field(min_length=1)
+    password_file: str | None = Field(
+        default=None, description="File holding the password; ${CREDENTIALS_DIRECTORY} is expanded when read."
+    )
+    password_command: list[str] | None = Field(
+        default=None, description="Program (argv, no shell) that prints the password; run at each login."
+    )
+    xoauth2_token_command: list[str] | None = Field(
+        default=None, description="Program (argv, no shell) that prints an OAuth2 access token (SASL XOAUTH2)."
+    )
+    tls: Literal["implicit", "starttls", "none"] = Field(default="implicit")
+    ca_file: Path | None = Field(default=None, description="PEM file of the CA(s) to trust instead of the system's.")
+    verify_tls: bool = Field(default=True, description="false only for a loopback test server.")
+    timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds any one IMAP command may take.")
+
+    @model_validator(mode="after")
+    def _checks(self) -> Imap:
+        given = [n for n in ("password_file", "password_command", "xoauth2_token_command") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of password_file, password_command and xoauth2_token_command"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        loopback = self.host.lower() in LOOPBACK_HOSTS
+        if self.tls == "none" and not loopback:
+            raise ValueError(
+                f"tls: none sends the password in clear text; allowed only for a loopback host, not {self.host}"
+            )
+        if not self.verify_tls and not loopback:
+            raise ValueError(f"verify_tls: false is allowed only for a loopback host, not {self.host}; use ca_file")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (993 if self.tls == "implicit" else 143)
+
+
 class Mailbox(Strict):
     name: str = Field(description="Short unique name of the mailbox (used in CLI output and logs).")
     owner: str = Field(description="E-mail address of the CRM user whose mailbox this is.")
-    maildir: Path = Field(description="Root of the Maildir.")
+    maildir: Path | None = Field(default=None, description="Root of a local Maildir (or give imap:).")
+    imap: Imap | None = Field(default=None, description="An IMAP mailbox (or give maildir:).")
     layout: Literal["maildir++", "fs"] = Field(
         default="maildir++",
         description="maildir++ (Dovecot/Courier: .Folder.Sub) or fs (nested directories).",
@@ -335,6 +382,22 @@ class Mailbox(Strict):
         default_factory=list, description="Addresses and @domains whose mail is never auto-tracked."
     )
     sync: Sync | None = Field(default=None, description="Sync-back of contacts and appointments (issue 5).")
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> Mailbox:
+        if (self.maildir is None) == (self.imap is None):
+            raise ValueError("give exactly one of maildir: (a local Maildir) and imap: (an IMAP server)")
+        return self
+
+    @property
+    def backend(self) -> str:
+        return "imap" if self.imap is not None else "maildir"
+
+    @property
+    def location(self) -> str:
+        if self.imap is not None:
+            return f"imap://{self.imap.username}@{self.imap.host}:{self.imap.effective_port}"
+        return str(self.maildir)
 
     @field_validator("never_track")
     @classmethod

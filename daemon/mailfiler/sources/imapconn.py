@@ -25,11 +25,12 @@ The defects (``../shared/reference/libs.md`` section 2) and what this module doe
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -56,6 +57,11 @@ class ImapSettings:
     port: int = 993
     username: str = ""
     password: str = field(default="", repr=False)  # never in logs or tracebacks
+    #: where the password (or token) comes from at each login, when not fixed:
+    #: a password command or an OAuth2 token helper (tokens expire)
+    secret: Callable[[], str] | None = field(default=None, repr=False)
+    #: login: LOGIN with a password; xoauth2: AUTHENTICATE XOAUTH2 with a token
+    mechanism: Literal["login", "xoauth2"] = "login"
     tls: TlsMode = "implicit"
     #: PEM file of the CA(s) to trust instead of the system store
     ca_file: str | None = None
@@ -277,13 +283,21 @@ class ImapConnection:
         s = self.settings
         assert self.client is not None
         protocol = self.client.protocol
+        # a command may block (a password manager): not on the event loop
+        secret = await asyncio.to_thread(s.secret) if s.secret is not None else s.password
         try:
-            command = core.Command(
-                "LOGIN", protocol.new_tag(), proto.quote(s.username), proto.quote(s.password), loop=self.loop
-            )
+            if s.mechanism == "xoauth2":
+                sasl = base64.b64encode(f"user={s.username}\1auth=Bearer {secret}\1\1".encode()).decode("ascii")
+                command = core.Command("AUTHENTICATE", protocol.new_tag(), "XOAUTH2", sasl, loop=self.loop)
+                scrub = sasl
+            else:
+                command = core.Command(
+                    "LOGIN", protocol.new_tag(), proto.quote(s.username), proto.quote(secret), loop=self.loop
+                )
+                scrub = proto.quote(secret)
         except ValueError as exc:  # CR/LF/NUL in the user name or password
             raise MailboxUnavailable(f"IMAP login for {s.username} on {s.host}:{s.port}: {exc}") from exc
-        response = await self.run(protocol.execute(command, scrub=proto.quote(s.password)), "LOGIN")
+        response = await self.run(protocol.execute(command, scrub=scrub), "LOGIN")
         if response.result != "OK":
             text = _text(response)
             raise MailboxUnavailable(

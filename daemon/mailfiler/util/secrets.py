@@ -4,6 +4,7 @@ text or the environment, and are never logged."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 from mailfiler.errors import UserError
@@ -31,4 +32,27 @@ def read_secret(spec: str, *, what: str) -> str:
     value = value.rstrip("\r\n")
     if not value:
         raise SecretUnavailable(f"{what}: {path} is empty", path=str(path))
+    return value
+
+
+def run_secret_command(argv: list[str], *, what: str, timeout: float = 30.0) -> str:
+    """Run a program (no shell) that prints a secret, e.g. a password manager
+    or an OAuth2 token helper; return its first output line.  Its output is
+    never logged, nor its error output (it might echo the secret)."""
+    try:
+        # argv from the admin's config, never a shell
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+        )
+    except FileNotFoundError:
+        raise SecretUnavailable(f"{what}: program {argv[0]!r} not found") from None
+    except subprocess.TimeoutExpired:
+        raise SecretUnavailable(f"{what}: {argv[0]} did not finish within {timeout:g} s") from None
+    except OSError as exc:
+        raise SecretUnavailable(f"{what}: cannot run {argv[0]}: {exc.strerror}") from None
+    if done.returncode != 0:
+        raise SecretUnavailable(f"{what}: {argv[0]} exited with status {done.returncode}")
+    value = done.stdout.split("\n", 1)[0].rstrip("\r")
+    if not value:
+        raise SecretUnavailable(f"{what}: {argv[0]} printed nothing")
     return value
