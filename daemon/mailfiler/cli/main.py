@@ -321,11 +321,13 @@ def config_check(obj: Context, as_json: bool) -> None:
 
 
 def _register() -> None:
+    from mailfiler.cli import folders as folders_cmd
     from mailfiler.cli import records as records_cmd
     from mailfiler.cli import rules as rules_cmd
     from mailfiler.cli import shunt as shunt_cmd
     from mailfiler.cli import sync as sync_cmd
 
+    cli.add_command(folders_cmd.folders)
     cli.add_command(records_cmd.records)
     cli.add_command(rules_cmd.rules)
     cli.add_command(shunt_cmd.shunt)
