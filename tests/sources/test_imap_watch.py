@@ -147,3 +147,27 @@ async def test_push_latency(imap_user: ImapUser) -> None:
     median = statistics.median(delays)
     print(f"IMAP push latency: median {median:.3f} s, max {max(delays):.3f} s")
     assert median < 1.5
+
+
+async def test_a_message_that_comes_and_goes_between_two_looks_is_reported_gone(imap_user: ImapUser) -> None:
+    """A client files mail quickly: APPEND then UID MOVE out before the watcher
+    diffs the folder.  The consumer may have listed it meanwhile, so the watcher
+    must report it gone (a stale location otherwise stays forever)."""
+    from mailfiler.sources.imapwatch import FolderDiffer
+
+    with imap_user.client() as admin:
+        admin.create("A")
+        admin.create("B")
+    source = ImapSource(ImapSettings(**{**imap_user.settings_kwargs(), "timeout": 10.0}))  # type: ignore[arg-type]
+    await source.open()
+    try:
+        differ = FolderDiffer(source)
+        await differ.baseline("A")
+        with imap_user.client() as admin:
+            uid = admin.append("A", msg(1))
+            admin.move("A", uid, "B")
+        changes = await differ.check("A")
+        assert [c.kind for c in changes] == ["gone"] and changes[0].source_id.endswith(f":{uid}")
+        assert len((await source.list_messages("B")).messages) == 1
+    finally:
+        await source.close()

@@ -65,6 +65,8 @@ SWEEP_ALL = "*"
 MAX_CONNECTIONS = 5
 _SELECTED_EVENTS = (b"EXISTS", b"EXPUNGE", b"FETCH", b"RECENT")
 _UNKNOWN = object()  # a folder the differ has not looked at yet
+#: more new UIDs than this since the last look: rescan rather than list them
+PASSED_MAX = 10_000
 
 
 @dataclass
@@ -100,15 +102,26 @@ class FolderDiffer:
             if uidnext and uidnext == old.uidnext and exists == len(old.uids):
                 return []  # a flag change, or nothing
             new: set[int] = set()
+            # UIDs given out since the last look that are gone already: a message
+            # that came and left between two looks (a quick move).  The consumer
+            # may have seen it (its own listing after our rescan), so it is
+            # reported gone; a gone id it never saw costs nothing.
+            passed: set[int] = set()
             if uidnext > old.uidnext:
                 found = await conn.uid_search(f"UID {old.uidnext}:{uidnext - 1}")
                 new = {u for u in found if old.uidnext <= u < uidnext}
+                if uidnext - old.uidnext > PASSED_MAX:
+                    # too much to list one by one: a fresh look, and the consumer rescans
+                    uids = await self._all(conn, uidnext)
+                    self.states[folder] = FolderState(uv, uidnext, uids)
+                    return [Change("rescan", folder)]
+                passed = set(range(old.uidnext, uidnext)) - new
             if uidnext and len(old.uids) + len(new) == exists:
-                added, gone = new, set()  # nothing expunged: the counts add up
+                added, gone = new, passed  # nothing else expunged: the counts add up
             else:
                 # something went (or the server sent no UIDNEXT): compare it all
                 now = await self._all(conn, uidnext)
-                added, gone = now - old.uids, old.uids - now
+                added, gone = now - old.uids, (old.uids - now) | passed
             old.uids = (old.uids | added) - gone
             old.uidnext = uidnext or max(old.uids | {old.uidnext - 1}) + 1
         changes = [Change("added", folder, proto.make_source_id(uv, u)) for u in sorted(added)]
