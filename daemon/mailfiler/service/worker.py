@@ -18,7 +18,14 @@ from pathlib import Path
 
 import peewee as pw
 
-from mailfiler.errors import FolderMissing, MessageError, MessageTooLarge, MessageVanished, ProcessingFailed
+from mailfiler.errors import (
+    FolderMissing,
+    MailboxUnavailable,
+    MessageError,
+    MessageTooLarge,
+    MessageVanished,
+    ProcessingFailed,
+)
 from mailfiler.service.runtime import MailboxRuntime, Services
 from mailfiler.sources.base import Change
 from mailfiler.store.db import transaction
@@ -295,6 +302,9 @@ class MailboxWorker:
             return await self._shunt(folder, source_id, hint, raw, exc.code, str(exc))
         except RecursionError:
             return await self._shunt(folder, source_id, hint, raw, "not-parseable", "MIME structure nested too deeply")
+        except MailboxUnavailable:
+            # the connection failed, not the message: the supervisor reconnects and catches up
+            raise
         except Exception as exc:
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             log.debug("processing failed", exc_info=True)
