@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mailfiler.store import db as storedb
-from mailfiler.store.migrations import migrate
-from tests.store.helpers import Store
+from tests.store.helpers import Store, migrated_store
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -24,9 +22,5 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
     else:
         url = request.getfixturevalue("fresh_postgres_url")
-    db = storedb.connect(url)
-    try:
-        migrate(db)
-        yield Store(request.param, url, db, tmp_path / "state")
-    finally:
-        db.close()
+    with migrated_store(request.param, url, tmp_path) as store:
+        yield store

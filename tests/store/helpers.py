@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -11,8 +12,10 @@ import peewee as pw
 
 from mailfiler.config.schema import Config
 from mailfiler.service.runtime import MailboxRuntime, precedence
+from mailfiler.store import db as storedb
 from mailfiler.store import models as m
 from mailfiler.store.blobs import BlobStore
+from mailfiler.store.migrations import migrate
 from mailfiler.tracking.parse import parse_message
 from mailfiler.tracking.pipeline import Outcome, Tracker
 
@@ -44,6 +47,17 @@ class Store:
 
 
 # --------------------------------------------------------------------------- building mail
+
+
+@contextmanager
+def migrated_store(kind: str, url: str, tmp_path: Path) -> Iterator[Store]:
+    """A connected, migrated store (the models bound to it), closed after."""
+    db = storedb.connect(url)
+    try:
+        migrate(db)
+        yield Store(kind, url, db, tmp_path / "state")
+    finally:
+        db.close()
 
 
 def make_message(

@@ -8,32 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from mailfiler.store import db as storedb
-from mailfiler.store.migrations import migrate
-from tests.store.helpers import Store
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
-    else:
-        url = request.getfixturevalue("fresh_postgres_url")
-    db = storedb.connect(url)
-    try:
-        migrate(db)
-        yield Store(request.param, url, db, tmp_path / "state")
-    finally:
-        db.close()
+from tests.store.conftest import store  # noqa: F401 - the same fixture, on SQLite and PostgreSQL
+from tests.store.helpers import Store, migrated_store
 
 
 @pytest.fixture
 def sqlite_store(tmp_path: Path) -> Iterator[Store]:
     """SQLite only: for tests about the files, not the database."""
-    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
-    db = storedb.connect(url)
-    try:
-        migrate(db)
-        yield Store("sqlite", url, db, tmp_path / "state")
-    finally:
-        db.close()
+    with migrated_store("sqlite", f"sqlite:///{tmp_path / 'store.sqlite3'}", tmp_path) as opened:
+        yield opened
