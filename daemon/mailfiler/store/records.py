@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from mailfiler.errors import RecordImportError
+from mailfiler.errors import NotFound, RecordImportError
 from mailfiler.store.db import transaction
 from mailfiler.store.models import Record, RecordAddress, utcnow
 
@@ -41,6 +41,17 @@ def parse_ref(value: str) -> tuple[str, str]:
 def get_by_ref(ref: str) -> Record | None:
     entity, key = parse_ref(ref)
     return Record.get_or_none((Record.entity == entity) & (Record.key == key))
+
+
+def require_record(ref: str) -> Record:
+    """The record ``ENTITY:KEY`` names (for a CLI filter); NotFound otherwise."""
+    try:
+        rec = get_by_ref(ref)
+    except ValueError as exc:
+        raise NotFound(str(exc)) from exc
+    if rec is None:
+        raise NotFound(f"no record {ref}")
+    return rec
 
 
 def _split_list(value: object) -> list[str]:

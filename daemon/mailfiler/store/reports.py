@@ -23,7 +23,7 @@ from mailfiler.store.models import (
     TrackedFolder,
     utcnow,
 )
-from mailfiler.store.records import get_by_ref
+from mailfiler.store.records import get_by_ref, require_record
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -33,12 +33,7 @@ def _iso(value: dt.datetime | None) -> str | None:
 def activities(*, regarding: str | None = None, mailbox: str | None = None, limit: int | None = None) -> list[dict]:
     q = Activity.select().order_by(Activity.id)
     if regarding:
-        try:
-            rec = get_by_ref(regarding)
-        except ValueError as exc:
-            raise NotFound(str(exc)) from exc
-        if rec is None:
-            raise NotFound(f"no record {regarding}")
+        rec = require_record(regarding)
         q = q.where(Activity.regarding == rec)
     if mailbox:
         mb = Mailbox.get_or_none(Mailbox.name == mailbox)

@@ -7,9 +7,8 @@ from typing import Any
 
 import peewee as pw
 
-from mailfiler.errors import NotFound
 from mailfiler.store.models import Mailbox, Record, SyncCollection, SyncItem, SyncShunt
-from mailfiler.store.records import get_by_ref
+from mailfiler.store.records import require_record
 from mailfiler.sync.crm import AppointmentStore, ContactStore
 
 
@@ -31,12 +30,7 @@ def contacts(*, owner: str | None = None) -> list[dict[str, Any]]:
 def appointments(*, regarding: str | None = None) -> list[dict[str, Any]]:
     wanted = None
     if regarding:
-        try:
-            rec = get_by_ref(regarding)
-        except ValueError as exc:
-            raise NotFound(str(exc)) from exc
-        if rec is None:
-            raise NotFound(f"no record {regarding}")
+        rec = require_record(regarding)
         wanted = rec.ref
     items = AppointmentStore().load_all()
     out = []
