@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: entity types every mailfiler store knows; custom ones are declared in config
 BUILTIN_ENTITIES = ("user", "contact", "account", "lead", "opportunity", "case")
@@ -39,9 +39,19 @@ def parse_ref(value: str) -> tuple[str, str]:
     return entity, key
 
 
+def _check_ref(value: str | None) -> str | None:
+    if value is not None:
+        parse_ref(value)
+    return value
+
+
+#: an optional ENTITY:KEY reference, checked for shape (the loader checks the entity type)
+OptionalRef = Annotated[str | None, AfterValidator(_check_ref)]
+
+
 class TrackedFolder(Strict):
     folder: str = Field(description='Folder path, always written with "/" (e.g. Tracked/Contoso).')
-    regarding: str | None = Field(default=None, description="ENTITY:KEY of the record the folder stands for.")
+    regarding: OptionalRef = Field(default=None, description="ENTITY:KEY of the record the folder stands for.")
 
     @field_validator("folder")
     @classmethod
@@ -55,13 +65,6 @@ class TrackedFolder(Strict):
             )
         if any(part in (".", "..") for part in v.split("/")):
             raise ValueError(f"folder {v!r} must not contain . or .. segments")
-        return v
-
-    @field_validator("regarding")
-    @classmethod
-    def _regarding(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_ref(v)
         return v
 
 
@@ -269,14 +272,7 @@ class TrackedCollection(Strict):
     calendar: Path | None = Field(default=None, description="A vdir folder of .ics files.")
     carddav: SyncDav | None = Field(default=None, description="An address book on a CardDAV server.")
     caldav: SyncDav | None = Field(default=None, description="A calendar on a CalDAV server.")
-    regarding: str | None = Field(default=None, description="ENTITY:KEY the tracked items are regarding.")
-
-    @field_validator("regarding")
-    @classmethod
-    def _regarding(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_ref(v)
-        return v
+    regarding: OptionalRef = Field(default=None, description="ENTITY:KEY the tracked items are regarding.")
 
     def model_post_init(self, _context: object) -> None:
         given = [x for x in (self.contacts, self.calendar, self.carddav, self.caldav) if x is not None]
@@ -441,14 +437,7 @@ class RecordSeed(Strict):
     name: str
     emails: list[str] = Field(default_factory=list)
     domains: list[str] = Field(default_factory=list)
-    parent: str | None = Field(default=None, description="ENTITY:KEY of the parent record.")
-
-    @field_validator("parent")
-    @classmethod
-    def _parent(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_ref(v)
-        return v
+    parent: OptionalRef = Field(default=None, description="ENTITY:KEY of the parent record.")
 
 
 class Limits(Strict):
