@@ -111,14 +111,17 @@ class MailboxWorker:
             # folders no longer watched (config or folder changes while we were away)
             stale = watched_before - wanted
             if stale:
-                self._unwatch(sorted(stale))
+                self._unwatch(sorted(stale), names)
         elif removed:
-            self._unwatch(removed)
+            self._unwatch(removed, names)
         for folder in added:
             rt.watched[folder] = watched_folder(folder)
         return added, removed
 
-    def _unwatch(self, folders: list[str]) -> None:
+    def _unwatch(self, folders: list[str], names: list[str] | None = None) -> None:
+        """Stop watching ``folders``.  ``names``: the mailbox's folders now; the mail
+        of a folder not among them (deleted, renamed) has left it, and nothing
+        would ever say so later (None: none of ``folders`` exists any more)."""
         with transaction(self.services.db):
             FolderCursor.update(kind="unwatched", state="unwatched").where(
                 (FolderCursor.mailbox == self.mailbox) & (FolderCursor.folder.in_(folders))
@@ -126,6 +129,9 @@ class MailboxWorker:
             SeenMessage.delete().where(
                 (SeenMessage.mailbox == self.mailbox) & (SeenMessage.folder.in_(folders))
             ).execute()
+        for folder in folders:
+            if names is None or folder not in names:
+                mark_gone(self.services.db, self.mailbox, folder, present_source_ids(self.mailbox, folder))
 
     # -- folder scan (backfill, catch-up) ----------------------------------------
 
