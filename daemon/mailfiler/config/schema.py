@@ -318,6 +318,29 @@ class Sync(Strict):
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
+_IMAP_KEYWORD = re.compile(r"^[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|~]+$")
+
+
+def _imap_keyword(value: str) -> str:
+    if not _IMAP_KEYWORD.match(value):
+        raise ValueError(
+            f'{value!r} is not an IMAP keyword: printable ASCII without spaces, ( ) {{ % * " \\ ], '
+            "and no leading backslash (system flags such as \\Seen are never set)"
+        )
+    return value
+
+
+class ImapKeywords(Strict):
+    """The IMAP keywords that show tracking in the user's mail client."""
+
+    tracked: Annotated[str, AfterValidator(_imap_keyword)] = Field(
+        default="$Tracked", description="Set on every tracked message."
+    )
+    failed: Annotated[str, AfterValidator(_imap_keyword)] = Field(
+        default="$TrackFailed", description="Set on a message kept aside in the shunt."
+    )
+
+
 class Imap(Strict):
     """An IMAP mailbox.  Exactly one of the three ways to log in."""
 
@@ -337,6 +360,25 @@ class Imap(Strict):
     ca_file: Path | None = Field(default=None, description="PEM file of the CA(s) to trust instead of the system's.")
     verify_tls: bool = Field(default=True, description="false only for a loopback test server.")
     timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds any one IMAP command may take.")
+    keywords: ImapKeywords | None = Field(
+        default=None,
+        description="Mark tracked mail with $Tracked and shunted mail with $TrackFailed: true, or "
+        "{tracked: NAME, failed: NAME}.  The one write mailfiler makes to a mailbox; off by default.",
+    )
+
+    @field_validator("keywords", mode="before")
+    @classmethod
+    def _keywords_switch(cls, value: object) -> object:
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
+
+    @property
+    def keyword_names(self) -> tuple[str, str] | None:
+        """(tracked, failed), or None when keywords are off."""
+        return None if self.keywords is None else (self.keywords.tracked, self.keywords.failed)
 
     @model_validator(mode="after")
     def _checks(self) -> Imap:

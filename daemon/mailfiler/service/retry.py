@@ -92,6 +92,13 @@ def retry(services: Services, ids: list[int] | None) -> list[dict]:
             )
             continue
         log.info("shunt %d tracked as %s", row.id, outcome.message_id, extra={"event": "unshunted", "shunt_id": row.id})
+        rt = services.mailboxes.get(row.mailbox.name)
+        if rt is not None and rt.source.marks:
+            # $TrackFailed becomes $Tracked in the user's client (best effort: the source logs a failure)
+            try:
+                asyncio.run(rt.source.mark(row.folder, [row.source_id], "tracked"))
+            except Exception:  # a mark never undoes what was tracked
+                log.warning("could not mark shunt %d as tracked", row.id, exc_info=True, extra={"event": "mark-failed"})
         results.append(
             {"id": row.id, "result": "tracked", "message_id": outcome.message_id, "regarding": outcome.regarding}
         )

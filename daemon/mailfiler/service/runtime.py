@@ -118,6 +118,7 @@ def imap_settings(cfg: ImapConfig) -> ImapSettings:
         ca_file=str(cfg.ca_file) if cfg.ca_file else None,
         verify_tls=cfg.verify_tls,
         timeout=cfg.timeout,
+        keywords=cfg.keyword_names,
     )
 
 

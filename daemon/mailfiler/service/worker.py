@@ -1,8 +1,17 @@
 """Per-mailbox work: diff a folder against the store (backfill and
 catch-up), and turn pushed changes into tracked, moved or gone messages.
 
+A scan starts from the folder's cursor token when the backend gave one (IMAP:
+only what changed since, see :mod:`mailfiler.sources.base`) and lists the
+folder in full otherwise.  What left the folder is applied first, then the
+new messages in the backend's order, each committing its own token, so the
+token never covers a message that is not committed; a message that vanished
+before it could be read holds the token back until the next look.  After a
+batch of pushed changes, a catch-up from the token moves it past them.
+
 Every failure of one message ends in the shunt with its reason; only
-mailbox-wide failures escape to the supervisor."""
+mailbox-wide failures escape to the supervisor.  Marks in the user's mail
+client (IMAP keywords, opt-in) follow the commits, best effort."""
 
 from __future__ import annotations
 
@@ -27,15 +36,18 @@ from mailfiler.errors import (
     ProcessingFailed,
 )
 from mailfiler.service.runtime import MailboxRuntime, Services
-from mailfiler.sources.base import Change
+from mailfiler.sources.base import Change, Listing, MarkState
 from mailfiler.store.db import transaction
 from mailfiler.store.models import FolderCursor, Location, SeenMessage, Shunt
 from mailfiler.tracking.context import watched_folder
 from mailfiler.tracking.folders import (
+    folder_token,
     forget_seen,
+    known_among,
     mark_gone,
     present_source_ids,
     record_baseline,
+    save_token,
     seen_source_ids,
     set_folder_state,
     shunted_source_ids,
@@ -74,6 +86,8 @@ class MailboxWorker:
         self.counts: dict[str, int] = {}
         #: watched folders seen for the first time: record, do not track
         self.baseline: set[str] = set()
+        #: (folder, state) -> source ids to mark in the mailbox (Source.mark)
+        self._marks: dict[tuple[str, MarkState], list[str]] = {}
 
     @property
     def mailbox(self):
@@ -123,7 +137,7 @@ class MailboxWorker:
         of a folder not among them (deleted, renamed) has left it, and nothing
         would ever say so later (None: none of ``folders`` exists any more)."""
         with transaction(self.services.db):
-            FolderCursor.update(kind="unwatched", state="unwatched").where(
+            FolderCursor.update(kind="unwatched", state="unwatched", token=None).where(
                 (FolderCursor.mailbox == self.mailbox) & (FolderCursor.folder.in_(folders))
             ).execute()
             SeenMessage.delete().where(
@@ -136,9 +150,64 @@ class MailboxWorker:
     # -- folder scan (backfill, catch-up) ----------------------------------------
 
     async def scan_folder(self, folder: str) -> ScanResult:
-        if folder in self.rt.watched:
+        """Bring the store up to date with a folder.  With a cursor token from
+        the last scan, ask the backend only for what changed since (a catch-up);
+        without one, or when the backend cannot use it, list the folder in full
+        and diff the listing against the store."""
+        kind = "watched" if folder in self.rt.watched else "tracked"
+        if kind == "tracked" or folder not in self.baseline:
+            result = await self._catch_up(folder, kind)
+            if result is not None:
+                return result
+        if kind == "watched":
             return await self._scan_watched(folder)
         return await self._scan_tracked(folder)
+
+    async def _catch_up(self, folder: str, kind: str) -> ScanResult | None:
+        """Apply the changes since the folder's token; None when there is no
+        usable token (then the caller lists the folder in full)."""
+        mb = self.mailbox
+        token = folder_token(mb, folder, kind=kind)
+        if token is None:
+            return None
+        try:
+            delta = await self.rt.source.list_changes(folder, token)
+        except FolderMissing:
+            delta = None
+        if delta is None:
+            with transaction(self.services.db):
+                save_token(mb, folder, None)  # a full listing sets a new one
+            return None
+        result = ScanResult(folder, kind=kind)
+        db = self.services.db
+        if delta.empty:
+            with transaction(db):
+                if delta.token != token:
+                    save_token(mb, folder, delta.token)
+                set_folder_state(mb, folder, "ok", synced=True, kind=kind)
+            return result
+        set_folder_state(mb, folder, "syncing", kind=kind)
+        gone = set(delta.gone)
+        seen_gone = set(delta.gone)
+        if delta.present is not None:  # the backend could only say what is there now
+            gone = present_source_ids(mb, folder) - delta.present
+            seen_gone = seen_source_ids(mb, folder) - delta.present if kind == "watched" else set()
+        with transaction(db):
+            # the gone first: a token commits "everything up to here", expunges included
+            result.gone = mark_gone(db, mb, folder, gone)
+            if kind == "watched":
+                forget_seen(db, mb, folder, seen_gone)
+            if not delta.added:
+                save_token(mb, folder, delta.token)
+        known = known_among(mb, folder, delta.added) if delta.added else set()
+        todo = [sid for sid in delta.added if sid not in known]
+        complete = await self._process_all(folder, todo, delta.added, result, token=delta.token)
+        if not self.should_stop():
+            with transaction(db):
+                if complete and delta.added:
+                    save_token(mb, folder, delta.token)
+                set_folder_state(mb, folder, "ok", synced=True, kind=kind)
+        return result
 
     async def _scan_watched(self, folder: str) -> ScanResult:
         result = ScanResult(folder, kind="watched")
@@ -157,7 +226,7 @@ class MailboxWorker:
         known = present | seen | shunted_source_ids(mb, folder)
         result.gone = mark_gone(self.services.db, mb, folder, present - set(listing.messages))
         forget_seen(self.services.db, mb, folder, seen - set(listing.messages))
-        todo = sorted(sid for sid in listing.messages if sid not in known)
+        todo = _todo(listing, known)
         if folder in self.baseline:
             record_baseline(self.services.db, mb, folder, todo)
             self.baseline.discard(folder)
@@ -169,16 +238,30 @@ class MailboxWorker:
                 extra={"event": "watch-baseline", "mailbox": self.rt.name, "folder": folder, "count": len(todo)},
             )
             todo = []
-        await self._process_all(folder, todo, listing, result)
+        complete = await self._process_all(folder, todo, listing.messages, result, token=listing.token)
         if not self.should_stop():
-            set_folder_state(mb, folder, "ok", synced=True, kind="watched")
+            with transaction(self.services.db):
+                if complete and listing.token is not None:
+                    save_token(mb, folder, listing.token)
+                set_folder_state(mb, folder, "ok", synced=True, kind="watched")
         return result
 
-    async def _process_all(self, folder: str, todo: list[str], listing, result: ScanResult) -> None:
+    async def _process_all(
+        self, folder: str, todo: list[str], hints: dict[str, str | None], result: ScanResult, *, token: str | None
+    ) -> bool:
+        """Process ``todo`` in order.  With the backend's ``token``, each message
+        commits its own cursor token; a message that vanished before it could
+        be read stops the cursor there (its fate is unknown until the next
+        look).  True when the cursor may move to ``token``: every message done."""
+        advancing = token is not None
+        source = self.rt.source
         for done, sid in enumerate(todo, 1):
             if self.should_stop():
-                break
-            outcome = await self.process(folder, sid, listing.messages[sid])
+                return False
+            step = source.message_token(token, sid) if advancing and token is not None else None
+            outcome = await self.process(folder, sid, hints[sid], token=step)
+            if outcome is None:
+                advancing = False
             if outcome == "shunted":
                 result.shunted += 1
             elif isinstance(outcome, Outcome) and outcome.event == "skipped":
@@ -189,6 +272,8 @@ class MailboxWorker:
                 self.progress(folder, done, len(todo))
             # let signals, the watchdog and other mailboxes run
             await asyncio.sleep(0)
+        await self.flush_marks()
+        return advancing
 
     async def _scan_tracked(self, folder: str) -> ScanResult:
         result = ScanResult(folder)
@@ -199,6 +284,7 @@ class MailboxWorker:
                 log.info("created missing folder %s/%s", self.rt.name, folder, extra={"event": "folder-created"})
             else:
                 set_folder_state(self.mailbox, folder, "missing", f"folder {folder!r} does not exist in the mailbox")
+                save_token(self.mailbox, folder, None)
                 log.warning(
                     "tracked folder %s/%s does not exist; waiting for it to appear",
                     self.rt.name,
@@ -207,21 +293,25 @@ class MailboxWorker:
                 )
                 result.missing = True
                 return result
-        set_folder_state(self.mailbox, folder, "syncing")
+        set_folder_state(self.mailbox, folder, "syncing", kind="tracked")
         try:
             listing = await source.list_messages(folder)
         except FolderMissing as exc:
             set_folder_state(self.mailbox, folder, "missing", str(exc))
+            save_token(self.mailbox, folder, None)
             result.missing = True
             return result
         present = present_source_ids(self.mailbox, folder)
         known = present | shunted_source_ids(self.mailbox, folder)
         gone = present - set(listing.messages)
         result.gone = mark_gone(self.services.db, self.mailbox, folder, gone)
-        todo = sorted(sid for sid in listing.messages if sid not in known)
-        await self._process_all(folder, todo, listing, result)
+        todo = _todo(listing, known)
+        complete = await self._process_all(folder, todo, listing.messages, result, token=listing.token)
         if not self.should_stop():
-            set_folder_state(self.mailbox, folder, "ok", synced=True)
+            with transaction(self.services.db):
+                if complete and listing.token is not None:
+                    save_token(self.mailbox, folder, listing.token)
+                set_folder_state(self.mailbox, folder, "ok", synced=True)
         return result
 
     # -- pushed changes ---------------------------------------------------------
@@ -257,9 +347,15 @@ class MailboxWorker:
                     continue
                 await self.process(change.folder, change.source_id, change.hint)
             await asyncio.sleep(0)
-        for folder in {c.folder for c in changes}:
+        await self.flush_marks()
+        rescanned = {c.folder for c in changes if c.kind == "rescan"}
+        for folder in dict.fromkeys(c.folder for c in changes):
             fctx = self.rt.context(folder)
-            if fctx is not None:
+            if fctx is None or folder in rescanned or self.should_stop():
+                continue
+            # a push is applied as it comes; a catch-up from the folder's token then
+            # moves the token past it (and picks up anything the push left out)
+            if await self._catch_up(folder, fctx.kind) is None:
                 set_folder_state(self.mailbox, folder, "ok", synced=True, kind=fctx.kind)
 
     def _already_here(self, folder: str, source_id: str) -> bool:
@@ -284,9 +380,12 @@ class MailboxWorker:
 
     # -- one message ---------------------------------------------------------------
 
-    async def process(self, folder: str, source_id: str, hint: str | None) -> str | Outcome | None:
+    async def process(
+        self, folder: str, source_id: str, hint: str | None, *, token: str | None = None
+    ) -> str | Outcome | None:
         """Track one message.  Returns the outcome, "shunted", or None when
-        the message vanished before it could be read (a move in progress)."""
+        the message vanished before it could be read (a move in progress).
+        ``token``: the folder's cursor token to commit with it."""
         source = self.rt.source
         fctx = self.rt.context(folder)
         if fctx is None:
@@ -301,7 +400,7 @@ class MailboxWorker:
                 )
             raw = await source.fetch(folder, source_id, hint)
             parsed = parse_message(raw)
-            outcome = self._track_with_retries(fctx, folder, source_id, parsed)
+            outcome = self._track_with_retries(fctx, folder, source_id, parsed, token)
         except MessageVanished:
             return None
         except MessageError as exc:
@@ -318,14 +417,18 @@ class MailboxWorker:
         self.last_progress = time.monotonic()
         self.counts[outcome.event] = self.counts.get(outcome.event, 0) + 1
         self._log_outcome(outcome, folder, parsed.subject)
+        if outcome.event != "skipped":
+            self._note_mark(folder, source_id, "tracked")
         return outcome
 
-    def _track_with_retries(self, fctx, folder: str, source_id: str, parsed) -> Outcome:
+    def _track_with_retries(self, fctx, folder: str, source_id: str, parsed, token: str | None = None) -> Outcome:
         delay = 0.05
         for attempt in range(STORE_RETRIES):
             try:
                 # process() only sees locations that are not in the shunt
-                return self.services.tracker.track(self.rt.ctx, fctx, source_id, parsed, may_be_shunted=False)
+                return self.services.tracker.track(
+                    self.rt.ctx, fctx, source_id, parsed, may_be_shunted=False, token=token
+                )
             except pw.OperationalError:
                 if attempt == STORE_RETRIES - 1:
                     raise
@@ -370,7 +473,33 @@ class MailboxWorker:
         )
         self.last_progress = time.monotonic()
         self.counts["shunted"] = self.counts.get("shunted", 0) + 1
+        self._note_mark(folder, source_id, "failed")
         return "shunted"
+
+    # -- marks in the user's mail client (IMAP keywords, opt-in) --------------------
+
+    def _note_mark(self, folder: str, source_id: str, state: MarkState) -> None:
+        if self.rt.source.marks:
+            self._marks.setdefault((folder, state), []).append(source_id)
+
+    async def flush_marks(self) -> None:
+        """Mark what was tracked or shunted since the last flush (after the
+        commits: a mark is only ever shown for what the store holds).  Best
+        effort: a failure is logged and tracking goes on."""
+        marks, self._marks = self._marks, {}
+        for (folder, state), sids in marks.items():
+            try:
+                await self.rt.source.mark(folder, sids, state)
+            except Exception as exc:  # noqa: BLE001 - a mark never blocks tracking
+                log.warning(
+                    "could not mark %d message(s) in %s/%s as %s: %s",
+                    len(sids),
+                    self.rt.name,
+                    folder,
+                    state,
+                    exc,
+                    extra={"event": "mark-failed", "mailbox": self.rt.name, "folder": folder},
+                )
 
     def _log_outcome(self, outcome: Outcome, folder: str, subject: str) -> None:
         if outcome.event == "known":
@@ -411,3 +540,11 @@ class MailboxWorker:
                 "activity_id": outcome.activity_id,
             },
         )
+
+
+def _todo(listing: Listing, known: set[str]) -> list[str]:
+    """What a full listing adds: in the backend's order when it gives cursor
+    tokens (each message's token covers those before it), else by id."""
+    if listing.token is not None:
+        return [sid for sid in listing.messages if sid not in known]
+    return sorted(sid for sid in listing.messages if sid not in known)

@@ -7,6 +7,25 @@ ids (``source_id``); it knows nothing of the CRM.  Ids are stable while a
 message stays in a folder; a move shows up as ``gone`` in one folder and
 ``added`` in another, and the tracker re-identifies the message by its
 Message-ID.
+
+**Cursor tokens.**  A backend may hand out an opaque per-folder token with
+each listing (:attr:`Listing.token`, :attr:`Delta.token`).  The worker stores
+it in ``FolderCursor.token`` in the same transaction as the message that
+advances it: it processes a listing in the order given, and commits with each
+message :meth:`Source.message_token` (the token "up to and including this
+message"), so a crash leaves the cursor at the last committed message and
+never past one that is not.  With a stored token,
+:meth:`Source.list_changes` returns only what changed since (a catch-up costs
+a command or two instead of a full listing) or None when the token is no use
+(a new UIDVALIDITY, a server that cannot tell): then the worker lists the
+folder in full and diffs it against the store, as it always can.  A backend
+without tokens (Maildir: its locations are its cursor) returns None
+everywhere.
+
+**Marks.**  A backend may mark messages so that users see their state in
+their mail client (IMAP keywords ``$Tracked``/``$TrackFailed``, opt-in):
+:meth:`Source.mark`.  It is the one write a backend may make to a mailbox,
+never required for tracking, and a failure is reported, never raised.
 """
 
 from __future__ import annotations
@@ -18,6 +37,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 ChangeKind = Literal["added", "gone", "rescan"]
+#: what a mark says about a message: tracked, or kept aside in the shunt
+MarkState = Literal["tracked", "failed"]
 
 
 @dataclass(frozen=True)
@@ -35,10 +56,37 @@ class Change:
 
 @dataclass(frozen=True)
 class Listing:
-    """The messages a folder holds now: source_id -> hint."""
+    """The messages a folder holds now: source_id -> hint.
+
+    With a ``token``, ``messages`` is in the order to process them (see
+    :meth:`Source.message_token`) and ``token`` is the folder's cursor once
+    every one of them is handled."""
 
     folder: str
     messages: dict[str, str | None]
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What changed in a folder since a token (:meth:`Source.list_changes`).
+
+    ``added`` are the new messages in the order to process them; ``gone``
+    the ones that left.  A backend that cannot tell what left (IMAP without
+    QRESYNC, when the message count says something did) gives ``present``
+    instead, every id the folder holds now, and the caller diffs it against
+    what it knows.  ``token`` is the folder's cursor once all of it is
+    applied: first the gone, then the added in order."""
+
+    folder: str
+    added: dict[str, str | None]
+    gone: frozenset[str] = frozenset()
+    present: frozenset[str] | None = None
+    token: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not self.added and not self.gone and self.present is None
 
 
 class Source(abc.ABC):
@@ -81,6 +129,34 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def watch(self, folders: Sequence[str], stop: asyncio.Event) -> AsyncIterator[list[Change]]:
         """Yield batches of changes in ``folders`` until ``stop`` is set."""
+
+    # -- cursor tokens (optional) ---------------------------------------------------
+
+    async def list_changes(self, folder: str, token: str) -> Delta | None:
+        """What changed in ``folder`` since ``token`` (a :attr:`Listing.token`
+        or :attr:`Delta.token` this backend gave out), or None when the token
+        is no use and the folder must be listed in full.  Raise
+        :class:`~mailfiler.errors.FolderMissing` if the folder does not exist."""
+        return None
+
+    def message_token(self, token: str, source_id: str) -> str | None:
+        """The cursor to commit with ``source_id``, a message of the listing or
+        delta whose token is ``token``, when its messages are processed in the
+        order given: it covers this message and those before it, not the ones
+        after.  None: commit no token with it."""
+        return None
+
+    # -- marks (optional) ----------------------------------------------------------------
+
+    @property
+    def marks(self) -> bool:
+        """True when :meth:`mark` does something (configured and supported)."""
+        return False
+
+    async def mark(self, folder: str, source_ids: Sequence[str], state: MarkState) -> int:
+        """Show ``state`` on these messages in the user's mail client, best
+        effort: how many were marked; failures are logged, never raised."""
+        return 0
 
     async def copy_raw(self, folder: str, source_id: str, hint: str | None, dest: str) -> bool:
         """Stream a message to a file without holding it in memory (for

@@ -81,6 +81,9 @@ class ImapSettings:
     max_idle: int = 3
     #: use NOTIFY when the server offers it (False forces the IDLE + poll strategy)
     use_notify: bool = True
+    #: (tracked, failed) IMAP keywords to mark messages with, e.g. ("$Tracked",
+    #: "$TrackFailed"); None (the default) never writes to the mailbox
+    keywords: tuple[str, str] | None = None
 
     def where(self) -> str:
         return f"{self.username}@{self.host}:{self.port}"
@@ -176,8 +179,13 @@ class ImapConnection:
         self.client: _Client | None = None
         self.capabilities: frozenset[str] = frozenset()
         self.separator: str | None = "/"
-        self.selected: str | None = None  # folder examined now
+        self.selected: str | None = None  # folder examined (or selected read-write) now
+        self.read_write = False  # selected with SELECT (to store keywords), not EXAMINE
         self.uidvalidity: int | None = None
+        #: PERMANENTFLAGS of the folder selected read-write (None: not known)
+        self.permanent_flags: frozenset[str] | None = None
+        #: ENABLE QRESYNC done: EXAMINE can ask for VANISHED (EARLIER)
+        self.qresync = False
         self.broken = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._lost = asyncio.Event()
@@ -460,26 +468,71 @@ class ImapConnection:
         except ValueError as exc:
             raise FolderMissing(str(exc), folder=folder) from exc
 
+    async def enable_qresync(self) -> bool:
+        """ENABLE QRESYNC (RFC 7162) where offered: EXAMINE can then report what
+        was expunged since a HIGHESTMODSEQ.  The server sends VANISHED instead of
+        EXPUNGE on this connection from now on."""
+        if "QRESYNC" not in self.capabilities:
+            return False
+        response = await self.simple("ENABLE", "QRESYNC")
+        self.qresync = response.result == "OK" and any(
+            b"QRESYNC" in bytes(line).upper() for line in response.lines[:-1]
+        )
+        return self.qresync
+
     async def examine(self, folder: str) -> dict[str, int]:
-        """EXAMINE (read-only: never clears \\Recent or sets \\Seen) -> UIDVALIDITY, UIDNEXT, EXISTS."""
+        """EXAMINE (read-only: never clears \\Recent or sets \\Seen) -> UIDVALIDITY, UIDNEXT,
+        EXISTS and HIGHESTMODSEQ (absent without CONDSTORE, or with NOMODSEQ)."""
+        info, _ = await self._open_mailbox("EXAMINE", folder)
+        return info
+
+    async def examine_since(self, folder: str, uidvalidity: int, modseq: int) -> tuple[dict[str, int], list[range]]:
+        """EXAMINE with QRESYNC parameters: the folder's numbers as :meth:`examine`,
+        and the UIDs expunged since ``modseq`` (``VANISHED (EARLIER)``; it may name
+        UIDs that never existed).  If UIDVALIDITY is no longer ``uidvalidity`` the
+        server ignores the parameters: the caller must compare it."""
+        if not self.qresync:
+            raise SourceError("EXAMINE (QRESYNC ...) without ENABLE QRESYNC", folder=folder)
+        return await self._open_mailbox("EXAMINE", folder, f"(QRESYNC ({uidvalidity} {modseq}))")
+
+    async def select(self, folder: str) -> dict[str, int]:
+        """SELECT read-write, only to store keywords: sets :attr:`permanent_flags`.
+        (It claims \\Recent, which IMAP4rev2 has dropped; it never sets \\Seen.)"""
+        info, _ = await self._open_mailbox("SELECT", folder)
+        return info
+
+    async def _open_mailbox(self, verb: str, folder: str, *params: str) -> tuple[dict[str, int], list[range]]:
         self.selected = None
-        response = await self.simple("EXAMINE", self.wire(folder))
+        self.read_write = False
+        self.permanent_flags = None
+        response = await self.simple(verb, self.wire(folder), *params)
         assert self.client is not None
         if response.result != "OK":
             # a failed EXAMINE leaves no mailbox selected (RFC 3501 6.3.2)
             self.client.protocol.state = core.AUTH
             raise folder_error(folder, response, self.settings)
-        codes = proto.response_codes(response.lines)
-        info = {"EXISTS": proto.untagged_number(response.lines, b"EXISTS") or 0}
+        lines = response.lines
+        codes = proto.response_codes(lines)
+        info = {"EXISTS": proto.untagged_number(lines, b"EXISTS") or 0}
         for key in ("UIDVALIDITY", "UIDNEXT", "HIGHESTMODSEQ"):
             if codes.get(key, "").isdigit():
                 info[key] = int(codes[key])
+        vanished = proto.parse_vanished(lines[:-1]) if params else []
         # aioimaplib sends EXAMINE as a "simple command" and leaves its state at
         # AUTH, so UID FETCH/SEARCH would be refused: it is SELECTED now
         self.client.protocol.state = core.SELECTED
         self.selected = folder
         self.uidvalidity = info.get("UIDVALIDITY")
-        return info
+        if verb == "SELECT":
+            self.read_write = "READ-ONLY" not in codes
+            self.permanent_flags = proto.parse_flag_list(codes.get("PERMANENTFLAGS", "()"))
+        return info, vanished
+
+    async def uid_store(self, uids: str, action: str, flags: str) -> bool:
+        """UID STORE on the folder selected read-write (``+FLAGS.SILENT``: no
+        FETCH echo); False if the server refused it."""
+        response = await self.execute(self.command("STORE", uids, action, flags, prefix="UID"), "UID STORE")
+        return response.result == "OK"
 
     async def uid_search(self, criteria: str = "ALL") -> set[int]:
         """UIDs matching ``criteria`` in the examined folder (ESEARCH when offered:

@@ -311,6 +311,58 @@ def parse_uid_set(text: str) -> Iterator[int]:
         yield from range(min(a, b), max(a, b) + 1)
 
 
+def parse_uid_ranges(text: str) -> list[range]:
+    """``1:3,7`` -> [range(1, 4), range(7, 8)], without expanding (VANISHED can
+    name a million UIDs)."""
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition(":")
+        if not lo.isdigit() or not (hi or lo).isdigit():
+            raise ParseError(f"bad UID set {text!r}")
+        a, b = int(lo), int(hi or lo)
+        out.append(range(min(a, b), max(a, b) + 1))
+    return out
+
+
+def parse_vanished(lines: Iterable[bytes | bytearray]) -> list[range]:
+    """The UIDs of ``VANISHED (EARLIER) 1:3,7`` lines (QRESYNC, RFC 7162 3.2.10)."""
+    out: list[range] = []
+    for line in lines:
+        if not isinstance(line, bytes) or line[:9].upper() != b"VANISHED ":
+            continue
+        rest = line[9:].strip()
+        if rest[:9].upper() == b"(EARLIER)":
+            rest = rest[9:].strip()
+        try:
+            out.extend(parse_uid_ranges(rest.decode("ascii")))
+        except (ParseError, UnicodeDecodeError):
+            continue
+    return out
+
+
+def parse_flag_list(text: str) -> frozenset[str]:
+    """``(\\Seen $Tracked \\*)`` -> its flags, as given (flags are case-insensitive)."""
+    return frozenset(text.strip().strip("()").split())
+
+
+def keyword_allowed(permanent_flags: frozenset[str] | None, keyword: str) -> bool:
+    """May a keyword be stored for good in this folder (RFC 3501 7.1: ``\\*`` in
+    PERMANENTFLAGS allows new keywords)?"""
+    if not permanent_flags:
+        return False
+    upper = {f.upper() for f in permanent_flags}
+    return "\\*" in upper or keyword.upper() in upper
+
+
+_KEYWORD = re.compile(r"^[!-~]+$")
+_ATOM_SPECIALS = frozenset('(){%*"\\]')
+
+
+def is_keyword(text: str) -> bool:
+    """An IMAP flag keyword: a printable ASCII atom, not a system flag (no backslash)."""
+    return bool(_KEYWORD.match(text)) and not _ATOM_SPECIALS.intersection(text)
+
+
 _CODE = re.compile(rb"\[([A-Z-]+)(?: ([^\]]*))?\]")
 
 

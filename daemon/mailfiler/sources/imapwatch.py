@@ -33,7 +33,11 @@ next change in that folder.
 
 A lost listener connection, a ``BYE`` or a timeout raises
 :class:`~mailfiler.errors.MailboxUnavailable` out of ``watch()``; the
-daemon's supervisor reconnects with backoff and catches up by a backfill.
+daemon's supervisor reconnects with backoff and catches up by a backfill,
+which starts from each folder's stored cursor token (one EXAMINE for a
+folder where nothing changed; see :mod:`~mailfiler.sources.imap`).  The
+differ's own baseline is in memory only: one EXAMINE and one UID SEARCH ALL
+per folder at each start (ranges with ESEARCH), never a FETCH.
 """
 
 from __future__ import annotations

@@ -52,6 +52,56 @@ def known_source_ids(mailbox: Mailbox, folder: str) -> set[str]:
     return present_source_ids(mailbox, folder) | shunted_source_ids(mailbox, folder) | seen_source_ids(mailbox, folder)
 
 
+def known_among(mailbox: Mailbox, folder: str, source_ids: Iterable[str]) -> set[str]:
+    """Which of ``source_ids`` are already handled in a folder (present,
+    shunted or seen): the few ids of a catch-up, without loading the folder."""
+    ids = list(source_ids)
+    out: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for model, cond in (
+            (Location, Location.gone_at.is_null()),
+            (Shunt, Shunt.resolved_at.is_null()),
+            (SeenMessage, None),
+        ):
+            where = (model.mailbox == mailbox) & (model.folder == folder) & (model.source_id.in_(chunk))
+            if cond is not None:
+                where &= cond
+            out.update(r.source_id for r in model.select(model.source_id).where(where))
+    return out
+
+
+def folder_token(mailbox: Mailbox, folder: str, *, kind: str | None = None) -> str | None:
+    """The backend's cursor token last committed for a folder (None: none yet).
+
+    With ``kind``, only a token from a scan of that kind: a folder that was
+    watched and is now tracked must be listed in full once (mail that
+    auto-tracking left alone is tracked now that the folder is)."""
+    row = (
+        FolderCursor.select(FolderCursor.token, FolderCursor.kind)
+        .where((FolderCursor.mailbox == mailbox) & (FolderCursor.folder == folder))
+        .first()
+    )
+    if row is None or (kind is not None and row.kind != kind):
+        return None
+    return row.token
+
+
+def save_token(mailbox: Mailbox, folder: str, token: str | None) -> None:
+    """Set a folder's cursor token (None forgets it: the next scan lists the
+    folder in full).  Call it inside the transaction of what it covers."""
+    now = utcnow()
+    updated = (
+        FolderCursor.update(token=token, updated_at=now)
+        .where((FolderCursor.mailbox == mailbox) & (FolderCursor.folder == folder))
+        .execute()
+    )
+    if not updated and token is not None:
+        FolderCursor.insert(
+            mailbox=mailbox, folder=folder, token=token, updated_at=now, state="syncing"
+        ).on_conflict_ignore().execute()
+
+
 def record_baseline(db: pw.Database, mailbox: Mailbox, folder: str, source_ids: Iterable[str]) -> int:
     """Note the messages a watched folder held when auto-tracking first saw
     it: they are not tracked retroactively, and not read."""

@@ -1,5 +1,6 @@
 """Track one message: the activity, its parties, attachments, location and
-the folder cursor, written in one transaction.
+the folder cursor (its count and the backend's cursor token), written in one
+transaction.
 
 The transaction is idempotent: replaying the same message (after a crash,
 a restart or a second mailbox holding it) finds the activity by Message-ID
@@ -94,9 +95,13 @@ class Tracker:
         msg: ParsedMessage,
         *,
         may_be_shunted: bool = True,
+        token: str | None = None,
     ) -> Outcome:
         """Track one message.  ``may_be_shunted=False`` (the caller checked
         that no pending shunt holds this location) saves a query per message.
+        ``token`` is the folder's new cursor token (the backend's, opaque),
+        written in the same transaction: it never runs ahead of the messages
+        committed (see :mod:`mailfiler.sources.base`).
 
         In a watched folder (not a tracked one) auto-tracking judges the
         message first; one it does not track is noted as seen, nothing more."""
@@ -104,7 +109,7 @@ class Tracker:
         if not folder.tracked:
             plan = self.auto_plan(mailbox, folder.name, msg)
             if plan.verdict is not None and not plan.verdict.track:
-                return self._skip(mailbox, folder, source_id, msg, plan.verdict.reason, may_be_shunted)
+                return self._skip(mailbox, folder, source_id, msg, plan.verdict.reason, may_be_shunted, token)
         # blobs first: a crash after this leaves an orphan file, never a
         # row that points to nothing
         blob_ids = [self.blobs.put(a.data) for a in msg.attachments]
@@ -112,7 +117,7 @@ class Tracker:
             try:
                 crashpoints.point("before_commit")
                 with transaction(self.db):
-                    outcome = self._track_tx(mailbox, folder, source_id, msg, blob_ids, may_be_shunted, plan)
+                    outcome = self._track_tx(mailbox, folder, source_id, msg, blob_ids, may_be_shunted, plan, token)
                 crashpoints.point("after_commit")
                 if plan is not None and plan.verdict is not None and outcome.event == "tracked":
                     outcome.detail = plan.verdict.reason
@@ -133,6 +138,7 @@ class Tracker:
         blob_ids: list[str],
         may_be_shunted: bool,
         plan: Plan | None = None,
+        token: str | None = None,
     ) -> Outcome:
         now = utcnow()
         mb = mailbox.row
@@ -141,6 +147,8 @@ class Tracker:
         )
         activity = Activity.get_or_none(Activity.message_id == msg.message_id)
         if loc is not None and loc.gone_at is None and activity is not None and loc.activity_id == activity.id:
+            if token is not None:
+                self._save_token(mb, folder, token, now)
             return Outcome("known", activity.id, msg.message_id)
 
         if activity is None:
@@ -166,7 +174,7 @@ class Tracker:
             SeenMessage.delete().where(
                 (SeenMessage.mailbox == mb) & (SeenMessage.folder == folder.name) & (SeenMessage.source_id == source_id)
             ).execute()
-        self._bump_cursor(mb, folder, now)
+        self._bump_cursor(mb, folder, now, token)
         return outcome
 
     def _resolve_shunt(self, mb, folder: str, source_id: str, now) -> None:
@@ -221,6 +229,7 @@ class Tracker:
         msg: ParsedMessage,
         reason: str,
         may_be_shunted: bool,
+        token: str | None = None,
     ) -> Outcome:
         now = utcnow()
         crashpoints.point("before_commit")
@@ -236,7 +245,7 @@ class Tracker:
             ).on_conflict_ignore().execute()
             if may_be_shunted:
                 self._resolve_shunt(mailbox.row, folder.name, source_id, now)
-            self._bump_cursor(mailbox.row, folder, now)
+            self._bump_cursor(mailbox.row, folder, now, token)
         crashpoints.point("after_commit")
         return Outcome("skipped", None, msg.message_id, None, reason)
 
@@ -439,9 +448,12 @@ class Tracker:
         activity.save()
         return Outcome("relinked", activity.id, activity.message_id, target.ref, f"from {current}")
 
-    def _bump_cursor(self, mailbox, folder: FolderContext, now) -> None:
+    def _bump_cursor(self, mailbox, folder: FolderContext, now, token: str | None = None) -> None:
+        values: dict = {"processed": FolderCursor.processed + 1, "updated_at": now, "last_sync_at": now}
+        if token is not None:
+            values["token"] = token
         updated = (
-            FolderCursor.update(processed=FolderCursor.processed + 1, updated_at=now, last_sync_at=now)
+            FolderCursor.update(**values)
             .where((FolderCursor.mailbox == mailbox) & (FolderCursor.folder == folder.name))
             .execute()
         )
@@ -454,4 +466,18 @@ class Tracker:
                 last_sync_at=now,
                 state="syncing",
                 kind=folder.kind,
+                token=token,
+            ).on_conflict_ignore().execute()
+
+    def _save_token(self, mailbox, folder: FolderContext, token: str, now) -> None:
+        """Advance the cursor token without counting a message (one known already;
+        inside the message's transaction)."""
+        updated = (
+            FolderCursor.update(token=token, updated_at=now)
+            .where((FolderCursor.mailbox == mailbox) & (FolderCursor.folder == folder.name))
+            .execute()
+        )
+        if not updated:
+            FolderCursor.insert(
+                mailbox=mailbox, folder=folder.name, token=token, updated_at=now, state="syncing", kind=folder.kind
             ).on_conflict_ignore().execute()

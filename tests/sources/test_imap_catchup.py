@@ -1,0 +1,395 @@
+"""Cheap catch-up over IMAP from the folder's cursor token, against Dovecot with
+QRESYNC, with CONDSTORE alone, and with neither: a restart on an unchanged
+2,000-message folder is one EXAMINE; changes cost a UID SEARCH more; a new
+UIDVALIDITY lists the folder in full and re-identifies by Message-ID; and the
+opt-in keywords $Tracked/$TrackFailed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from mailfiler.config.schema import Config
+from mailfiler.errors import MailboxUnavailable
+from mailfiler.service.retry import retry
+from mailfiler.service.runtime import MailboxRuntime, Services, build_services
+from mailfiler.service.worker import MailboxWorker
+from mailfiler.sources import imapconn
+from mailfiler.sources.imap import Cursor, ImapSettings, ImapSource
+from mailfiler.store import db as storedb
+from mailfiler.store import models as m
+from mailfiler.store.migrations import migrate
+from mailfiler.tracking.folders import folder_token
+from tests.mailgen import realistic_message
+from tests.servers.dovecot import DovecotServer, ImapUser
+from tests.store.helpers import mailbox_config, make_message
+
+TRACKED = "Kunder/Åkesson AB"
+KEYWORDS = ("$Tracked", "$TrackFailed")
+#: what each server mode leaves out of CAPABILITY
+MODES = {"qresync": set(), "condstore": {"QRESYNC"}, "plain": {"QRESYNC", "CONDSTORE", "ESEARCH"}}
+
+
+@pytest.fixture(params=list(MODES))
+def mode(request: pytest.FixtureRequest, dovecot: DovecotServer, imap_user: ImapUser) -> Iterator[str]:
+    """The session's Dovecot with some capabilities hidden for this test (restored after)."""
+    drop = MODES[request.param]
+    if drop:
+        if not dovecot.full_capabilities:
+            dovecot.full_capabilities = tuple(dovecot.capabilities_after_login(imap_user))
+        dovecot.set_capabilities(drop)
+    try:
+        yield request.param
+    finally:
+        if drop:
+            dovecot.set_capabilities(set())
+
+
+class Commands:
+    """Every IMAP command the code under test sends (``UID FETCH 1:3 (...)``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sent: list[str] = []
+        original = imapconn.ImapConnection.execute
+        log = self.sent
+
+        async def execute(self, command, what=None, timeout=None):  # type: ignore[no-untyped-def]
+            log.append(f"{command.prefix or ''}{command.name} {' '.join(str(a) for a in command.args)}".strip())
+            return await original(self, command, what, timeout)
+
+        monkeypatch.setattr(imapconn.ImapConnection, "execute", execute)
+
+    def clear(self) -> None:
+        self.sent.clear()
+
+    def named(self, *prefixes: str) -> list[str]:
+        return [c for c in self.sent if c.startswith(prefixes)]
+
+
+@pytest.fixture
+def commands(monkeypatch: pytest.MonkeyPatch) -> Commands:
+    return Commands(monkeypatch)
+
+
+class World:
+    def __init__(self, user: ImapUser, tmp_path: Path, **settings: object) -> None:
+        self.user = user
+        self.url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+        self.db = storedb.connect(self.url)
+        migrate(self.db)
+        self.config = Config(
+            database=self.url,
+            state_dir=tmp_path / "state",
+            mailboxes=[mailbox_config("alice", "alice@example.com", tmp_path / "unused", {TRACKED: "account:akesson"})],  # type: ignore[list-item]
+            records=[{"entity": "account", "key": "akesson", "name": "Åkesson AB", "domains": ["akesson.se"]}],  # type: ignore[list-item]
+        )
+        self.settings = settings
+        self.services: Services = build_services(self.db, self.config)
+        self.rt: MailboxRuntime = self.services.mailboxes["alice"]
+        self.source: ImapSource | None = None
+
+    async def start(self) -> MailboxWorker:
+        """A daemon start: a new connection, a new worker, discovery."""
+        if self.source is not None:
+            await self.source.close()
+        kw = {**self.user.settings_kwargs(), "timeout": 10.0, **self.settings}
+        self.source = ImapSource(ImapSettings(**kw))  # type: ignore[arg-type]
+        self.rt.source = self.source
+        await self.source.open()
+        worker = MailboxWorker(self.rt, self.services)
+        await worker.discover(at_start=True)
+        return worker
+
+    async def close(self) -> None:
+        if self.source is not None:
+            await self.source.close()
+        self.db.close()
+
+    def live(self, folder: str) -> set[str]:
+        rows = m.Location.select().where(m.Location.gone_at.is_null() & (m.Location.folder == folder))
+        return {r.source_id for r in rows}
+
+    def cursor(self, folder: str) -> Cursor | None:
+        return Cursor.decode(folder_token(self.rt.ctx.row, folder))
+
+
+@pytest.fixture
+async def world(imap_user: ImapUser, tmp_path: Path) -> AsyncIterator[World]:
+    w = World(imap_user, tmp_path)
+    try:
+        yield w
+    finally:
+        await w.close()
+
+
+def offer(i: int) -> bytes:
+    return make_message(f"<offer{i}@akesson.se>", sender="Sven <sven@akesson.se>", subject=f"Offert {i}").replace(
+        b"\n", b"\r\n"
+    )
+
+
+def timed(t0: float) -> str:
+    return f"{(time.perf_counter() - t0) * 1000:.1f} ms"
+
+
+# --------------------------------------------------------------------------- the source
+
+
+async def test_tokens_and_list_changes_on_the_source(imap_user: ImapUser, commands: Commands) -> None:
+    imap_user.create_folder(TRACKED)
+    with imap_user.client() as admin:
+        uids = [admin.append(TRACKED, offer(i)) for i in range(3)]
+    source = ImapSource(ImapSettings(**imap_user.settings_kwargs(), timeout=10))
+    await source.open()
+    try:
+        listing = await source.list_messages(TRACKED)
+        cursor = Cursor.decode(listing.token)
+        assert cursor is not None and (cursor.uid, cursor.exists) == (uids[-1], 3) and cursor.modseq
+        assert list(listing.messages) == [f"{cursor.uidvalidity}:{u}" for u in uids]  # in UID order
+        first = Cursor.decode(source.message_token(listing.token or "", next(iter(listing.messages))))
+        assert first == Cursor(cursor.uidvalidity, uids[0], cursor.modseq, None)
+
+        commands.clear()
+        delta = await source.list_changes(TRACKED, listing.token or "")
+        assert delta is not None and delta.empty and Cursor.decode(delta.token) == cursor
+        assert commands.sent == [f'EXAMINE "Kunder/&AMU-kesson AB" (QRESYNC ({cursor.uidvalidity} {cursor.modseq}))']
+
+        with imap_user.client() as admin:
+            admin.expunge(TRACKED, uids[0])
+            new = admin.append(TRACKED, offer(9))
+        commands.clear()
+        delta = await source.list_changes(TRACKED, listing.token or "")
+        assert delta is not None
+        assert (list(delta.added), set(delta.gone), delta.present) == (
+            [f"{cursor.uidvalidity}:{new}"],
+            {f"{cursor.uidvalidity}:{uids[0]}"},
+            None,
+        )
+        assert [c.split()[0:2] for c in commands.sent] == [["EXAMINE", '"Kunder/&AMU-kesson'], ["UID", "SEARCH"]]
+        assert f"UID {uids[-1] + 1}:*" in commands.sent[1]
+
+        # tokens it cannot use: another backend's, damaged, another UIDVALIDITY
+        assert await source.list_changes(TRACKED, "not json") is None
+        other = Cursor(cursor.uidvalidity + 1, 5, None, None).encode()
+        assert await source.list_changes(TRACKED, other) is None
+    finally:
+        await source.close()
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+async def test_a_restart_on_an_unchanged_2000_message_folder_is_one_examine(
+    mode: str, world: World, imap_user: ImapUser, commands: Commands, record_property
+) -> None:
+    """The Inbox (auto-tracking watches it) holds 2,000 messages and a tracked folder
+    20; after a restart with nothing changed, each folder costs one EXAMINE: no
+    UID SEARCH, no FETCH.  Without a token the same scan is a full UID listing
+    diffed against the store."""
+    imap_user.seed("INBOX", [realistic_message(i, with_attachment_every=0) for i in range(2000)])
+    imap_user.create_folder(TRACKED)
+    with imap_user.client() as admin:
+        for i in range(20):
+            admin.append(TRACKED, offer(i))
+    worker = await world.start()
+    assert "INBOX" in world.rt.watched
+    assert (await worker.scan_folder("INBOX")).new == 0  # first look: a baseline, nothing read
+    assert (await worker.scan_folder(TRACKED)).new == 20
+    assert world.cursor("INBOX") is not None and world.cursor(TRACKED) is not None
+
+    worker = await world.start()
+    commands.clear()
+    t0 = time.perf_counter()
+    for folder in ("INBOX", TRACKED):
+        result = await worker.scan_folder(folder)
+        assert (result.new, result.gone, result.shunted) == (0, 0, 0)
+    catch_up = timed(t0)
+    assert [c.split(" ", 1)[0] for c in commands.sent] == ["EXAMINE", "EXAMINE"], commands.sent
+    assert ("QRESYNC" in commands.sent[0]) == (mode == "qresync")
+
+    # the same with the tokens forgotten: the full diff (still no FETCH)
+    m.FolderCursor.update(token=None).execute()
+    commands.clear()
+    t0 = time.perf_counter()
+    for folder in ("INBOX", TRACKED):
+        assert (await worker.scan_folder(folder)).new == 0
+    full = timed(t0)
+    assert not commands.named("UID FETCH") and len(commands.named("UID SEARCH")) == 2
+    record_property("catch_up", f"{mode}: token {catch_up}, full diff {full}")
+
+
+async def test_changes_since_the_token(mode: str, world: World, imap_user: ImapUser, commands: Commands) -> None:
+    imap_user.create_folder(TRACKED)
+    with imap_user.client() as admin:
+        uids = [admin.append(TRACKED, offer(i)) for i in range(6)]
+    worker = await world.start()
+    await worker.scan_folder(TRACKED)
+    worker = await world.start()  # a restart with the token
+
+    # only gone: without QRESYNC the message count tells, and the UID list settles which
+    with imap_user.client() as admin:
+        admin.expunge(TRACKED, uids[1])
+    commands.clear()
+    result = await worker.scan_folder(TRACKED)
+    assert (result.new, result.gone) == (0, 1)
+    searches = commands.named("UID SEARCH")
+    if mode == "qresync":
+        assert searches == []  # VANISHED (EARLIER) came with the EXAMINE
+    else:
+        assert len(searches) == 1 and searches[0].endswith("ALL")
+    assert not commands.named("UID FETCH")
+
+    # new and gone together; a message moved in from another folder too
+    imap_user.create_folder("Archive")
+    with imap_user.client() as admin:
+        admin.expunge(TRACKED, uids[4])
+        admin.append(TRACKED, offer(10))
+        admin.append("Archive", offer(11))
+        moved = admin.move("Archive", admin.uids("Archive")[0], TRACKED)
+    commands.clear()
+    result = await worker.scan_folder(TRACKED)
+    assert (result.new, result.gone) == (2, 1)
+    assert len(commands.named("UID FETCH")) == 4  # size and body of the two new ones, nothing else
+    assert any(f" {moved} " in c for c in commands.named("UID FETCH"))
+    with imap_user.client() as admin:
+        now = admin.uids(TRACKED)
+    cursor = world.cursor(TRACKED)
+    assert cursor is not None and cursor.uid == max(now)
+    assert world.live(TRACKED) == {f"{cursor.uidvalidity}:{u}" for u in now}
+    assert m.Activity.select().count() == 8  # the gone ones stay tracked
+
+
+async def test_a_new_uidvalidity_with_a_stored_token(
+    mode: str, world: World, imap_user: ImapUser, commands: Commands
+) -> None:
+    """The folder is deleted and made again with the same mail: every stored UID is
+    void.  The catch-up sees the new UIDVALIDITY, the folder is listed in full, and
+    the messages are re-identified by Message-ID: no duplicates, nothing deleted."""
+    imap_user.create_folder(TRACKED)
+    raws = [offer(i) for i in range(4)]
+    with imap_user.client() as admin:
+        for raw in raws:
+            admin.append(TRACKED, raw)
+    worker = await world.start()
+    await worker.scan_folder(TRACKED)
+    old = world.cursor(TRACKED)
+    assert old is not None
+
+    imap_user.server.doveadm("mailbox", "delete", "-s", "-u", imap_user.name, TRACKED)
+    time.sleep(1.1)  # Dovecot's UIDVALIDITY is a clock: never the same within a second
+    imap_user.create_folder(TRACKED)
+    with imap_user.client() as admin:
+        for raw in raws[1:]:
+            admin.append(TRACKED, raw)
+    worker = await world.start()
+    commands.clear()
+    result = await worker.scan_folder(TRACKED)
+    assert (result.gone, result.new) == (4, 3)
+    assert m.Activity.select().count() == 4  # no duplicates
+    assert m.Location.select().count() == 7  # the old locations are kept, marked gone
+    new = world.cursor(TRACKED)
+    assert new is not None and new.uidvalidity != old.uidvalidity
+    assert {s.split(":")[0] for s in world.live(TRACKED)} == {str(new.uidvalidity)}
+    assert len(commands.named("UID SEARCH")) == 1  # the full listing, once
+    # and the next restart is a catch-up again
+    worker = await world.start()
+    commands.clear()
+    await worker.scan_folder(TRACKED)
+    assert [c.split(" ", 1)[0] for c in commands.sent] == ["EXAMINE"]
+
+
+# --------------------------------------------------------------------------- keywords
+
+
+def flags_by_uid(user: ImapUser, folder: str) -> dict[int, str]:
+    with user.client() as admin:
+        admin.select(folder, readonly=True)
+        _, data = admin.imap.uid("FETCH", "1:*", "(UID FLAGS)")
+    out = {}
+    for item in data:
+        if isinstance(item, bytes):
+            text = item.decode()
+            uid = int(text.split("UID ", 1)[1].split()[0].rstrip(")"))
+            flags = text.split("FLAGS (", 1)[1].split(")", 1)[0].split()
+            out[uid] = " ".join(f for f in flags if f != "\\Recent")  # session state, not a stored flag
+    return out
+
+
+async def test_keywords_mark_tracked_and_shunted_mail(imap_user: ImapUser, tmp_path: Path) -> None:
+    imap_user.create_folder(TRACKED)
+    with imap_user.client() as admin:
+        ok = [admin.append(TRACKED, offer(i)) for i in range(3)]
+        big = admin.append(TRACKED, offer(99) + b"x" * 20_000)
+    world = World(imap_user, tmp_path, keywords=KEYWORDS)
+    try:
+        world.services.max_message_bytes = 10_000  # the big one is shunted
+        worker = await world.start()
+        result = await worker.scan_folder(TRACKED)
+        assert (result.new, result.shunted) == (3, 1)
+        flags = flags_by_uid(imap_user, TRACKED)
+        assert {u: flags[u] for u in ok} == dict.fromkeys(ok, "$Tracked")
+        assert flags[big] == "$TrackFailed"
+        assert "\\Seen" not in " ".join(flags.values())
+        # a catch-up still works on the folder it selected read-write to store them
+        with imap_user.client() as admin:
+            new = admin.append(TRACKED, offer(7))
+        assert (await worker.scan_folder(TRACKED)).new == 1
+        assert flags_by_uid(imap_user, TRACKED)[new] == "$Tracked"
+
+        # `mailfiler shunt retry` with a higher limit: $TrackFailed becomes $Tracked
+        assert world.source is not None
+        await world.source.close()  # the CLI has no open connection: it makes its own
+        world.services.max_message_bytes = 100_000
+        results = await asyncio.to_thread(retry, world.services, None)
+        assert [r["result"] for r in results] == ["tracked"]
+        assert flags_by_uid(imap_user, TRACKED)[big] == "$Tracked"
+    finally:
+        await world.close()
+
+
+async def test_keywords_are_off_by_default(world: World, imap_user: ImapUser, commands: Commands) -> None:
+    imap_user.create_folder(TRACKED)
+    with imap_user.client() as admin:
+        admin.append(TRACKED, offer(1))
+    worker = await world.start()
+    assert (await worker.scan_folder(TRACKED)).new == 1
+    assert set(flags_by_uid(imap_user, TRACKED).values()) == {""}
+    assert not commands.named("UID STORE", "SELECT", "STORE")
+
+
+async def test_a_failed_keyword_store_never_blocks_tracking(
+    imap_user: ImapUser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def refuse(self, uids: str, action: str, flags: str) -> bool:  # type: ignore[no-untyped-def]
+        self.broken = True
+        raise MailboxUnavailable("the connection dropped during UID STORE")
+
+    monkeypatch.setattr(imapconn.ImapConnection, "uid_store", refuse)
+    imap_user.create_folder(TRACKED)
+    with imap_user.client() as admin:
+        for i in range(3):
+            admin.append(TRACKED, offer(i))
+    world = World(imap_user, tmp_path, keywords=KEYWORDS)
+    try:
+        worker = await world.start()
+        assert (await worker.scan_folder(TRACKED)).new == 3
+        assert any(getattr(r, "event", "") == "mark-failed" for r in caplog.records)
+        with imap_user.client() as admin:
+            admin.append(TRACKED, offer(5))
+        assert (await worker.scan_folder(TRACKED)).new == 1  # the next command reconnected
+        assert m.Activity.select().count() == 4
+    finally:
+        await world.close()
+
+
+def test_cursor_tokens_round_trip() -> None:
+    cursor = Cursor(1700000000, 42, 7, 40)
+    assert Cursor.decode(cursor.encode()) == cursor
+    assert json.loads(cursor.encode()) == {"uidvalidity": 1700000000, "uid": 42, "modseq": 7, "exists": 40}
+    for bad in (None, "", "[]", "{}", '{"uidvalidity": 0, "uid": 1}', '{"uidvalidity": "x", "uid": 1}', "[1, 2]"):
+        assert Cursor.decode(bad) is None
