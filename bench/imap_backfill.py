@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+"""Backfill of one IMAP folder: mailfiler beside a raw batched aioimaplib UID FETCH of the same folder.
+
+    .venv/bin/python bench/imap_backfill.py                   # 10,000 messages, 1 repeat
+    .venv/bin/python bench/imap_backfill.py --count 2000 --repeat 3
+    .venv/bin/python bench/imap_backfill.py --count 2000 --inprocess   # + where the scan's time goes
+
+Setup: a throw-away Dovecot on loopback started by this script (the test suite's fixture
+code, tests/servers/dovecot.py); one user whose tracked folder ``Tracked/Contoso`` holds
+--count ``realistic_message``s (5-20 KB, every 5th with a PDF-ish attachment: the corpus of
+bench/backfill.py), written straight into the server's storage.  A first full fetch warms
+Dovecot's index and the page cache before anything is timed.
+
+What is measured (messages/s; each repeat runs every variant, interleaved)
+  raw batched   A bare aioimaplib client: LOGIN, SELECT, UID SEARCH ALL, then
+                ``UID FETCH <400 UIDs> (BODY.PEEK[])`` batch after batch (400: aioimaplib 2.0.3
+                recurses once per response line, see libs.md).  Bytes only, no parsing.
+  raw + parse   The same bodies parsed as bench/backfill.py's baseline does
+                (``email.message_from_bytes(policy=default)``, headers, parts): what a client
+                that does nothing but read and parse costs.
+  raw 1-by-1    The bare client fetching as mailfiler's worker does, one message at a time:
+                ``UID FETCH n (UID RFC822.SIZE)`` then ``UID FETCH n (UID BODY.PEEK[])``.
+  mailfiler     ``python -m mailfiler --log-format json once --json`` on a fresh SQLite store,
+                wall clock (start-up, login, listing, every message tracked and committed), and
+                "inside": from the first to the last ``tracked`` log line's own timestamp.
+  in-process    (--inprocess) ``MailboxWorker.scan_folder`` in this process with the time spent
+                in the ImapSource calls, in ``parse_message`` and in ``Tracker.track`` summed up.
+
+Target: mailfiler at least 50 % of the raw batched rate.  Not a test: it prints numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from aioimaplib import aioimaplib  # noqa: E402
+from backfill import baseline_parse, count_activities, store_sizes, ts_to_epoch  # noqa: E402
+from imap_latency import write_imap_config  # noqa: E402
+
+from tests.mailgen import realistic_message  # noqa: E402
+from tests.servers.dovecot import ImapUser, start_dovecot  # noqa: E402
+
+TARGET_RATIO = 0.50
+FOLDER = "Tracked/Contoso"
+BATCH = 400
+
+
+# -- the raw client ---------------------------------------------------------------------------
+
+
+async def _login(user: ImapUser) -> aioimaplib.IMAP4:
+    client = aioimaplib.IMAP4(host="127.0.0.1", port=user.server.port, timeout=120)
+    await client.wait_hello_from_server()
+    await client.login(user.name, user.password)
+    await client.select(FOLDER)  # aioimaplib's examine() leaves the state AUTH: SEARCH is refused
+    return client
+
+
+async def _uids(client: aioimaplib.IMAP4) -> list[int]:
+    response = await client.uid_search("ALL")
+    numbers: list[int] = []
+    for line in response.lines[:-1]:  # aioimaplib strips "* SEARCH": b"1 2 3 ..."
+        words = bytes(line).split()
+        if words[:1] == [b"SEARCH"]:
+            words = words[1:]
+        numbers.extend(int(w) for w in words if w.isdigit())
+    return sorted(numbers)
+
+
+def _bodies(lines: list) -> list[bytes]:
+    # aioimaplib splits each FETCH response around its literal: the literal is a bytearray
+    return [bytes(x) for x in lines if isinstance(x, bytearray)]
+
+
+async def raw_batched(user: ImapUser, keep: bool) -> tuple[float, int, int, list[bytes]]:
+    """(seconds, messages, bytes, the bodies if ``keep``) of a batched BODY.PEEK[] fetch."""
+    t0 = time.perf_counter()
+    client = await _login(user)
+    uids = await _uids(client)
+    n = size = 0
+    kept: list[bytes] = []
+    for start in range(0, len(uids), BATCH):
+        batch = uids[start : start + BATCH]
+        response = await client.uid("fetch", f"{batch[0]}:{batch[-1]}", "(BODY.PEEK[])")
+        bodies = _bodies(response.lines)
+        n += len(bodies)
+        size += sum(len(b) for b in bodies)
+        if keep:
+            kept.extend(bodies)
+    elapsed = time.perf_counter() - t0
+    await client.logout()
+    return elapsed, n, size, kept
+
+
+async def raw_one_by_one(user: ImapUser) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    client = await _login(user)
+    n = 0
+    for uid in await _uids(client):
+        await client.uid("fetch", str(uid), "(UID RFC822.SIZE)")
+        response = await client.uid("fetch", str(uid), "(UID BODY.PEEK[])")
+        n += len(_bodies(response.lines))
+    elapsed = time.perf_counter() - t0
+    await client.logout()
+    return elapsed, n
+
+
+# -- mailfiler ----------------------------------------------------------------------------------
+
+
+def run_cli(work: Path, user: ImapUser) -> dict[str, Any]:
+    base = Path(tempfile.mkdtemp(prefix="cli-", dir=work))
+    cfg = write_imap_config(base, user, [FOLDER], writer="bench/imap_backfill.py")
+    cmd = [sys.executable, "-m", "mailfiler", "--config", str(cfg), "--log-format", "json", "once", "--json"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MAILFILER_CONFIG", "MAILFILER_CRASH_AT")}
+    with open(base / "stderr.log", "wb") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env, check=False)
+        elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"mailfiler once failed ({proc.returncode}): {(base / 'stderr.log').read_text()[-2000:]}")
+    results = [r for rs in json.loads(proc.stdout).values() for r in rs]
+    stamps = []
+    with open(base / "stderr.log", encoding="utf-8") as fh:
+        for line in fh:
+            if '"tracked"' in line:
+                rec = json.loads(line)
+                if rec.get("event") == "tracked":
+                    stamps.append(ts_to_epoch(rec["ts"]))
+    span = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
+    out = {
+        "seconds": elapsed,
+        "inside_msgs_per_s": (len(stamps) - 1) / span if span > 0 else None,
+        "outside_scan_s": elapsed - span,
+        "new": sum(r["new"] for r in results),
+        "shunted": sum(r["shunted"] for r in results),
+        "activities": count_activities(base),
+        **store_sizes(base),
+    }
+    shutil.rmtree(base, ignore_errors=True)
+    return out
+
+
+class Timers:
+    """Wall time summed per name, around sync and async callables patched in place."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._undo: list[Callable[[], None]] = []
+
+    def _add(self, name: str, dt: float) -> None:
+        self.total[name] = self.total.get(name, 0.0) + dt
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def wrap(self, owner: Any, attr: str, name: str) -> None:
+        original = getattr(owner, attr)
+        if asyncio.iscoroutinefunction(original):
+
+            @functools.wraps(original)
+            async def timed_async(*args: Any, **kwargs: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return await original(*args, **kwargs)
+                finally:
+                    self._add(name, time.perf_counter() - t0)
+
+            setattr(owner, attr, timed_async)
+        else:
+
+            @functools.wraps(original)
+            def timed(*args: Any, **kwargs: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    self._add(name, time.perf_counter() - t0)
+
+            setattr(owner, attr, timed)
+        self._undo.append(lambda: setattr(owner, attr, original))
+
+    def undo(self) -> None:
+        for fn in reversed(self._undo):
+            fn()
+
+
+def run_inprocess(work: Path, user: ImapUser) -> dict[str, Any]:
+    import logging
+
+    from mailfiler.config.loader import load_config
+    from mailfiler.service import worker as worker_module
+    from mailfiler.service.runtime import build_services, open_store
+    from mailfiler.service.worker import MailboxWorker
+    from mailfiler.sources.imap import ImapSource
+    from mailfiler.tracking.pipeline import Tracker
+
+    base = Path(tempfile.mkdtemp(prefix="inproc-", dir=work))
+    cfg = write_imap_config(base, user, [FOLDER], writer="bench/imap_backfill.py")
+    logging.getLogger().setLevel(logging.WARNING)
+    timers = Timers()
+    for attr in ("list_messages", "size", "fetch", "sizes", "fetch_many"):
+        if hasattr(ImapSource, attr):
+            timers.wrap(ImapSource, attr, f"imap.{attr}")
+    timers.wrap(worker_module, "parse_message", "parse_message")
+    timers.wrap(Tracker, "track", "Tracker.track")
+
+    async def scan() -> tuple[float, int]:
+        loaded = load_config(cfg)
+        db = open_store(loaded.config)
+        services = build_services(db, loaded.config)
+        new = 0
+        try:
+            t0 = time.perf_counter()
+            for rt in services.mailboxes.values():
+                await rt.source.open()
+                worker = MailboxWorker(rt, services)
+                for folder in rt.folders:
+                    new += (await worker.scan_folder(folder)).new
+                await rt.source.close()
+            return time.perf_counter() - t0, new
+        finally:
+            db.close()
+
+    try:
+        seconds, new = asyncio.run(scan())
+    finally:
+        timers.undo()
+    shutil.rmtree(base, ignore_errors=True)
+    return {
+        "seconds": seconds,
+        "new": new,
+        "parts_s": {k: round(v, 3) for k, v in sorted(timers.total.items())},
+        "calls": timers.calls,
+    }
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def rate(count: int, seconds: list[float]) -> dict[str, Any]:
+    rates = [count / s for s in seconds]
+    return {
+        "runs_s": [round(s, 3) for s in seconds],
+        "median_s": round(statistics.median(seconds), 3),
+        "median_msgs_per_s": round(statistics.median(rates), 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--count", type=int, default=10_000, help="messages in the folder (default 10000)")
+    ap.add_argument("--seed", type=int, default=0, help="realistic_message seed (default 0)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each variant (default 1)")
+    ap.add_argument("--inprocess", action="store_true", help="also one in-process scan with a time breakdown")
+    ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    args = ap.parse_args(argv)
+
+    t_start = time.monotonic()
+    load_before = os.getloadavg()
+    servers = start_dovecot(tls=False)
+    server = next(servers)
+    work = Path(tempfile.mkdtemp(prefix="mailfiler-imap-backfill-"))
+    out: dict[str, Any] = {
+        "bench": "imap_backfill",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "host_cpus": os.cpu_count(),
+        "load_avg_before": [round(x, 2) for x in load_before],
+        "python": sys.version.split()[0],
+        "count": args.count,
+        "repeat": args.repeat,
+        "target_ratio": TARGET_RATIO,
+    }
+    try:
+        user = server.add_user()
+        t0 = time.monotonic()
+        messages = [realistic_message(i, seed=args.seed) for i in range(args.count)]
+        user.seed(FOLDER, messages)
+        out["corpus"] = {
+            "bytes": sum(len(m) for m in messages),
+            "with_attachment": sum(1 for i in range(args.count) if i % 5 == 4),
+        }
+        del messages
+        # Dovecot indexes the new files at the first look; the page cache warms up
+        warm_s, warm_n, _, _ = asyncio.run(raw_batched(user, keep=False))
+        out["warmup"] = {"seconds": round(warm_s, 2), "messages": warm_n, "setup_s": round(time.monotonic() - t0, 1)}
+        if warm_n != args.count:
+            raise SystemExit(f"the server holds {warm_n} messages, expected {args.count}")
+
+        batched: list[float] = []
+        parsed: list[float] = []
+        one_by_one: list[float] = []
+        cli_runs: list[dict[str, Any]] = []
+        for r in range(args.repeat):
+            seconds, n, size, bodies = asyncio.run(raw_batched(user, keep=True))
+            batched.append(seconds)
+            out["wire_bytes"] = size
+            t0 = time.perf_counter()
+            for body in bodies:
+                baseline_parse(body)
+            parsed.append(seconds + time.perf_counter() - t0)
+            del bodies
+            one_by_one.append(asyncio.run(raw_one_by_one(user))[0])
+            cli_runs.append(run_cli(work, user))
+            if not args.json:
+                c = cli_runs[-1]
+                print(
+                    f"run {r + 1}: raw batched {n / batched[-1]:.0f}/s, raw + parse {n / parsed[-1]:.0f}/s,"
+                    f" raw 1-by-1 {n / one_by_one[-1]:.0f}/s, mailfiler {args.count / c['seconds']:.0f}/s"
+                    f" (inside {c['inside_msgs_per_s'] or 0:.0f}/s)",
+                    flush=True,
+                )
+        out["raw_batched"] = rate(args.count, batched)
+        out["raw_batched_plus_parse"] = rate(args.count, parsed)
+        out["raw_one_by_one"] = rate(args.count, one_by_one)
+        out["mailfiler_once"] = rate(args.count, [c["seconds"] for c in cli_runs])
+        out["mailfiler_once"]["last_run"] = cli_runs[-1]
+        inside = [c["inside_msgs_per_s"] for c in cli_runs if c["inside_msgs_per_s"]]
+        out["mailfiler_inside"] = {"median_msgs_per_s": round(statistics.median(inside), 1) if inside else None}
+        raw_rate = out["raw_batched"]["median_msgs_per_s"]
+        for key in ("raw_batched_plus_parse", "raw_one_by_one", "mailfiler_once"):
+            out[key]["ratio_vs_raw_batched"] = round(out[key]["median_msgs_per_s"] / raw_rate, 4)
+        if inside:
+            out["mailfiler_inside"]["ratio_vs_raw_batched"] = round(statistics.median(inside) / raw_rate, 4)
+        if args.inprocess:
+            out["inprocess"] = run_inprocess(work, user)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        servers.close()
+    out["target_met"] = out["mailfiler_once"]["ratio_vs_raw_batched"] >= TARGET_RATIO
+    out["wall_s"] = round(time.monotonic() - t_start, 1)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+
+    c = out["corpus"]
+    print(
+        f"backfill of {args.count} messages ({c['bytes'] / 1e6:.1f} MB, {c['with_attachment']} with an attachment)"
+        f" from one IMAP folder on a local Dovecot; median of {args.repeat} run(s); {os.cpu_count()} CPUs,"
+        f" load average before {load_before[0]:.2f}"
+    )
+    for key, label in (
+        ("raw_batched", "raw batched UID FETCH BODY.PEEK[] (400/batch)"),
+        ("raw_batched_plus_parse", "raw batched + stdlib parse"),
+        ("raw_one_by_one", "raw 1-by-1 (RFC822.SIZE, then BODY.PEEK[])"),
+        ("mailfiler_once", "mailfiler once (CLI, wall clock)"),
+    ):
+        v = out[key]
+        ratio = f"  = {v['ratio_vs_raw_batched']:.1%} of raw batched" if "ratio_vs_raw_batched" in v else ""
+        print(f"  {label:<46} {v['median_msgs_per_s']:>8.0f} msgs/s  ({v['median_s']:.2f} s){ratio}")
+    v = out["mailfiler_inside"]
+    if v["median_msgs_per_s"]:
+        print(
+            f"  {'mailfiler once, inside the scan':<46} {v['median_msgs_per_s']:>8.0f} msgs/s"
+            f"  = {v['ratio_vs_raw_batched']:.1%} of raw batched"
+        )
+    last = out["mailfiler_once"]["last_run"]
+    print(
+        f"  store after one run: {last['activities']} activities (tracked {last['new']}, shunted {last['shunted']});"
+        f" SQLite {last['db_bytes'] / 1e6:.1f} MB; blobs {last['blob_bytes'] / 1e6:.1f} MB"
+        f" in {last['blob_files']} files"
+    )
+    if "inprocess" in out:
+        ip = out["inprocess"]
+        print(f"  in-process scan_folder: {ip['new'] / ip['seconds']:.0f} msgs/s ({ip['seconds']:.2f} s); time inside:")
+        for name, secs in ip["parts_s"].items():
+            print(f"    {name:<28} {secs:>8.2f} s  {secs / ip['seconds']:>6.1%}  ({ip['calls'][name]} calls)")
+    verdict = "MET" if out["target_met"] else "NOT MET"
+    print(f"target: mailfiler once >= {TARGET_RATIO:.0%} of the raw batched rate: {verdict}")
+    print(f"wall time {out['wall_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
