@@ -272,6 +272,14 @@ def run(server: DovecotServer, base: Path, n: int, warmup: int, pace: Pace, seed
         activities = con.execute("select count(*) from activity").fetchone()[0]
         locations = con.execute("select count(*) from location where gone_at is null").fetchone()[0]
         shunted = con.execute("select count(*) from shunt").fetchone()[0]
+    slow = {
+        name: sum(1 for v in values if v > 1.0)
+        for name, values in (
+            ("bare_idle", bare_lat.values()),
+            ("bare_notify", notify_lat.values()),
+            ("mailfiler", daemon_lat.values()),
+        )
+    }
     per_folder = {
         f: summary([daemon_lat[mid] for mid, g, _, _ in measured if g == f and mid in daemon_lat]) for f in folders
     }
@@ -283,6 +291,7 @@ def run(server: DovecotServer, base: Path, n: int, warmup: int, pace: Pace, seed
             "bare_notify_push": summary(list(notify_lat.values())),
             "mailfiler_minus_bare_notify_same_append": summary(notify_gaps),
             "mailfiler_per_folder": per_folder,
+            "over_1s": slow,
             "missed": {"mailfiler": n - len(daemon_lat), "bare": n - len(bare_lat), "notify": n - len(notify_lat)},
             "bare_errors": bare.errors,
             "db": {"expected": warmup + n, "activities": activities, "locations": locations, "shunted": shunted},
@@ -354,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  ratio of medians: {mf['median'] / bare['median']:.2f}x the bare IDLE push delay,"
         f" {mf['median'] / notify['median']:.2f}x the bare NOTIFY push delay"
     )
+    print(f"  APPENDs seen later than 1 s: {out['over_1s']}")
     db = out["db"]
     print(
         f"  store: {db['activities']} activities, {db['locations']} locations, {db['shunted']} shunted"  # type: ignore[index]
