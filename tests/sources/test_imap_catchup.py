@@ -20,6 +20,7 @@ from mailfiler.service.retry import retry
 from mailfiler.service.runtime import MailboxRuntime, Services, build_services
 from mailfiler.service.worker import MailboxWorker
 from mailfiler.sources import imapconn
+from mailfiler.sources.base import Change
 from mailfiler.sources.imap import Cursor, ImapSettings, ImapSource
 from mailfiler.store import db as storedb
 from mailfiler.store import models as m
@@ -221,6 +222,34 @@ async def test_a_restart_on_an_unchanged_2000_message_folder_is_one_examine(
     full = timed(t0)
     assert not commands.named("UID FETCH") and len(commands.named("UID SEARCH")) == 2
     record_property("catch_up", f"{mode}: token {catch_up}, full diff {full}")
+
+    # a whole start as the daemon does it: the push watcher and the backfill together,
+    # until the watcher's first rescan is handled; the only UID SEARCHes are the
+    # watcher's in-memory baselines, and nothing is fetched
+    worker = await world.start()
+    assert world.source is not None
+    commands.clear()
+    stop = asyncio.Event()
+    batches: asyncio.Queue[list[Change]] = asyncio.Queue()
+
+    async def pump() -> None:
+        assert world.source is not None
+        async for batch in world.source.watch([TRACKED, "INBOX"], stop):
+            batches.put_nowait(batch)
+
+    task = asyncio.create_task(pump())
+    try:
+        for folder in (TRACKED, "INBOX"):
+            await worker.scan_folder(folder)
+        rescan = await asyncio.wait_for(batches.get(), 15)
+        assert {c.kind for c in rescan} == {"rescan"}
+        await worker.handle(rescan)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert not commands.named("UID FETCH"), commands.sent
+    assert len(commands.named("UID SEARCH")) == 2  # the watcher's baseline of each folder
+    assert m.Activity.select().count() == 20
 
 
 async def test_changes_since_the_token(mode: str, world: World, imap_user: ImapUser, commands: Commands) -> None:
