@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -597,8 +598,6 @@ def copy(admin: AdminClient, folder: str, uid: int, dest: str) -> int:
 
 
 def _live_source_ids(db: Path, folder: str) -> set[str]:
-    import sqlite3
-
     if not db.exists():
         return set()
     with contextlib.closing(sqlite3.connect(str(db), timeout=30)) as conn:
@@ -607,8 +606,6 @@ def _live_source_ids(db: Path, folder: str) -> set[str]:
 
 
 def _count(db: Path, sql: str) -> int:
-    import sqlite3
-
     if not db.exists():
         return 0
     with contextlib.closing(sqlite3.connect(str(db), timeout=30)) as conn:
