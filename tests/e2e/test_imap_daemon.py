@@ -20,6 +20,9 @@ from tests.servers.dovecot import DovecotServer, ImapUser
 pytestmark = pytest.mark.dovecot
 
 KUNDER = "Kunder/Åkesson AB"
+#: a push is usually 0.5 s, but Dovecot's NOTIFY misses some changes until its
+#: 30 s idle check; the watcher's STATUS sweep (every 10 s) bounds the delay
+PUSH = 25.0
 
 
 def imap_world(env: E2EEnv, user: ImapUser, *, password: str | None = None, tls: str = "none") -> None:
@@ -54,23 +57,23 @@ def test_tracks_appends_moves_and_inbox_replies_over_imap(imap_user: ImapUser, e
 
     with imap_user.client() as admin:
         admin.append(KUNDER, mail(1, frm="<sven@akesson.se>", subject="Offert"))
-        act = env.wait_activity(mid(1), lambda a: a["regarding"] == "account:akesson")
+        act = env.wait_activity(mid(1), lambda a: a["regarding"] == "account:akesson", timeout=PUSH)
         assert locations(act) == [("alice", KUNDER)]
 
         # a client's UID MOVE: re-linked, one activity
         uid = admin.uids(KUNDER)[0]
         admin.move(KUNDER, uid, "Tracked/Contoso")
-        act = env.wait_activity(mid(1), lambda a: locations(a) == [("alice", "Tracked/Contoso")])
+        act = env.wait_activity(mid(1), lambda a: locations(a) == [("alice", "Tracked/Contoso")], timeout=PUSH)
         assert act["regarding"] == "account:contoso"
 
         # a reply delivered to the Inbox is auto-tracked in its thread; other mail is not
         admin.append("INBOX", mail(2, frm="<sven@akesson.se>", subject="Re: Offert", reply_to=mid(1)))
         admin.append("INBOX", mail(3, frm="<carol@adatum.com>", subject="Lunch?"))
-        act = env.wait_activity(mid(2))
+        act = env.wait_activity(mid(2), timeout=PUSH)
         assert (act["regarding"], act["correlation"]) == ("account:contoso", "in-reply-to")
         # reading never marks mail as read
         assert "\\Seen" not in repr(admin.snapshot())
-    wait_for(lambda: _watched(env, "INBOX")["skipped"] == 1, what="the unrelated Inbox message judged")
+    wait_for(lambda: _watched(env, "INBOX")["skipped"] == 1, timeout=PUSH, what="the unrelated Inbox message judged")
     assert env.activity(mid(3)) is None
     assert len(env.activities()) == 2
     status = env.status()
@@ -90,7 +93,7 @@ def test_server_restart_is_survived_and_caught_up(
     daemon = env.start_daemon()
     daemon.wait_event("watching")
     imap_user.save(KUNDER, mail(10, frm="<sven@akesson.se>"))
-    env.wait_activity(mid(10))
+    env.wait_activity(mid(10), timeout=PUSH)
 
     since = daemon.mark()
     dovecot.stop()

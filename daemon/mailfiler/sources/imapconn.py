@@ -76,7 +76,9 @@ class ImapSettings:
     #: servers without NOTIFY: folders beyond ``max_idle`` are checked this often
     poll_interval: float = 15.0
     #: with NOTIFY: a STATUS sweep of every watched folder this often, as a safety net
-    sweep_interval: float = 60.0
+    #: (10 s: Dovecot's NOTIFY misses some changes until its own 30 s idle check;
+    #: a STATUS per folder bounds tracking delay for those to about this)
+    sweep_interval: float = 10.0
     #: servers without NOTIFY: at most this many IDLE connections (one folder each)
     max_idle: int = 3
     #: use NOTIFY when the server offers it (False forces the IDLE + poll strategy)
