@@ -360,3 +360,38 @@ def sha256_file(path: Path) -> str:
 def tree_hashes(root: Path) -> dict[str, str]:
     """relative path -> sha256 of every file under ``root``."""
     return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- crash-test checks
+
+
+def assert_same_as(reference: dict[str, Any], got: dict[str, Any]) -> None:
+    """Two :func:`snapshot` s agree: the run that was killed ends where the
+    uninterrupted one did."""
+    ref_acts, got_acts = reference["activities"], got["activities"]
+    assert set(got_acts) == set(ref_acts), (
+        f"missing: {sorted(set(ref_acts) - set(got_acts))[:5]} extra: {sorted(set(got_acts) - set(ref_acts))[:5]}"
+    )
+    # the headline: message id -> regarding and locations
+    assert {k: (a["regarding"], a["locations"]) for k, a in got_acts.items()} == {
+        k: (a["regarding"], a["locations"]) for k, a in ref_acts.items()
+    }
+    diffs = [k for k in ref_acts if ref_acts[k] != got_acts[k]]
+    assert not diffs, f"{len(diffs)} activities differ, e.g. {diffs[0]}:\n{ref_acts[diffs[0]]}\n{got_acts[diffs[0]]}"
+    assert got["cursors"] == reference["cursors"]
+    assert got["pending_shunts"] == reference["pending_shunts"] == 0
+
+
+def committed_count(world: World) -> int:
+    """Messages committed so far (their present locations)."""
+    return len(present_locations(world.db))
+
+
+def quick_check(world: World) -> None:
+    """After a kill: the SQLite file is sound and nothing was shunted."""
+    if not world.db.exists():  # killed before it opened the store
+        return
+    with open_db(world.db) as conn:
+        assert [r[0] for r in conn.execute("PRAGMA quick_check")] == ["ok"]
+    shunted = scalar(world.db, "SELECT COUNT(*) FROM shunt", before_migration=True)
+    assert not shunted, "a crash must never shunt a message"

@@ -38,12 +38,14 @@ from tests.daemonproc import (
     SYNTHETIC_SUFFIX,
     DaemonProc,
     World,
+    assert_same_as,
     cli,
     cli_json,
+    committed_count,
     describe,
     open_db,
-    present_locations,
     query,
+    quick_check,
     scalar,
     sha256_file,
     snapshot,
@@ -222,33 +224,6 @@ def assert_mailbox_untouched(corpus: Corpus) -> None:
     assert now == corpus.mailbox, "mailfiler changed the mailbox on the server"
 
 
-def assert_same_as(reference: dict[str, Any], got: dict[str, Any]) -> None:
-    ref_acts, got_acts = reference["activities"], got["activities"]
-    assert set(got_acts) == set(ref_acts), (
-        f"missing: {sorted(set(ref_acts) - set(got_acts))[:5]} extra: {sorted(set(got_acts) - set(ref_acts))[:5]}"
-    )
-    # the headline: message id -> regarding and locations (same server, same UIDs)
-    assert {k: (a["regarding"], a["locations"]) for k, a in got_acts.items()} == {
-        k: (a["regarding"], a["locations"]) for k, a in ref_acts.items()
-    }
-    diffs = [k for k in ref_acts if ref_acts[k] != got_acts[k]]
-    assert not diffs, f"{len(diffs)} activities differ, e.g. {diffs[0]}:\n{ref_acts[diffs[0]]}\n{got_acts[diffs[0]]}"
-    assert got["cursors"] == reference["cursors"]
-    assert got["pending_shunts"] == reference["pending_shunts"] == 0
-
-
-def _committed(world: World) -> int:
-    return len(present_locations(world.db))
-
-
-def _quick_check(world: World) -> None:
-    if not world.db.exists():  # killed before it opened the store
-        return
-    with open_db(world.db) as conn:
-        assert [r[0] for r in conn.execute("PRAGMA quick_check")] == ["ok"]
-    assert not scalar(world.db, "SELECT COUNT(*) FROM shunt", before_migration=True), "a crash must never shunt"
-
-
 # --------------------------------------------------------------------------- tests
 
 
@@ -287,9 +262,9 @@ def test_crash_at_many_commit_points_converges(corpus: Corpus, reference: dict[s
             res = cli(world.config, "once", env={"MAILFILER_CRASH_AT": spec}, timeout=240)
             runs += 1
             assert res.returncode == -signal.SIGKILL, f"MAILFILER_CRASH_AT={spec}: " + describe(res)
-            got = _committed(world)
+            got = committed_count(world)
             assert got == committed, f"MAILFILER_CRASH_AT={spec} (position {position}): {got} messages committed"
-            _quick_check(world)
+            quick_check(world)
             done = committed
     assert done == total and runs == 2 * len(positions) >= 30
 
@@ -323,8 +298,8 @@ def test_random_sigkill_of_the_daemon_converges(corpus: Corpus, reference: dict[
             time.sleep(delay)  # the random kill moment, not a wait for a result
             assert daemon.alive(), f"the daemon exited on its own:\n{daemon.log_tail()}"
             assert daemon.kill() == -signal.SIGKILL
-        _quick_check(world)
-        kills.append((anchor, round(delay, 3), _committed(world)))
+        quick_check(world)
+        kills.append((anchor, round(delay, 3), committed_count(world)))
     assert any(0 < n < total for _, _, n in kills), f"no kill landed inside the backfill: {kills}"
 
     with DaemonProc(world.config, log) as daemon:
@@ -333,14 +308,14 @@ def test_random_sigkill_of_the_daemon_converges(corpus: Corpus, reference: dict[
         def finished() -> bool:
             rows = query(world.db, "SELECT folder, state FROM folder_cursor", before_migration=True)
             states = {s for f, s in rows if f in corpus.per_folder}
-            return _committed(world) == total and states == {"ok"} and daemon.has_event("watching")
+            return committed_count(world) == total and states == {"ok"} and daemon.has_event("watching")
 
         wait_until(
             lambda: finished() or not daemon.alive(),
             timeout=180,
             interval=0.2,
             what="the restarted daemon to finish the backfill",
-            state=lambda: f"{_committed(world)}/{total} committed; kills {kills}",
+            state=lambda: f"{committed_count(world)}/{total} committed; kills {kills}",
         )
         assert daemon.alive(), daemon.log_tail()
         assert daemon.terminate() == 0, daemon.log_tail()
