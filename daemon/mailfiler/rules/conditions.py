@@ -106,6 +106,24 @@ class Condition:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class _Alternatives(Condition):
+    """A condition that holds when any one of its patterns matches: a capture is
+    produced only when every pattern has it; any pattern's names are mentioned."""
+
+    @property
+    def alternatives(self) -> tuple[FolderPattern | Regex, ...]:
+        raise NotImplementedError
+
+    @property
+    def captures(self) -> frozenset[str]:
+        return frozenset.intersection(*(a.names for a in self.alternatives))
+
+    @property
+    def mentioned(self) -> frozenset[str]:
+        return frozenset().union(*(a.names for a in self.alternatives))
+
+
 # --- combinators ---------------------------------------------------------------
 
 
@@ -200,17 +218,13 @@ class DirectionCond(Condition):
 
 
 @dataclass(frozen=True)
-class FolderCond(Condition):
+class FolderCond(_Alternatives):
     patterns: tuple[FolderPattern, ...]
     cost = 1
 
     @property
-    def captures(self) -> frozenset[str]:
-        return frozenset.intersection(*(p.names for p in self.patterns))
-
-    @property
-    def mentioned(self) -> frozenset[str]:
-        return frozenset().union(*(p.names for p in self.patterns))
+    def alternatives(self) -> tuple[FolderPattern | Regex, ...]:
+        return self.patterns
 
     def test(self, v: View) -> Outcome:
         if v.folder is None:
@@ -250,7 +264,7 @@ class DomainCond(Condition):
 
 
 @dataclass(frozen=True)
-class TextCond(Condition):
+class TextCond(_Alternatives):
     """``subject`` or ``body``: any of the regexes matches."""
 
     what: str
@@ -261,12 +275,8 @@ class TextCond(Condition):
         return 3 if self.what == "body" else 2
 
     @property
-    def captures(self) -> frozenset[str]:
-        return frozenset.intersection(*(r.names for r in self.regexes))
-
-    @property
-    def mentioned(self) -> frozenset[str]:
-        return frozenset().union(*(r.names for r in self.regexes))
+    def alternatives(self) -> tuple[FolderPattern | Regex, ...]:
+        return self.regexes
 
     def test(self, v: View) -> Outcome:
         text = v.body if self.what == "body" else v.subject
@@ -278,7 +288,7 @@ class TextCond(Condition):
 
 
 @dataclass(frozen=True)
-class HeaderCond(Condition):
+class HeaderCond(_Alternatives):
     """Some value of header *name* matches any of the regexes; a missing header never matches."""
 
     name: str  # lower-case
@@ -286,12 +296,8 @@ class HeaderCond(Condition):
     cost = 2
 
     @property
-    def captures(self) -> frozenset[str]:
-        return frozenset.intersection(*(r.names for r in self.regexes))
-
-    @property
-    def mentioned(self) -> frozenset[str]:
-        return frozenset().union(*(r.names for r in self.regexes))
+    def alternatives(self) -> tuple[FolderPattern | Regex, ...]:
+        return self.regexes
 
     def test(self, v: View) -> Outcome:
         values = v.headers.get(self.name)
