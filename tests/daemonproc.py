@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -395,3 +396,19 @@ def quick_check(world: World) -> None:
         assert [r[0] for r in conn.execute("PRAGMA quick_check")] == ["ok"]
     shunted = scalar(world.db, "SELECT COUNT(*) FROM shunt", before_migration=True)
     assert not shunted, "a crash must never shunt a message"
+
+
+# --------------------------------------------------------------------------- the crash corpus
+
+#: the crash tests' corpus (Maildir and IMAP): three tracked folders, two with a regarding
+FOLDERS: list[tuple[str, str | None]] = [
+    ("Tracked/Contoso", "account:contoso"),
+    ("Tracked/Unfiled", None),
+    ("Cases/CAS-01001", "case:CAS-01001"),
+]
+N_MESSAGES = 2000
+#: messages whose Message-ID header is removed
+NO_MESSAGE_ID = frozenset({7, 400, 1001, 1602, 1998})
+#: a second copy of message i lands in this folder too (i's own folder is FOLDERS[i % 3])
+ALSO_IN = {10: "Tracked/Contoso", 20: "Tracked/Unfiled", 7: "Cases/CAS-01001"}
+MESSAGE_ID_LINE = re.compile(rb"^Message-ID: [^\n]*\n", re.MULTILINE)

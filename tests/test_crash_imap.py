@@ -23,7 +23,6 @@ exactly as it was (flags included: nothing marked ``\\Seen``).
 from __future__ import annotations
 
 import random
-import re
 import signal
 import time
 from collections.abc import Iterator
@@ -35,6 +34,11 @@ import pytest
 import yaml
 
 from tests.daemonproc import (
+    ALSO_IN,
+    FOLDERS,
+    MESSAGE_ID_LINE,
+    N_MESSAGES,
+    NO_MESSAGE_ID,
     SYNTHETIC_SUFFIX,
     DaemonProc,
     World,
@@ -55,18 +59,6 @@ from tests.mailgen import message_id_for, realistic_message
 from tests.servers.dovecot import DovecotServer, ImapUser, start_dovecot
 
 pytestmark = [pytest.mark.slow, pytest.mark.dovecot, pytest.mark.timeout(280)]
-
-FOLDERS: list[tuple[str, str | None]] = [
-    ("Tracked/Contoso", "account:contoso"),
-    ("Tracked/Unfiled", None),
-    ("Cases/CAS-01001", "case:CAS-01001"),
-]
-N_MESSAGES = 2000
-#: messages whose Message-ID header is removed
-NO_MESSAGE_ID = frozenset({7, 400, 1001, 1602, 1998})
-#: a second copy of message i lands in this folder too (i's own folder is FOLDERS[i % 3])
-ALSO_IN = {10: "Tracked/Contoso", 20: "Tracked/Unfiled", 7: "Cases/CAS-01001"}
-_MESSAGE_ID_LINE = re.compile(rb"^Message-ID: [^\n]*\n", re.MULTILINE)
 
 
 @dataclass
@@ -131,7 +123,7 @@ def corpus(server: DovecotServer) -> Corpus:
         raw = realistic_message(i)
         mid: str | None = message_id_for(i)
         if i in NO_MESSAGE_ID:
-            raw, n = _MESSAGE_ID_LINE.subn(b"", raw, count=1)
+            raw, n = MESSAGE_ID_LINE.subn(b"", raw, count=1)
             assert n == 1
             mid = None
         folders = [FOLDERS[i % 3][0]]

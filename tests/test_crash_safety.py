@@ -19,7 +19,6 @@ was never interrupted.
 from __future__ import annotations
 
 import random
-import re
 import signal
 import time
 from dataclasses import dataclass
@@ -29,6 +28,11 @@ from typing import Any
 import pytest
 
 from tests.daemonproc import (
+    ALSO_IN,
+    FOLDERS,
+    MESSAGE_ID_LINE,
+    N_MESSAGES,
+    NO_MESSAGE_ID,
     SYNTHETIC_SUFFIX,
     DaemonProc,
     World,
@@ -49,18 +53,6 @@ from tests.daemonproc import (
 from tests.mailgen import drop_into_maildir, maildirpp_folder_dir, message_id_for, realistic_message
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(280)]
-
-FOLDERS: list[tuple[str, str | None]] = [
-    ("Tracked/Contoso", "account:contoso"),
-    ("Tracked/Unfiled", None),
-    ("Cases/CAS-01001", "case:CAS-01001"),
-]
-N_MESSAGES = 2000
-#: messages whose Message-ID header is removed
-NO_MESSAGE_ID = frozenset({7, 400, 1001, 1602, 1998})
-#: a second copy of message i lands in this folder too (i's own folder is FOLDERS[i % 3])
-ALSO_IN = {10: "Tracked/Contoso", 20: "Tracked/Unfiled", 7: "Cases/CAS-01001"}
-_MESSAGE_ID_LINE = re.compile(rb"^Message-ID: [^\n]*\n", re.MULTILINE)
 
 
 @dataclass
@@ -95,7 +87,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
         raw = realistic_message(i)
         mid: str | None = message_id_for(i)
         if i in NO_MESSAGE_ID:
-            raw, n = _MESSAGE_ID_LINE.subn(b"", raw, count=1)
+            raw, n = MESSAGE_ID_LINE.subn(b"", raw, count=1)
             assert n == 1
             mid = None
         folders = [FOLDERS[i % 3][0]]
