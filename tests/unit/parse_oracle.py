@@ -1,0 +1,301 @@
+"""Test oracle: ``mailfiler.tracking.parse`` as it was before the compat32 fast path
+(commit 3a3377a), kept unchanged so test_parse_equivalence.py can compare every field.
+Do not edit (except to keep it importable).
+
+Turn raw message bytes into the fields an email activity needs.
+
+Parsing uses the standard library (``email`` with ``policy.default``), but
+every header and part access is guarded: untrusted mail can make the
+header parser raise, and a message must still be tracked with whatever can
+be read, its defects recorded.  Only input that is not mail at all raises.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import email.utils
+import hashlib
+import re
+from dataclasses import dataclass, field
+from email.message import Message
+
+from mailfiler.errors import EmptyMessage, NotAMessage
+from mailfiler.tracking.htmltext import html_to_text
+
+#: headers of which a real message has at least one
+_MAIL_HEADERS = {"from", "to", "cc", "subject", "date", "message-id", "received", "sender", "return-path"}
+_MSGID_RE = re.compile(r"<[^<>\s]+>")
+_ANGLE_ADDR_RE = re.compile(r"<([^<>\s@]{1,64}@[^<>\s@]{1,255})>")
+ADDRESS_ROLES = ("from", "to", "cc", "bcc")
+
+
+@dataclass
+class Address:
+    address: str
+    name: str = ""
+
+
+@dataclass
+class AttachmentPart:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass
+class ParsedMessage:
+    message_id: str
+    synthetic_id: bool
+    subject: str
+    sent_at: dt.datetime | None
+    addresses: dict[str, list[Address]]
+    in_reply_to: str | None
+    references: list[str]
+    body_text: str
+    body_html: str | None
+    attachments: list[AttachmentPart]
+    size: int
+    defects: list[str] = field(default_factory=list)
+    #: every header as (name, unfolded cleaned value), capped, for rules
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def sender(self) -> str | None:
+        found = self.addresses.get("from") or []
+        return found[0].address if found else None
+
+
+def clean_text(value: str) -> str:
+    """Make a string storable anywhere: no lone surrogates (8-bit header
+    bytes decode to those), no NUL (PostgreSQL text rejects it)."""
+    if not value:
+        return ""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return value.replace("\x00", "")
+
+
+def _raw_header(msg: Message, name: str) -> str | None:
+    # the parsed header object can raise on hostile input; fall back to the
+    # raw folded value stored by the feed parser
+    for key, value in msg._headers:
+        if key.lower() == name:
+            return value if isinstance(value, str) else str(value)
+    return None
+
+
+#: limits on what rules see of the header block (untrusted input)
+MAX_HEADERS = 500
+MAX_HEADER_VALUE = 8192
+
+
+def _raw_headers(msg: Message) -> list[tuple[str, str]]:
+    out = []
+    for name, value in msg._headers[:MAX_HEADERS]:
+        text = " ".join(str(value).split())[:MAX_HEADER_VALUE]
+        out.append((clean_text(str(name))[:200], clean_text(text)))
+    return out
+
+
+def _header(msg: Message, name: str, defects: list[str]) -> str | None:
+    try:
+        value = msg.get(name)
+    except Exception as exc:  # noqa: BLE001 - any parser failure degrades to the raw value
+        defects.append(f"header {name}: {type(exc).__name__}")
+        value = _raw_header(msg, name)
+    if value is None:
+        return None
+    text = " ".join(str(value).split())
+    cleaned = clean_text(text)
+    if cleaned != text or "\ufffd" in cleaned:
+        defects.append(f"header {name}: undecodable 8-bit bytes")
+    return cleaned
+
+
+def _addresses(msg: Message, name: str, defects: list[str]) -> list[Address]:
+    try:
+        values = msg.get_all(name) or []
+        pairs = []
+        for header in values:
+            for addr in getattr(header, "addresses", ()):
+                pairs.append((addr.display_name, addr.addr_spec))
+    except Exception as exc:  # noqa: BLE001
+        defects.append(f"header {name}: {type(exc).__name__}")
+        raw = [v for k, v in msg._headers if k.lower() == name]
+        pairs = email.utils.getaddresses([str(v) for v in raw])
+    result = _valid_addresses(pairs)
+    if not result:
+        # the header parser can drop every address without raising (a stray
+        # "(" in 8-bit garbage opens a comment); the lenient parser may still
+        # find them
+        raw = [str(v) for k, v in msg._headers if k.lower() == name]
+        if any("@" in v for v in raw):
+            result = _valid_addresses(email.utils.getaddresses(raw))
+            if not result:
+                # last resort: anything that looks like <local@domain>
+                result = _valid_addresses([("", m) for v in raw for m in _ANGLE_ADDR_RE.findall(v)])
+    return result
+
+
+def _valid_addresses(pairs: list[tuple[str, str]]) -> list[Address]:
+    result: list[Address] = []
+    seen: set[str] = set()
+    for display, spec in pairs:
+        spec = clean_text(spec or "").strip().lower()
+        if not spec or "@" not in spec or spec.startswith("@") or spec.endswith("@") or len(spec) > 320:
+            continue
+        if spec in seen:
+            continue
+        seen.add(spec)
+        result.append(Address(spec, clean_text(display or "")[:500]))
+    return result
+
+
+def _message_ids(value: str | None) -> list[str]:
+    return _MSGID_RE.findall(value or "")
+
+
+def _date(msg: Message, defects: list[str]) -> dt.datetime | None:
+    raw = _header(msg, "date", defects)
+    if not raw:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        defects.append("unparseable Date")
+        return None
+    if parsed.tzinfo is None:
+        return parsed
+    try:
+        return parsed.astimezone(dt.UTC).replace(tzinfo=None)
+    except (OverflowError, ValueError):
+        defects.append("Date out of range")
+        return None
+
+
+def _part_text(part: Message, defects: list[str]) -> str:
+    try:
+        content = part.get_content()  # type: ignore[attr-defined]
+        if isinstance(content, bytes):
+            content = content.decode("utf-8", "replace")
+        return clean_text(str(content))
+    except Exception as exc:  # noqa: BLE001 - unknown charset, broken transfer encoding...
+        defects.append(f"text part: {type(exc).__name__}")
+        payload = part.get_payload(decode=True) or b""
+        charset = part.get_content_charset() or "utf-8"
+        try:
+            return clean_text(payload.decode(charset, "replace"))
+        except LookupError:
+            return clean_text(payload.decode("utf-8", "replace"))
+
+
+def _part_text_raw(part: Message) -> str:
+    payload = part.get_payload()
+    if isinstance(payload, str):
+        return clean_text(payload.strip())
+    return ""
+
+
+def _filename(part: Message, defects: list[str]) -> str:
+    try:
+        return clean_text(part.get_filename() or "")
+    except Exception as exc:  # noqa: BLE001
+        defects.append(f"attachment filename: {type(exc).__name__}")
+        return ""
+
+
+def _walk_parts(msg: Message, defects: list[str]):
+    try:
+        yield from msg.walk()
+    except RecursionError:
+        defects.append("MIME nesting too deep; inner parts skipped")
+
+
+def synthetic_message_id(raw: bytes, msg: Message) -> str:
+    """A stable id for a message without Message-ID.
+
+    Built from the headers that identify a message plus the body, not from
+    the whole file, so that a client adding a Status: header does not make
+    a second activity."""
+    digest = hashlib.sha256()
+    for name in ("date", "from", "to", "cc", "subject"):
+        value = _raw_header(msg, name) or ""
+        digest.update(name.encode() + b"\0" + " ".join(str(value).split()).encode("utf-8", "surrogateescape") + b"\0")
+    body = raw.replace(b"\r\n", b"\n")
+    sep = body.find(b"\n\n")
+    digest.update(body[sep + 2 :] if sep >= 0 else b"")
+    return f"<{digest.hexdigest()[:40]}@synthetic.mailfiler.invalid>"
+
+
+def parse_message(raw: bytes) -> ParsedMessage:
+    if not raw.strip():
+        raise EmptyMessage("the message file is empty")
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    keys = {k.lower() for k, _ in msg._headers}
+    if not keys & _MAIL_HEADERS:
+        raise NotAMessage("the file has no mail header block (no From, To, Subject, Date or Message-ID)")
+    defects: list[str] = [type(d).__name__ for d in getattr(msg, "defects", [])]
+
+    ids = _message_ids(_header(msg, "message-id", defects))
+    if ids and len(ids[0]) <= 998:
+        message_id, synthetic = ids[0], False
+    else:
+        message_id, synthetic = synthetic_message_id(raw, msg), True
+
+    addresses = {role: _addresses(msg, role, defects) for role in ADDRESS_ROLES}
+    in_reply = _message_ids(_header(msg, "in-reply-to", defects))
+    body_text = ""
+    body_html: str | None = None
+    attachments: list[AttachmentPart] = []
+    for part in _walk_parts(msg, defects):
+        if part.is_multipart():
+            continue
+        ctype = part.get_content_type()
+        disposition = (part.get_content_disposition() or "").lower()
+        filename = _filename(part, defects)
+        if ctype.startswith("multipart/"):
+            # a multipart whose boundary never appears: its whole payload
+            # arrives as one leaf; it is the body text, not an attachment
+            if not body_text:
+                body_text = _part_text_raw(part)
+            continue
+        is_body = ctype in ("text/plain", "text/html") and disposition != "attachment" and not filename
+        if not is_body:
+            data = part.get_payload(decode=True) or b""
+            # the content type comes from an untrusted header: NUL and stray
+            # bytes must not reach the store, and the column is varchar(255)
+            attachments.append(AttachmentPart(filename, clean_text(ctype)[:255], data))
+            continue
+        if ctype == "text/plain" and not body_text:
+            body_text = _part_text(part, defects)
+        elif ctype == "text/html" and body_html is None:
+            body_html = _part_text(part, defects)
+    # decoding a part registers what was wrong with it (invalid base64, a cut-off
+    # attachment) on that part; the list above holds only the top-level defects
+    for part in _walk_parts(msg, []):
+        defects.extend(type(d).__name__ for d in part.defects)
+    if not body_text and body_html:
+        body_text = html_to_text(body_html)
+
+    return ParsedMessage(
+        message_id=clean_text(message_id),
+        synthetic_id=synthetic,
+        subject=(_header(msg, "subject", defects) or "")[:2000],
+        sent_at=_date(msg, defects),
+        addresses=addresses,
+        in_reply_to=in_reply[0] if in_reply else None,
+        references=_message_ids(_header(msg, "references", defects))[:200],
+        body_text=body_text,
+        body_html=body_html,
+        attachments=attachments,
+        size=len(raw),
+        defects=sorted(set(defects)),
+        headers=_raw_headers(msg),
+    )
+
+
+__all__ = ["Address", "AttachmentPart", "ParsedMessage", "clean_text", "parse_message"]
