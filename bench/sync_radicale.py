@@ -57,6 +57,7 @@ from mailfiler.sync.crm import AppointmentStore, ContactStore  # noqa: E402
 from mailfiler.sync.dav import CalDavTarget, CardDavTarget  # noqa: E402
 from mailfiler.sync.engine import Collection, Policy, SyncEngine  # noqa: E402
 from mailfiler.sync.items import APPOINTMENT_FIELDS, CONTACT_FIELDS  # noqa: E402
+from mailfiler.sync.state import SyncState  # noqa: E402
 from mailfiler.sync.target import href_for  # noqa: E402
 from tests.servers.radicale import DavUser, FaultTransport, RadicaleServer, start_radicale  # noqa: E402
 
@@ -139,7 +140,7 @@ async def engine_runs(
         times.append(took)
     out["resync_no_change_s"] = statistics.median(times)
     # the floor: the same two REPORTs from the same tokens by a bare client, nothing else
-    tokens = [c.token for c in SyncCollection.select().order_by(SyncCollection.id)]
+    tokens = [SyncState.load(c.token).token for c in SyncCollection.select().order_by(SyncCollection.id)]
     async with httpx.AsyncClient(auth=(user.name, user.password), timeout=120.0) as client:
         floor = []
         for _ in range(resyncs):

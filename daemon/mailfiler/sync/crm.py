@@ -9,6 +9,7 @@ Writing happens inside the caller's transaction, one item at a time.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import re
 import uuid
@@ -52,6 +53,20 @@ class CrmItem:
     parties: frozenset[str] = field(default_factory=frozenset)
 
 
+@dataclass(frozen=True)
+class CrmRows:
+    """The raw rows a kind's items are built from: every column the sync reads,
+    and nothing else.  Their :meth:`digest` changes whenever anything the
+    engine would see changes, whoever wrote it and whether or not it touched
+    an ``updated_at``, so an equal digest lets a resync skip the CRM side."""
+
+    tables: tuple[list[tuple[Any, ...]], ...]
+
+    def digest(self) -> str:
+        # repr, not pickle: pickle's output depends on which equal objects are shared
+        return hashlib.blake2b(repr(self.tables).encode(), digest_size=16).hexdigest()
+
+
 def _max(*values: dt.datetime | None) -> dt.datetime | None:
     present = [v for v in values if v is not None]
     return max(present) if present else None
@@ -71,10 +86,15 @@ class ContactStore:
         return str(uuid.uuid5(_UID_NS, f"contact:{key}"))
 
     def load_all(self, ids: list[int] | None = None) -> dict[int, CrmItem]:
-        """Every contact, or those with *ids*.
+        """Every contact, or those with *ids*."""
+        return self.build(self.fetch(ids))
+
+    def fetch(self, ids: list[int] | None = None) -> CrmRows:
+        """The rows every contact is built from (see :class:`CrmRows`).
 
         Plain tuples, not model objects: a resync with no changes still
-        reads every contact, and building peewee models was most of its cost."""
+        reads every contact, and building peewee models was most of its cost.
+        Every query is ordered, so the same contents give the same digest."""
         contact = Record.entity == "contact"
         if ids is not None:
             contact &= Record.id.in_(ids)
@@ -84,49 +104,60 @@ class ContactStore:
             .order_by(Record.id)
             .tuples()
         )
-        details = {
-            row[0]: row
-            for row in ContactDetails.select(
+        details = list(
+            ContactDetails.select(
                 ContactDetails.record, ContactDetails.uid, ContactDetails.given_name, ContactDetails.family_name,
                 ContactDetails.additional_names, ContactDetails.prefix, ContactDetails.suffix, ContactDetails.job_title,
                 ContactDetails.notes, ContactDetails.company, ContactDetails.owner, ContactDetails.updated_at,
-            ).join(Record).where(contact).tuples()
-        }  # fmt: skip
-        emails: dict[int, list[str]] = defaultdict(list)
-        for rid, value in (
+            ).join(Record).where(contact).order_by(ContactDetails.record).tuples()
+        )  # fmt: skip
+        emails = list(
             RecordAddress.select(RecordAddress.record, RecordAddress.value)
             .join(Record)
             .where(contact & (RecordAddress.kind == "email"))
+            .order_by(RecordAddress.record, RecordAddress.value)
             .tuples()
-        ):
-            emails[rid].append(value)
-        phones: dict[int, list[list[str]]] = defaultdict(list)
-        for rid, kind, number in (
+        )
+        phones = list(
             ContactPhone.select(ContactPhone.record, ContactPhone.kind, ContactPhone.number)
             .join(Record)
             .where(contact)
-            .order_by(ContactPhone.record, ContactPhone.position)
+            .order_by(ContactPhone.record, ContactPhone.position, ContactPhone.id)
             .tuples()
-        ):
-            phones[rid].append([kind, number])
-        postal: dict[int, list[dict[str, str]]] = defaultdict(list)
+        )
         columns = [getattr(PostalAddress, part) for part in ADDRESS_PARTS]
-        for rid, *parts in (
+        postal = list(
             PostalAddress.select(PostalAddress.record, *columns)
             .join(Record)
             .where(contact)
-            .order_by(PostalAddress.record, PostalAddress.position)
+            .order_by(PostalAddress.record, PostalAddress.position, PostalAddress.id)
             .tuples()
-        ):
-            postal[rid].append(dict(zip(ADDRESS_PARTS, parts, strict=True)))
+        )
         parent_ids = sorted({r[3] for r in records if r[3]})
-        parents = {
-            pid: (entity, key, name)
+        parents = [
+            row
             for chunk in _chunks(parent_ids)
-            for pid, entity, key, name in Record.select(Record.id, Record.entity, Record.key, Record.name)
+            for row in Record.select(Record.id, Record.entity, Record.key, Record.name)
             .where(Record.id.in_(chunk))
+            .order_by(Record.id)
             .tuples()
-        }
+        ]
+        return CrmRows((records, details, emails, phones, postal, parents))
+
+    def build(self, rows: CrmRows) -> dict[int, CrmItem]:
+        """The contacts of :meth:`fetch`'s rows."""
+        records, detail_rows, email_rows, phone_rows, postal_rows, parent_rows = rows.tables
+        details = {row[0]: row for row in detail_rows}
+        emails: dict[int, list[str]] = defaultdict(list)
+        for rid, value in email_rows:
+            emails[rid].append(value)
+        phones: dict[int, list[list[str]]] = defaultdict(list)
+        for rid, kind, number in phone_rows:
+            phones[rid].append([kind, number])
+        postal: dict[int, list[dict[str, str]]] = defaultdict(list)
+        for rid, *parts in postal_rows:
+            postal[rid].append(dict(zip(ADDRESS_PARTS, parts, strict=True)))
+        parents = {pid: (entity, key, name) for pid, entity, key, name in parent_rows}
         items = {}
         for rid, key, name, parent_id, updated_at in records:
             d = details.get(rid)
@@ -248,7 +279,11 @@ class AppointmentStore:
     kind = "calendar"
 
     def load_all(self, ids: list[int] | None = None) -> dict[int, CrmItem]:
-        """Every appointment, or those with *ids* (plain tuples, as for contacts)."""
+        """Every appointment, or those with *ids*."""
+        return self.build(self.fetch(ids))
+
+    def fetch(self, ids: list[int] | None = None) -> CrmRows:
+        """The rows every appointment is built from (plain tuples, ordered, as for contacts)."""
         appointment = Activity.kind == "appointment"
         if ids is not None:
             appointment &= Activity.id.in_(ids)
@@ -259,20 +294,28 @@ class AppointmentStore:
                 Activity.regarding, D.uid, D.start, D.end, D.location, D.status, D.rrule, D.exdates, D.overrides,
             ).join(D).where(appointment).order_by(Activity.id).tuples()
         )  # fmt: skip
-        parties: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
-        for aid, role, address, name in (
+        parties = list(
             ActivityParty.select(ActivityParty.activity, ActivityParty.role, ActivityParty.address,
                                  ActivityParty.display_name)
             .join(Activity).where(appointment).order_by(ActivityParty.id).tuples()
-        ):  # fmt: skip
-            parties[aid].append((role, address, name))
-        refs = {
-            rid: f"{entity}:{key}"
+        )  # fmt: skip
+        refs = [
+            row
             for chunk in _chunks(sorted({r[5] for r in rows if r[5]}))
-            for rid, entity, key in Record.select(Record.id, Record.entity, Record.key)
+            for row in Record.select(Record.id, Record.entity, Record.key)
             .where(Record.id.in_(chunk))
+            .order_by(Record.id)
             .tuples()
-        }
+        ]
+        return CrmRows((rows, parties, refs))
+
+    def build(self, fetched: CrmRows) -> dict[int, CrmItem]:
+        """The appointments of :meth:`fetch`'s rows."""
+        rows, party_rows, ref_rows = fetched.tables
+        parties: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
+        for aid, role, address, name in party_rows:
+            parties[aid].append((role, address, name))
+        refs = {rid: f"{entity}:{key}" for rid, entity, key in ref_rows}
         items = {}
         for (
             aid,

@@ -51,6 +51,7 @@ from typing import Any
 
 import peewee as pw
 
+from mailfiler import __version__
 from mailfiler.config.schema import SyncFilter
 from mailfiler.errors import (
     SyncError,
@@ -65,11 +66,12 @@ from mailfiler.store.db import transaction
 from mailfiler.store.models import Mailbox, Record, SyncCollection, SyncItem, SyncShunt, utcnow
 from mailfiler.store.records import get_by_ref
 from mailfiler.sync import ical, vcard
-from mailfiler.sync.crm import STORES, CrmItem
+from mailfiler.sync.crm import STORES, CrmItem, CrmRows
 from mailfiler.sync.filters import matches
 from mailfiler.sync.items import Fields, ParsedItem, content_hash
 from mailfiler.sync.merge import Merged, creatable, merge
-from mailfiler.sync.target import Fetched, Target, href_for
+from mailfiler.sync.state import SyncState, changes_are_ours, listing_is_known
+from mailfiler.sync.target import Changes, Fetched, Target, href_for
 from mailfiler.util.fsio import atomic_write
 
 log = logging.getLogger("mailfiler.sync")
@@ -77,6 +79,9 @@ log = logging.getLogger("mailfiler.sync")
 CODECS: dict[str, Any] = {"contacts": vcard, "calendar": ical}
 #: hrefs read per get_multi call (one REPORT on a DAV server)
 FETCH_BATCH = 100
+#: event-loop turns given to a sync-token request before the CRM is read (which blocks
+#: the loop): enough for httpx to send it, so the server works while the store is read
+_SEND_YIELDS = 8
 #: status states of an item with a copy on both sides: ``linked`` came from the CRM
 #: through the sync filters; ``tracked`` was brought in by the user (a category, a
 #: tracked collection) and stays in sync whatever the filters say, as in Dynamics
@@ -127,6 +132,8 @@ class Result:
     shunted: int = 0
     skipped: int = 0
     items: int = 0
+    #: neither side had changed since the last complete sync: no item was looked at
+    quiet: bool = False
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -323,12 +330,47 @@ class _CollectionSync:
 
     async def run(self) -> None:
         await self.target.open(create=True)
+        saved = SyncState.load(self.row.token)
+        # the user's side first: a server takes a while to answer, and the CRM is read meanwhile
+        pending = asyncio.ensure_future(self.target.changes_since(saved.token)) if saved.token else None
+        try:
+            for _ in range(_SEND_YIELDS):
+                await asyncio.sleep(0)  # let the request go out before the store blocks the loop
+            self.elsewhere = self._linked_elsewhere()
+            rows = self.crm.fetch()
+            self.marker = self._marker(rows)
+            changes = await pending if pending is not None else None
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+        if (
+            changes is not None
+            and saved.crm == self.marker
+            and (not (changes.changed or changes.deleted) or changes_are_ours(changes, self._known()))
+        ):
+            # neither side changed since the last complete sync: the per-item pass would do nothing
+            self._save(SyncState(changes.token, self.marker))
+            self.result.quiet = True
+            return
+        listing = None
+        if changes is None:
+            # the token before the listing (lieer's rule): a change made while we list
+            # is reported again next time rather than lost
+            fresh = await self.target.changes_since(None)
+            self._new_token = fresh.token if fresh is not None else None
+            listing = await self.target.list()
+            if saved.crm == self.marker and listing_is_known(listing, self._known()):
+                self._save(SyncState(self._new_token, self.marker))
+                self.result.quiet = True
+                return
         statuses = list(SyncItem.select().where(SyncItem.collection == self.row).order_by(SyncItem.id))
-        self.listing = await self._listing(statuses)
-        crm_items = self.crm.load_all()
+        if listing is None:
+            assert changes is not None
+            listing = self._listing(statuses, changes)
+        self.listing = listing
+        crm_items = self.crm.build(rows)
         self.crm_items = crm_items
         self.by_uid: dict[str, int] = {it.uid: cid for cid, it in crm_items.items()}
-        self.elsewhere = self._linked_elsewhere()
         if self.coll.role == "main":
             self.selected = {
                 cid
@@ -372,22 +414,74 @@ class _CollectionSync:
         if gone:
             SyncShunt.update(resolved_at=utcnow()).where(SyncShunt.id.in_(gone)).execute()
         # saved only when every item was handled: after a failed or skipped item the same
-        # changes are asked for again, else that item's change would never be reported again
-        if not (self.result.errors or self.result.skipped) or self._new_token is None:
-            SyncCollection.update(token=self._new_token).where(SyncCollection.id == self.row.id).execute()
+        # changes are asked for again, else that item's change would never be reported again;
+        # and the CRM digest is dropped, so the next sync does the whole pass
+        if not (self.result.errors or self.result.skipped):
+            self._save(SyncState(await self._adopt(self._new_token), self.marker))
+        elif self._new_token is None:
+            self._save(SyncState())
+        else:
+            self._save(SyncState(saved.token, None))
 
     _new_token: str | None = None
+    marker: str | None = None
 
-    async def _listing(self, statuses: list[SyncItem]) -> dict[str, str]:
-        """href -> etag; from the sync token's changes when the target has them."""
-        token = self.row.token
-        changes = await self.target.changes_since(token) if token else None
-        if changes is None:
-            # the token before the listing (lieer's rule): a change made while we list
-            # is reported again next time rather than lost
-            fresh = await self.target.changes_since(None)
-            self._new_token = fresh.token if fresh is not None else None
-            return await self.target.list()
+    def _save(self, state: SyncState) -> None:
+        SyncCollection.update(token=state.dump()).where(SyncCollection.id == self.row.id).execute()
+
+    def _marker(self, rows: CrmRows) -> str:
+        """The CRM side's digest, with all else the per-item pass depends on (see :mod:`.state`)."""
+        h = hashlib.blake2b(digest_size=16)
+        for part in (
+            __version__,
+            rows.digest(),
+            repr(self.policy),
+            self.coll.role,
+            self.coll.regarding,
+            self.engine.owner,
+            sorted(self.elsewhere),
+        ):
+            h.update(repr(part).encode() + b"\0")
+        return h.hexdigest()
+
+    def _known(self) -> dict[str, str]:
+        """href -> etag as the status knows the user's side (shunted items at their shunted etag)."""
+        known: dict[str, str] = dict(
+            SyncItem.select(SyncItem.href, SyncItem.etag)
+            .where((SyncItem.collection == self.row) & SyncItem.href.is_null(False))
+            .tuples()
+        )
+        for href, etag in (
+            SyncShunt.select(SyncShunt.href, SyncShunt.etag)
+            .where((SyncShunt.collection == self.row) & SyncShunt.resolved_at.is_null())
+            .tuples()
+        ):
+            known.setdefault(href, etag or "")
+        return {href: etag or "" for href, etag in known.items()}
+
+    async def _adopt(self, token: str | None) -> str | None:
+        """After a sync that wrote to the user's side, the token that follows those writes.
+
+        The token was taken before the writes (it must: a change made meanwhile would be lost),
+        so the next sync-collection REPORT would list every item this sync wrote, and on a
+        server a first sync writes thousands.  Asked now, while nothing else changed, those
+        changes are all ours at the etags we recorded, and the newer token can be kept; when
+        any is not (the user changed something meanwhile), the older one is, and the next sync
+        reads it all."""
+        r = self.result
+        if token is None or not (r.uploaded or r.updated_mailbox or r.deleted_mailbox):
+            return token
+        try:
+            later = await self.target.changes_since(token)
+        except SyncTargetUnavailable as exc:
+            self._log(logging.DEBUG, "kept the older sync token: %s", exc)
+            return token
+        if later is not None and changes_are_ours(later, self._known()):
+            return later.token
+        return token
+
+    def _listing(self, statuses: list[SyncItem], changes: Changes) -> dict[str, str]:
+        """href -> etag: the status, with the changes the sync token reports."""
         listing = {s.href: s.etag or "" for s in statuses if s.href is not None}
         for shunt in SyncShunt.select().where((SyncShunt.collection == self.row) & SyncShunt.resolved_at.is_null()):
             listing.setdefault(shunt.href, shunt.etag or "")
