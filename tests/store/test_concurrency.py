@@ -8,6 +8,7 @@ writer processes against one database file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 
 from mailfiler.service.runtime import MailboxRuntime, sync_config
 from mailfiler.store import models as m
+from mailfiler.tracking import txsql
 from mailfiler.tracking.parse import ParsedMessage, parse_message
 from mailfiler.tracking.pipeline import Outcome, Tracker
 from tests.mailgen import realistic_message
@@ -106,14 +108,16 @@ def test_integrity_error_is_retried_and_finds_the_other_writers_row(
     msg = parse_message(realistic_message(4))
     first = tracker.track(rts["erik"].ctx, rts["erik"].folders["INBOX"], "e1", msg)
 
-    original = m.Activity.get_or_none.__func__
+    original = txsql.lookup
     stale = {"left": 1}
 
-    def get_or_none(cls, *query, **filters):
-        if cls is m.Activity and stale["left"]:
+    def lookup(*args, **kwargs) -> txsql.Seen:
+        seen = original(*args, **kwargs)
+        if stale["left"]:
+            # the lookup saw the store before the other writer committed
             stale["left"] -= 1
-            return None
-        return original(cls, *query, **filters)
+            return dataclasses.replace(seen, activity_id=None)
+        return seen
 
     attempts = []
     track_tx = Tracker._track_tx
@@ -122,7 +126,7 @@ def test_integrity_error_is_retried_and_finds_the_other_writers_row(
         attempts.append(1)
         return track_tx(self, *args, **kwargs)
 
-    monkeypatch.setattr(m.Activity, "get_or_none", classmethod(get_or_none))
+    monkeypatch.setattr(txsql, "lookup", lookup)
     monkeypatch.setattr(Tracker, "_track_tx", counting_track_tx)
     second = tracker.track(rts["anna"].ctx, rts["anna"].folders["INBOX"], "a1", msg)
     assert len(attempts) == 2

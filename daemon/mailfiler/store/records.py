@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from mailfiler.errors import NotFound, RecordImportError
+from mailfiler.store import prepared
 from mailfiler.store.db import transaction
 from mailfiler.store.models import Record, RecordAddress, utcnow
 
@@ -250,6 +251,24 @@ def record_json(rec: Record) -> dict[str, object]:
 _RESOLVE_CHUNK = 500
 
 
+def _resolve_sql(emails: int, domains: int) -> Callable[[str, bool], str]:
+    """The records matching ``emails`` addresses and ``domains`` domains, with
+    what matched (prebuilt: peewee took ~1 ms to build this query)."""
+
+    def build(param: str, pg: bool) -> str:
+        ra, c = RecordAddress, prepared.col
+        cond = f"(a.{c(ra.kind)} = 'email' AND a.{c(ra.value)} IN ({', '.join([param] * emails)}))"
+        if domains:
+            cond += f" OR (a.{c(ra.kind)} = 'domain' AND a.{c(ra.value)} IN ({', '.join([param] * domains)}))"
+        return (
+            f"SELECT {prepared.select_columns(Record._meta.sorted_fields, 'r')}, a.{c(ra.kind)}, a.{c(ra.value)}"
+            f" FROM {prepared.table(Record)} AS r JOIN {prepared.table(ra)} AS a ON a.{c(ra.record)} = r.{c(Record.id)}"
+            f" WHERE {cond} ORDER BY r.{c(Record.id)}"
+        )
+
+    return build
+
+
 def resolve_addresses(
     addresses: Iterable[str], *, precedence: Sequence[str], ambiguous: str = "all"
 ) -> dict[str, list[Record]]:
@@ -259,21 +278,15 @@ def resolve_addresses(
     wanted = sorted({a.lower() for a in addresses})
     rank = {e: i for i, e in enumerate(precedence)}
     found: dict[tuple[str, str], list[Record]] = {}
+    db = Record._meta.database
+    fields = Record._meta.sorted_fields
     for start in range(0, len(wanted), _RESOLVE_CHUNK):
         emails = wanted[start : start + _RESOLVE_CHUNK]
         domains = sorted({e.rpartition("@")[2] for e in emails} - {""})
-        cond = (RecordAddress.kind == "email") & RecordAddress.value.in_(emails)
-        if domains:
-            cond |= (RecordAddress.kind == "domain") & RecordAddress.value.in_(domains)
-        query = (
-            Record.select(Record, RecordAddress.kind.alias("matched_kind"), RecordAddress.value.alias("matched_value"))
-            .join(RecordAddress)
-            .where(cond)
-            .order_by(Record.id)
-            .objects()
-        )
-        for rec in query:
-            found.setdefault((rec.matched_kind, rec.matched_value), []).append(rec)
+        sql = prepared.cached(db, ("resolve", len(emails), len(domains)), _resolve_sql(len(emails), len(domains)))
+        for row in db.execute_sql(sql, [*emails, *domains]):
+            rec = prepared.instance(Record, fields, row[:-2])
+            found.setdefault((row[-2], row[-1]), []).append(rec)
     result: dict[str, list[Record]] = {}
     for address in wanted:
         result[address] = []

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 from mailfiler.config.schema import CorrelationSettings
+from mailfiler.store import prepared
 from mailfiler.store.models import Activity, ActivityParty, utcnow
 from mailfiler.tracking.parse import ParsedMessage
 
@@ -64,20 +65,42 @@ def _addresses(msg: ParsedMessage) -> set[str]:
     return {a.address for addrs in msg.addresses.values() for a in addrs}
 
 
+def _by_message_id(ids: list[str]) -> dict[str, Activity]:
+    """The tracked activities among ``ids`` (prebuilt SQL, see store.prepared)."""
+    unique = sorted(set(ids))
+    fields = Activity._meta.sorted_fields
+    db = Activity._meta.database
+    found: dict[str, Activity] = {}
+    for start in range(0, len(unique), 500):  # SQLite's bound-parameter limit
+        wanted = unique[start : start + 500]
+
+        def build(param: str, pg: bool, n: int = len(wanted)) -> str:
+            return (
+                f"SELECT {prepared.select_columns(fields)} FROM {prepared.table(Activity)}"
+                f" WHERE {prepared.col(Activity.message_id)} IN ({', '.join([param] * n)})"
+            )
+
+        for row in db.execute_sql(prepared.cached(db, ("activities-by-message-id", len(wanted)), build), wanted):
+            activity = prepared.instance(Activity, fields, row)
+            found[activity.message_id] = activity
+    return found
+
+
 def correlate(msg: ParsedMessage, settings: CorrelationSettings) -> Match | None:
     """The tracked activity ``msg`` replies to or continues, if any."""
     headers_count = settings.forwards_as_replies or not is_forward(msg.subject)
+    parent = None
     if headers_count and settings.in_reply_to and msg.in_reply_to and msg.in_reply_to != msg.message_id:
-        found = Activity.get_or_none(Activity.message_id == msg.in_reply_to)
-        if found is not None:
-            return Match(found, "in-reply-to")
-    if headers_count and settings.references and msg.references:
-        refs = [r for r in msg.references if r != msg.message_id]
-        if refs:
-            by_id = {a.message_id: a for a in Activity.select().where(Activity.message_id.in_(refs))}
-            for ref in reversed(refs):  # the last reference is the direct parent
-                if ref in by_id:
-                    return Match(by_id[ref], "references")
+        parent = msg.in_reply_to
+    refs = [r for r in msg.references if r != msg.message_id] if headers_count and settings.references else []
+    if parent or refs:
+        # one lookup for In-Reply-To and References (was two)
+        by_id = _by_message_id([parent, *refs] if parent else refs)
+        if parent is not None and parent in by_id:
+            return Match(by_id[parent], "in-reply-to")
+        for ref in reversed(refs):  # the last reference is the direct parent
+            if ref in by_id:
+                return Match(by_id[ref], "references")
     token = find_token(msg.subject, settings)
     if token is not None:
         found = Activity.get_or_none(Activity.id == token)

@@ -9,6 +9,7 @@ and adds only what is new.  This is what makes "nothing twice" hold.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import peewee as pw
 
 from mailfiler.config.schema import CorrelationSettings
 from mailfiler.rules import Decision, Facts, RuleSet, auto_submitted_reason
+from mailfiler.store import prepared
 from mailfiler.store.blobs import BlobStore
 from mailfiler.store.db import transaction
 from mailfiler.store.models import (
@@ -24,14 +26,13 @@ from mailfiler.store.models import (
     ActivityParty,
     Attachment,
     Blob,
-    FolderCursor,
-    Location,
+    Mailbox,
     Record,
     SeenMessage,
-    Shunt,
     utcnow,
 )
 from mailfiler.store.records import resolve_addresses
+from mailfiler.tracking import txsql
 from mailfiler.tracking.autotrack import Verdict, auto_verdict
 from mailfiler.tracking.context import FolderContext, MailboxContext
 from mailfiler.tracking.correlate import Match, correlate, subject_key
@@ -142,55 +143,46 @@ class Tracker:
     ) -> Outcome:
         now = utcnow()
         mb = mailbox.row
-        loc = Location.get_or_none(
-            (Location.mailbox == mb) & (Location.folder == folder.name) & (Location.source_id == source_id)
-        )
-        activity = Activity.get_or_none(Activity.message_id == msg.message_id)
-        if loc is not None and loc.gone_at is None and activity is not None and loc.activity_id == activity.id:
+        seen = txsql.lookup(self.db, mb.id, folder.name, source_id, msg.message_id)
+        if (
+            seen.location_id is not None
+            and not seen.location_gone
+            and seen.activity_id is not None
+            and seen.location_activity_id == seen.activity_id
+        ):
             if token is not None:
                 self._save_token(mb, folder, token, now)
-            return Outcome("known", activity.id, msg.message_id)
+            return Outcome("known", seen.activity_id, msg.message_id)
 
-        if activity is None:
+        if seen.activity_id is None:
             activity = self._create_activity(mailbox, folder, msg, blob_ids, now, plan)
             # the regarding may come from the folder, a rule or correlation
             regarding = activity.regarding.ref if activity.regarding_id else None
             outcome = Outcome("tracked", activity.id, msg.message_id, regarding)
         else:
+            activity = txsql.activity(self.db, seen.activity_id)
             self._add_parties(activity, msg)
             outcome = self._relink(activity, mailbox, folder)
 
-        if loc is None:
-            Location.create(activity=activity, mailbox=mb, folder=folder.name, source_id=source_id, first_seen_at=now)
+        if seen.location_id is None:
+            txsql.insert_location(self.db, activity.id, mb.id, folder.name, source_id, now)
         else:
-            loc.activity = activity
-            loc.gone_at = None
-            loc.save()
+            txsql.reattach_location(self.db, seen.location_id, activity.id)
 
         if may_be_shunted:
-            self._resolve_shunt(mb, folder.name, source_id, now)
+            txsql.resolve_shunt(self.db, mb.id, folder.name, source_id, now)
         if not folder.tracked:
             # judged before (skipped, then the thread got tracked): no longer "seen"
-            SeenMessage.delete().where(
-                (SeenMessage.mailbox == mb) & (SeenMessage.folder == folder.name) & (SeenMessage.source_id == source_id)
-            ).execute()
+            txsql.forget_seen(self.db, mb.id, folder.name, source_id)
         self._bump_cursor(mb, folder, now, token)
         return outcome
-
-    def _resolve_shunt(self, mb, folder: str, source_id: str, now) -> None:
-        Shunt.update(resolved_at=now).where(
-            (Shunt.mailbox == mb)
-            & (Shunt.folder == folder)
-            & (Shunt.source_id == source_id)
-            & (Shunt.resolved_at.is_null())
-        ).execute()
 
     # -- auto-tracking --------------------------------------------------------------
 
     def auto_plan(self, mailbox: MailboxContext, folder: str | None, msg: ParsedMessage) -> Plan:
         """Judge a message outside tracked folders (reads only).  No verdict
         when the message is tracked already: it is then one more location."""
-        if Activity.select(Activity.id).where(Activity.message_id == msg.message_id).exists():
+        if txsql.activity_id(self.db, msg.message_id) is not None:
             return Plan()
         outgoing = msg.sender is not None and msg.sender in mailbox.owner_addresses
         facts = self.facts(mailbox, folder, msg, "outgoing" if outgoing else "incoming")
@@ -244,7 +236,7 @@ class Tracker:
                 seen_at=now,
             ).on_conflict_ignore().execute()
             if may_be_shunted:
-                self._resolve_shunt(mailbox.row, folder.name, source_id, now)
+                txsql.resolve_shunt(self.db, mailbox.row.id, folder.name, source_id, now)
             self._bump_cursor(mailbox.row, folder, now, token)
         crashpoints.point("after_commit")
         return Outcome("skipped", None, msg.message_id, None, reason)
@@ -296,7 +288,7 @@ class Tracker:
                 correlated = match.activity
                 if match.activity.regarding_id is not None:
                     regarding, method = match.activity.regarding, match.method
-        activity = Activity.create(
+        values = dict(
             message_id=msg.message_id,
             synthetic_id=msg.synthetic_id,
             subject=msg.subject,
@@ -319,18 +311,24 @@ class Tracker:
             owner_mailbox=mailbox.row,
             parse_defects=", ".join(msg.defects) or None,
         )
+        # a prebuilt INSERT (Activity.create built ~25 columns of SQL per message)
+        activity = prepared.create(self.db, Activity, values)
         # resolved afresh, not reused from decide(): a rule may have just
         # created the sender's contact
         self._add_parties(activity, msg, fresh=True)
         for position, (part, digest) in enumerate(zip(msg.attachments, blob_ids, strict=True)):
-            Blob.insert(sha256=digest, size=len(part.data)).on_conflict_ignore().execute()
-            Attachment.create(
-                activity=activity,
-                position=position,
-                filename=part.filename,
-                content_type=part.content_type,
-                size=len(part.data),
-                blob=digest,
+            prepared.insert_ignore(self.db, Blob, [{"sha256": digest, "size": len(part.data)}])
+            prepared.insert(
+                self.db,
+                Attachment,
+                {
+                    "activity": activity.id,
+                    "position": position,
+                    "filename": part.filename,
+                    "content_type": part.content_type,
+                    "size": len(part.data),
+                    "blob": digest,
+                },
             )
         if any(a.content_type.lower() == "text/calendar" for a in msg.attachments):
             self._apply_invitations(activity, mailbox, msg)
@@ -391,7 +389,7 @@ class Tracker:
     def _add_parties(self, activity: Activity, msg: ParsedMessage, *, fresh: bool = False) -> None:
         existing: set[tuple[str, str]] = set()
         if not fresh:
-            existing = {(p.role, p.address) for p in ActivityParty.select().where(ActivityParty.activity == activity)}
+            existing = txsql.parties(self.db, activity.id)
         todo = []
         for role, addresses in msg.addresses.items():
             for addr in addresses:
@@ -416,8 +414,7 @@ class Tracker:
                         "record": rec.id if rec else None,
                     }
                 )
-        if rows:
-            ActivityParty.insert_many(rows).on_conflict_ignore().execute()
+        prepared.insert_ignore(self.db, ActivityParty, rows)
 
     def _relink(self, activity: Activity, mailbox: MailboxContext, folder: FolderContext) -> Outcome:
         """Apply folder-level tracking to a message seen in one more place.
@@ -448,36 +445,11 @@ class Tracker:
         activity.save()
         return Outcome("relinked", activity.id, activity.message_id, target.ref, f"from {current}")
 
-    def _bump_cursor(self, mailbox, folder: FolderContext, now, token: str | None = None) -> None:
-        values: dict = {"processed": FolderCursor.processed + 1, "updated_at": now, "last_sync_at": now}
-        if token is not None:
-            values["token"] = token
-        updated = (
-            FolderCursor.update(**values)
-            .where((FolderCursor.mailbox == mailbox) & (FolderCursor.folder == folder.name))
-            .execute()
-        )
-        if not updated:
-            FolderCursor.insert(
-                mailbox=mailbox,
-                folder=folder.name,
-                processed=1,
-                updated_at=now,
-                last_sync_at=now,
-                state="syncing",
-                kind=folder.kind,
-                token=token,
-            ).on_conflict_ignore().execute()
+    def _bump_cursor(self, mailbox: Mailbox, folder: FolderContext, now: dt.datetime, token: str | None = None) -> None:
+        """Count one message and advance the token, in the message's transaction."""
+        txsql.bump_cursor(self.db, mailbox.id, folder.name, folder.kind, now, token, count=True)
 
-    def _save_token(self, mailbox, folder: FolderContext, token: str, now) -> None:
+    def _save_token(self, mailbox: Mailbox, folder: FolderContext, token: str, now: dt.datetime) -> None:
         """Advance the cursor token without counting a message (one known already;
         inside the message's transaction)."""
-        updated = (
-            FolderCursor.update(token=token, updated_at=now)
-            .where((FolderCursor.mailbox == mailbox) & (FolderCursor.folder == folder.name))
-            .execute()
-        )
-        if not updated:
-            FolderCursor.insert(
-                mailbox=mailbox, folder=folder.name, token=token, updated_at=now, state="syncing", kind=folder.kind
-            ).on_conflict_ignore().execute()
+        txsql.bump_cursor(self.db, mailbox.id, folder.name, folder.kind, now, token, count=False)

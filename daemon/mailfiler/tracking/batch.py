@@ -1,0 +1,58 @@
+"""Track several messages in one transaction: one commit (and on SQLite one
+write-lock round) for a batch instead of one per message.
+
+Each message runs in its own savepoint (``Tracker.track``'s transaction
+nests as one), so a message that fails rolls back only its own rows, its
+cursor count and its token.  The batch then stops there: the messages
+before it commit, the failed one reports its exception, the ones after it
+are not tried (None), so the committed token never passes a message that is
+neither committed nor handled by the caller (shunted, retried).
+
+Results hold only once :func:`track_batch` returns: if the final commit
+fails it raises, and nothing of the batch is in the store.  On SQLite the
+batch holds the write lock throughout (keep batches to tens of messages);
+on PostgreSQL two daemons batching the same messages in different orders
+can deadlock, which aborts one batch (raised: retry it message by message).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mailfiler.store.db import transaction
+from mailfiler.tracking.context import FolderContext, MailboxContext
+from mailfiler.tracking.parse import ParsedMessage
+from mailfiler.tracking.pipeline import Outcome, Tracker
+
+
+@dataclass(frozen=True)
+class Item:
+    """One message to track, with what ``Tracker.track`` takes besides it."""
+
+    mailbox: MailboxContext
+    folder: FolderContext
+    source_id: str
+    msg: ParsedMessage
+    may_be_shunted: bool = True
+    token: str | None = None
+
+
+def track_batch(tracker: Tracker, items: Sequence[Item]) -> list[Outcome | Exception | None]:
+    """Outcome per item; an Exception for the one that failed; None after it."""
+    results: list[Outcome | Exception | None] = [None] * len(items)
+    with transaction(tracker.db):
+        for i, item in enumerate(items):
+            try:
+                results[i] = tracker.track(
+                    item.mailbox,
+                    item.folder,
+                    item.source_id,
+                    item.msg,
+                    may_be_shunted=item.may_be_shunted,
+                    token=item.token,
+                )
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, who shunts or retries it
+                results[i] = exc
+                break
+    return results
