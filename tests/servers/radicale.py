@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -334,3 +335,32 @@ class FaultTransport(httpx.AsyncBaseTransport):
 
 def http_error(status: int, text: str = "") -> httpx.Response:
     return httpx.Response(status, text=text or f"injected HTTP {status}")
+
+
+class WeakEtagTransport(httpx.AsyncBaseTransport):
+    """A server that hands out weak etags (``W/"x"``) and compares ``If-Match``
+    strongly, as RFC 9110 says: every etag Radicale gives is turned weak on the
+    way back, and requests pass unchanged, so Radicale (which compares the
+    strings) refuses ``If-Match: W/"x"`` with a 412, as such a server would."""
+
+    def __init__(self) -> None:
+        self.inner: httpx.AsyncBaseTransport | None = None
+
+    def wrap(self, inner: httpx.AsyncBaseTransport) -> WeakEtagTransport:
+        self.inner = inner
+        return self
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert self.inner is not None
+        response = await self.inner.handle_async_request(request)
+        content = await response.aread()
+        drop = ("content-length", "content-encoding")  # the body is read (decoded) here
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in drop]
+        headers = [(k, "W/" + v if k.lower() == "etag" and not v.startswith("W/") else v) for k, v in headers]
+        if response.status_code == 207:
+            content = re.sub(rb'(getetag>)(")', rb"\1W/\2", content)
+        return httpx.Response(response.status_code, headers=headers, content=content, request=request)
+
+    async def aclose(self) -> None:
+        if self.inner is not None:
+            await self.inner.aclose()

@@ -533,6 +533,9 @@ class DavTarget(Target):
     async def update(self, href: str, data: bytes, etag: str) -> str:
         headers = {"If-Match": etag, "Content-Type": _KIND[self.kind]["content_type"]}
         resp = await self._send("PUT", self._item_url(href), content=data, headers=headers)
+        if resp.status_code == 412 and await self._weak_but_unchanged(href, etag):
+            del headers["If-Match"]
+            resp = await self._send("PUT", self._item_url(href), content=data, headers=headers)
         if resp.status_code in (200, 201, 204):
             return resp.headers.get("etag") or await self._etag_of(href)
         if resp.status_code in (404, 409, 412) and "uid-conflict" not in resp.text:
@@ -541,11 +544,37 @@ class DavTarget(Target):
 
     async def delete(self, href: str, etag: str) -> None:
         resp = await self._send("DELETE", self._item_url(href), headers={"If-Match": etag})
+        if resp.status_code == 412 and await self._weak_but_unchanged(href, etag):
+            resp = await self._send("DELETE", self._item_url(href))
         if resp.status_code in (200, 202, 204):
             return
         if resp.status_code in (404, 412):
             await self._precondition_failed(href, resp)
         raise self._write_error(resp, "the deletion of", href)
+
+    async def _weak_but_unchanged(self, href: str, etag: str) -> bool:
+        """After a 412 on ``If-Match: W/"x"``: True when the item still has that etag.
+
+        ``If-Match`` compares strongly (RFC 9110 §13.1.1), so a server that hands out weak
+        etags refuses every conditional write of an item it tagged so, changed or not.
+        When the item's etag is still the one we read, nothing changed it and the write is
+        sent again without the condition (the window is the one round trip between the two);
+        when it moved, the 412 stands and the next sync reads the new version."""
+        if not etag.startswith("W/"):
+            return False
+        try:
+            current = await self._etag_of(href)
+        except SyncError:
+            return False
+        if current != etag:
+            return False
+        log.info(
+            "%s: the server refuses If-Match with its own weak etag for %s; written without it (unchanged)",
+            self.url,
+            href,
+            extra={"event": "sync-weak-etag", "collection": self.url},
+        )
+        return True
 
     async def _precondition_failed(self, href: str, resp: httpx.Response) -> None:
         """A 412 (or a 404, or the 409 of a missing collection): raises unless it was another conflict."""

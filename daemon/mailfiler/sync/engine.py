@@ -71,7 +71,7 @@ from mailfiler.sync.filters import matches
 from mailfiler.sync.items import Fields, ParsedItem, content_hash
 from mailfiler.sync.merge import Merged, creatable, merge
 from mailfiler.sync.state import SyncState, changes_are_ours, listing_is_known
-from mailfiler.sync.target import Changes, Fetched, Target, href_for
+from mailfiler.sync.target import Changes, Fetched, Target, etag_key, href_for
 from mailfiler.util.fsio import atomic_write
 
 log = logging.getLogger("mailfiler.sync")
@@ -540,10 +540,11 @@ class _CollectionSync:
         wanted = [
             href
             for href, etag in self.listing.items()
-            if known.get(href) != etag and not (href in shunted and shunted[href] == etag)
+            if etag_key(known.get(href)) != etag_key(etag)
+            and not (href in shunted and etag_key(shunted[href]) == etag_key(etag))
         ]
         for href, etag in self.listing.items():
-            if href in shunted and shunted[href] == etag:
+            if href in shunted and etag_key(shunted[href]) == etag_key(etag):
                 self.broken.add(href)
         for start in range(0, len(wanted), FETCH_BATCH):
             for fetched in await self.target.get_multi(wanted[start : start + FETCH_BATCH]):
@@ -579,7 +580,7 @@ class _CollectionSync:
             return
         crm_changed = content_hash(item.fields) != status.crm_hash
         if not mbox_changed and not crm_changed:
-            if self.listing[href] != status.etag:
+            if self.listing[href] != status.etag:  # the same version (a weak tag turned strong) or touched
                 status.etag = self.listing[href]  # touched, same content
                 status.save()
             return

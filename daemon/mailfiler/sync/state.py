@@ -26,7 +26,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mailfiler.sync.target import Changes
+from mailfiler.sync.target import Changes, etag_key
 
 #: bump when what the digest covers changes meaning (a stored state then simply misses once)
 FORMAT = 1
@@ -64,14 +64,16 @@ class SyncState:
 def changes_are_ours(changes: Changes, known: Mapping[str, str]) -> bool:
     """True when *changes* (since a token) leave the user's side as *known*
     (href -> etag: the status, and shunted items at their shunted etag)."""
-    return all(known.get(href) == etag for href, etag in changes.changed.items()) and not any(
+    return all(etag_key(known.get(href)) == etag_key(etag) for href, etag in changes.changed.items()) and not any(
         href in known for href in changes.deleted
     )
 
 
 def listing_is_known(listing: Mapping[str, str], known: Mapping[str, str]) -> bool:
     """True when a full listing is exactly what the status knows."""
-    return dict(listing) == dict(known)
+    return len(listing) == len(known) and all(
+        href in known and etag_key(known[href]) == etag_key(etag) for href, etag in listing.items()
+    )
 
 
 __all__ = ["SyncState", "changes_are_ours", "listing_is_known"]

@@ -34,6 +34,7 @@ __all__ = [
     "SyncPreconditionFailed",
     "SyncTargetUnavailable",
     "Target",
+    "etag_key",
     "href_for",
 ]
 
@@ -49,6 +50,18 @@ def href_for(uid: str, kind: str) -> str:
     name (what khard and khal do), else a hash of it."""
     stem = uid if _SAFE.match(uid) else hashlib.sha256(uid.encode()).hexdigest()[:40]
     return stem + EXTENSIONS[kind]
+
+
+def etag_key(etag: str | None) -> str | None:
+    """An etag as compared to tell whether an item changed.
+
+    A weak etag (``W/"x"``, RFC 9110 §8.8.1) names the same version as
+    ``"x"``: Apache's mod_dav, for one, gives ``W/`` for a second after a
+    write and the strong form afterwards, and the item did not change.  The
+    etag itself is kept as the server gave it, for ``If-Match``."""
+    if etag is not None and etag.startswith("W/"):
+        return etag[2:]
+    return etag
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,59 @@
+"""What real servers do that Radicale does not by default, on a real Radicale
+with a layer in front: weak etags, and (below) logins and discovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailfiler.errors import SyncPreconditionFailed
+from mailfiler.sync.dav import CardDavTarget
+from tests.servers.radicale import DavUser, WeakEtagTransport, dav_user, radicale
+from tests.store.helpers import Store
+from tests.sync.helpers import Rig, crm_contact, crm_contacts, make_mailbox
+from tests.sync.target_contract import item
+
+__all__ = ["dav_user", "radicale"]
+
+
+async def test_weak_etags_are_written_back_when_the_item_did_not_change(dav_user: DavUser) -> None:
+    t = CardDavTarget(dav_user.url("crm-contacts"), **dav_user.target_kwargs(), wrap_transport=WeakEtagTransport().wrap)
+    await t.open()
+    await t.list()
+    href, etag = await t.upload(item("contacts", "u1"), uid="u1")
+    assert etag.startswith('W/"')
+    assert await t.list() == {href: etag}
+    # If-Match: W/"..." never matches strongly; the item is unchanged, so the write goes through
+    new = await t.update(href, item("contacts", "u1", "Bo"), etag)
+    assert new.startswith('W/"') and new != etag
+    [got] = await t.get_multi([href])
+    assert b"FN:Bo" in got.data
+    # an etag that is no longer the item's: the 412 stands
+    with pytest.raises(SyncPreconditionFailed):
+        await t.update(href, item("contacts", "u1", "Stale"), etag)
+    with pytest.raises(SyncPreconditionFailed):
+        await t.delete(href, etag)
+    await t.delete(href, new)
+    assert await t.list() == {}
+    await t.close()
+
+
+async def test_the_engine_syncs_with_a_server_of_weak_etags(
+    sqlite_store: Store, tmp_path: Path, dav_user: DavUser
+) -> None:
+    t = CardDavTarget(dav_user.url("crm-contacts"), **dav_user.target_kwargs(), wrap_transport=WeakEtagTransport().wrap)
+    rig = Rig(sqlite_store.db, tmp_path, make_mailbox(), contacts_target=t)
+    rec = crm_contact("bob", "Bob Smith", job_title="CEO")
+    [r] = await rig.sync_ok("contacts")
+    assert r.uploaded == 1
+    [r] = await rig.sync_ok("contacts")
+    assert r.quiet
+    from mailfiler.sync.crm import ContactStore
+
+    ContactStore().write(rec, {"job_title": "CTO"})
+    [r] = await rig.sync_ok("contacts")
+    assert r.updated_mailbox == 1 and r.skipped == 0
+    [r] = await rig.sync_ok("contacts")
+    assert r.quiet and crm_contacts()["Bob Smith"]["job_title"] == "CTO"
+    await t.close()
