@@ -256,6 +256,8 @@ def edge_cases() -> dict[str, bytes]:
             "nested_5": _nested(5, b"Content-Type: text/plain; charset=utf-8\n\ninner\n"),
             "nested_120": _nested(120, b"Content-Type: text/plain\n\ninner\n"),
             "nested_400": _nested(400, b"Content-Type: text/plain\n\ninner\n"),
+            # deeper than the stdlib feed parser's generators can go: RecursionError, before and after
+            "nested_3000": _nested(3000, b"Content-Type: text/plain\n\ninner\n"),
             "alternative_html_first": _msg(
                 HDR + b'Subject: a\nContent-Type: multipart/alternative; boundary="a"\n',
                 b"--a\nContent-Type: text/html\n\n<p>x</p>\n--a\nContent-Type: text/plain\n\nplain\n--a--\n",
@@ -297,6 +299,34 @@ def test_other_generators() -> None:
 
 def test_edge_cases() -> None:
     _check(edge_cases())
+
+
+_NASTY = (
+    b"=?utf-8?q?", b"?=", b"=?utf-8?b?w4U=?=", b"=?iso-8859-1?q?=E5?=", b'"', b"\\", b"(", b")", b";", b":", b",",
+    b"<", b">", b"@", b"\xe5", b"\xc3\xa5", b"\xff", b"\x00", b"\t", b"  ", b"\n ", b"\r\n", b"*", b"'", b"%", b"=",
+    b"?", b"boundary=", b"charset=", b"filename*=utf-8''%C3%85", b"name=", b"multipart/mixed", b"text/html",
+    b"base64", b"quoted-printable", b"attachment", b"\n\n", b"--",
+)  # fmt: skip
+
+
+def test_mutated_messages() -> None:
+    """Realistic and edge-case messages with hostile bytes inserted or cut, mostly in the headers."""
+    rng = random.Random(1)
+    seeds = [mailgen.realistic_message(i, seed=3, with_attachment_every=2) for i in range(20)]
+    seeds += [raw for raw in mailgen.malformed_corpus().values() if raw]
+    seeds += [raw for name, raw in edge_cases().items() if not name.startswith("nested_")]
+    cases = {}
+    for i in range(600):
+        raw = rng.choice(seeds)
+        head_end = max(1, raw.find(b"\n\n"))
+        for _ in range(rng.randrange(1, 4)):
+            pos = rng.randrange(head_end if rng.random() < 0.6 else len(raw))
+            if rng.random() < 0.3:
+                raw = raw[:pos] + raw[pos + rng.randrange(1, 5) :]
+            else:
+                raw = raw[:pos] + rng.choice(_NASTY) + raw[pos:]
+        cases[f"mutated_{i}"] = raw
+    _check(cases)
 
 
 # --------------------------------------------------------------------------- header renderings

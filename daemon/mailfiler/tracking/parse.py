@@ -239,7 +239,8 @@ def _display_word(word: str) -> str | None:
         return word[1:-1]
     if word.startswith("=?"):
         text = _decoded_ew(word)
-        # the registry collapses whitespace runs inside an encoded word
+        # whitespace inside an encoded word is tokenized by the registry:
+        # only single inner spaces are taken as they are
         return text if text and text == " ".join(text.split()) else None
     return word
 
@@ -281,7 +282,7 @@ def _address_pairs(name: str, value: str) -> list[tuple[str, str]]:
 class _Policy(Compat32):
     """compat32 parsing; header values read back as policy.default's strings."""
 
-    def header_fetch_parse(self, name: str, value: str) -> str:  # type: ignore[override]
+    def header_fetch_parse(self, name: str, value: str) -> str:
         return default_header_str(name, value) if isinstance(value, str) else value
 
 
