@@ -20,6 +20,7 @@ from mailfiler.service.retry import retry
 from mailfiler.service.runtime import MailboxRuntime, Services, build_services
 from mailfiler.service.worker import MailboxWorker
 from mailfiler.sources import imapconn
+from mailfiler.sources import imapproto as proto
 from mailfiler.sources.base import Change
 from mailfiler.sources.imap import Cursor, ImapSettings, ImapSource
 from mailfiler.store import db as storedb
@@ -252,6 +253,50 @@ async def test_a_restart_on_an_unchanged_2000_message_folder_is_one_examine(
     assert m.Activity.select().count() == 20
 
 
+async def test_a_backfill_reads_ahead_in_batches(world: World, imap_user: ImapUser, commands: Commands) -> None:
+    """451 messages: their sizes in two UID FETCHes (400 + 51) and their bodies in
+    two more, instead of two per message.  One is over the size limit: never
+    read, streamed into the shunt.  One is expunged after its batch's sizes
+    came and before its body: vanished, and the cursor stops before it until
+    the next look."""
+    imap_user.seed(TRACKED, [realistic_message(i, with_attachment_every=0) for i in range(450)])
+    with imap_user.client() as admin:
+        big = admin.append(TRACKED, offer(1000) + b"x" * 300_000 + b"\r\n")
+        uids = admin.uids(TRACKED)
+    worker = await world.start()
+    world.services.max_message_bytes = 200_000
+    source = world.source
+    assert source is not None
+    real_fetch_batch, doomed = source.fetch_batch, uids[7]
+
+    async def fetch_batch(folder, items):  # type: ignore[no-untyped-def]
+        if any(sid.endswith(f":{doomed}") for sid in items):
+            with imap_user.client() as admin:
+                admin.expunge(TRACKED, doomed)
+        return await real_fetch_batch(folder, items)
+
+    source.fetch_batch = fetch_batch  # type: ignore[method-assign]
+    commands.clear()
+    result = await worker.scan_folder(TRACKED)
+    assert (result.new, result.shunted) == (449, 1)
+    fetches = commands.named("UID FETCH")
+    assert len([c for c in fetches if c.endswith("(UID RFC822.SIZE)")]) == 2 + 1  # + the big one's, to stream it
+    assert len([c for c in fetches if c.endswith("(UID BODY.PEEK[])")]) == 2, fetches
+    assert [c for c in fetches if "BODY.PEEK[]<" in c] == [f"UID FETCH {big} (UID BODY.PEEK[]<0.4194304>)"]
+    shunt = m.Shunt.get()
+    assert (shunt.reason, shunt.source_id.split(":")[1]) == ("too-large", str(big))
+    cursor = world.cursor(TRACKED)
+    assert cursor is not None and cursor.uid == uids[6]  # held before the vanished one
+
+    # the next look settles it: the expunge is seen, the cursor moves to the end
+    source.fetch_batch = real_fetch_batch  # type: ignore[method-assign]
+    result = await worker.scan_folder(TRACKED)
+    assert (result.new, result.shunted) == (0, 0)
+    cursor = world.cursor(TRACKED)
+    assert cursor is not None and cursor.uid == max(uids)
+    assert m.Activity.select().count() == 449
+
+
 async def test_changes_since_the_token(mode: str, world: World, imap_user: ImapUser, commands: Commands) -> None:
     imap_user.create_folder(TRACKED)
     with imap_user.client() as admin:
@@ -283,10 +328,17 @@ async def test_changes_since_the_token(mode: str, world: World, imap_user: ImapU
     commands.clear()
     result = await worker.scan_folder(TRACKED)
     assert (result.new, result.gone) == (2, 1)
-    assert len(commands.named("UID FETCH")) == 4  # size and body of the two new ones, nothing else
-    assert any(f" {moved} " in c for c in commands.named("UID FETCH"))
     with imap_user.client() as admin:
         now = admin.uids(TRACKED)
+    # read ahead in one batch: the sizes, then the bodies, of the two new ones (the moved
+    # one among them), nothing else
+    fetches = commands.named("UID FETCH")
+    new_uids = sorted(set(now) - set(uids))
+    assert moved in new_uids and len(new_uids) == 2
+    assert fetches == [
+        f"UID FETCH {proto.uid_set(new_uids)} (UID RFC822.SIZE)",
+        f"UID FETCH {proto.uid_set(new_uids)} (UID BODY.PEEK[])",
+    ]
     cursor = world.cursor(TRACKED)
     assert cursor is not None and cursor.uid == max(now)
     assert world.live(TRACKED) == {f"{cursor.uidvalidity}:{u}" for u in now}
@@ -335,6 +387,12 @@ async def test_a_new_uidvalidity_with_a_stored_token(
 # --------------------------------------------------------------------------- keywords
 
 
+def unkeyword(user: ImapUser, folder: str, uid: int, keyword: str) -> None:
+    with user.client() as admin:
+        admin.select(folder)
+        admin.imap.uid("STORE", str(uid), "-FLAGS.SILENT", f"({keyword})")
+
+
 def flags_by_uid(user: ImapUser, folder: str) -> dict[int, str]:
     with user.client() as admin:
         admin.select(folder, readonly=True)
@@ -377,6 +435,39 @@ async def test_keywords_mark_tracked_and_shunted_mail(imap_user: ImapUser, tmp_p
         results = await asyncio.to_thread(retry, world.services, None)
         assert [r["result"] for r in results] == ["tracked"]
         assert flags_by_uid(imap_user, TRACKED)[big] == "$Tracked"
+    finally:
+        await world.close()
+
+
+async def test_a_restart_marks_what_a_crash_left_unmarked(imap_user: ImapUser, tmp_path: Path) -> None:
+    """The keyword is stored after the commit: a crash in between leaves a tracked
+    message without it.  At the next start the worker finds it (one UID SEARCH
+    UNKEYWORD per state) and marks it; what it does not hold stays unmarked."""
+    imap_user.create_folder(TRACKED)
+    with imap_user.client() as admin:
+        ok = [admin.append(TRACKED, offer(i)) for i in range(3)]
+        big = admin.append(TRACKED, offer(99) + b"x" * 20_000)
+    world = World(imap_user, tmp_path, keywords=KEYWORDS)
+    try:
+        world.services.max_message_bytes = 10_000  # the big one is shunted
+        worker = await world.start()
+        assert (await worker.scan_folder(TRACKED)).shunted == 1
+        # the crash: commits done, keywords never stored; and mail we never saw
+        unkeyword(imap_user, TRACKED, ok[1], "$Tracked")
+        unkeyword(imap_user, TRACKED, big, "$TrackFailed")
+        with imap_user.client() as admin:
+            stranger = admin.append(TRACKED, offer(50))
+        world.services.max_message_bytes = 1  # nothing new may be tracked: only marks
+        worker = await world.start()
+        result = await worker.scan_folder(TRACKED)
+        assert (result.new, result.shunted) == (0, 1)  # the stranger, shunted now
+        flags = flags_by_uid(imap_user, TRACKED)
+        assert {u: flags[u] for u in ok} == dict.fromkeys(ok, "$Tracked")
+        assert (flags[big], flags[stranger]) == ("$TrackFailed", "$TrackFailed")
+        # once per folder and start: a later scan does not search again
+        unkeyword(imap_user, TRACKED, ok[0], "$Tracked")
+        await worker.scan_folder(TRACKED)
+        assert flags_by_uid(imap_user, TRACKED)[ok[0]] == ""
     finally:
         await world.close()
 

@@ -87,6 +87,9 @@ def test_parse_fetch_with_sections_literals_and_nil() -> None:
     assert data["ENVELOPE"] == [b'a "b"', None]
     _, partial = proto.parse_fetch(b"1 FETCH (UID 1 BODY[]<0> {3}\r\nabc)")
     assert proto.body_of(partial) == b"abc"
+    # an empty message is empty; NIL (Dovecot, for a message expunged meanwhile) is gone
+    assert proto.body_of(proto.parse_fetch(b"3 FETCH (UID 9 BODY[] {0}\r\n)")[1]) == b""
+    assert proto.body_of(proto.parse_fetch(b"3 FETCH (UID 9 BODY[] NIL)")[1]) is None
 
 
 def test_parse_list_and_status() -> None:

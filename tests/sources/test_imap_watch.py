@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from mailfiler.sources import imapwatch
 from mailfiler.sources.base import Change
 from mailfiler.sources.imap import ImapSettings, ImapSource
 from tests.contract.source_contract import WatchRecorder
@@ -118,6 +119,54 @@ async def test_a_tracked_folder_that_appears_or_goes_is_a_rescan(imap_user: Imap
         rec.changes.clear()
         imap_user.server.doveadm("mailbox", "delete", "-u", imap_user.name, "Later")
         await rec.wait_for(lambda cs: [(c.kind, c.folder) for c in cs] == [("rescan", "Later")], LATENCY)
+
+
+async def test_a_deleted_folder_is_noticed_by_push(imap_user: ImapUser) -> None:
+    """NOTIFY's MailboxName event (``LIST (\\NonExistent)``): no wait for a sweep."""
+    imap_user.create_folder("Doomed")
+    async with watching(imap_user, ["Doomed"], sweep_interval=600, quick_sweep=0) as (_, rec):
+        with imap_user.client() as client:
+            client._ok(client.imap.delete(client.box("Doomed")), "DELETE")
+        await rec.wait_for(lambda cs: [(c.kind, c.folder) for c in cs] == [("rescan", "Doomed")], LATENCY)
+
+
+async def test_list_status_in_one_round_trip(imap_user: ImapUser) -> None:
+    folders = ["Kunder/Åkesson AB", "Archive", "INBOX", "Nowhere", "odd * name"]
+    for folder in ("Kunder/Åkesson AB", "Archive", "odd * name", "odd x name"):
+        imap_user.create_folder(folder)
+    with imap_user.client() as client:
+        uid = client.append(folders[0], msg(1))
+        client.append("odd x name", msg(2))
+    source = ImapSource(ImapSettings(**{**imap_user.settings_kwargs(), "timeout": 10.0}))  # type: ignore[arg-type]
+    await source.open()
+    try:
+        assert source.has("LIST-STATUS")
+        async with source.session() as conn:
+            await conn.examine("Archive")  # the selected one is looked at afresh
+            got = await conn.list_status(folders)
+            single = {f: await conn.status(f) for f in folders}
+        assert got == single
+        assert got["Kunder/Åkesson AB"] == {
+            "MESSAGES": 1,
+            "UIDNEXT": uid + 1,
+            "UIDVALIDITY": got[folders[0]]["UIDVALIDITY"],
+        }  # type: ignore[index]
+        assert got["Nowhere"] is None and got["odd * name"]["MESSAGES"] == 0  # type: ignore[index]
+    finally:
+        await source.close()
+
+
+async def test_a_push_that_never_comes_is_made_up_by_the_quick_sweep(
+    imap_user: ImapUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dovecot's NOTIFY at times goes quiet (bench/README.md); here it is made deaf:
+    the one-command LIST-STATUS sweep still reports the arrival within seconds."""
+    imap_user.create_folder("Quiet")
+    async with watching(imap_user, ["Quiet"], sweep_interval=600, quick_sweep=0.5) as (_, rec):
+        monkeypatch.setattr(imapwatch.Listener, "_report", lambda self, lines: None)
+        with imap_user.client() as client:
+            client.append("Quiet", msg(3))
+        await rec.wait_for(lambda cs: bool(added_in(cs, "Quiet")), LATENCY)
 
 
 async def test_server_side_delivery_is_reported(imap_user: ImapUser) -> None:

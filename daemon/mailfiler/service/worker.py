@@ -16,12 +16,13 @@ client (IMAP keywords, opt-in) follow the commits, best effort."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +35,10 @@ from mailfiler.errors import (
     MessageTooLarge,
     MessageVanished,
     ProcessingFailed,
+    SourceError,
 )
 from mailfiler.service.runtime import MailboxRuntime, Services
-from mailfiler.sources.base import Change, Listing, MarkState
+from mailfiler.sources.base import Change, Listing, MarkState, Source
 from mailfiler.store.db import transaction
 from mailfiler.store.models import FolderCursor, Location, SeenMessage, Shunt
 from mailfiler.tracking.context import watched_folder
@@ -60,6 +62,12 @@ log = logging.getLogger("mailfiler.worker")
 #: transient store errors (SQLite busy, PostgreSQL restart) are retried this
 #: many times before the message is shunted as a persistent store error
 STORE_RETRIES = 5
+#: a scan reads messages ahead in batches of at most this many messages and
+#: bytes (IMAP: 400 UIDs per UID FETCH, see imapproto.FETCH_BATCH)
+READ_AHEAD_COUNT = 400
+READ_AHEAD_BYTES = 16 * 1024 * 1024
+#: process() reads the message itself
+NOT_READ = object()
 
 
 @dataclass
@@ -88,6 +96,10 @@ class MailboxWorker:
         self.baseline: set[str] = set()
         #: (folder, state) -> source ids to mark in the mailbox (Source.mark)
         self._marks: dict[tuple[str, MarkState], list[str]] = {}
+        #: watched folders a scan found gone, for the next discover() to report
+        self._dropped: set[str] = set()
+        #: folders whose marks were checked since start (_remark)
+        self._remarked: set[str] = set()
 
     @property
     def mailbox(self):
@@ -111,9 +123,12 @@ class MailboxWorker:
             names = []
         wanted = {f for f in names if f not in rt.folders and rt.auto_folders(f)}
         added = sorted(wanted - set(rt.watched))
-        removed = sorted(set(rt.watched) - wanted)
+        # a scan that found a watched folder gone dropped it already; it is still
+        # reported as removed, so that the caller follows the change (its watcher)
+        removed = sorted((set(rt.watched) | self._dropped) - wanted)
+        self._dropped.clear()
         for folder in removed:
-            del rt.watched[folder]
+            rt.watched.pop(folder, None)
         if at_start:
             watched_before = {
                 c.folder
@@ -155,13 +170,48 @@ class MailboxWorker:
         without one, or when the backend cannot use it, list the folder in full
         and diff the listing against the store."""
         kind = "watched" if folder in self.rt.watched else "tracked"
+        result = None
         if kind == "tracked" or folder not in self.baseline:
             result = await self._catch_up(folder, kind)
-            if result is not None:
-                return result
-        if kind == "watched":
-            return await self._scan_watched(folder)
-        return await self._scan_tracked(folder)
+        if result is None:
+            result = await (self._scan_watched(folder) if kind == "watched" else self._scan_tracked(folder))
+        if not result.missing and not self.should_stop():
+            await self._remark(folder)
+        return result
+
+    async def _remark(self, folder: str) -> None:
+        """Once per folder and start, mark again what the store holds and the
+        mailbox does not show (marks follow commits: a crash in between, or a
+        failed STORE, leaves a message unmarked).  One search per state."""
+        source = self.rt.source
+        if folder in self._remarked or not source.marks:
+            return
+        self._remarked.add(folder)
+        mb = self.mailbox
+        states: tuple[tuple[MarkState, Callable[..., set[str]]], ...] = (
+            ("tracked", present_source_ids),
+            ("failed", shunted_source_ids),
+        )
+        for state, held in states:
+            try:
+                lacking = await source.unmarked(folder, state)
+            except MailboxUnavailable:
+                raise
+            except SourceError as exc:  # best effort, like every mark (a folder gone meanwhile...)
+                log.warning("could not look for unmarked mail in %s/%s: %s", self.rt.name, folder, exc)
+                return
+            missing = sorted((lacking or set()) & held(mb, folder))
+            if missing:
+                log.info(
+                    "marking %d message(s) in %s/%s as %s again",
+                    len(missing),
+                    self.rt.name,
+                    folder,
+                    state,
+                    extra={"event": "remark", "mailbox": self.rt.name, "folder": folder, "count": len(missing)},
+                )
+                self._marks.setdefault((folder, state), []).extend(missing)
+        await self.flush_marks()
 
     async def _catch_up(self, folder: str, kind: str) -> ScanResult | None:
         """Apply the changes since the folder's token; None when there is no
@@ -217,6 +267,7 @@ class MailboxWorker:
         except FolderMissing:
             # a watched folder that went away is simply no longer watched
             self.rt.watched.pop(folder, None)
+            self._dropped.add(folder)
             self._unwatch([folder])
             result.missing = True
             return result
@@ -252,26 +303,34 @@ class MailboxWorker:
         """Process ``todo`` in order.  With the backend's ``token``, each message
         commits its own cursor token; a message that vanished before it could
         be read stops the cursor there (its fate is unknown until the next
-        look).  True when the cursor may move to ``token``: every message done."""
+        look).  True when the cursor may move to ``token``: every message done.
+
+        The messages are read ahead in batches (:class:`_ReadAhead`), the next
+        batch while this one is tracked."""
         advancing = token is not None
         source = self.rt.source
-        for done, sid in enumerate(todo, 1):
-            if self.should_stop():
-                return False
-            step = source.message_token(token, sid) if advancing and token is not None else None
-            outcome = await self.process(folder, sid, hints[sid], token=step)
-            if outcome is None:
-                advancing = False
-            if outcome == "shunted":
-                result.shunted += 1
-            elif isinstance(outcome, Outcome) and outcome.event == "skipped":
-                result.skipped += 1
-            elif outcome is not None:
-                result.new += 1
-            if self.progress:
-                self.progress(folder, done, len(todo))
-            # let signals, the watchdog and other mailboxes run
-            await asyncio.sleep(0)
+        ahead = _ReadAhead(source, folder, todo, hints, self.services.max_message_bytes)
+        try:
+            for done, sid in enumerate(todo, 1):
+                if self.should_stop():
+                    return False
+                read = await ahead.get(sid)
+                step = source.message_token(token, sid) if advancing and token is not None else None
+                outcome = await self.process(folder, sid, hints[sid], token=step, read=read)
+                if outcome is None:
+                    advancing = False
+                if outcome == "shunted":
+                    result.shunted += 1
+                elif isinstance(outcome, Outcome) and outcome.event == "skipped":
+                    result.skipped += 1
+                elif outcome is not None:
+                    result.new += 1
+                if self.progress:
+                    self.progress(folder, done, len(todo))
+                # let signals, the watchdog, other mailboxes and the read-ahead run
+                await asyncio.sleep(0)
+        finally:
+            await ahead.aclose()
         await self.flush_marks()
         return advancing
 
@@ -381,24 +440,37 @@ class MailboxWorker:
     # -- one message ---------------------------------------------------------------
 
     async def process(
-        self, folder: str, source_id: str, hint: str | None, *, token: str | None = None
+        self,
+        folder: str,
+        source_id: str,
+        hint: str | None,
+        *,
+        token: str | None = None,
+        read: bytes | Exception | object | None = NOT_READ,
     ) -> str | Outcome | None:
         """Track one message.  Returns the outcome, "shunted", or None when
         the message vanished before it could be read (a move in progress).
-        ``token``: the folder's cursor token to commit with it."""
+        ``token``: the folder's cursor token to commit with it.  ``read``: what
+        a read-ahead got for it (the bytes, the error reading it raised, None
+        when it was gone); by default the message is read here."""
         source = self.rt.source
         fctx = self.rt.context(folder)
         if fctx is None:
             return None
         raw: bytes | None = None
         try:
-            size = await source.size(folder, source_id, hint)
-            if size > self.services.max_message_bytes:
-                raise MessageTooLarge(
-                    f"message is {size} bytes; limits.max_message_bytes is {self.services.max_message_bytes}",
-                    size=size,
-                )
-            raw = await source.fetch(folder, source_id, hint)
+            if read is NOT_READ:
+                size = await source.size(folder, source_id, hint)
+                if size > self.services.max_message_bytes:
+                    raise _too_large(size, self.services.max_message_bytes)
+                raw = await source.fetch(folder, source_id, hint)
+            elif read is None:
+                raise MessageVanished(f"{folder}/{source_id} is gone", folder=folder, source_id=source_id)
+            elif isinstance(read, Exception):
+                raise read
+            else:
+                assert isinstance(read, bytes)
+                raw = read
             parsed = parse_message(raw)
             outcome = self._track_with_retries(fctx, folder, source_id, parsed, token)
         except MessageVanished:
@@ -540,6 +612,101 @@ class MailboxWorker:
                 "activity_id": outcome.activity_id,
             },
         )
+
+
+def _too_large(size: int, limit: int) -> MessageTooLarge:
+    return MessageTooLarge(f"message is {size} bytes; limits.max_message_bytes is {limit}", size=size)
+
+
+class _ReadAhead:
+    """A scan's messages read in batches, in the order they are processed.
+
+    Each batch is a run of the todo list: at most :data:`READ_AHEAD_COUNT`
+    messages, whose sizes come in one call (:meth:`Source.sizes_of`), and at
+    most :data:`READ_AHEAD_BYTES` of them, read in one call
+    (:meth:`Source.fetch_batch`): over IMAP one round trip per batch instead of
+    two per message.  The next batch is read in a task while the worker tracks
+    the current one (its bytes arrive between messages), so at most two
+    batches are held in memory.  A message over the size limit is never read:
+    it gets :class:`MessageTooLarge` and is shunted by streaming it
+    (``copy_raw``), as when read one by one.  A batch that fails for any reason
+    but a lost connection is read again one message at a time, the way it was
+    before read-ahead, so that one bad message cannot hold up the others."""
+
+    def __init__(self, source: Source, folder: str, todo: list[str], hints: dict[str, str | None], limit: int) -> None:
+        self.source, self.folder, self.hints, self.limit = source, folder, hints, limit
+        self._runs = self._plan(todo)
+        self._task: asyncio.Task[tuple[list[str], dict[str, bytes | Exception] | None] | None] | None = None
+        #: the batch being processed: source_id -> what was read (absent: gone)
+        self._current: dict[str, bytes | Exception] | None = {}
+        self._covered: set[str] = set()
+
+    async def _plan(self, todo: list[str]) -> AsyncIterator[tuple[list[str], dict[str, Exception]]]:
+        """Runs of ``todo`` to read in one call, each with what is known without
+        reading (too large, or the error asking the size raised)."""
+        for start in range(0, len(todo), READ_AHEAD_COUNT):
+            chunk = todo[start : start + READ_AHEAD_COUNT]
+            sizes = await self.source.sizes_of(self.folder, {sid: self.hints[sid] for sid in chunk})
+            run: list[str] = []
+            known: dict[str, Exception] = {}
+            nbytes = 0
+            for sid in chunk:
+                size = sizes.get(sid)
+                if isinstance(size, int) and size <= self.limit:
+                    if run and nbytes + size > READ_AHEAD_BYTES:
+                        yield run, known
+                        run, known, nbytes = [], {}, 0
+                    nbytes += size
+                elif isinstance(size, int):
+                    known[sid] = _too_large(size, self.limit)
+                elif size is not None:
+                    known[sid] = size
+                run.append(sid)  # absent from sizes: gone, unless the batch finds it
+            if run:
+                yield run, known
+
+    async def _next(self) -> tuple[list[str], dict[str, bytes | Exception] | None] | None:
+        planned = await anext(self._runs, None)
+        if planned is None:
+            return None
+        run, known = planned
+        want = {sid: self.hints[sid] for sid in run if sid not in known}
+        try:
+            got = await self.source.fetch_batch(self.folder, want) if want else {}
+        except MailboxUnavailable:
+            raise
+        except Exception:  # read one by one instead: process() meets the error, for its message alone
+            log.debug("reading a batch of %d failed; reading them one by one", len(want), exc_info=True)
+            return run, None
+        return run, {**got, **known}
+
+    async def get(self, source_id: str) -> bytes | Exception | object | None:
+        """What was read for ``source_id`` (the next in the todo list): the bytes
+        or the error, None when it is gone, NOT_READ when it must be read alone."""
+        if source_id not in self._covered:
+            if self._task is None:
+                self._task = asyncio.create_task(self._next())
+            batch = await self._task
+            self._task = None
+            if batch is None:
+                return NOT_READ  # not planned: never happens when asked in order
+            run, self._current = batch
+            self._covered = set(run)
+            # read the next batch while this one is processed
+            self._task = asyncio.create_task(self._next())
+        if self._current is None:
+            return NOT_READ
+        return self._current.pop(source_id, None)
+
+    async def aclose(self) -> None:
+        """Stop reading ahead (a scan that stops early, or failed)."""
+        task, self._task = self._task, None
+        if task is not None:
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        await self._runs.aclose()
 
 
 def _todo(listing: Listing, known: set[str]) -> list[str]:

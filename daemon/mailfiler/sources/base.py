@@ -22,6 +22,12 @@ folder in full and diffs it against the store, as it always can.  A backend
 without tokens (Maildir: its locations are its cursor) returns None
 everywhere.
 
+**Reading ahead.**  A backfill reads messages in batches
+(:meth:`Source.sizes_of`, then :meth:`Source.fetch_batch`): the worker has one
+code path for every backend, and a backend that can read many messages in one
+round trip (IMAP: one ``UID FETCH`` for up to 400 UIDs) overrides them.  The
+defaults call :meth:`Source.size` and :meth:`Source.fetch` per message.
+
 **Marks.**  A backend may mark messages so that users see their state in
 their mail client (IMAP keywords ``$Tracked``/``$TrackFailed``, opt-in):
 :meth:`Source.mark`.  It is the one write a backend may make to a mailbox,
@@ -32,9 +38,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from mailfiler.errors import MailboxUnavailable, MessageVanished
 
 ChangeKind = Literal["added", "gone", "rescan"]
 #: what a mark says about a message: tracked, or kept aside in the shunt
@@ -126,6 +134,41 @@ class Source(abc.ABC):
 
         Raise :class:`~mailfiler.errors.MessageVanished` if it is gone."""
 
+    # -- reading ahead (a backfill's batches) --------------------------------------------
+
+    async def sizes_of(self, folder: str, items: Mapping[str, str | None]) -> dict[str, int | Exception]:
+        """Sizes of several messages (source_id -> hint): for each, its size or
+        the error :meth:`size` raises for it; those that are gone are left out.
+        Only :class:`~mailfiler.errors.MailboxUnavailable` is raised (the
+        connection failed, not a message)."""
+        out: dict[str, int | Exception] = {}
+        for sid, hint in items.items():
+            try:
+                out[sid] = await self.size(folder, sid, hint)
+            except MessageVanished:
+                continue
+            except MailboxUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the worker raises it again for this message alone
+                out[sid] = exc
+        return out
+
+    async def fetch_batch(self, folder: str, items: Mapping[str, str | None]) -> dict[str, bytes | Exception]:
+        """Several messages at once, as :meth:`fetch` reads them: for each, the raw
+        bytes or the error reading it raised; those that are gone are left out.
+        The caller bounds the batch (count and bytes, from :meth:`sizes_of`)."""
+        out: dict[str, bytes | Exception] = {}
+        for sid, hint in items.items():
+            try:
+                out[sid] = await self.fetch(folder, sid, hint)
+            except MessageVanished:
+                continue
+            except MailboxUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the worker raises it again for this message alone
+                out[sid] = exc
+        return out
+
     @abc.abstractmethod
     def watch(self, folders: Sequence[str], stop: asyncio.Event) -> AsyncIterator[list[Change]]:
         """Yield batches of changes in ``folders`` until ``stop`` is set."""
@@ -157,6 +200,12 @@ class Source(abc.ABC):
         """Show ``state`` on these messages in the user's mail client, best
         effort: how many were marked; failures are logged, never raised."""
         return 0
+
+    async def unmarked(self, folder: str, state: MarkState) -> set[str] | None:
+        """The messages of ``folder`` that do not show ``state`` (a crash between
+        a commit and its mark leaves some; the worker marks those it holds
+        again).  None when marks are off or the backend cannot tell."""
+        return None
 
     async def copy_raw(self, folder: str, source_id: str, hint: str | None, dest: str) -> bool:
         """Stream a message to a file without holding it in memory (for

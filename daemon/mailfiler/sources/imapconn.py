@@ -30,7 +30,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -79,6 +79,13 @@ class ImapSettings:
     #: (10 s: Dovecot's NOTIFY misses some changes until its own 30 s idle check;
     #: a STATUS per folder bounds tracking delay for those to about this)
     sweep_interval: float = 10.0
+    #: with NOTIFY, on a server with LIST-STATUS: every watched folder's STATUS in
+    #: one command this often (Dovecot's NOTIFY sometimes goes quiet for up to its
+    #: 30 s mailbox_idle_check_interval; see bench/README.md); 0 turns it off
+    quick_sweep: float = 2.0
+    #: ... and this often while the mailbox is busy (a push or a change seen in the
+    #: last BUSY_WINDOW seconds: Dovecot's NOTIFY goes quiet right after activity)
+    busy_sweep: float = 0.5
     #: servers without NOTIFY: at most this many IDLE connections (one folder each)
     max_idle: int = 3
     #: use NOTIFY when the server offers it (False forces the IDLE + poll strategy)
@@ -589,6 +596,44 @@ class ImapConnection:
             with contextlib.suppress(proto.ParseError):
                 return proto.parse_status(line)[1]
         return None
+
+    async def list_status(
+        self, folders: Sequence[str], items: str = "(MESSAGES UIDNEXT UIDVALIDITY)"
+    ) -> dict[str, dict[str, int] | None]:
+        """STATUS of many folders in one round trip: RFC 5819 LIST-STATUS with
+        RFC 5258 multiple patterns (check ``LIST-STATUS`` in the capabilities
+        first).  None for a folder that does not exist; the selected folder is
+        looked at afresh, as :meth:`status` does."""
+        out: dict[str, dict[str, int] | None] = {}
+        names: dict[str, str] = {}  # wire name -> folder
+        for folder in folders:
+            if folder == self.selected:
+                out[folder] = await self.status(folder)
+                continue
+            try:
+                self.wire(folder)  # refuses a name it cannot send
+            except FolderMissing:
+                out[folder] = None
+                continue
+            names[proto.folder_to_wire(folder, self.separator)] = folder
+        if not names:
+            return out
+        patterns = " ".join(proto.quote(wire) for wire in names)
+        # only the STATUS lines are wanted: aioimaplib hands a command the untagged
+        # responses of its own name, here STATUS (the LIST lines are dropped)
+        response = await self.simple("LIST", '""', f"({patterns})", "RETURN", f"(STATUS {items})", untagged="STATUS")
+        if response.result != "OK":
+            raise SourceError(f"LIST-STATUS on {self.settings.where()} failed: {_text(response)}")
+        found: dict[str, dict[str, int]] = {}
+        for line in proto.join_literals(response.lines[:-1]):
+            with contextlib.suppress(proto.ParseError):
+                name, status = proto.parse_status(line)
+                found[name] = status
+        for wire, folder in names.items():
+            # INBOX is case-insensitive; "*" and "%" in a name may match more: only exact names count
+            status = found.get(wire) or (found.get(proto.INBOX) if proto.is_inbox(folder) else None)
+            out[folder] = status
+        return out
 
 
 def login_failure_reason(result: str, text: str) -> str:

@@ -276,10 +276,13 @@ def fetch_uid(data: dict[str, Token]) -> int | None:
 
 
 def body_of(data: dict[str, Token]) -> bytes | None:
-    """The ``BODY[]`` (or ``BODY[]<n>``) item of a FETCH response."""
+    """The ``BODY[]`` (or ``BODY[]<n>``) item of a FETCH response; None without
+    one, or when it is NIL: Dovecot answers ``BODY[] NIL`` (and a tagged ``OK
+    [EXPUNGEISSUED]``) for a message another session expunged, which is gone,
+    not empty."""
     for key, value in data.items():
         if key == "BODY[]" or key.startswith("BODY[]<"):
-            return value if isinstance(value, bytes) else b""
+            return value if isinstance(value, bytes) else None
     return None
 
 

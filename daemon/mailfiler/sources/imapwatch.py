@@ -7,14 +7,20 @@ with room for a mail client):
 * **NOTIFY** (RFC 5465; Dovecot, Cyrus): one listener connection for every
   folder.  It EXAMINEs INBOX (aioimaplib only IDLEs in the SELECTED state),
   sets ``NOTIFY SET (selected (MessageNew MessageExpunge)) (personal
-  (MessageNew MessageExpunge))`` and IDLEs.  A ``STATUS name (...)`` push
-  names the folder that changed; EXISTS/EXPUNGE/FETCH/VANISHED are INBOX.
-  Dovecot 2.3 names the folder in UTF-8 there, not modified UTF-7, so a
-  push is matched against both spellings.  Flag changes are not subscribed
-  to.  A STATUS sweep of every watched folder every ``sweep_interval``
-  seconds catches what a push may have missed (aioimaplib drops untagged
-  responses that arrive between commands) and notices folders that appear
-  or disappear (Dovecot sends no MailboxName events).
+  (MessageNew MessageExpunge MailboxName))`` and IDLEs.  A ``STATUS name
+  (...)`` push names the folder that changed; EXISTS/EXPUNGE/FETCH/VANISHED
+  are INBOX.  Dovecot 2.3 names the folder in UTF-8 there, not modified
+  UTF-7, so a push is matched against both spellings.  A ``LIST`` push (a
+  folder deleted: Dovecot sends ``LIST (\\NonExistent)``; it sends nothing
+  for a rename) asks for a sweep at once.  Flag changes are not subscribed
+  to.  Sweeps catch what a push missed: every ``quick_sweep`` seconds (2),
+  and every ``busy_sweep`` seconds (0.5) for 30 s after a push or a change,
+  one ``LIST "" (folders...) RETURN (STATUS ...)`` (RFC 5819 LIST-STATUS, one
+  round trip for every watched folder), because Dovecot's NOTIFY at times
+  goes quiet after activity until its 30 s ``mailbox_idle_check_interval``
+  (see bench/README.md); and every ``sweep_interval`` seconds (10) a STATUS per
+  folder, which also notices renamed folders (aioimaplib drops untagged
+  responses that arrive between commands).
 * **IDLE + polling** (servers without NOTIFY: Gmail, Exchange): one IDLE
   connection for each of the first ``max_idle`` watched folders that exist
   (the caller's order is the priority), and a STATUS poll of the rest every
@@ -69,6 +75,10 @@ SWEEP_ALL = "*"
 MAX_CONNECTIONS = 5
 _SELECTED_EVENTS = (b"EXISTS", b"EXPUNGE", b"FETCH", b"RECENT")
 _UNKNOWN = object()  # a folder the differ has not looked at yet
+#: with NOTIFY, sweep quickly (ImapSettings.busy_sweep) for this long after a push
+#: or a change: Dovecot's NOTIFY can go quiet after activity until its 30 s
+#: mailbox_idle_check_interval
+BUSY_WINDOW = 30.0
 #: more new UIDs than this since the last look: rescan rather than list them
 PASSED_MAX = 10_000
 
@@ -142,13 +152,15 @@ class FolderDiffer:
         self.states.pop(folder, None)
         await self.check(folder)
 
-    async def sweep(self, folders: Sequence[str]) -> list[Change]:
-        """STATUS each folder; diff those that differ from what is known."""
+    async def sweep(self, folders: Sequence[str], *, quick: bool = False) -> list[Change]:
+        """STATUS each folder (``quick``: all in one LIST-STATUS); diff those that
+        differ from what is known."""
         stale: list[str] = []
         async with self.source.session() as conn:
+            statuses = await conn.list_status(folders) if quick else {}
             for folder in folders:
                 try:
-                    status = await conn.status(folder)
+                    status = statuses[folder] if quick else await conn.status(folder)
                 except FolderMissing:
                     status = None
                 state = self.states.get(folder)
@@ -211,7 +223,10 @@ class Listener:
         await conn.examine(self.folder or proto.INBOX)
         if self.folder is None:
             command = conn.command(
-                "NOTIFY", "SET", "(selected (MessageNew MessageExpunge))", "(personal (MessageNew MessageExpunge))"
+                "NOTIFY",
+                "SET",
+                "(selected (MessageNew MessageExpunge))",
+                "(personal (MessageNew MessageExpunge MailboxName))",
             )
             response = await conn.execute(command)
             if response.result != "OK":
@@ -289,10 +304,13 @@ async def watch(source: ImapSource, folders: Sequence[str], stop: asyncio.Event)
         caps, separator = conn.capabilities, conn.separator
         present = {f for f in wanted if await _exists(conn, f)}
     listeners: list[Listener] = []
+    quick = 0.0
     if settings.use_notify and "NOTIFY" in caps:
         listeners.append(Listener(source, queue, folder=None))
         polled: list[str] = []
         poll_every = settings.sweep_interval
+        if "LIST-STATUS" in caps:
+            quick = settings.quick_sweep
     else:
         slots = max(0, min(settings.max_idle, MAX_CONNECTIONS - 1))
         idle_on = [f for f in wanted if f in present][:slots] if "IDLE" in caps else []
@@ -309,15 +327,26 @@ async def watch(source: ImapSource, folders: Sequence[str], stop: asyncio.Event)
         yield [Change("rescan", f) for f in wanted]
         next_poll = time.monotonic() + poll_every
         next_sweep = time.monotonic() + settings.sweep_interval
+        # with NOTIFY: a LIST-STATUS of every watched folder, one command, between full
+        # sweeps; more often while the mailbox is busy
+        next_quick = time.monotonic() + quick if quick else float("inf")
+        busy_until = 0.0
         while not stop.is_set():
-            touched = await _next_event(queue, stop, min(next_poll, next_sweep) - time.monotonic())
+            touched = await _next_event(queue, stop, min(next_poll, next_sweep, next_quick) - time.monotonic())
             if stop.is_set():
                 break
             now = time.monotonic()
             sweep: list[str] = []
+            quick_sweep = False
             if SWEEP_ALL in touched or now >= next_sweep:
                 sweep, next_sweep = wanted, now + settings.sweep_interval
-            elif polled and now >= next_poll:
+            elif now >= next_quick:
+                sweep, quick_sweep = wanted, True
+            if touched:
+                busy_until = now + BUSY_WINDOW
+            if quick and (sweep or now >= next_quick):
+                next_quick = now + (min(quick, settings.busy_sweep) if now < busy_until else quick)
+            if polled and now >= next_poll and not sweep:
                 sweep = polled
             if now >= next_poll:
                 next_poll = now + poll_every
@@ -326,8 +355,11 @@ async def watch(source: ImapSource, folders: Sequence[str], stop: asyncio.Event)
                 if folder in touched and folder not in sweep:
                     changes.extend(await differ.check(folder))
             if sweep:
-                changes.extend(await differ.sweep(sweep))
+                changes.extend(await differ.sweep(sweep, quick=quick_sweep))
             if changes:
+                busy_until = time.monotonic() + BUSY_WINDOW
+                if quick:
+                    next_quick = min(next_quick, time.monotonic() + settings.busy_sweep)
                 yield changes
     finally:
         await asyncio.gather(*(listener.close() for listener in listeners), return_exceptions=True)
