@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mailfiler.errors import SyncPreconditionFailed
-from mailfiler.sync.dav import CardDavTarget
+from mailfiler.errors import SyncPreconditionFailed, SyncTargetUnavailable
+from mailfiler.sync.dav import CalDavTarget, CardDavTarget
+from mailfiler.sync.discovery import _PRINCIPAL
 from tests.servers.radicale import DavUser, WeakEtagTransport, dav_user, radicale
 from tests.store.helpers import Store
 from tests.sync.helpers import Rig, crm_contact, crm_contacts, make_mailbox
@@ -56,4 +57,60 @@ async def test_the_engine_syncs_with_a_server_of_weak_etags(
     assert r.updated_mailbox == 1 and r.skipped == 0
     [r] = await rig.sync_ok("contacts")
     assert r.quiet and crm_contacts()["Bob Smith"]["job_title"] == "CTO"
+    await t.close()
+
+
+# --- discovery: a server's or a user's URL instead of the collection's --------------------------
+
+
+async def test_the_collection_is_found_from_the_server_url(
+    sqlite_store: Store, tmp_path: Path, dav_user: DavUser
+) -> None:
+    base = dav_user.server.base_url + "/"
+    t = CardDavTarget(base, **dav_user.target_kwargs())
+    rig = Rig(sqlite_store.db, tmp_path, make_mailbox(), contacts_target=t)
+    crm_contact("bob", "Bob Smith", job_title="CEO")
+    [r] = await rig.sync_ok("contacts")
+    # a new user has no address book: one is made in their home, and the items go there
+    assert r.uploaded == 1 and r.location == base
+    assert t.url == dav_user.url("mailfiler-contacts")
+    assert len(list(dav_user.collection_dir("mailfiler-contacts").glob("*.vcf"))) == 1
+    await t.close()
+    # a later target of the same config (the daemon's next round) asks no more
+    again = CardDavTarget(base, **dav_user.target_kwargs())
+    assert again.url == dav_user.url("mailfiler-contacts")
+    rig.contacts_target = again
+    [r] = await rig.sync_ok("contacts")
+    assert r.quiet
+    await again.close()
+
+
+async def test_the_first_address_book_of_the_home_is_taken(dav_user: DavUser) -> None:
+    for name in ("work", "family"):
+        made = CardDavTarget(dav_user.url(name), **dav_user.target_kwargs())
+        await made.list()  # makes it
+        await made.close()
+    cal = CalDavTarget(dav_user.url("agenda"), **dav_user.target_kwargs())
+    await cal.list()
+    await cal.close()
+    t = CardDavTarget(dav_user.server.base_url + f"/{dav_user.name}/", **dav_user.target_kwargs())
+    assert await t.list() == {}
+    assert t.url == dav_user.url("family")  # by URL: the same choice every time; the calendar is not one
+    await t.close()
+
+
+async def test_a_collection_of_the_other_kind_is_still_an_error(dav_user: DavUser) -> None:
+    cal = CalDavTarget(dav_user.url("agenda"), **dav_user.target_kwargs())
+    await cal.list()
+    await cal.close()
+    t = CardDavTarget(dav_user.url("agenda"), **dav_user.target_kwargs())
+    with pytest.raises(SyncTargetUnavailable, match="is a calendar, not a carddav address book"):
+        await t.list()
+    await t.close()
+
+
+async def test_the_well_known_url_is_followed(dav_user: DavUser) -> None:
+    t = CalDavTarget(dav_user.server.base_url + "/", **dav_user.target_kwargs())
+    principal = await t._href_prop(dav_user.server.base_url + "/.well-known/caldav", *_PRINCIPAL)
+    assert principal == dav_user.server.base_url + f"/{dav_user.name}/"
     await t.close()

@@ -9,6 +9,7 @@ Writing happens inside the caller's transaction, one item at a time.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import re
@@ -62,9 +63,13 @@ class CrmRows:
 
     tables: tuple[list[tuple[Any, ...]], ...]
 
-    def digest(self) -> str:
+    @functools.cached_property
+    def _digest(self) -> str:
         # repr, not pickle: pickle's output depends on which equal objects are shared
         return hashlib.blake2b(repr(self.tables).encode(), digest_size=16).hexdigest()
+
+    def digest(self) -> str:
+        return self._digest
 
 
 def _max(*values: dt.datetime | None) -> dt.datetime | None:

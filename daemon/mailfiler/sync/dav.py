@@ -52,6 +52,7 @@ import httpx
 
 from mailfiler import __version__
 from mailfiler.errors import MailfilerError, SyncError
+from mailfiler.sync.discovery import Discovery, discovered
 from mailfiler.sync.target import (
     Changes,
     Fetched,
@@ -205,7 +206,7 @@ def ssl_context(ca_file: str | Path | None = None, verify: bool = True) -> ssl.S
     return ctx
 
 
-class DavTarget(Target):
+class DavTarget(Discovery, Target):
     """One CalDAV calendar (``kind="calendar"``) or CardDAV address book
     (``kind="contacts"``) at *url*, the collection's own URL.
 
@@ -233,7 +234,13 @@ class DavTarget(Target):
         path = parts.path if parts.path.endswith("/") else parts.path + "/"
         clean = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
         super().__init__(kind, clean)
+        #: where requests go: the configured URL, or the collection found from it (see discover)
         self.url = clean
+        self._cache_key = (kind, clean, username)
+        found = discovered.get(self._cache_key)
+        if found is not None:
+            path = urlsplit(found).path
+            self.url = found
         self.backend = _KIND[kind]["backend"]
         self.noun = _KIND[kind]["noun"]
         #: the collection's unquoted path, to tell members' hrefs apart
@@ -305,9 +312,16 @@ class DavTarget(Target):
         return name
 
     async def _send(
-        self, method: str, url: str, *, headers: dict[str, str] | None = None, content: bytes | None = None
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+        redirects: bool = False,
     ) -> httpx.Response:
-        """One request; what no caller can handle becomes SyncTargetUnavailable."""
+        """One request; what no caller can handle becomes SyncTargetUnavailable
+        (a redirect too, unless the caller follows them: discovery does)."""
         if self.client is None:
             await self.open(create=self._create)
         assert self.client is not None
@@ -319,7 +333,7 @@ class DavTarget(Target):
             raise self._unavailable(_transport_error(exc)) from None
         if resp.status_code == 401:
             raise self._unavailable("the server refused the login (HTTP 401): check username and password_file")
-        if 300 <= resp.status_code < 400:
+        if 300 <= resp.status_code < 400 and not redirects:
             where = resp.headers.get("location", "?")
             raise self._unavailable(f"the server redirects to {where} (HTTP {resp.status_code}); use that URL")
         if len(resp.content) > MAX_REPLY_BYTES:
@@ -366,17 +380,26 @@ class DavTarget(Target):
         except ValueError as exc:
             raise self._unavailable(f"unreadable reply to {what}: {exc}") from None
 
-    def _check_type(self, member: _Member) -> None:
+    async def _check_type(self, member: _Member) -> bool:
+        """Whether the URL is a collection of the right kind; False when it was not,
+        and :meth:`_discover` found one (the caller asks again)."""
         rt = member.props.get(f"{{{D}}}resourcetype")
-        if rt is None:
-            return
-        if rt.find(_KIND[self.kind]["resourcetype"]) is None:
-            other = (
-                "a calendar"
-                if rt.find(f"{{{C}}}calendar") is not None
-                else ("an address book" if rt.find(f"{{{CR}}}addressbook") is not None else "a plain WebDAV folder")
-            )
+        if rt is None or rt.find(_KIND[self.kind]["resourcetype"]) is not None:
+            return True
+        if rt.find(f"{{{C}}}calendar") is not None or rt.find(f"{{{CR}}}addressbook") is not None:
+            # a collection of the other kind: a mix-up in the config, not a base URL to search from
+            other = "a calendar" if rt.find(f"{{{C}}}calendar") is not None else "an address book"
             raise self._unavailable(f"the URL is {other}, not a {self.backend} {self.noun}")
+        if self.url != self.location:
+            raise self._unavailable(f"the URL is a plain WebDAV folder, not a {self.backend} {self.noun}")
+        # a server's, a user's or a home URL: find the collection as a calendar app does
+        self._use(await self._discover(self._create))
+        return False
+
+    def _use(self, url: str) -> None:
+        self.url = url
+        self.path = unquote(urlsplit(url).path)
+        discovered[self._cache_key] = url
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -387,8 +410,8 @@ class DavTarget(Target):
         for m in members:
             name = self._name(m.path)
             if name is None:
-                if m.path.rstrip("/") == self.path.rstrip("/"):
-                    self._check_type(m)
+                if m.path.rstrip("/") == self.path.rstrip("/") and not await self._check_type(m):
+                    return await self.list()  # the collection found from a base URL
                 continue
             if m.is_collection() or name.endswith("/"):
                 continue
@@ -478,7 +501,8 @@ class DavTarget(Target):
         members, _ = self._multistatus(resp, "PROPFIND")
         for m in members:
             if m.path.rstrip("/") == self.path.rstrip("/"):
-                self._check_type(m)
+                if not await self._check_type(m):
+                    return await self._current_token()  # the collection found from a base URL
                 token = m.text(f"{{{D}}}sync-token")
                 return Changes(token.strip()) if token and token.strip() else None
         return None

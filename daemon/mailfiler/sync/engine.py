@@ -417,7 +417,11 @@ class _CollectionSync:
         # changes are asked for again, else that item's change would never be reported again;
         # and the CRM digest is dropped, so the next sync does the whole pass
         if not (self.result.errors or self.result.skipped):
-            self._save(SyncState(await self._adopt(self._new_token), self.marker))
+            # the digest describes the CRM as this pass read it; when the pass itself wrote to the
+            # CRM (or anyone did meanwhile) the status matches neither that digest nor, safely, a
+            # new one, so none is kept and the next sync does the whole pass once more
+            unchanged = self.crm.fetch().digest() == rows.digest() and not self.forced
+            self._save(SyncState(await self._adopt(self._new_token), self.marker if unchanged else None))
         elif self._new_token is None:
             self._save(SyncState())
         else:
@@ -425,6 +429,8 @@ class _CollectionSync:
 
     _new_token: str | None = None
     marker: str | None = None
+    #: the empty-side guard would have stopped this sync, and --force-delete let it through
+    forced = False
 
     def _save(self, state: SyncState) -> None:
         SyncCollection.update(token=state.dump()).where(SyncCollection.id == self.row.id).execute()
@@ -507,10 +513,19 @@ class _CollectionSync:
 
     def _guard(self, statuses: list[SyncItem]) -> None:
         synced = [s for s in statuses if s.state in LINKED and s.href is not None]
-        if not synced or self.engine.force_delete:
+        if not synced:
             return
         n = len(synced)
         hint = f"if that is really so, run `mailfiler sync --mailbox {self.engine.mailbox.name} --force-delete`"
+        crm_side = (
+            self.selected
+            if self.coll.role == "main"
+            else {c for s in synced if (c := self._crm_id(s)) is not None and c in self.crm_items}
+        )
+        if self.engine.force_delete:
+            # let through once: the next sync checks again (it keeps no digest, so it looks)
+            self.forced = not self.listing or not crm_side
+            return
         if not self.listing:
             raise SyncSideEmpty(
                 f"the {self.kind} at {self.target.location} is empty, but {n} item(s) were synced there;"
@@ -518,11 +533,6 @@ class _CollectionSync:
                 side="mailbox",
                 items=n,
             )
-        crm_side = (
-            self.selected
-            if self.coll.role == "main"
-            else {c for s in synced if (c := self._crm_id(s)) is not None and c in self.crm_items}
-        )
         if not crm_side:
             raise SyncSideEmpty(
                 f"the CRM selects no {self.kind} for {self.engine.mailbox.name} (check sync filters), but {n}"
