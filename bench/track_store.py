@@ -152,6 +152,12 @@ def main() -> None:
     for name, times in (("Tracker.track", track["times"]), ("bare insert", bare["times"])):
         mean = statistics.fmean(times) * 1000
         print(f"  {name:<14}  median {_ms(times, 50):.3f} ms  p90 {_ms(times, 90):.3f} ms  mean {mean:.3f} ms")
+    plain = [t for t, msg in zip(track["times"], msgs, strict=True) if not msg.attachments]
+    with_att = [t for t, msg in zip(track["times"], msgs, strict=True) if msg.attachments]
+    print(
+        f"  Tracker.track mean without attachment {statistics.fmean(plain) * 1000:.3f} ms ({len(plain)}),"
+        f" with one {statistics.fmean(with_att) * 1000:.3f} ms ({len(with_att)}: the blob's two fsyncs)"
+    )
     print(f"  ratio track/bare {t50 / b50:.2f}x")
     print(f"  statements per message (peewee log) {track['statements']:.2f}")
 
