@@ -16,7 +16,10 @@
   ($Tracked)``, or ``$TrackFailed`` for shunted ones, on the command
   connection, after a SELECT (read-write) of the folder and only where its
   PERMANENTFLAGS allow keywords (:meth:`ImapSource.mark`).  A failure to store
-  one is logged and never blocks tracking.
+  one is logged and never blocks tracking.  A crash between a commit and its
+  STORE leaves a message unmarked: once per folder and start the worker asks
+  ``UID SEARCH UNKEYWORD $Tracked`` (:meth:`ImapSource.unmarked`) and marks
+  what it holds again.
 * **Cursor tokens** (:class:`Cursor`, JSON in ``FolderCursor.token``):
   UIDVALIDITY, the highest UID handled, the HIGHESTMODSEQ the expunges are
   applied up to, and the message count.  A listing hands out messages in UID
