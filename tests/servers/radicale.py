@@ -20,6 +20,7 @@ PostgreSQL and Dovecot fixtures do).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import os
@@ -360,6 +361,60 @@ class WeakEtagTransport(httpx.AsyncBaseTransport):
         if response.status_code == 207:
             content = re.sub(rb'(getetag>)(")', rb"\1W/\2", content)
         return httpx.Response(response.status_code, headers=headers, content=content, request=request)
+
+    async def aclose(self) -> None:
+        if self.inner is not None:
+            await self.inner.aclose()
+
+
+class DigestGate(httpx.AsyncBaseTransport):
+    """A server that takes HTTP Digest only (RFC 7616, MD5, qop=auth), in front
+    of Radicale (which takes Basic): a request with a valid Digest answer goes
+    on with the user's Basic login; any other gets the 401 challenge.  Each
+    request's scheme is recorded (``schemes``: digest, basic, none)."""
+
+    REALM = "mailfiler-test"
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self.inner: httpx.AsyncBaseTransport | None = None
+        self.users = users
+        self.nonce = uuid.uuid4().hex
+        self.schemes: list[str] = []
+
+    def wrap(self, inner: httpx.AsyncBaseTransport) -> DigestGate:
+        self.inner = inner
+        return self
+
+    def _valid(self, request: httpx.Request, header: str) -> str | None:
+        import hashlib
+
+        params = dict(re.findall(r'(\w+)="?([^",]*)"?', header[len("Digest ") :]))
+        user = params.get("username", "")
+        if user not in self.users or params.get("nonce") != self.nonce or params.get("realm") != self.REALM:
+            return None
+
+        def md5(text: str) -> str:
+            return hashlib.md5(text.encode()).hexdigest()  # what Digest MD5 is, not a choice
+
+        ha1 = md5(f"{user}:{self.REALM}:{self.users[user]}")
+        ha2 = md5(f"{request.method}:{params.get('uri', '')}")
+        expected = md5(f"{ha1}:{self.nonce}:{params.get('nc')}:{params.get('cnonce')}:{params.get('qop')}:{ha2}")
+        return (
+            user if params.get("response") == expected and params.get("uri") == request.url.raw_path.decode() else None
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert self.inner is not None
+        header = request.headers.get("authorization", "")
+        scheme = header.split(" ", 1)[0].lower() or "none"
+        self.schemes.append(scheme)
+        user = self._valid(request, header) if scheme == "digest" else None
+        if user is None:
+            challenge = f'Digest realm="{self.REALM}", nonce="{self.nonce}", qop="auth", algorithm=MD5'
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge}, text="login", request=request)
+        token = base64.b64encode(f"{user}:{self.users[user]}".encode()).decode()
+        request.headers["Authorization"] = f"Basic {token}"
+        return await self.inner.handle_async_request(request)
 
     async def aclose(self) -> None:
         if self.inner is not None:

@@ -10,7 +10,7 @@ import pytest
 from mailfiler.errors import SyncPreconditionFailed, SyncTargetUnavailable
 from mailfiler.sync.dav import CalDavTarget, CardDavTarget
 from mailfiler.sync.discovery import _PRINCIPAL
-from tests.servers.radicale import DavUser, WeakEtagTransport, dav_user, radicale
+from tests.servers.radicale import DavUser, DigestGate, WeakEtagTransport, dav_user, radicale
 from tests.store.helpers import Store
 from tests.sync.helpers import Rig, crm_contact, crm_contacts, make_mailbox
 from tests.sync.target_contract import item
@@ -113,4 +113,30 @@ async def test_the_well_known_url_is_followed(dav_user: DavUser) -> None:
     t = CalDavTarget(dav_user.server.base_url + "/", **dav_user.target_kwargs())
     principal = await t._href_prop(dav_user.server.base_url + "/.well-known/caldav", *_PRINCIPAL)
     assert principal == dav_user.server.base_url + f"/{dav_user.name}/"
+    await t.close()
+
+
+# --- logins ---------------------------------------------------------------------------------------
+
+
+async def test_a_server_that_takes_digest_only(sqlite_store: Store, tmp_path: Path, dav_user: DavUser) -> None:
+    gate = DigestGate({dav_user.name: dav_user.password})
+    t = CardDavTarget(dav_user.url("crm-contacts"), **dav_user.target_kwargs(), wrap_transport=gate.wrap)
+    rig = Rig(sqlite_store.db, tmp_path, make_mailbox(), contacts_target=t)
+    crm_contact("bob", "Bob Smith", job_title="CEO")
+    crm_contact("ann", "Ann Lee")
+    [r] = await rig.sync_ok("contacts")
+    assert r.uploaded == 2
+    # Basic first (loopback), refused; the Digest challenge; then Digest on every request
+    assert gate.schemes[:3] == ["basic", "none", "digest"] and set(gate.schemes[3:]) == {"digest"}
+    [r] = await rig.sync_ok("contacts")
+    assert r.quiet
+    await t.close()
+
+
+async def test_a_wrong_password_with_digest_is_a_clear_error(dav_user: DavUser) -> None:
+    gate = DigestGate({dav_user.name: "not-the-password"})
+    t = CardDavTarget(dav_user.url("crm-contacts"), **dav_user.target_kwargs(), wrap_transport=gate.wrap)
+    with pytest.raises(SyncTargetUnavailable, match="refused the login"):
+        await t.list()
     await t.close()

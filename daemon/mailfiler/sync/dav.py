@@ -52,6 +52,7 @@ import httpx
 
 from mailfiler import __version__
 from mailfiler.errors import MailfilerError, SyncError
+from mailfiler.sync.davauth import LoginAuth
 from mailfiler.sync.discovery import Discovery, discovered
 from mailfiler.sync.target import (
     Changes,
@@ -262,9 +263,10 @@ class DavTarget(Discovery, Target):
         if self.client is not None:
             return
         auth = None
+        safe = self.url.startswith("https://") or urlsplit(self.url).hostname in _LOOPBACK
         if self.username is not None:
             password = self._password() if callable(self._password) else self._password
-            auth = httpx.BasicAuth(self.username, password or "")
+            auth = LoginAuth(self.username, password or "", basic_first=safe)
         try:
             verify = ssl_context(self.ca_file, self.verify)
         except (OSError, ssl.SSLError) as exc:
@@ -273,8 +275,12 @@ class DavTarget(Discovery, Target):
             log.warning(
                 "%s: TLS certificates are not checked (verify: false)", self.url, extra={"event": "tls-unverified"}
             )
-        if self.url.startswith("http://") and auth is not None and urlsplit(self.url).hostname not in _LOOPBACK:
-            log.warning("%s: the password goes over plain http", self.url, extra={"event": "plain-http"})
+        if auth is not None and not safe:
+            log.warning(
+                "%s: the password goes over plain http (in clear, unless the server asks for Digest)",
+                self.url,
+                extra={"event": "plain-http"},
+            )
         transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(verify=verify)
         if self.wrap_transport is not None:
             transport = self.wrap_transport(transport)
