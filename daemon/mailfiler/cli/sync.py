@@ -92,6 +92,14 @@ def sync(obj, mailbox: str | None, force_delete: bool, shunted: bool, as_json: b
         for d in data:
             for error in d["errors"]:
                 click.secho(f"{d['mailbox']} {d['kind']}: {error}", fg="red", err=True)
+            if d["selected"] == 0 and d["crm_total"]:
+                # the commonest surprise: the default filter is owner: mailbox, and imported
+                # records have no owner
+                what = "contacts" if d["kind"] == "contacts" else "appointments"
+                click.echo(
+                    f"{d['mailbox']} {d['kind']}: the sync filters select none of the CRM's {d['crm_total']}"
+                    f" {what} (the default is sync.filters.{what}: [{{owner: mailbox}}]; README \"Sync-back\")"
+                )
         if not data:
             click.echo("no mailbox has sync: in the config")
     if any(d["state"] != "ok" for d in data):

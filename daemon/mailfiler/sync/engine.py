@@ -134,6 +134,9 @@ class Result:
     items: int = 0
     #: neither side had changed since the last complete sync: no item was looked at
     quiet: bool = False
+    #: CRM items of the kind, and how many of them the sync filters select (None: not looked at)
+    crm_total: int | None = None
+    selected: int | None = None
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -379,6 +382,8 @@ class _CollectionSync:
             }
         else:
             self.selected = set()
+        if self.coll.role == "main":
+            self.result.crm_total, self.result.selected = len(crm_items), len(self.selected)
         self._guard(statuses)
         await self._fetch_changed(statuses)
 
