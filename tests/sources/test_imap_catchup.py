@@ -297,6 +297,27 @@ async def test_a_backfill_reads_ahead_in_batches(world: World, imap_user: ImapUs
     assert m.Activity.select().count() == 449
 
 
+async def test_pushed_arrivals_in_a_row_are_read_together(
+    world: World, imap_user: ImapUser, commands: Commands
+) -> None:
+    """A mass move reaches the worker as many ``added`` changes in one batch: one
+    size fetch and one body fetch for all of them, not two per message."""
+    imap_user.create_folder(TRACKED)
+    worker = await world.start()
+    await worker.scan_folder(TRACKED)
+    with imap_user.client() as admin:
+        uids = [admin.append(TRACKED, offer(i)) for i in range(30)]
+    listing = await world.rt.source.list_messages(TRACKED)
+    commands.clear()
+    await worker.handle([Change("added", TRACKED, sid) for sid in listing.messages])
+    assert m.Activity.select().count() == 30
+    fetches = commands.named("UID FETCH")
+    assert fetches == [
+        f"UID FETCH {proto.uid_set(uids)} (UID RFC822.SIZE)",
+        f"UID FETCH {proto.uid_set(uids)} (UID BODY.PEEK[])",
+    ]
+
+
 async def test_changes_since_the_token(mode: str, world: World, imap_user: ImapUser, commands: Commands) -> None:
     imap_user.create_folder(TRACKED)
     with imap_user.client() as admin:

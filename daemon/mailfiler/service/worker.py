@@ -376,7 +376,10 @@ class MailboxWorker:
     # -- pushed changes ---------------------------------------------------------
 
     async def handle(self, changes: list[Change]) -> None:
-        for change in changes:
+        i = 0
+        while i < len(changes):
+            change = changes[i]
+            i += 1
             if self.should_stop():
                 return
             fctx = self.rt.context(change.folder)
@@ -402,9 +405,13 @@ class MailboxWorker:
                         },
                     )
             elif change.kind == "added" and change.source_id:
-                if self._already_here(change.folder, change.source_id):
-                    continue
-                await self.process(change.folder, change.source_id, change.hint)
+                # arrivals in a row in one folder (a mass move) are read ahead together
+                run = [change]
+                while i < len(changes) and changes[i].kind == "added" and changes[i].folder == change.folder:
+                    run.append(changes[i])
+                    i += 1
+                todo = [c for c in run if c.source_id and not self._already_here(c.folder, c.source_id)]
+                await self._process_pushed(change.folder, todo)
             await asyncio.sleep(0)
         await self.flush_marks()
         rescanned = {c.folder for c in changes if c.kind == "rescan"}
@@ -416,6 +423,18 @@ class MailboxWorker:
             # moves the token past it (and picks up anything the push left out)
             if await self._catch_up(folder, fctx.kind) is None:
                 set_folder_state(self.mailbox, folder, "ok", synced=True, kind=fctx.kind)
+
+    async def _process_pushed(self, folder: str, todo: list[Change]) -> None:
+        hints = {c.source_id: c.hint for c in todo if c.source_id}
+        ahead = _ReadAhead(self.rt.source, folder, list(hints), hints, self.services.max_message_bytes)
+        try:
+            for sid, hint in hints.items():
+                if self.should_stop():
+                    return
+                await self.process(folder, sid, hint, read=await ahead.get(sid))
+                await asyncio.sleep(0)
+        finally:
+            await ahead.aclose()
 
     def _already_here(self, folder: str, source_id: str) -> bool:
         loc = Location.select(Location.id).where(
