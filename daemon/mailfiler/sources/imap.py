@@ -31,7 +31,11 @@
   it, an unchanged UIDNEXT and message count mean nothing happened, and
   otherwise one ``UID SEARCH ALL`` says what came and (by counting) whether
   anything went.  A new UIDVALIDITY makes the token useless: the folder is
-  listed in full and its messages re-identified by Message-ID.
+  listed in full and its messages re-identified by Message-ID.  (Each is
+  read whole for that, in batches: the tracker takes a parsed message.
+  Reading only ``BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]`` for those whose
+  Message-ID the store knows would need a "relocate" entry point in
+  :mod:`mailfiler.tracking`.)
 * **Connections:** one command connection (list, fetch, and the watcher's
   diffs), opened by :meth:`ImapSource.open` and re-made after a failure;
   ``watch()`` adds its listeners (:mod:`~mailfiler.sources.imapwatch`).
