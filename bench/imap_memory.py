@@ -16,7 +16,8 @@ What is measured (VmRSS and VmHWM from /proc/PID/status of ``mailfiler run``)
   mailfiler  The daemon on a config with all of them, sampled when every mailbox has logged
              ``watching`` (backfill done, listeners up), after --settle seconds of idling, and
              after one APPEND into each mailbox has been tracked.  Also: the daemon's open
-             sockets (its IMAP connections) and threads.
+             sockets (its IMAP connections) and threads, and its CPU time (user + system,
+             /proc/PID/stat) over the idle phase, mostly the watchers' sweeps.
 
 Target: under 200 MB resident for 100 mailboxes.  Not a test: it prints numbers.
 """
@@ -154,6 +155,13 @@ def proc_status(pid: int) -> dict[str, Any]:
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat, fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_daemon(base: Path, users: list[ImapUser], settle: float, *, appends: bool) -> dict[str, Any]:
     base.mkdir(parents=True, exist_ok=True)
     cfg = write_config(base, users)
@@ -173,7 +181,10 @@ def run_daemon(base: Path, users: list[ImapUser], settle: float, *, appends: boo
             raise RuntimeError(f"the daemon exited ({proc.returncode}): {reader.problems[-5:]}")
         out["all_watching_s"] = round(time.monotonic() - t0, 2)
         out["at_watching"] = proc_status(proc.pid)
+        # idle cost: mostly the watchers' sweeps (a LIST-STATUS per mailbox every 2 s)
+        cpu0, t_idle = cpu_seconds(proc.pid), time.monotonic()
         time.sleep(settle)
+        out["idle_cpu_pct"] = round(100 * (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t_idle), 1)
         out["after_settle"] = proc_status(proc.pid)
         if appends:
             mids = []
@@ -262,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {label:<46} {s['rss_mb']:>8.1f} {s['hwm_mb']:>8.1f} {s['anon_mb']:>8.1f}"
                 f" {s['sockets']:>8} {s['threads']:>8}"
             )
+    print(f"  daemon CPU while idle: {mf['idle_cpu_pct']} % of one core (baseline {one['idle_cpu_pct']} %)")
     print(
         f"  per extra mailbox: {out['per_extra_mailbox_mb'] * 1024:.0f} KB;"
         f" {mf['tracked']} messages tracked; errors: {mf['errors'] or 'none'}; exit code {mf['exit_code']}"
