@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import peewee
 import pytest
 
 from mailfiler.config import load_config
@@ -161,3 +162,40 @@ def test_help_teaches() -> None:
     out = subprocess.run([sys.executable, "-m", "mailfiler", "--help"], capture_output=True, text=True)
     for cmd in ("sync", "contacts", "appointments"):
         assert cmd in out.stdout
+
+
+def test_vdir_paths_are_folded_and_a_store_with_the_old_spelling_doubles_nothing(tmp_path: Path) -> None:
+    """``../`` in a vdir path is folded, as for every other path in the config.
+    A store written before that holds the path as written: the folded path is a
+    new collection row (the old one goes inactive), and its first sync pairs the
+    folder's items with the CRM's by UID: nothing uploaded again, nothing doubled."""
+    (tmp_path / "conf").mkdir()
+    cfg = write(tmp_path, """\
+        sync:
+          vdir: {contacts: ../dav/contacts, calendar: ../dav/calendar}
+          filters:
+            contacts: [{regarding: ["account:contoso"]}]
+        """)  # fmt: skip
+    moved = tmp_path / "conf" / "mailfiler.yaml"
+    cfg.rename(moved)
+    folded = str(tmp_path / "dav" / "contacts")
+    colls = collections(load_config(moved).config.mailboxes[0].sync, moved.parent)  # type: ignore[arg-type]
+    assert colls[0].target.location == folded
+
+    out = mf(moved, "sync", "--json")
+    assert out.returncode == 0, out.stderr
+    assert {r["kind"]: r["uploaded"] for r in json.loads(out.stdout)}["contacts"] == 1
+    # make the stored row look like an earlier version's (the path as written)
+    db_file = next(tmp_path.rglob("*.db"))
+    db = peewee.SqliteDatabase(str(db_file))
+    unfolded = str(tmp_path / "conf" / ".." / "dav" / "contacts")
+    db.execute_sql("UPDATE sync_collection SET location = ? WHERE location = ?", (unfolded, folded))
+    db.close()
+
+    out = mf(moved, "sync", "--json")
+    assert out.returncode == 0, out.stderr
+    contacts = {r["kind"]: r for r in json.loads(out.stdout)}["contacts"]
+    assert (contacts["location"], contacts["uploaded"], contacts["created_crm"], contacts["deleted_crm"]) == (folded, 0, 0, 0)
+    assert len(list((tmp_path / "dav" / "contacts").glob("*.vcf"))) == 1
+    status = json.loads(mf(moved, "status", "--json").stdout)
+    assert [s["location"] for s in status["sync"] if s["kind"] == "contacts"] == [folded]

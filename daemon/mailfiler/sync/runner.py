@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,9 +33,10 @@ DEBOUNCE_MS = 300
 
 
 def resolve(path: Path, base_dir: Path) -> Path:
-    """Relative paths are relative to the config file, as everywhere in the config."""
+    """Relative paths are relative to the config file, as everywhere in the
+    config; ``..`` is folded (normpath, not resolve(): symlinks stay as written)."""
     path = Path(path).expanduser()
-    return path if path.is_absolute() else (base_dir / path)
+    return Path(os.path.normpath(path if path.is_absolute() else (base_dir / path)))
 
 
 def policies(sync: Sync) -> dict[str, Policy]:
