@@ -38,15 +38,16 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from mailfiler.errors import MailboxUnavailable, MessageVanished
 
 ChangeKind = Literal["added", "gone", "rescan"]
 #: what a mark says about a message: tracked, or kept aside in the shunt
 MarkState = Literal["tracked", "failed"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -141,33 +142,13 @@ class Source(abc.ABC):
         the error :meth:`size` raises for it; those that are gone are left out.
         Only :class:`~mailfiler.errors.MailboxUnavailable` is raised (the
         connection failed, not a message)."""
-        out: dict[str, int | Exception] = {}
-        for sid, hint in items.items():
-            try:
-                out[sid] = await self.size(folder, sid, hint)
-            except MessageVanished:
-                continue
-            except MailboxUnavailable:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the worker raises it again for this message alone
-                out[sid] = exc
-        return out
+        return await _each(self.size, folder, items)
 
     async def fetch_batch(self, folder: str, items: Mapping[str, str | None]) -> dict[str, bytes | Exception]:
         """Several messages at once, as :meth:`fetch` reads them: for each, the raw
         bytes or the error reading it raised; those that are gone are left out.
         The caller bounds the batch (count and bytes, from :meth:`sizes_of`)."""
-        out: dict[str, bytes | Exception] = {}
-        for sid, hint in items.items():
-            try:
-                out[sid] = await self.fetch(folder, sid, hint)
-            except MessageVanished:
-                continue
-            except MailboxUnavailable:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the worker raises it again for this message alone
-                out[sid] = exc
-        return out
+        return await _each(self.fetch, folder, items)
 
     @abc.abstractmethod
     def watch(self, folders: Sequence[str], stop: asyncio.Event) -> AsyncIterator[list[Change]]:
@@ -211,3 +192,20 @@ class Source(abc.ABC):
         """Stream a message to a file without holding it in memory (for
         shunting messages too large to fetch).  False if unsupported."""
         return False
+
+
+async def _each(
+    read: Callable[[str, str, str | None], Awaitable[T]], folder: str, items: Mapping[str, str | None]
+) -> dict[str, T | Exception]:
+    """``read`` each message alone: the batch defaults of :class:`Source`."""
+    out: dict[str, T | Exception] = {}
+    for sid, hint in items.items():
+        try:
+            out[sid] = await read(folder, sid, hint)
+        except MessageVanished:
+            continue
+        except MailboxUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the worker raises it again for this message alone
+            out[sid] = exc
+    return out
