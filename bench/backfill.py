@@ -400,11 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     out: dict = {
-        "bench": "backfill",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "host_cpus": os.cpu_count(),
-        "load_avg_before": [round(x, 2) for x in load_before],
-        "python": sys.version.split()[0],
+        **benchconfig.run_info("backfill", load_before),
         "corpus": {**info, "path": str(maildir)},
         "repeat": args.repeat,
         "target_ratio": TARGET_RATIO,

@@ -1,9 +1,14 @@
-"""The mailbox both benchmarks run against: four tracked folders (three with
-a regarding, one without) and a few records, in a fresh SQLite store."""
+"""The mailbox the benchmarks run against: four tracked folders (three with
+a regarding, one without) and a few records, in a fresh SQLite store; and
+the facts about the run that every bench's JSON starts with."""
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 #: (folder, regarding) tracked by the benchmark mailbox
 FOLDERS: tuple[tuple[str, str | None], ...] = (
@@ -45,3 +50,14 @@ def write_config(base: Path, maildir: Path | str, folders: list[str], *, writer:
     text = _TEMPLATE.format(writer=writer, maildir=maildir, folders="\n".join(lines))
     cfg.write_text(text, encoding="utf-8")
     return cfg
+
+
+def run_info(bench: str, load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """Which bench ran, when, and on what (figures are only comparable on an idle machine)."""
+    return {
+        "bench": bench,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "host_cpus": os.cpu_count(),
+        "load_avg_before": [round(x, 2) for x in load_before],
+        "python": sys.version.split()[0],
+    }

@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import benchconfig  # noqa: E402
 from aioimaplib import aioimaplib  # noqa: E402
 from backfill import baseline_parse, count_activities, store_sizes, ts_to_epoch  # noqa: E402
 from imap_latency import write_imap_config  # noqa: E402
@@ -282,11 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     server = next(servers)
     work = Path(tempfile.mkdtemp(prefix="mailfiler-imap-backfill-"))
     out: dict[str, Any] = {
-        "bench": "imap_backfill",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "host_cpus": os.cpu_count(),
-        "load_avg_before": [round(x, 2) for x in load_before],
-        "python": sys.version.split()[0],
+        **benchconfig.run_info("imap_backfill", load_before),
         "count": args.count,
         "repeat": args.repeat,
         "target_ratio": TARGET_RATIO,

@@ -326,11 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     assert isinstance(bare, dict) and isinstance(mf, dict) and isinstance(gap, dict)
     out.update(
         {
-            "bench": "imap_latency",
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-            "host_cpus": os.cpu_count(),
-            "load_avg_before": [round(x, 2) for x in load_before],
-            "python": sys.version.split()[0],
+            **benchconfig.run_info("imap_latency", load_before),
             "drops": args.drops,
             "pace_ms": list(args.pace_ms),
             "target_median_gap_s": TARGET_GAP_S,

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import benchconfig  # noqa: E402
 import yaml  # noqa: E402
 from latency import LogReader  # noqa: E402
 
@@ -226,11 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     server = next(servers)
     work = Path(tempfile.mkdtemp(prefix="mailfiler-imap-memory-"))
     out: dict[str, Any] = {
-        "bench": "imap_memory",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "host_cpus": os.cpu_count(),
-        "load_avg_before": [round(x, 2) for x in load_before],
-        "python": sys.version.split()[0],
+        **benchconfig.run_info("imap_memory", load_before),
         "target_mb": TARGET_MB,
     }
     try:

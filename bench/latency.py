@@ -476,11 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         ratios["median_vs_watcher_plus_parse"] = round(mf["median"] / floor, 2)
         ratios["p99_vs_watcher"] = round(mf["p99"] / w["p99"], 2)
     out = {
-        "bench": "latency",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "host_cpus": os.cpu_count(),
-        "load_avg_before": [round(x, 2) for x in load_before],
-        "python": sys.version.split()[0],
+        **benchconfig.run_info("latency", load_before),
         "drops": args.drops,
         "warmup": args.warmup,
         "pace_ms": list(args.pace_ms),
