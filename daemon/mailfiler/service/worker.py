@@ -16,7 +16,6 @@ client (IMAP keywords, opt-in) follow the commits, best effort."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import tempfile
@@ -721,10 +720,16 @@ class _ReadAhead:
         """Stop reading ahead (a scan that stops early, or failed)."""
         task, self._task = self._task, None
         if task is not None:
-            if not task.done():
-                task.cancel()
-            with contextlib.suppress(BaseException):
+            task.cancel()  # a no-op when it is done
+            try:
                 await task
+            except asyncio.CancelledError:
+                # its own cancellation ends here; the caller's must not be swallowed
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
+                    raise
+            except Exception:  # noqa: BLE001 - a batch nobody will use: its error does not matter
+                pass
         await self._runs.aclose()
 
 
