@@ -486,6 +486,20 @@ class Limits(Strict):
     max_message_bytes: int = Field(
         default=64 * 1024 * 1024, gt=0, description="Larger messages are shunted with reason too-large."
     )
+    parse_processes: int | Literal["auto"] = Field(
+        default="auto",
+        description=(
+            "Helper processes that parse a backfill's messages while the worker stores others"
+            " (0: parse in the daemon; auto: one per spare CPU core, at most 3)."
+        ),
+    )
+
+    @field_validator("parse_processes")
+    @classmethod
+    def _processes(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 0 <= v <= 32:
+            raise ValueError("parse_processes must be auto or a number from 0 to 32")
+        return v
 
 
 class Tracking(Strict):

@@ -35,6 +35,7 @@ from mailfiler.store.db import redact
 from mailfiler.store.models import DaemonState, utcnow
 from mailfiler.sync.runner import sync_loop
 from mailfiler.tracking.folders import set_folder_state
+from mailfiler.tracking.parsepool import parse_workers
 
 log = logging.getLogger("mailfiler.daemon")
 
@@ -108,6 +109,7 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
         await self.lag.stop()
+        await self.services.parser.close()
         self._publish("stopped")
         db.close()
         log.info("mailfiler stopped", extra={"event": "stopped"})
@@ -333,7 +335,11 @@ class Daemon:
         assert self.services is not None
         db = self.services.db
         self.loaded = new
-        self.services = build_services(db, new.config, manager=manager_id(new.path), rules=new_rules)
+        parser = self.services.parser
+        if parser.workers != parse_workers(new.config.limits.parse_processes):
+            await parser.close()
+            parser = None
+        self.services = build_services(db, new.config, manager=manager_id(new.path), rules=new_rules, parser=parser)
         self._start_mailboxes()
         self._publish("running")
         self.notifier.ready()
@@ -437,5 +443,6 @@ async def run_once(loaded: LoadedConfig, *, progress: bool = False) -> dict[str,
             summary[name] = [await worker.scan_folder(folder) for folder in [*rt.folders, *rt.watched]]
             await rt.source.close()
     finally:
+        await services.parser.close()
         db.close()
     return summary

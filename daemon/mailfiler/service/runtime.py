@@ -28,6 +28,7 @@ from mailfiler.store.records import ENTITY_PRECEDENCE, RecordInput, ensure_user,
 from mailfiler.tracking.autotrack import FolderFilter, NeverTrack
 from mailfiler.tracking.context import FolderContext, MailboxContext
 from mailfiler.tracking.folders import relink_folder
+from mailfiler.tracking.parsepool import ParsePool, parse_workers
 from mailfiler.tracking.pipeline import Tracker
 from mailfiler.tracking.shunt import ShuntStore
 from mailfiler.util.secrets import read_secret, run_secret_command
@@ -82,6 +83,8 @@ class Services:
     shunts: ShuntStore
     max_message_bytes: int
     mailboxes: dict[str, MailboxRuntime] = field(default_factory=dict)
+    #: parses scans' batches in helper processes (off: ParsePool(0))
+    parser: ParsePool = field(default_factory=lambda: ParsePool(0))
 
 
 def make_source(mb_config: MailboxConfig) -> Source:
@@ -240,9 +243,15 @@ def load_ruleset(config: Config) -> RuleSet | None:
 
 
 def build_services(
-    db: pw.Database, config: Config, *, manager: str | None = None, rules: RuleSet | None = None
+    db: pw.Database,
+    config: Config,
+    *,
+    manager: str | None = None,
+    rules: RuleSet | None = None,
+    parser: ParsePool | None = None,
 ) -> Services:
-    """``rules``: an already loaded rule set (else the config's are loaded)."""
+    """``rules``: an already loaded rule set (else the config's are loaded).
+    ``parser``: the parse helpers to keep (a reload), else new ones (not started yet)."""
     if rules is None:
         rules = load_ruleset(config)
     state_dir = Path(config.state_dir)
@@ -261,6 +270,7 @@ def build_services(
         tracker=tracker,
         shunts=ShuntStore(db, state_dir),
         max_message_bytes=config.limits.max_message_bytes,
+        parser=parser or ParsePool(parse_workers(config.limits.parse_processes)),
     )
     services.mailboxes = sync_config(db, config, manager=manager)
     if rules is not None:

@@ -38,6 +38,7 @@ from mailfiler.errors import (
 )
 from mailfiler.service.runtime import MailboxRuntime, Services
 from mailfiler.sources.base import Change, Listing, MarkState, Source
+from mailfiler.store.blobs import BlobStore
 from mailfiler.store.db import transaction
 from mailfiler.store.models import FolderCursor, Location, SeenMessage, Shunt
 from mailfiler.tracking.context import watched_folder
@@ -53,7 +54,8 @@ from mailfiler.tracking.folders import (
     set_folder_state,
     shunted_source_ids,
 )
-from mailfiler.tracking.parse import parse_message
+from mailfiler.tracking.parse import ParsedMessage, parse_message
+from mailfiler.tracking.parsepool import ParsePool
 from mailfiler.tracking.pipeline import Outcome
 
 log = logging.getLogger("mailfiler.worker")
@@ -308,14 +310,14 @@ class MailboxWorker:
         batch while this one is tracked."""
         advancing = token is not None
         source = self.rt.source
-        ahead = _ReadAhead(source, folder, todo, hints, self.services.max_message_bytes)
+        ahead = self._read_ahead(folder, todo, hints)
         try:
             for done, sid in enumerate(todo, 1):
                 if self.should_stop():
                     return False
                 read = await ahead.get(sid)
                 step = source.message_token(token, sid) if advancing and token is not None else None
-                outcome = await self.process(folder, sid, hints[sid], token=step, read=read)
+                outcome = await self.process(folder, sid, hints[sid], token=step, read=read, parsed=ahead.parsed(sid))
                 if outcome is None:
                     advancing = False
                 if outcome == "shunted":
@@ -425,15 +427,26 @@ class MailboxWorker:
 
     async def _process_pushed(self, folder: str, todo: list[Change]) -> None:
         hints = {c.source_id: c.hint for c in todo if c.source_id}
-        ahead = _ReadAhead(self.rt.source, folder, list(hints), hints, self.services.max_message_bytes)
+        ahead = self._read_ahead(folder, list(hints), hints)
         try:
             for sid, hint in hints.items():
                 if self.should_stop():
                     return
-                await self.process(folder, sid, hint, read=await ahead.get(sid))
+                read = await ahead.get(sid)
+                await self.process(folder, sid, hint, read=read, parsed=ahead.parsed(sid))
                 await asyncio.sleep(0)
         finally:
             await ahead.aclose()
+
+    def _read_ahead(self, folder: str, todo: list[str], hints: dict[str, str | None]) -> _ReadAhead:
+        fctx = self.rt.context(folder)
+        services = self.services
+        # attachments are written ahead only where every message is tracked: a
+        # watched folder's mail may be judged not to be, and must leave nothing behind
+        blobs = services.tracker.blobs if fctx is not None and fctx.tracked else None
+        return _ReadAhead(
+            self.rt.source, folder, todo, hints, services.max_message_bytes, parser=services.parser, blobs=blobs
+        )
 
     def _already_here(self, folder: str, source_id: str) -> bool:
         loc = Location.select(Location.id).where(
@@ -465,12 +478,14 @@ class MailboxWorker:
         *,
         token: str | None = None,
         read: bytes | Exception | object | None = NOT_READ,
+        parsed: ParsedMessage | None = None,
     ) -> str | Outcome | None:
         """Track one message.  Returns the outcome, "shunted", or None when
         the message vanished before it could be read (a move in progress).
         ``token``: the folder's cursor token to commit with it.  ``read``: what
         a read-ahead got for it (the bytes, the error reading it raised, None
-        when it was gone); by default the message is read here."""
+        when it was gone); by default the message is read here.  ``parsed``:
+        ``read`` parsed already (by a parse helper); else it is parsed here."""
         source = self.rt.source
         fctx = self.rt.context(folder)
         if fctx is None:
@@ -489,7 +504,8 @@ class MailboxWorker:
             else:
                 assert isinstance(read, bytes)
                 raw = read
-            parsed = parse_message(raw)
+            if parsed is None:
+                parsed = parse_message(raw)
             outcome = self._track_with_retries(fctx, folder, source_id, parsed, token)
         except MessageVanished:
             return None
@@ -649,14 +665,31 @@ class _ReadAhead:
     it gets :class:`MessageTooLarge` and is shunted by streaming it
     (``copy_raw``), as when read one by one.  A batch that fails for any reason
     but a lost connection is read again one message at a time, the way it was
-    before read-ahead, so that one bad message cannot hold up the others."""
+    before read-ahead, so that one bad message cannot hold up the others.
 
-    def __init__(self, source: Source, folder: str, todo: list[str], hints: dict[str, str | None], limit: int) -> None:
+    With a ``parser`` (:class:`ParsePool`), a batch is also parsed ahead, in
+    helper processes, and with ``blobs`` its attachments are written ahead in
+    a thread (their fsyncs overlap the tracking of the batch before; the
+    tracker then finds them stored)."""
+
+    def __init__(
+        self,
+        source: Source,
+        folder: str,
+        todo: list[str],
+        hints: dict[str, str | None],
+        limit: int,
+        *,
+        parser: ParsePool | None = None,
+        blobs: BlobStore | None = None,
+    ) -> None:
         self.source, self.folder, self.hints, self.limit = source, folder, hints, limit
+        self.parser, self.blobs = parser, blobs
         self._runs = self._plan(todo)
-        self._task: asyncio.Task[tuple[list[str], dict[str, bytes | Exception] | None] | None] | None = None
+        self._task: asyncio.Task[_Batch | None] | None = None
         #: the batch being processed: source_id -> what was read (absent: gone)
         self._current: dict[str, bytes | Exception] | None = {}
+        self._parsed: dict[str, ParsedMessage] = {}
         self._covered: set[str] = set()
 
     async def _plan(self, todo: list[str]) -> AsyncIterator[tuple[list[str], dict[str, Exception]]]:
@@ -683,7 +716,7 @@ class _ReadAhead:
             if run:
                 yield run, known
 
-    async def _next(self) -> tuple[list[str], dict[str, bytes | Exception] | None] | None:
+    async def _next(self) -> _Batch | None:
         planned = await anext(self._runs, None)
         if planned is None:
             return None
@@ -695,8 +728,27 @@ class _ReadAhead:
             raise
         except Exception:  # read one by one instead: process() meets the error, for its message alone
             log.debug("reading a batch of %d failed; reading them one by one", len(want), exc_info=True)
-            return run, None
-        return run, {**got, **known}
+            return run, None, {}
+        return run, {**got, **known}, await self._prepare(got)
+
+    async def _prepare(self, got: dict[str, bytes | Exception]) -> dict[str, ParsedMessage]:
+        """Parse the batch in the helpers and write its attachments (best effort:
+        what is not done here, process() and the tracker do as without)."""
+        if self.parser is None:
+            return {}
+        sids = [sid for sid, value in got.items() if isinstance(value, bytes)]
+        results = await self.parser.parse_many([got[sid] for sid in sids])
+        parsed = {sid: msg for sid, msg in zip(sids, results, strict=True) if msg is not None}
+        if self.blobs is not None and any(msg.attachments for msg in parsed.values()):
+            try:
+                await asyncio.to_thread(_put_blobs, self.blobs, list(parsed.values()))
+            except OSError:  # disk full...: the tracker meets it again, for its message alone
+                log.debug("writing a batch's attachments ahead failed", exc_info=True)
+        return parsed
+
+    def parsed(self, source_id: str) -> ParsedMessage | None:
+        """The helpers' parse of ``source_id`` (call after :meth:`get`), if any."""
+        return self._parsed.pop(source_id, None)
 
     async def get(self, source_id: str) -> bytes | Exception | object | None:
         """What was read for ``source_id`` (the next in the todo list): the bytes
@@ -708,7 +760,7 @@ class _ReadAhead:
             self._task = None
             if batch is None:
                 return NOT_READ  # not planned: never happens when asked in order
-            run, self._current = batch
+            run, self._current, self._parsed = batch
             self._covered = set(run)
             # read the next batch while this one is processed
             self._task = asyncio.create_task(self._next())
@@ -731,6 +783,16 @@ class _ReadAhead:
             except Exception:  # noqa: BLE001 - a batch nobody will use: its error does not matter
                 pass
         await self._runs.aclose()
+
+
+#: a read-ahead batch: its source ids, what was read (None: read one by one), what was parsed
+_Batch = tuple[list[str], dict[str, bytes | Exception] | None, dict[str, ParsedMessage]]
+
+
+def _put_blobs(blobs: BlobStore, msgs: list[ParsedMessage]) -> None:
+    for msg in msgs:
+        for part in msg.attachments:
+            blobs.put(part.data)
 
 
 def _todo(listing: Listing, known: set[str]) -> list[str]:
