@@ -16,6 +16,7 @@ import email
 import email.policy
 import email.utils
 import hashlib
+import quopri
 import re
 from dataclasses import dataclass, field
 from email import _encoded_words as _ew
@@ -24,6 +25,7 @@ from email.message import Message
 from email.utils import _has_surrogates, _sanitize
 
 from mailfiler.errors import EmptyMessage, NotAMessage
+from mailfiler.tracking.fastmime import Declined, Entity, HeaderMessage, MimeKey, split_message
 from mailfiler.tracking.htmltext import html_to_text
 
 #: headers of which a real message has at least one
@@ -74,10 +76,11 @@ def clean_text(value: str) -> str:
     bytes decode to those), no NUL (PostgreSQL text rejects it)."""
     if not value:
         return ""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return value.replace("\x00", "")
 
 
@@ -271,7 +274,22 @@ def _simple_mailboxes(value: str) -> list[tuple[str, str]] | None:
         pos += 1
 
 
+_ADDRESS_CACHE: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+
+
 def _address_pairs(name: str, value: str) -> list[tuple[str, str]]:
+    # correspondents recur: most address headers have been read before
+    key = (name.lower(), value)
+    pairs = _ADDRESS_CACHE.get(key)
+    if pairs is None:
+        pairs = tuple(_parsed_address_pairs(name, value))
+        if len(_ADDRESS_CACHE) >= 4096:
+            _ADDRESS_CACHE.clear()
+        _ADDRESS_CACHE[key] = pairs
+    return list(pairs)
+
+
+def _parsed_address_pairs(name: str, value: str) -> list[tuple[str, str]]:
     pairs = _simple_mailboxes(_unfold(value))
     if pairs is not None:
         return pairs
@@ -326,12 +344,17 @@ def _header(msg: Message, name: str, defects: list[str]) -> str | None:
     return cleaned
 
 
+def _named(msg: Message, lname: str) -> list[tuple[str, str]]:
+    if isinstance(msg, HeaderMessage):
+        return msg.named(lname)  # the fast path's index
+    return [(k, v) for k, v in msg._headers if k.lower() == lname]  # noqa: SLF001 - raw values
+
+
 def _addresses(msg: Message, name: str, defects: list[str]) -> list[Address]:
     try:
         pairs = []
-        for key, value in msg._headers:  # noqa: SLF001 - raw values, parsed below
-            if key.lower() == name:
-                pairs.extend(_address_pairs(key, str(value)))
+        for key, value in _named(msg, name):
+            pairs.extend(_address_pairs(key, str(value)))
     except Exception as exc:  # noqa: BLE001
         defects.append(f"header {name}: {type(exc).__name__}")
         raw = [v for k, v in msg._headers if k.lower() == name]  # noqa: SLF001
@@ -442,20 +465,21 @@ def synthetic_message_id(raw: bytes, msg: Message) -> str:
 def parse_message(raw: bytes) -> ParsedMessage:
     if not raw.strip():
         raise EmptyMessage("the message file is empty")
+    fast = fast_parse(raw)
+    return fast if fast is not None else parse_with_feedparser(raw)
+
+
+def parse_with_feedparser(raw: bytes) -> ParsedMessage:
+    """parse_message() by the standard library's feed parser: any input."""
+    if not raw.strip():
+        raise EmptyMessage("the message file is empty")
     msg = email.message_from_bytes(raw, policy=_POLICY)
     keys = {k.lower() for k, _ in msg._headers}  # noqa: SLF001
     if not keys & _MAIL_HEADERS:
         raise NotAMessage("the file has no mail header block (no From, To, Subject, Date or Message-ID)")
     defects: list[str] = [type(d).__name__ for d in getattr(msg, "defects", [])]
 
-    ids = _message_ids(_header(msg, "message-id", defects))
-    if ids and len(ids[0]) <= 998:
-        message_id, synthetic = ids[0], False
-    else:
-        message_id, synthetic = synthetic_message_id(raw, msg), True
-
-    addresses = {role: _addresses(msg, role, defects) for role in ADDRESS_ROLES}
-    in_reply = _message_ids(_header(msg, "in-reply-to", defects))
+    message_id, synthetic, addresses, in_reply = _head_fields(raw, msg, defects)
     body_text = ""
     body_html: str | None = None
     attachments: list[AttachmentPart] = []
@@ -486,9 +510,30 @@ def parse_message(raw: bytes) -> ParsedMessage:
     # attachment) on that part; the list above holds only the top-level defects
     for part in _walk_parts(msg, []):
         defects.extend(type(d).__name__ for d in part.defects)
+    return _result(raw, msg, defects, (message_id, synthetic, addresses, in_reply), (body_text, body_html, attachments))
+
+
+_Head = tuple[str, bool, dict[str, list[Address]], list[str]]
+_Body = tuple[str, str | None, list[AttachmentPart]]
+
+
+def _head_fields(raw: bytes, msg: Message, defects: list[str]) -> _Head:
+    """Message-ID (or a synthetic one), the addresses and In-Reply-To."""
+    ids = _message_ids(_header(msg, "message-id", defects))
+    if ids and len(ids[0]) <= 998:
+        message_id, synthetic = ids[0], False
+    else:
+        message_id, synthetic = synthetic_message_id(raw, msg), True
+    addresses = {role: _addresses(msg, role, defects) for role in ADDRESS_ROLES}
+    in_reply = _message_ids(_header(msg, "in-reply-to", defects))
+    return message_id, synthetic, addresses, in_reply
+
+
+def _result(raw: bytes, msg: Message, defects: list[str], head: _Head, body: _Body) -> ParsedMessage:
+    message_id, synthetic, addresses, in_reply = head
+    body_text, body_html, attachments = body
     if not body_text and body_html:
         body_text = html_to_text(body_html)
-
     return ParsedMessage(
         message_id=clean_text(message_id),
         synthetic_id=synthetic,
@@ -506,4 +551,115 @@ def parse_message(raw: bytes) -> ParsedMessage:
     )
 
 
-__all__ = ["Address", "AttachmentPart", "ParsedMessage", "clean_text", "parse_message"]
+# --------------------------------------------------------------------------- fast path
+#
+# Most mail is well-formed: fastmime splits it into parts without the feed
+# parser (about half the cost of parse_message), and the parts are read here
+# without the Message accessors, from facts cached per distinct MIME header
+# set.  Everything else about the result is computed by the same functions as
+# above, on a Message holding the same header values the feed parser stores.
+# Whatever fastmime or this code is not sure about goes to the feed parser;
+# tests/unit/test_parse_equivalence.py checks that both give the same result.
+
+_UUE = ("x-uuencode", "uuencode", "uue", "x-uue")
+
+
+@dataclass(frozen=True, slots=True)
+class _LeafFacts:
+    """What the part walk reads of a leaf, all from its MIME headers."""
+
+    disposition: str  # lower case, "" if none
+    filename: str  # cleaned, "" if none
+    charset: str  # get_param("charset", "ASCII")
+    cte: str  # lower case, as get_payload(decode=True) compares it
+
+
+_FACTS_CACHE: dict[MimeKey, _LeafFacts] = {}
+
+
+def _leaf_facts(leaf: Entity) -> _LeafFacts:
+    facts = _FACTS_CACHE.get(leaf.mime_key)
+    if facts is None:
+        part = leaf.msg
+        charset = part.get_param("charset", "ASCII")
+        if not isinstance(charset, str):
+            raise Declined("an RFC 2231 charset: the slow path records a defect")
+        facts = _LeafFacts(
+            disposition=(part.get_content_disposition() or "").lower(),
+            filename=clean_text(part.get_filename() or ""),
+            charset=charset,
+            cte=str(part.get("content-transfer-encoding", "")).lower(),
+        )
+        if len(_FACTS_CACHE) >= 4096:
+            _FACTS_CACHE.clear()
+        _FACTS_CACHE[leaf.mime_key] = facts
+    return facts
+
+
+def _decoded(body: bytes, cte: str) -> bytes:
+    """``get_payload(decode=True)`` of a leaf whose payload is ``body``."""
+    if cte == "quoted-printable":
+        return quopri.decodestring(body)
+    if cte == "base64":
+        value, found = _ew.decode_b(b"".join(body.splitlines()))
+        if found:
+            raise Declined("invalid base64: a defect on the part")
+        return value
+    if cte in _UUE:
+        raise Declined("uuencode")
+    return body
+
+
+def _fast_text(leaf: Entity, facts: _LeafFacts) -> str:
+    # what _part_text gives when nothing goes wrong
+    try:
+        return clean_text(_decoded(leaf.body, facts.cte).decode(facts.charset, errors="replace"))
+    except LookupError as exc:
+        raise Declined("unknown charset: the slow path records a defect") from exc
+
+
+def _fast_body(root: Entity) -> _Body:
+    body_text = ""
+    body_html: str | None = None
+    attachments: list[AttachmentPart] = []
+    for leaf in root.leaves():
+        facts = _leaf_facts(leaf)
+        ctype = leaf.content_type
+        is_body = ctype in ("text/plain", "text/html") and facts.disposition != "attachment" and not facts.filename
+        if not is_body:
+            data = _decoded(leaf.body, facts.cte) or b""
+            attachments.append(AttachmentPart(facts.filename, clean_text(ctype)[:255], data))
+        elif ctype == "text/plain" and not body_text:
+            body_text = _fast_text(leaf, facts)
+        elif ctype == "text/html" and body_html is None:
+            body_html = _fast_text(leaf, facts)
+    return body_text, body_html, attachments
+
+
+def fast_parse(raw: bytes) -> ParsedMessage | None:
+    """``parse_message(raw)`` for ordinary well-formed mail, without the feed
+    parser; None when it declines (the input is then for parse_message)."""
+    try:
+        root = split_message(raw, _POLICY)
+        if root is None:
+            return None
+        msg = root.msg
+        if not {k.lower() for k, _ in msg._headers} & _MAIL_HEADERS:  # noqa: SLF001
+            return None
+        body = _fast_body(root)
+        defects: list[str] = []
+        head = _head_fields(raw, msg, defects)
+        return _result(raw, msg, defects, head, body)
+    except Exception:  # noqa: BLE001 - Declined, or anything unforeseen: the feed parser decides
+        return None
+
+
+__all__ = [
+    "Address",
+    "AttachmentPart",
+    "ParsedMessage",
+    "clean_text",
+    "fast_parse",
+    "parse_message",
+    "parse_with_feedparser",
+]
