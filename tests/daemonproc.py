@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from mailfiler.service.worker import COMMIT_BATCH
+
 T = TypeVar("T")
 
 #: records every test world knows (folders below point at them)
@@ -381,6 +383,31 @@ def assert_same_as(reference: dict[str, Any], got: dict[str, Any]) -> None:
     assert not diffs, f"{len(diffs)} activities differ, e.g. {diffs[0]}:\n{ref_acts[diffs[0]]}\n{got_acts[diffs[0]]}"
     assert got["cursors"] == reference["cursors"]
     assert got["pending_shunts"] == reference["pending_shunts"] == 0
+
+
+def commit_ends(order: Sequence[tuple[str, str]], done: int, batch: int = COMMIT_BATCH) -> list[int]:
+    """The committed count after each commit of a ``mailfiler once`` that resumes after
+    ``done`` messages (``order``: the (folder, source id) an uninterrupted run commits,
+    in its order).  A scan commits a tracked folder's messages ``batch`` at a time
+    (``worker.COMMIT_BATCH``), so a run's commits end every ``batch`` messages from where
+    it resumed, and at the end of each folder."""
+    ends: list[int] = []
+    start = done
+    for i in range(done, len(order)):
+        last_of_folder = i + 1 == len(order) or order[i + 1][0] != order[i][0]
+        if last_of_folder or i + 1 - start == batch:
+            ends.append(i + 1)
+            start = i + 1
+    return ends
+
+
+def crash_plan(order: Sequence[tuple[str, str]], done: int, position: int) -> tuple[int, int, int]:
+    """(k, committed if killed just before the k-th commit, committed if killed just
+    after it): the k-th commit of a run resuming after ``done`` is the one that holds
+    message ``position`` (1-based, in ``order``)."""
+    ends = commit_ends(order, done)
+    k = next(n for n, end in enumerate(ends, 1) if end >= position)
+    return k, [done, *ends][k - 1], ends[k - 1]
 
 
 def committed_count(world: World) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.daemonproc import RECORDS, cli, describe, present_locations, query
+from tests.daemonproc import RECORDS, cli, crash_plan, describe, present_locations, query
 from tests.mailgen import realistic_message
 from tests.servers.dovecot import ImapUser
 
@@ -80,9 +80,16 @@ def check_token(db: Path, server_uids: list[int], committed: int) -> None:
 
 
 def crash_chain(config: Path, db: Path, server_uids: list[int], done: int, positions: list[int]) -> int:
+    """Kill ``once`` just before and just after the commit holding each position (a
+    scan commits COMMIT_BATCH messages at a time: see daemonproc.crash_plan)."""
+    order = [(FOLDER, str(uid)) for uid in server_uids]
     for position in positions:
-        for point, committed in (("before_commit", position - 1), ("after_commit", position)):
-            spec = f"{point}:{position - done}"
+        for point in ("before_commit", "after_commit"):
+            if position <= done:
+                break  # committed with an earlier position's batch
+            k, before, after = crash_plan(order, done, position)
+            committed = before if point == "before_commit" else after
+            spec = f"{point}:{k}"
             res = cli(config, "once", env={"MAILFILER_CRASH_AT": spec}, timeout=120)
             assert res.returncode == -signal.SIGKILL, f"MAILFILER_CRASH_AT={spec}: " + describe(res)
             check_token(db, server_uids, committed)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mailfiler.errors import FolderMissing, MessageVanished
+from mailfiler.service import worker as worker_module
 from mailfiler.service.runtime import MailboxRuntime, Services, build_services
 from mailfiler.service.worker import MailboxWorker
 from mailfiler.sources.base import Change, Delta, Listing, MarkState, Source
@@ -261,14 +262,17 @@ async def test_gone_messages_before_new_ones(world, store: Store, explicit_gone:
 
 
 @pytest.mark.parametrize("point", ["before_commit", "after_commit"])
-@pytest.mark.parametrize("nth", [1, 2, 6])
+@pytest.mark.parametrize("nth", [1, 2, 3])
 @pytest.mark.parametrize("phase", ["backfill", "catch-up"])
 async def test_a_crash_never_leaves_the_token_past_an_uncommitted_message(
     world, store: Store, monkeypatch: pytest.MonkeyPatch, phase: str, point: str, nth: int
 ) -> None:
     """Killed before or after the nth commit of a first backfill (full listing) or of
     a catch-up (from the token): the token covers exactly what is committed, and the
-    restart converges without fetching a committed message again."""
+    restart converges without fetching a committed message again.  A scan commits
+    ``COMMIT_BATCH`` messages at a time (2 here, so that a dozen messages make
+    several commits): the token is the last of the batch."""
+    monkeypatch.setattr(worker_module, "COMMIT_BATCH", 2)
     rt, services, source = world
     done_before = 0
     if phase == "catch-up":
@@ -290,7 +294,8 @@ async def test_a_crash_never_leaves_the_token_past_an_uncommitted_message(
     monkeypatch.setattr(pipeline.crashpoints, "point", crash_at)
     with pytest.raises(Crash):
         await MailboxWorker(rt, services).scan_folder(FOLDER)
-    committed = done_before + (nth if point == "after_commit" else nth - 1)
+    ends = list(range(done_before + 2, 13, 2))  # the committed count after each commit
+    committed = ends[nth - 1] if point == "after_commit" else ([done_before, *ends])[nth - 1]
     assert len(committed_uids(rt)) == committed
     assert token_uid(rt) == (committed or None), "the token is the last committed UID"
     assert_token_covers_only_committed(rt, source)
@@ -361,3 +366,55 @@ async def test_marks_follow_the_commits_and_their_failure_is_only_logged(
     result = await worker.scan_folder(FOLDER)
     assert result.new == 1 and m.Activity.select().count() == 2
     assert any(r.__dict__.get("event") == "mark-failed" for r in caplog.records)
+
+
+# --------------------------------------------------------------------------- commit batches
+
+
+async def test_a_message_its_batch_cannot_store_is_handled_alone(
+    world, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One message of a batch fails in the store: the messages before it commit with
+    the batch, it is retried alone and shunted with its reason, and the rest commit
+    after it; the token never passes it before it is handled."""
+    rt, services, source = world
+    for i in range(8):
+        source.add(message(i))
+    original = pipeline.Tracker.track
+    calls: list[str] = []
+
+    def track(self, mailbox, folder, source_id, msg, **kw):  # type: ignore[no-untyped-def]
+        calls.append(source_id)
+        if source_id == source.sid(3):
+            raise RuntimeError("the store refused this row")
+        return original(self, mailbox, folder, source_id, msg, **kw)
+
+    monkeypatch.setattr(pipeline.Tracker, "track", track)
+    result = await MailboxWorker(rt, services).scan_folder(FOLDER)
+    assert (result.new, result.shunted) == (7, 1)
+    assert committed_uids(rt) == {1, 2, 4, 5, 6, 7, 8}
+    shunt = m.Shunt.get()
+    assert shunt.source_id == source.sid(3) and "the store refused this row" in shunt.detail
+    assert token_uid(rt) == 8
+    # 3 was tried in its batch, then alone with the store retries' budget, never again after
+    assert calls.count(source.sid(3)) >= 2 and calls[-5:] == [source.sid(u) for u in range(4, 9)]
+
+
+async def test_a_stop_commits_the_batch_in_flight(world, store: Store) -> None:
+    """Stopping (SIGTERM) mid-batch commits the messages read so far, with their token,
+    and the cursor does not pretend the folder is done."""
+    rt, services, source = world
+    for i in range(10):
+        source.add(message(i))
+    checks = {"n": 0}
+
+    def should_stop() -> bool:
+        checks["n"] += 1
+        return checks["n"] > 4
+
+    await MailboxWorker(rt, services, should_stop=should_stop).scan_folder(FOLDER)
+    assert committed_uids(rt) == {1, 2, 3, 4}
+    assert token_uid(rt) == 4
+    assert_token_covers_only_committed(rt, source)
+    await MailboxWorker(rt, services).scan_folder(FOLDER)
+    assert committed_uids(rt) == set(range(1, 11)) and token_uid(rt) == 10

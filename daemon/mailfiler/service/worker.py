@@ -41,6 +41,7 @@ from mailfiler.sources.base import Change, Listing, MarkState, Source
 from mailfiler.store.blobs import BlobStore
 from mailfiler.store.db import transaction
 from mailfiler.store.models import FolderCursor, Location, SeenMessage, Shunt
+from mailfiler.tracking.batch import Item, track_batch
 from mailfiler.tracking.context import watched_folder
 from mailfiler.tracking.folders import (
     folder_token,
@@ -67,6 +68,8 @@ STORE_RETRIES = 5
 #: bytes (IMAP: 400 UIDs per UID FETCH, see imapproto.FETCH_BATCH)
 READ_AHEAD_COUNT = 400
 READ_AHEAD_BYTES = 16 * 1024 * 1024
+#: a tracked folder's scan commits this many messages per transaction
+COMMIT_BATCH = 50
 #: process() reads the message itself
 NOT_READ = object()
 
@@ -302,38 +305,61 @@ class MailboxWorker:
         self, folder: str, todo: list[str], hints: dict[str, str | None], result: ScanResult, *, token: str | None
     ) -> bool:
         """Process ``todo`` in order.  With the backend's ``token``, each message
-        commits its own cursor token; a message that vanished before it could
+        carries its own cursor token; a message that vanished before it could
         be read stops the cursor there (its fate is unknown until the next
         look).  True when the cursor may move to ``token``: every message done.
 
         The messages are read ahead in batches (:class:`_ReadAhead`), the next
-        batch while this one is tracked."""
+        batch while this one is tracked.  In a tracked folder they also commit
+        in batches of :data:`COMMIT_BATCH` (:class:`_Commits`); a message that
+        cannot join a batch (not read, not parseable) first commits the batch
+        before it, so commits stay in ``todo`` order."""
         advancing = token is not None
         source = self.rt.source
+        fctx = self.rt.context(folder)
+        commits = _Commits(self, folder, result) if fctx is not None and fctx.tracked else None
         ahead = self._read_ahead(folder, todo, hints)
+        stopped = False
         try:
             for done, sid in enumerate(todo, 1):
                 if self.should_stop():
-                    return False
+                    stopped = True
+                    break
                 read = await ahead.get(sid)
                 step = source.message_token(token, sid) if advancing and token is not None else None
-                outcome = await self.process(folder, sid, hints[sid], token=step, read=read, parsed=ahead.parsed(sid))
+                parsed = ahead.parsed(sid)
+                if commits is not None and isinstance(read, bytes):
+                    if parsed is None:
+                        parsed = _parse_or_none(read)
+                    if parsed is not None:
+                        await commits.add(sid, hints[sid], read, parsed, step)
+                        self._progress(folder, done, len(todo))
+                        await asyncio.sleep(0)
+                        continue
+                if commits is not None:
+                    await commits.flush()
+                outcome = await self.process(folder, sid, hints[sid], token=step, read=read, parsed=parsed)
                 if outcome is None:
                     advancing = False
-                if outcome == "shunted":
-                    result.shunted += 1
-                elif isinstance(outcome, Outcome) and outcome.event == "skipped":
-                    result.skipped += 1
-                elif outcome is not None:
-                    result.new += 1
-                if self.progress:
-                    self.progress(folder, done, len(todo))
+                _count(result, outcome)
+                self._progress(folder, done, len(todo))
                 # let signals, the watchdog, other mailboxes and the read-ahead run
                 await asyncio.sleep(0)
+            if commits is not None:
+                # what is parsed is committed, also when stopping (the batch "in flight")
+                await commits.flush()
+        except MailboxUnavailable:
+            if commits is not None:  # the connection failed, not the store: keep what is read
+                await commits.flush()
+            raise
         finally:
             await ahead.aclose()
         await self.flush_marks()
-        return advancing
+        return advancing and not stopped and (commits is None or commits.complete)
+
+    def _progress(self, folder: str, done: int, total: int) -> None:
+        if self.progress:
+            self.progress(folder, done, total)
 
     async def _scan_tracked(self, folder: str) -> ScanResult:
         result = ScanResult(folder)
@@ -520,12 +546,16 @@ class MailboxWorker:
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             log.debug("processing failed", exc_info=True)
             return await self._shunt(folder, source_id, hint, raw, ProcessingFailed.code, detail)
+        self._done(folder, source_id, outcome, parsed)
+        return outcome
+
+    def _done(self, folder: str, source_id: str, outcome: Outcome, parsed: ParsedMessage) -> None:
+        """After a message's commit: counts, its log line, its mark."""
         self.last_progress = time.monotonic()
         self.counts[outcome.event] = self.counts.get(outcome.event, 0) + 1
         self._log_outcome(outcome, folder, parsed.subject)
         if outcome.event != "skipped":
             self._note_mark(folder, source_id, "tracked")
-        return outcome
 
     def _track_with_retries(self, fctx, folder: str, source_id: str, parsed, token: str | None = None) -> Outcome:
         delay = 0.05
@@ -646,6 +676,89 @@ class MailboxWorker:
                 "activity_id": outcome.activity_id,
             },
         )
+
+
+def _count(result: ScanResult, outcome: str | Outcome | None) -> None:
+    if outcome == "shunted":
+        result.shunted += 1
+    elif isinstance(outcome, Outcome) and outcome.event == "skipped":
+        result.skipped += 1
+    elif outcome is not None:
+        result.new += 1
+
+
+def _parse_or_none(raw: bytes) -> ParsedMessage | None:
+    """The parse, or None when it fails (process() parses again, meets the error and shunts)."""
+    try:
+        return parse_message(raw)
+    except (Exception, RecursionError):  # noqa: BLE001
+        return None
+
+
+@dataclass
+class _Pending:
+    source_id: str
+    hint: str | None
+    raw: bytes
+    parsed: ParsedMessage
+    token: str | None
+
+
+class _Commits:
+    """A tracked folder's scan, committed :data:`COMMIT_BATCH` messages at a time.
+
+    One transaction per batch (:func:`track_batch`: a savepoint per message)
+    instead of one per message: the commit and, on SQLite, the write lock
+    are taken once.  Each message still carries its own cursor token, so
+    the token committed is the last message's of the batch.  A message the
+    batch cannot store is handled alone, as without batches (retried, then
+    shunted with its reason), and the rest of the batch is committed after
+    it; so is a batch whose commit failed on a busy store."""
+
+    def __init__(self, worker: MailboxWorker, folder: str, result: ScanResult) -> None:
+        self.worker, self.folder, self.result = worker, folder, result
+        self.pending: list[_Pending] = []
+        #: False once a message could not be committed (the cursor must not pass it)
+        self.complete = True
+
+    async def add(self, sid: str, hint: str | None, raw: bytes, parsed: ParsedMessage, token: str | None) -> None:
+        self.pending.append(_Pending(sid, hint, raw, parsed, token))
+        if len(self.pending) >= COMMIT_BATCH:
+            await self.flush()
+
+    async def flush(self) -> None:
+        todo, self.pending = self.pending, []
+        while todo:
+            todo = await self._commit(todo)
+
+    async def _commit(self, todo: list[_Pending]) -> list[_Pending]:
+        """Commit ``todo``; what is left of it to commit after a failure."""
+        worker = self.worker
+        rt = worker.rt
+        fctx = rt.context(self.folder)
+        if fctx is None:  # no longer tracked (a reload): not committed, so not done
+            self.complete = False
+            return []
+        items = [Item(rt.ctx, fctx, p.source_id, p.parsed, may_be_shunted=False, token=p.token) for p in todo]
+        try:
+            results = track_batch(worker.services.tracker, items)
+        except pw.OperationalError:  # busy or restarting store: each message alone, with its retries
+            results = [None] * len(todo)
+        except MailboxUnavailable:
+            raise
+        for i, (pending, res) in enumerate(zip(todo, results, strict=True)):
+            if isinstance(res, Outcome):
+                worker._done(self.folder, pending.source_id, res, pending.parsed)  # noqa: SLF001
+                _count(self.result, res)
+                continue
+            # this one failed (or the batch did): alone, as without batches; then the rest
+            p = pending
+            outcome = await worker.process(self.folder, p.source_id, p.hint, token=p.token, read=p.raw, parsed=p.parsed)
+            if outcome is None:
+                self.complete = False
+            _count(self.result, outcome)
+            return todo[i + 1 :]
+        return []
 
 
 def _too_large(size: int, limit: int) -> MessageTooLarge:

@@ -24,6 +24,7 @@ from mailfiler.store.db import transaction
 from mailfiler.tracking.context import FolderContext, MailboxContext
 from mailfiler.tracking.parse import ParsedMessage
 from mailfiler.tracking.pipeline import Outcome, Tracker
+from mailfiler.util import crashpoints
 
 
 @dataclass(frozen=True)
@@ -55,4 +56,7 @@ def track_batch(tracker: Tracker, items: Sequence[Item]) -> list[Outcome | Excep
             except Exception as exc:  # noqa: BLE001 - reported to the caller, who shunts or retries it
                 results[i] = exc
                 break
+        # the batch's commit points: every statement ran, nothing is committed yet
+        crashpoints.point("before_commit")
+    crashpoints.point("after_commit")
     return results

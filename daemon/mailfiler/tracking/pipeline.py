@@ -44,6 +44,10 @@ from mailfiler.util import crashpoints
 log = logging.getLogger("mailfiler.tracking")
 
 
+def _no_point(name: str) -> None:
+    """The crash point of a write that is not a commit (a savepoint in a batch)."""
+
+
 @dataclass
 class Plan:
     """Auto-tracking's judgement of a message outside tracked folders,
@@ -105,7 +109,12 @@ class Tracker:
         committed (see :mod:`mailfiler.sources.base`).
 
         In a watched folder (not a tracked one) auto-tracking judges the
-        message first; one it does not track is noted as seen, nothing more."""
+        message first; one it does not track is noted as seen, nothing more.
+
+        Called inside a transaction (:func:`~mailfiler.tracking.batch.track_batch`)
+        it runs in a savepoint, and its commit points are the batch's."""
+        # a nested call commits nothing: no crash point of its own
+        points = crashpoints.point if not self.db.in_transaction() else _no_point
         plan: Plan | None = None
         if not folder.tracked:
             plan = self.auto_plan(mailbox, folder.name, msg)
@@ -116,10 +125,10 @@ class Tracker:
         blob_ids = [self.blobs.put(a.data) for a in msg.attachments]
         for attempt in range(3):
             try:
-                crashpoints.point("before_commit")
+                points("before_commit")
                 with transaction(self.db):
                     outcome = self._track_tx(mailbox, folder, source_id, msg, blob_ids, may_be_shunted, plan, token)
-                crashpoints.point("after_commit")
+                points("after_commit")
                 if plan is not None and plan.verdict is not None and outcome.event == "tracked":
                     outcome.detail = plan.verdict.reason
                 return outcome
@@ -224,7 +233,8 @@ class Tracker:
         token: str | None = None,
     ) -> Outcome:
         now = utcnow()
-        crashpoints.point("before_commit")
+        points = crashpoints.point if not self.db.in_transaction() else _no_point
+        points("before_commit")
         with transaction(self.db):
             SeenMessage.insert(
                 mailbox=mailbox.row,
@@ -238,7 +248,7 @@ class Tracker:
             if may_be_shunted:
                 txsql.resolve_shunt(self.db, mailbox.row.id, folder.name, source_id, now)
             self._bump_cursor(mailbox.row, folder, now, token)
-        crashpoints.point("after_commit")
+        points("after_commit")
         return Outcome("skipped", None, msg.message_id, None, reason)
 
     # -- parts ------------------------------------------------------------------
