@@ -10,10 +10,13 @@ from __future__ import annotations
 import base64
 import dataclasses
 import quopri
+import random
 from collections.abc import Callable
+from email.message import Message
 
 import pytest
 
+from mailfiler.tracking import fastmime
 from mailfiler.tracking import parse as new
 from tests import mailgen
 from tests.unit import parse_oracle as old
@@ -216,3 +219,20 @@ def test_realistic_corpus_takes_the_fast_path() -> None:
         raw = mailgen.realistic_message(i, seed=11, with_attachment_every=3)
         _assert_same(raw, fast=True)
         _assert_same(_crlf(raw), fast=True)
+
+
+def test_simple_boundary_reading_matches_get_boundary() -> None:
+    """fastmime reads the boundary of `type; boundary="..."` values itself; it must be get_boundary()'s."""
+    rng = random.Random(3)
+    chars = "0123456789abcXYZ'()+_,./:=?- \"\\;<>*%"
+    checked = 0
+    for _ in range(3000):
+        boundary = "".join(rng.choice(chars) for _ in range(rng.randrange(1, 12)))
+        value = f'multipart/{rng.choice(("mixed", "Alternative"))}; boundary="{boundary}"'
+        msg = Message(new._POLICY)
+        msg["Content-Type"] = value
+        simple = fastmime._SIMPLE_BOUNDARY.fullmatch(str(msg.get("content-type")))
+        if simple:
+            checked += 1
+            assert simple.group(1) == msg.get_boundary(), value
+    assert checked > 300

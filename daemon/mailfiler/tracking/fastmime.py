@@ -37,16 +37,18 @@ class HeaderMessage(Message):
     def __init__(self, policy: Policy, headers: list[tuple[str, str]]) -> None:
         super().__init__(policy)
         self._headers = headers  # what the feed parser's set_raw builds
-        self._index: dict[str, list[tuple[str, str]]] = {}
-        for name, value in headers:
-            self._index.setdefault(name.lower(), []).append((name, value))
+        self._index: dict[str, list[tuple[str, str]]] | None = None  # built on first use
 
     def get(self, name: str, failobj: object = None) -> object:
-        found = self._index.get(name.lower())
-        return failobj if found is None else self.policy.header_fetch_parse(*found[0])
+        found = self.named(name.lower())
+        return self.policy.header_fetch_parse(*found[0]) if found else failobj
 
     def named(self, lname: str) -> list[tuple[str, str]]:
         """The headers called ``lname`` (lower case), in order."""
+        if self._index is None:
+            self._index = {}
+            for name, value in self._headers:
+                self._index.setdefault(name.lower(), []).append((name, value))
         return self._index.get(lname, [])
 
 
@@ -198,7 +200,7 @@ def _entity(raw: bytes, pos: int, stops: tuple[bytes, ...], policy: Policy) -> t
         raise Declined("nested too deep")
     headers, pos = _read_headers(raw, pos)
     msg = HeaderMessage(policy, headers)
-    key = tuple(header for header in headers if header[0].lower() in MIME_HEADERS)
+    key = tuple([header for header in headers if header[0].lower() in MIME_HEADERS])
     ctype = _content_type(msg, key)
     maintype = ctype.partition("/")[0]
     if maintype == "message" or ctype == "multipart/digest":
@@ -212,14 +214,15 @@ def _entity(raw: bytes, pos: int, stops: tuple[bytes, ...], policy: Policy) -> t
 
 
 def _content_type(msg: Message, key: MimeKey) -> str:
-    # most parts' MIME headers recur across messages (not a multipart's: its
-    # boundary is unique)
+    # most parts' MIME headers recur across messages; a multipart's do not
+    # (its boundary is unique), so those are not kept
     ctype = _CTYPES.get(key)
     if ctype is None:
         ctype = msg.get_content_type()
-        if len(_CTYPES) >= 4096:
-            _CTYPES.clear()
-        _CTYPES[key] = ctype
+        if not ctype.startswith("multipart/"):
+            if len(_CTYPES) >= 4096:
+                _CTYPES.clear()
+            _CTYPES[key] = ctype
     return ctype
 
 

@@ -6,7 +6,8 @@ message must still be tracked with whatever can be read, its defects
 recorded.  Only input that is not mail at all raises.
 
 The results are those of ``policy.default`` (what this module used before),
-at a fraction of its cost: see "header values" below.
+at a fraction of its cost: see "header values" below.  Ordinary well-formed
+mail does not even go through the feed parser: see "fast path" below.
 """
 
 from __future__ import annotations
@@ -554,12 +555,14 @@ def _result(raw: bytes, msg: Message, defects: list[str], head: _Head, body: _Bo
 # --------------------------------------------------------------------------- fast path
 #
 # Most mail is well-formed: fastmime splits it into parts without the feed
-# parser (about half the cost of parse_message), and the parts are read here
-# without the Message accessors, from facts cached per distinct MIME header
-# set.  Everything else about the result is computed by the same functions as
-# above, on a Message holding the same header values the feed parser stores.
-# Whatever fastmime or this code is not sure about goes to the feed parser;
-# tests/unit/test_parse_equivalence.py checks that both give the same result.
+# parser (which cost more than half of parse_message), and the parts are read
+# here without the Message accessors, from facts cached per distinct MIME
+# header set.  Everything else about the result is computed by the same
+# functions as above, on a Message holding the header values the feed parser
+# would store.  Whatever fastmime or this code is not sure about (anything the
+# feed parser would record a defect for, any exception) goes to the feed
+# parser; tests/unit/test_parse_equivalence.py and test_parse_fastpath.py
+# check that whenever the fast path answers, both give the same result.
 
 _UUE = ("x-uuencode", "uuencode", "uue", "x-uue")
 
@@ -610,12 +613,18 @@ def _decoded(body: bytes, cte: str) -> bytes:
     return body
 
 
+#: codecs whose errors="replace" decoding yields no lone surrogates, so
+#: clean_text need not look for them
+_NO_SURROGATES = frozenset(("utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1"))
+
+
 def _fast_text(leaf: Entity, facts: _LeafFacts) -> str:
     # what _part_text gives when nothing goes wrong
     try:
-        return clean_text(_decoded(leaf.body, facts.cte).decode(facts.charset, errors="replace"))
+        text = _decoded(leaf.body, facts.cte).decode(facts.charset, errors="replace")
     except LookupError as exc:
         raise Declined("unknown charset: the slow path records a defect") from exc
+    return text.replace("\x00", "") if facts.charset.lower() in _NO_SURROGATES else clean_text(text)
 
 
 def _fast_body(root: Entity) -> _Body:
