@@ -16,6 +16,7 @@ import pytest
 
 from mailfiler.config.schema import Config
 from mailfiler.errors import MailboxUnavailable
+from mailfiler.service import readahead
 from mailfiler.service.retry import retry
 from mailfiler.service.runtime import MailboxRuntime, Services, build_services
 from mailfiler.service.worker import MailboxWorker
@@ -254,8 +255,9 @@ async def test_a_restart_on_an_unchanged_2000_message_folder_is_one_examine(
 
 
 async def test_a_backfill_reads_ahead_in_batches(world: World, imap_user: ImapUser, commands: Commands) -> None:
-    """451 messages: their sizes in two UID FETCHes (400 + 51) and their bodies in
-    two more, instead of two per message.  One is over the size limit: never
+    """451 messages: their sizes in one UID FETCH per read-ahead batch (50, 100, 200,
+    then 101: readahead.chunk_sizes) and their bodies in one more each, instead of two
+    per message.  One is over the size limit: never
     read, streamed into the shunt.  One is expunged after its batch's sizes
     came and before its body: vanished, and the cursor stops before it until
     the next look."""
@@ -280,8 +282,10 @@ async def test_a_backfill_reads_ahead_in_batches(world: World, imap_user: ImapUs
     result = await worker.scan_folder(TRACKED)
     assert (result.new, result.shunted) == (449, 1)
     fetches = commands.named("UID FETCH")
-    assert len([c for c in fetches if c.endswith("(UID RFC822.SIZE)")]) == 2 + 1  # + the big one's, to stream it
-    assert len([c for c in fetches if c.endswith("(UID BODY.PEEK[])")]) == 2, fetches
+    batches = len(readahead.chunk_sizes(451))
+    assert batches == 4
+    assert len([c for c in fetches if c.endswith("(UID RFC822.SIZE)")]) == batches + 1  # + the big one's, to stream it
+    assert len([c for c in fetches if c.endswith("(UID BODY.PEEK[])")]) == batches, fetches
     assert [c for c in fetches if "BODY.PEEK[]<" in c] == [f"UID FETCH {big} (UID BODY.PEEK[]<0.4194304>)"]
     shunt = m.Shunt.get()
     assert (shunt.reason, shunt.source_id.split(":")[1]) == ("too-large", str(big))

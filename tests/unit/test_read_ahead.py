@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mailfiler.service.worker import _ReadAhead
+from mailfiler.service import readahead
+from mailfiler.service.readahead import ReadAhead
 from mailfiler.sources.maildir import MaildirSource
 from tests.mailgen import drop_into_maildir, maildirpp_folder_dir, make_maildir_folder, realistic_message
 
@@ -18,16 +19,19 @@ FOLDER = "Tracked/Contoso"
 async def test_a_scan_cancelled_while_its_read_ahead_closes_stays_cancelled(tmp_path: Path) -> None:
     folder_dir = make_maildir_folder(maildirpp_folder_dir(tmp_path, FOLDER))
     (folder_dir / "maildirfolder").touch()
-    drop_into_maildir(folder_dir, realistic_message(1), fsync=False)
+    # more than the first batches: the producer is still reading ahead when the scan stops
+    for i in range(readahead.FIRST_COUNT * (readahead.DEPTH + 3)):
+        drop_into_maildir(folder_dir, realistic_message(i), fsync=False)
     source = MaildirSource(tmp_path)
     listing = await source.list_messages(FOLDER)
-    todo = list(listing.messages)
+    todo = sorted(listing.messages)
     reached_the_end = False
 
     async def scan() -> None:
         nonlocal reached_the_end
-        ahead = _ReadAhead(source, FOLDER, todo, dict(listing.messages), 10**6)
-        assert isinstance(await ahead.get(todo[0]), bytes)  # the next batch is now being read
+        ahead = ReadAhead(source, FOLDER, todo, dict(listing.messages), 10**6)
+        assert isinstance(await ahead.get(todo[0]), bytes)  # the next batches are now being read
+        assert ahead._producer is not None and not ahead._producer.done()
         asyncio.current_task().cancel()  # the daemon stops this scan
         await ahead.aclose()
         reached_the_end = True

@@ -21,7 +21,7 @@ import os
 import tempfile
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,9 +36,9 @@ from mailfiler.errors import (
     ProcessingFailed,
     SourceError,
 )
+from mailfiler.service.readahead import NOT_READ, ReadAhead, too_large
 from mailfiler.service.runtime import MailboxRuntime, Services
-from mailfiler.sources.base import Change, Listing, MarkState, Source
-from mailfiler.store.blobs import BlobStore
+from mailfiler.sources.base import Change, Listing, MarkState
 from mailfiler.store.db import transaction
 from mailfiler.store.models import FolderCursor, Location, SeenMessage, Shunt
 from mailfiler.tracking.batch import Item, track_batch
@@ -56,7 +56,6 @@ from mailfiler.tracking.folders import (
     shunted_source_ids,
 )
 from mailfiler.tracking.parse import ParsedMessage, parse_message
-from mailfiler.tracking.parsepool import ParsePool
 from mailfiler.tracking.pipeline import Outcome
 
 log = logging.getLogger("mailfiler.worker")
@@ -64,14 +63,8 @@ log = logging.getLogger("mailfiler.worker")
 #: transient store errors (SQLite busy, PostgreSQL restart) are retried this
 #: many times before the message is shunted as a persistent store error
 STORE_RETRIES = 5
-#: a scan reads messages ahead in batches of at most this many messages and
-#: bytes (IMAP: 400 UIDs per UID FETCH, see imapproto.FETCH_BATCH)
-READ_AHEAD_COUNT = 400
-READ_AHEAD_BYTES = 16 * 1024 * 1024
 #: a tracked folder's scan commits this many messages per transaction
 COMMIT_BATCH = 50
-#: process() reads the message itself
-NOT_READ = object()
 
 
 @dataclass
@@ -309,7 +302,7 @@ class MailboxWorker:
         be read stops the cursor there (its fate is unknown until the next
         look).  True when the cursor may move to ``token``: every message done.
 
-        The messages are read ahead in batches (:class:`_ReadAhead`), the next
+        The messages are read ahead in batches (:class:`~mailfiler.service.readahead.ReadAhead`), the next
         batch while this one is tracked.  In a tracked folder they also commit
         in batches of :data:`COMMIT_BATCH` (:class:`_Commits`); a message that
         cannot join a batch (not read, not parseable) first commits the batch
@@ -464,13 +457,13 @@ class MailboxWorker:
         finally:
             await ahead.aclose()
 
-    def _read_ahead(self, folder: str, todo: list[str], hints: dict[str, str | None]) -> _ReadAhead:
+    def _read_ahead(self, folder: str, todo: list[str], hints: dict[str, str | None]) -> ReadAhead:
         fctx = self.rt.context(folder)
         services = self.services
         # attachments are written ahead only where every message is tracked: a
         # watched folder's mail may be judged not to be, and must leave nothing behind
         blobs = services.tracker.blobs if fctx is not None and fctx.tracked else None
-        return _ReadAhead(
+        return ReadAhead(
             self.rt.source, folder, todo, hints, services.max_message_bytes, parser=services.parser, blobs=blobs
         )
 
@@ -521,7 +514,7 @@ class MailboxWorker:
             if read is NOT_READ:
                 size = await source.size(folder, source_id, hint)
                 if size > self.services.max_message_bytes:
-                    raise _too_large(size, self.services.max_message_bytes)
+                    raise too_large(size, self.services.max_message_bytes)
                 raw = await source.fetch(folder, source_id, hint)
             elif read is None:
                 raise MessageVanished(f"{folder}/{source_id} is gone", folder=folder, source_id=source_id)
@@ -759,153 +752,6 @@ class _Commits:
             _count(self.result, outcome)
             return todo[i + 1 :]
         return []
-
-
-def _too_large(size: int, limit: int) -> MessageTooLarge:
-    return MessageTooLarge(f"message is {size} bytes; limits.max_message_bytes is {limit}", size=size)
-
-
-class _ReadAhead:
-    """A scan's messages read in batches, in the order they are processed.
-
-    Each batch is a run of the todo list: at most :data:`READ_AHEAD_COUNT`
-    messages, whose sizes come in one call (:meth:`Source.sizes_of`), and at
-    most :data:`READ_AHEAD_BYTES` of them, read in one call
-    (:meth:`Source.fetch_batch`): over IMAP one round trip per batch instead of
-    two per message.  The next batch is read in a task while the worker tracks
-    the current one (its bytes arrive between messages), so at most two
-    batches are held in memory.  A message over the size limit is never read:
-    it gets :class:`MessageTooLarge` and is shunted by streaming it
-    (``copy_raw``), as when read one by one.  A batch that fails for any reason
-    but a lost connection is read again one message at a time, the way it was
-    before read-ahead, so that one bad message cannot hold up the others.
-
-    With a ``parser`` (:class:`ParsePool`), a batch is also parsed ahead, in
-    helper processes, and with ``blobs`` its attachments are written ahead in
-    a thread (their fsyncs overlap the tracking of the batch before; the
-    tracker then finds them stored)."""
-
-    def __init__(
-        self,
-        source: Source,
-        folder: str,
-        todo: list[str],
-        hints: dict[str, str | None],
-        limit: int,
-        *,
-        parser: ParsePool | None = None,
-        blobs: BlobStore | None = None,
-    ) -> None:
-        self.source, self.folder, self.hints, self.limit = source, folder, hints, limit
-        self.parser, self.blobs = parser, blobs
-        self._runs = self._plan(todo)
-        self._task: asyncio.Task[_Batch | None] | None = None
-        #: the batch being processed: source_id -> what was read (absent: gone)
-        self._current: dict[str, bytes | Exception] | None = {}
-        self._parsed: dict[str, ParsedMessage] = {}
-        self._covered: set[str] = set()
-
-    async def _plan(self, todo: list[str]) -> AsyncIterator[tuple[list[str], dict[str, Exception]]]:
-        """Runs of ``todo`` to read in one call, each with what is known without
-        reading (too large, or the error asking the size raised)."""
-        for start in range(0, len(todo), READ_AHEAD_COUNT):
-            chunk = todo[start : start + READ_AHEAD_COUNT]
-            sizes = await self.source.sizes_of(self.folder, {sid: self.hints[sid] for sid in chunk})
-            run: list[str] = []
-            known: dict[str, Exception] = {}
-            nbytes = 0
-            for sid in chunk:
-                size = sizes.get(sid)
-                if isinstance(size, int) and size <= self.limit:
-                    if run and nbytes + size > READ_AHEAD_BYTES:
-                        yield run, known
-                        run, known, nbytes = [], {}, 0
-                    nbytes += size
-                elif isinstance(size, int):
-                    known[sid] = _too_large(size, self.limit)
-                elif size is not None:
-                    known[sid] = size
-                run.append(sid)  # absent from sizes: gone, unless the batch finds it
-            if run:
-                yield run, known
-
-    async def _next(self) -> _Batch | None:
-        planned = await anext(self._runs, None)
-        if planned is None:
-            return None
-        run, known = planned
-        want = {sid: self.hints[sid] for sid in run if sid not in known}
-        try:
-            got = await self.source.fetch_batch(self.folder, want) if want else {}
-        except MailboxUnavailable:
-            raise
-        except Exception:  # read one by one instead: process() meets the error, for its message alone
-            log.debug("reading a batch of %d failed; reading them one by one", len(want), exc_info=True)
-            return run, None, {}
-        return run, {**got, **known}, await self._prepare(got)
-
-    async def _prepare(self, got: dict[str, bytes | Exception]) -> dict[str, ParsedMessage]:
-        """Parse the batch in the helpers and write its attachments (best effort:
-        what is not done here, process() and the tracker do as without)."""
-        if self.parser is None:
-            return {}
-        sids = [sid for sid, value in got.items() if isinstance(value, bytes)]
-        results = await self.parser.parse_many([got[sid] for sid in sids])
-        parsed = {sid: msg for sid, msg in zip(sids, results, strict=True) if msg is not None}
-        if self.blobs is not None and any(msg.attachments for msg in parsed.values()):
-            try:
-                await asyncio.to_thread(_put_blobs, self.blobs, list(parsed.values()))
-            except OSError:  # disk full...: the tracker meets it again, for its message alone
-                log.debug("writing a batch's attachments ahead failed", exc_info=True)
-        return parsed
-
-    def parsed(self, source_id: str) -> ParsedMessage | None:
-        """The helpers' parse of ``source_id`` (call after :meth:`get`), if any."""
-        return self._parsed.pop(source_id, None)
-
-    async def get(self, source_id: str) -> bytes | Exception | object | None:
-        """What was read for ``source_id`` (the next in the todo list): the bytes
-        or the error, None when it is gone, NOT_READ when it must be read alone."""
-        if source_id not in self._covered:
-            if self._task is None:
-                self._task = asyncio.create_task(self._next())
-            batch = await self._task
-            self._task = None
-            if batch is None:
-                return NOT_READ  # not planned: never happens when asked in order
-            run, self._current, self._parsed = batch
-            self._covered = set(run)
-            # read the next batch while this one is processed
-            self._task = asyncio.create_task(self._next())
-        if self._current is None:
-            return NOT_READ
-        return self._current.pop(source_id, None)
-
-    async def aclose(self) -> None:
-        """Stop reading ahead (a scan that stops early, or failed)."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()  # a no-op when it is done
-            try:
-                await task
-            except asyncio.CancelledError:
-                # its own cancellation ends here; the caller's must not be swallowed
-                me = asyncio.current_task()
-                if me is not None and me.cancelling():
-                    raise
-            except Exception:  # noqa: BLE001 - a batch nobody will use: its error does not matter
-                pass
-        await self._runs.aclose()
-
-
-#: a read-ahead batch: its source ids, what was read (None: read one by one), what was parsed
-_Batch = tuple[list[str], dict[str, bytes | Exception] | None, dict[str, ParsedMessage]]
-
-
-def _put_blobs(blobs: BlobStore, msgs: list[ParsedMessage]) -> None:
-    for msg in msgs:
-        for part in msg.attachments:
-            blobs.put(part.data)
 
 
 def _todo(listing: Listing, known: set[str]) -> list[str]:

@@ -1,0 +1,230 @@
+"""A scan's messages read, parsed and their attachments written ahead of the
+worker, in batches, in the order the worker tracks them.
+
+The stages run side by side on different batches, so that the slowest one
+sets the pace rather than their sum:
+
+* reading: one :meth:`Source.sizes_of` and one :meth:`Source.fetch_batch` per
+  batch (over IMAP one ``UID FETCH`` of up to 400 UIDs instead of two round
+  trips per message), in a producer task, at most :data:`DEPTH` batches ahead;
+* parsing, in the parse helper processes (:class:`ParsePool`), and writing
+  the attachments, in a thread (fsyncs), per batch in a task of its own;
+* tracking: the worker, batch after batch.
+
+Batches start small and grow (:data:`FIRST_COUNT` doubling up to
+:data:`MAX_COUNT`), so that a scan's first messages are tracked without
+waiting for a full batch.  At most :data:`DEPTH` + 1 batches, each of at
+most :data:`MAX_BYTES`, are held in memory.
+
+Nothing here decides a message's fate.  A message over the size limit is
+never read: it gets :class:`MessageTooLarge` (the worker shunts it by
+streaming it).  A batch that fails to read for any reason but a lost
+connection is marked "read one by one", as before read-ahead, so that one
+bad message cannot hold up the others.  Parsing and writing ahead are best
+effort: what they did not do, the worker and the tracker do themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from mailfiler.errors import MailboxUnavailable, MessageTooLarge
+from mailfiler.sources.base import Source
+from mailfiler.store.blobs import BlobStore
+from mailfiler.tracking.parse import ParsedMessage
+from mailfiler.tracking.parsepool import ParsePool
+
+log = logging.getLogger("mailfiler.worker")
+
+#: the first batch's size in messages; each next batch doubles, up to MAX_COUNT
+FIRST_COUNT = 50
+#: at most this many messages per batch (IMAP: UIDs per UID FETCH, see imapproto.FETCH_BATCH)
+MAX_COUNT = 400
+#: at most this many bytes per batch
+MAX_BYTES = 16 * 1024 * 1024
+#: batches read ahead of the one the worker tracks
+DEPTH = 2
+#: get(): the message must be read alone (its batch failed)
+NOT_READ = object()
+
+
+def too_large(size: int, limit: int) -> MessageTooLarge:
+    return MessageTooLarge(f"message is {size} bytes; limits.max_message_bytes is {limit}", size=size)
+
+
+def chunk_sizes(n: int) -> list[int]:
+    """How ``n`` messages are cut into batches (before the byte limit cuts further):
+    FIRST_COUNT, doubling up to MAX_COUNT."""
+    sizes, count = [], FIRST_COUNT
+    while n > 0:
+        sizes.append(min(count, n))
+        n -= sizes[-1]
+        count = min(count * 2, MAX_COUNT)
+    return sizes
+
+
+@dataclass
+class _Batch:
+    run: list[str]
+    #: source id -> the bytes or the error reading it raised (absent: gone); None: read one by one
+    read: dict[str, bytes | Exception] | None
+    #: parsing and writing ahead: source id -> parsed message
+    prepared: asyncio.Task[dict[str, ParsedMessage]] | None = None
+    parsed: dict[str, ParsedMessage] = field(default_factory=dict)
+
+
+class ReadAhead:
+    def __init__(
+        self,
+        source: Source,
+        folder: str,
+        todo: list[str],
+        hints: dict[str, str | None],
+        limit: int,
+        *,
+        parser: ParsePool | None = None,
+        blobs: BlobStore | None = None,
+    ) -> None:
+        self.source, self.folder, self.hints, self.limit = source, folder, hints, limit
+        self.parser, self.blobs = parser, blobs
+        self._todo = todo
+        #: batches read (or the error that ended reading; None: the end)
+        self._queue: asyncio.Queue[_Batch | BaseException | None] = asyncio.Queue(maxsize=DEPTH)
+        self._producer: asyncio.Task[None] | None = None
+        self._current: _Batch = _Batch([], {})
+        self._covered: set[str] = set()
+        self._ended = False
+
+    # -- the producer ---------------------------------------------------------------
+
+    async def _runs(self) -> AsyncIterator[tuple[list[str], dict[str, Exception]]]:
+        """Runs of the todo list to read in one call, each with what is known
+        without reading (too large, or the error asking its size raised)."""
+        start = 0
+        for count in chunk_sizes(len(self._todo)):
+            chunk = self._todo[start : start + count]
+            start += count
+            sizes = await self.source.sizes_of(self.folder, {sid: self.hints[sid] for sid in chunk})
+            run: list[str] = []
+            known: dict[str, Exception] = {}
+            nbytes = 0
+            for sid in chunk:
+                size = sizes.get(sid)
+                if isinstance(size, int) and size <= self.limit:
+                    if run and nbytes + size > MAX_BYTES:
+                        yield run, known
+                        run, known, nbytes = [], {}, 0
+                    nbytes += size
+                elif isinstance(size, int):
+                    known[sid] = too_large(size, self.limit)
+                elif size is not None:
+                    known[sid] = size
+                run.append(sid)  # absent from sizes: gone, unless the batch finds it
+            if run:
+                yield run, known
+
+    async def _produce(self) -> None:
+        try:
+            async for run, known in self._runs():
+                want = {sid: self.hints[sid] for sid in run if sid not in known}
+                try:
+                    got = await self.source.fetch_batch(self.folder, want) if want else {}
+                except MailboxUnavailable:
+                    raise
+                except Exception:
+                    log.debug("reading a batch of %d failed; reading them one by one", len(want), exc_info=True)
+                    await self._queue.put(_Batch(run, None))
+                    continue
+                batch = _Batch(run, {**got, **known})
+                if self.parser is not None:
+                    batch.prepared = asyncio.create_task(self._prepare(got))
+                await self._queue.put(batch)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the worker, who meets it in get()
+            await self._queue.put(exc)
+            return
+        await self._queue.put(None)
+
+    async def _prepare(self, got: dict[str, bytes | Exception]) -> dict[str, ParsedMessage]:
+        """Parse the batch in the helpers and write its attachments (best effort)."""
+        assert self.parser is not None
+        sids = [sid for sid, value in got.items() if isinstance(value, bytes)]
+        results = await self.parser.parse_many([got[sid] for sid in sids])
+        parsed = {sid: msg for sid, msg in zip(sids, results, strict=True) if msg is not None}
+        if self.blobs is not None and any(msg.attachments for msg in parsed.values()):
+            try:
+                await asyncio.to_thread(_put_blobs, self.blobs, list(parsed.values()))
+            except OSError:  # disk full...: the tracker meets it again, for its message alone
+                log.debug("writing a batch's attachments ahead failed", exc_info=True)
+        return parsed
+
+    # -- the worker's side ------------------------------------------------------------
+
+    async def get(self, source_id: str) -> bytes | Exception | object | None:
+        """What was read for ``source_id`` (the next in the todo list): the bytes
+        or the error, None when it is gone, NOT_READ when it must be read alone."""
+        if source_id not in self._covered:
+            if self._ended:
+                return NOT_READ  # not planned: never happens when asked in order
+            if self._producer is None:
+                self._producer = asyncio.create_task(self._produce())
+            item = await self._queue.get()
+            if item is None or isinstance(item, BaseException):
+                self._ended = True
+                if isinstance(item, BaseException):
+                    raise item
+                return NOT_READ
+            if item.prepared is not None:
+                try:
+                    item.parsed = await item.prepared
+                except Exception:
+                    log.debug("preparing a batch ahead failed", exc_info=True)
+            self._current = item
+            self._covered = set(item.run)
+        if self._current.read is None:
+            return NOT_READ
+        return self._current.read.pop(source_id, None)
+
+    def parsed(self, source_id: str) -> ParsedMessage | None:
+        """The helpers' parse of ``source_id`` (call after :meth:`get`), if any."""
+        return self._current.parsed.pop(source_id, None)
+
+    async def aclose(self) -> None:
+        """Stop reading ahead (a scan that stops early, or failed)."""
+        tasks: list[asyncio.Task] = []
+        if self._producer is not None:
+            tasks.append(self._producer)
+            self._producer = None
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, _Batch) and item.prepared is not None:
+                tasks.append(item.prepared)
+        for task in tasks:
+            task.cancel()  # a no-op when it is done
+        for task in tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                # its own cancellation ends here; the caller's must not be swallowed
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
+                    raise
+            except Exception:  # noqa: BLE001 - a batch nobody will use: its error does not matter
+                pass
+        with contextlib.suppress(asyncio.QueueEmpty):
+            while True:
+                self._queue.get_nowait()
+
+
+def _put_blobs(blobs: BlobStore, msgs: list[ParsedMessage]) -> None:
+    for msg in msgs:
+        for part in msg.attachments:
+            blobs.put(part.data)
+
+
+__all__ = ["NOT_READ", "ReadAhead", "chunk_sizes", "too_large"]
