@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mailfiler.service.worker import _ReadAhead
+from mailfiler.service.readahead import ReadAhead
 from mailfiler.sources.maildir import MaildirSource
 from mailfiler.store.blobs import BlobStore
 from mailfiler.tracking import parsepool
@@ -165,7 +165,7 @@ async def test_read_ahead_parses_ahead_and_writes_attachments_of_tracked_folders
     todo = sorted(listing.messages)
     blobs = BlobStore(tmp_path / "state")
     pool = ParsePool(1, min_batch=1)
-    ahead = _ReadAhead(source, folder, todo, dict(listing.messages), 10**8, parser=pool, blobs=blobs)
+    ahead = ReadAhead(source, folder, todo, dict(listing.messages), 10**8, parser=pool, blobs=blobs)
     try:
         for sid in todo:
             raw = await ahead.get(sid)
