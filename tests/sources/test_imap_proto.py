@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from aioimaplib import aioimaplib as core
@@ -90,6 +91,45 @@ def test_parse_fetch_with_sections_literals_and_nil() -> None:
     # an empty message is empty; NIL (Dovecot, for a message expunged meanwhile) is gone
     assert proto.body_of(proto.parse_fetch(b"3 FETCH (UID 9 BODY[] {0}\r\n)")[1]) == b""
     assert proto.body_of(proto.parse_fetch(b"3 FETCH (UID 9 BODY[] NIL)")[1]) is None
+
+
+def _tokenized_fetch(line: bytes) -> tuple[int, dict]:
+    tokens = proto.tokenize(line)
+    items = tokens[2]
+    return int(tokens[0]), {proto.as_str(items[i]).upper(): items[i + 1] for i in range(0, len(items) - 1, 2)}
+
+
+_FAST = [
+    b"1 FETCH (UID 7 RFC822.SIZE 1234)",
+    b"12 FETCH (UID 7 BODY[] {5}\r\nab)cd)",
+    b"3 FETCH (UID 9 BODY[] {0}\r\n)",
+    b"3 FETCH (UID 9 BODY[] NIL)",
+    b"3 FETCH (uid 9 body[]<0> {3}\r\n{1})",
+    b"4 FETCH (BODY[] {4}\r\n(((( UID 10)",
+]
+_DECLINED = [
+    b"5 FETCH (UID 11 MODSEQ (12345))",  # lists, quoted strings: the tokenizer's
+    b"5 FETCH (UID 11 FLAGS (\\Seen))",
+    b'6 FETCH (UID 12 X-NAME "quoted")',
+    b"7 FETCH (UID 13 BODY[HEADER.FIELDS (MESSAGE-ID)] {2}\r\nab)",
+    b"8 FETCH (UID 14 BODY[] ~{3}\r\nabc)",
+    b"9 FETCH (UID 15 BODY[] {3}\r\nabc) trailing",
+    b"9 FETCH (UID 15  RFC822.SIZE 3)",
+    b"9 FETCH (UID 15 BODY[] {30}\r\nabc)",  # a literal longer than the line
+]
+
+
+@pytest.mark.parametrize("line", _FAST + _DECLINED)
+def test_fetch_items_read_fast_are_read_as_the_tokenizer_reads_them(line: bytes) -> None:
+    """The regular-expression path for a scan's FETCH shapes (UID, RFC822.SIZE, BODY[])
+    answers exactly as the tokenizer, and declines (None) anything else."""
+    fast = proto._fetch_fast(line)
+    if line in _DECLINED:
+        assert fast is None
+        with contextlib.suppress(proto.ParseError, IndexError):
+            assert proto.parse_fetch(line) == _tokenized_fetch(line)
+    else:
+        assert fast is not None and fast == _tokenized_fetch(line) == proto.parse_fetch(line)
 
 
 def test_parse_list_and_status() -> None:

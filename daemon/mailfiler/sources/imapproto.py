@@ -257,8 +257,47 @@ def parse_status(line: bytes) -> tuple[str, dict[str, int]]:
     return as_str(tokens[0]), values
 
 
+_FETCH_HEAD = re.compile(rb"(\d+) FETCH \(")
+#: one item of the common shapes: a name without spaces, then a number, NIL or a literal
+_FETCH_ITEM = re.compile(rb"([A-Za-z0-9.\[\]<>]+) (?:(\d+)|(NIL)|\{(\d+)\}\r\n)")
+
+
+def _fetch_fast(line: bytes) -> tuple[int, dict[str, Token]] | None:
+    """The items of a FETCH response of the shapes a scan asks for (UID, RFC822.SIZE,
+    BODY[]...: numbers, NIL, literals), without the byte-by-byte tokenizer; None for
+    anything else (lists such as FLAGS, quoted strings), which the tokenizer reads."""
+    head = _FETCH_HEAD.match(line)
+    if head is None:
+        return None
+    data: dict[str, Token] = {}
+    pos = head.end()
+    while True:
+        item = _FETCH_ITEM.match(line, pos)
+        if item is None:
+            return None
+        name, number, nil, size = item.groups()
+        pos = item.end()
+        if size is not None:
+            end = pos + int(size)
+            if end > len(line):
+                return None
+            data[name.decode("ascii").upper()] = line[pos:end]
+            pos = end
+        else:
+            data[name.decode("ascii").upper()] = None if nil else number
+        if line.startswith(b")", pos):
+            # a trailing CRLF or nothing: anything else is not this simple shape
+            return (int(head.group(1)), data) if pos + 1 == len(line) or line[pos + 1 :] == b"\r\n" else None
+        if not line.startswith(b" ", pos):
+            return None
+        pos += 1
+
+
 def parse_fetch(line: bytes) -> tuple[int, dict[str, Token]]:
     """``n FETCH (UID 5 RFC822.SIZE 10 ...)`` -> (sequence number, {ITEM: value})."""
+    fast = _fetch_fast(line)
+    if fast is not None:
+        return fast
     tokens = tokenize(line)
     if len(tokens) < 3 or not isinstance(tokens[2], list) or (tokens[1] or b"").upper() != b"FETCH":
         raise ParseError(f"bad FETCH response {line[:200]!r}")
