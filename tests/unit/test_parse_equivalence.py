@@ -131,6 +131,9 @@ def edge_cases() -> dict[str, bytes]:
         "ew_with_space_inside": b"=?utf-8?q?a b?=",
         "ew_unterminated": b"=?utf-8?q?abc",
         "ew_empty": b"=?utf-8?q??= x",
+        # the registry ends an encoded word at the '?=' of '?q?=' unless hex digits follow
+        "ew_text_starts_with_equals": b"=?utf-8?q?==J=C3=B6rgen?= x",
+        "ew_text_starts_with_hex_escape": b"=?utf-8?q?=C3=85sa?= x",
         "eight_bit_utf8": "Möte på fredag".encode(),
         "eight_bit_latin1": "Möte på fredag".encode("latin-1"),
         "nbsp_8bit": b"a\xc2\xa0b",
@@ -149,6 +152,7 @@ def edge_cases() -> dict[str, bytes]:
         "ew_leading_space": b"=?utf-8?q?_a?= <x@contoso.com>",
         "ew_in_quotes": b'"=?utf-8?q?a?=" <x@contoso.com>',
         "ew_no_space_before_angle": b"=?utf-8?q?=C3=A5?=<x@contoso.com>",
+        "ew_text_starts_with_equals": b"=?utf-8?q?==J=C3=B6rgen?= <j@contoso.com>",
         "list_folded": b"A <a@contoso.com>,\n B <b@contoso.com>,\n\tc@contoso.com",
         "dupes_and_case": b"A <A@Contoso.com>, a@contoso.COM, <a@contoso.com>",
         "group": b"Team: a@contoso.com, B <b@contoso.com>;",

@@ -116,7 +116,9 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=^_`{|}~-]+"  # atext without '?': no encoded word
 _DOMAIN = r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 _ADDR_SPEC = rf"{_ATEXT}(?:\.{_ATEXT})*@{_DOMAIN}"
 _SIMPLE_MSGID = re.compile(rf"<{_ADDR_SPEC}>[ \t]*")
-_EW = r"=\?[A-Za-z0-9_-]+\?[bBqQ]\?[!->@-~]*\?="
+#: the registry ends an encoded word at its first '?=' unless '=XX' (hex) follows
+#: the encoding's '?': text starting with any other '=' is not decoded there
+_EW = r"=\?[A-Za-z0-9_-]+\?[bBqQ]\?(?:=[0-9A-Fa-f]{2}|(?!=))[!->@-~]*\?="
 _EW_RE = re.compile(_EW)
 _WSP_SPLIT = re.compile(r"([ \t]+)")
 #: display-name words: atom (no '.', '=' or '?'), plain quoted string, encoded word
