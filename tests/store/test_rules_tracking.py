@@ -97,3 +97,36 @@ def test_rule_beats_correlation(store: Store, tmp_path: Path) -> None:
     track_raw(tracker, rt, "Unfiled", "s2", reply)
     act = _activity("<r@x>")
     assert (act.correlation, act.regarding.ref) == ("rule:case-number", "case:CAS-05555")
+
+
+def test_records_a_batch_creates_are_seen_by_its_next_messages(store: Store, tmp_path: Path) -> None:
+    """In one batch (one transaction, addresses resolved once): the account and contact
+    the first message's rule creates are the records the next messages resolve to, and
+    a third party of the first message, resolved before the creation, is resolved again."""
+    from mailfiler.tracking.batch import Item, track_batch
+    from mailfiler.tracking.parse import parse_message
+    from mailfiler.tracking.pipeline import Outcome
+
+    tracker, rt = _setup(store, tmp_path)
+    folder = rt.folders["Kunder/Åkesson AB"]
+    raws = [
+        make_message("<b1@x>", sender="Åsa Berg <asa@akesson.se>", to=["alice@example.com", "bo@akesson.se"]),
+        make_message("<b2@x>", sender="bo@akesson.se", to=["alice@example.com"]),
+        make_message("<b3@x>", sender="asa@akesson.se", to=["alice@example.com"]),
+    ]
+    items = [Item(rt.ctx, folder, f"s{i}", parse_message(raw)) for i, raw in enumerate(raws)]
+    assert all(isinstance(r, Outcome) for r in track_batch(tracker, items))
+    account = m.Record.get((m.Record.entity == "account") & (m.Record.key == "akesson-ab"))
+    asa = m.Record.get((m.Record.entity == "contact") & (m.Record.key == "asa@akesson.se"))
+    bo = m.Record.get((m.Record.entity == "contact") & (m.Record.key == "bo@akesson.se"))
+
+    def party(mid: str, address: str) -> int | None:
+        return m.ActivityParty.get(
+            (m.ActivityParty.activity == _activity(mid)) & (m.ActivityParty.address == address)
+        ).record_id
+
+    # bo's address resolved to the new account by its domain in the first message, then
+    # to his own contact (created by the second message) in the later ones
+    assert party("<b1@x>", "bo@akesson.se") == account.id
+    assert party("<b2@x>", "bo@akesson.se") == bo.id
+    assert party("<b3@x>", "asa@akesson.se") == asa.id

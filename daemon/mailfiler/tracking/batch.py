@@ -42,7 +42,7 @@ class Item:
 def track_batch(tracker: Tracker, items: Sequence[Item]) -> list[Outcome | Exception | None]:
     """Outcome per item; an Exception for the one that failed; None after it."""
     results: list[Outcome | Exception | None] = [None] * len(items)
-    with transaction(tracker.db):
+    with transaction(tracker.db), tracker.resolve_cache():
         for i, item in enumerate(items):
             try:
                 results[i] = tracker.track(

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import peewee as pw
@@ -89,6 +90,37 @@ class Tracker:
         self.ambiguous = ambiguous
         self.correlation = correlation or CorrelationSettings()
         self.rules = rules
+        #: addresses resolved in the batch running (track_batch), None outside one
+        self._resolved: dict[str, list[Record]] | None = None
+
+    # -- batches ---------------------------------------------------------------
+
+    @contextmanager
+    def resolve_cache(self) -> Iterator[None]:
+        """Resolve each address once for the messages tracked inside (one
+        transaction: track_batch).  No other writer changes records meanwhile
+        (SQLite: the batch holds the write lock; PostgreSQL: it reads as of its
+        statements, as without the cache), and the batch's own record writes (a
+        rule creating a record or a contact) clear it."""
+        self._resolved = {}
+        try:
+            yield
+        finally:
+            self._resolved = None
+
+    def _resolve(self, addresses: Iterable[str]) -> dict[str, list[Record]]:
+        cache = self._resolved
+        if cache is None:
+            return resolve_addresses(addresses, precedence=self.precedence, ambiguous=self.ambiguous)
+        wanted = {a.lower() for a in addresses}
+        missing = wanted - cache.keys()
+        if missing:
+            cache.update(resolve_addresses(missing, precedence=self.precedence, ambiguous=self.ambiguous))
+        return {a: cache[a] for a in wanted}
+
+    def _records_changed(self) -> None:
+        if self._resolved is not None:
+            self._resolved.clear()
 
     # -- the one transaction ------------------------------------------------
 
@@ -134,7 +166,9 @@ class Tracker:
                 return outcome
             except pw.IntegrityError:
                 # another daemon inserted the same Message-ID between our
-                # lookup and insert: the retry finds its row
+                # lookup and insert: the retry finds its row (and what its
+                # rolled-back attempt resolved or created is forgotten)
+                self._records_changed()
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
@@ -206,7 +240,7 @@ class Tracker:
 
         def known() -> str | None:
             others = parties - mailbox.owner_addresses
-            resolved = resolve_addresses(others, precedence=self.precedence, ambiguous=self.ambiguous)
+            resolved = self._resolve(others)
             for address in sorted(others):
                 if any(r.entity != "user" for r in resolved.get(address, [])):
                     return address
@@ -275,6 +309,8 @@ class Tracker:
                 decision = self.decide(mailbox, folder.name, msg, "outgoing" if outgoing else "incoming")
             if decision.regarding is not None:
                 record, created = resolve_regarding(self.db, decision.regarding)
+                if created:
+                    self._records_changed()
                 if record is not None:
                     regarding, method = record, f"rule:{decision.rule}"
                     if created:
@@ -290,6 +326,7 @@ class Tracker:
             spec = decision.create_contact
             if spec is not None and mailbox.never.entry_for(spec.address) is None:
                 create_contact(self.db, spec, parent_precedence=self.precedence)
+                self._records_changed()
             categories = ",".join(decision.categories) or None
             owner = decision.owner
         if regarding is None:
@@ -384,9 +421,7 @@ class Tracker:
         """The message as the rules see it, with its parties' entity types."""
         sender = msg.sender
         recipients = {a.address for role in ("to", "cc", "bcc") for a in msg.addresses.get(role, ())}
-        resolved = resolve_addresses(
-            recipients | ({sender} if sender else set()), precedence=self.precedence, ambiguous=self.ambiguous
-        )
+        resolved = self._resolve(recipients | ({sender} if sender else set()))
         return Facts.from_parsed(
             msg,
             mailbox=mailbox.row.name,
@@ -408,9 +443,7 @@ class Tracker:
                 existing.add((role, addr.address))
                 todo.append((role, addr))
         # one lookup for all of the message's addresses (was up to two queries each)
-        resolved = resolve_addresses(
-            {addr.address for _, addr in todo}, precedence=self.precedence, ambiguous=self.ambiguous
-        )
+        resolved = self._resolve({addr.address for _, addr in todo})
         rows = []
         for role, addr in todo:
             records: list[Record | None] = list(resolved[addr.address.lower()]) or [None]
