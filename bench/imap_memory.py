@@ -17,7 +17,9 @@ What is measured (VmRSS and VmHWM from /proc/PID/status of ``mailfiler run``)
              ``watching`` (backfill done, listeners up), after --settle seconds of idling, and
              after one APPEND into each mailbox has been tracked.  Also: the daemon's open
              sockets (its IMAP connections) and threads, and its CPU time (user + system,
-             /proc/PID/stat) over the idle phase, mostly the watchers' sweeps.
+             /proc/PID/stat) over the idle phase, mostly the watchers' sweeps, and the CPU
+             time of Dovecot's processes (its process group) over the same phase: what
+             answering the sweeps costs the server.
 
 Target: under 200 MB resident for 100 mailboxes.  Not a test: it prints numbers.
 """
@@ -163,6 +165,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time so far of every live process in process group ``pgid`` (the test
+    Dovecot's master and its IMAP processes, one per connection)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def run_daemon(base: Path, users: list[ImapUser], settle: float, *, appends: bool) -> dict[str, Any]:
     base.mkdir(parents=True, exist_ok=True)
     cfg = write_config(base, users)
@@ -183,9 +202,15 @@ def run_daemon(base: Path, users: list[ImapUser], settle: float, *, appends: boo
         out["all_watching_s"] = round(time.monotonic() - t0, 2)
         out["at_watching"] = proc_status(proc.pid)
         # idle cost: mostly the watchers' sweeps (a LIST-STATUS per mailbox every 2 s)
+        server = users[0].server.process
+        pgid = server.pid if server is not None else None
         cpu0, t_idle = cpu_seconds(proc.pid), time.monotonic()
+        dovecot0 = group_cpu_seconds(pgid) if pgid else 0.0
         time.sleep(settle)
-        out["idle_cpu_pct"] = round(100 * (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t_idle), 1)
+        idle_s = time.monotonic() - t_idle
+        out["idle_cpu_pct"] = round(100 * (cpu_seconds(proc.pid) - cpu0) / idle_s, 1)
+        # what answering those sweeps costs the server
+        out["dovecot_idle_cpu_pct"] = round(100 * (group_cpu_seconds(pgid) - dovecot0) / idle_s, 1) if pgid else None
         out["after_settle"] = proc_status(proc.pid)
         if appends:
             mids = []
@@ -271,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
                 f" {s['sockets']:>8} {s['threads']:>8}"
             )
     print(f"  daemon CPU while idle: {mf['idle_cpu_pct']} % of one core (baseline {one['idle_cpu_pct']} %)")
+    print(
+        f"  Dovecot CPU meanwhile (its processes, answering the sweeps): {mf['dovecot_idle_cpu_pct']} % of one core"
+        f" (baseline {one['dovecot_idle_cpu_pct']} %)"
+    )
     print(
         f"  per extra mailbox: {out['per_extra_mailbox_mb'] * 1024:.0f} KB;"
         f" {mf['tracked']} messages tracked; errors: {mf['errors'] or 'none'}; exit code {mf['exit_code']}"
