@@ -418,3 +418,28 @@ async def test_a_stop_commits_the_batch_in_flight(world, store: Store) -> None:
     assert_token_covers_only_committed(rt, source)
     await MailboxWorker(rt, services).scan_folder(FOLDER)
     assert committed_uids(rt) == set(range(1, 11)) and token_uid(rt) == 10
+
+
+async def test_a_batch_whose_commit_fails_is_committed_message_by_message(
+    world, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store refuses a batch's commit (busy, restarting): its messages are tracked
+    one by one, with the store retries, and the cursor still ends at the last."""
+    import peewee as pw
+
+    rt, services, source = world
+    for i in range(6):
+        source.add(message(i))
+    real, failures = worker_module.track_batch, {"n": 0}
+
+    def track_batch(tracker, items):  # type: ignore[no-untyped-def]
+        if failures["n"] == 0:
+            failures["n"] += 1
+            raise pw.OperationalError("database is locked")
+        return real(tracker, items)
+
+    monkeypatch.setattr(worker_module, "track_batch", track_batch)
+    result = await MailboxWorker(rt, services).scan_folder(FOLDER)
+    assert (result.new, result.shunted) == (6, 0) and failures["n"] == 1
+    assert committed_uids(rt) == set(range(1, 7)) and token_uid(rt) == 6
+    assert m.Activity.select().count() == 6

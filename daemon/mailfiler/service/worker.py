@@ -302,11 +302,12 @@ class MailboxWorker:
         be read stops the cursor there (its fate is unknown until the next
         look).  True when the cursor may move to ``token``: every message done.
 
-        The messages are read ahead in batches (:class:`~mailfiler.service.readahead.ReadAhead`), the next
-        batch while this one is tracked.  In a tracked folder they also commit
-        in batches of :data:`COMMIT_BATCH` (:class:`_Commits`); a message that
-        cannot join a batch (not read, not parseable) first commits the batch
-        before it, so commits stay in ``todo`` order."""
+        The messages are read, parsed and their attachments written ahead, in
+        batches (:class:`~mailfiler.service.readahead.ReadAhead`).  In a tracked
+        folder they also commit in batches of :data:`COMMIT_BATCH`
+        (:class:`_Commits`); a message that cannot join a batch (not read, not
+        parseable) first commits the batch before it, so commits stay in
+        ``todo`` order."""
         advancing = token is not None
         source = self.rt.source
         fctx = self.rt.context(folder)
@@ -735,10 +736,8 @@ class _Commits:
         items = [Item(rt.ctx, fctx, p.source_id, p.parsed, may_be_shunted=False, token=p.token) for p in todo]
         try:
             results = track_batch(worker.services.tracker, items)
-        except pw.OperationalError:  # busy or restarting store: each message alone, with its retries
+        except pw.DatabaseError:  # the commit failed (busy or restarting store): each alone, with its retries
             results = [None] * len(todo)
-        except MailboxUnavailable:
-            raise
         for i, (pending, res) in enumerate(zip(todo, results, strict=True)):
             if isinstance(res, Outcome):
                 worker._done(self.folder, pending.source_id, res, pending.parsed)  # noqa: SLF001
