@@ -28,6 +28,7 @@ from mailfiler.store import db as storedb
 from mailfiler.store import models as m
 from mailfiler.store.migrations import migrate
 from mailfiler.tracking.folders import folder_token
+from mailfiler.tracking.pipeline import Tracker
 from tests.mailgen import realistic_message
 from tests.servers.dovecot import DovecotServer, ImapUser
 from tests.store.helpers import mailbox_config, make_message
@@ -538,3 +539,79 @@ def test_cursor_tokens_round_trip() -> None:
     assert json.loads(cursor.encode()) == {"uidvalidity": 1700000000, "uid": 42, "modseq": 7, "exists": 40}
     for bad in (None, "", "[]", "{}", '{"uidvalidity": 0, "uid": 1}', '{"uidvalidity": "x", "uid": 1}', "[1, 2]"):
         assert Cursor.decode(bad) is None
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL (nothing catches a BaseException)."""
+
+
+@pytest.mark.parametrize("killed_midway", [False, True])
+async def test_a_watched_folder_renumbered_is_identified_again_not_judged(
+    world: World, imap_user: ImapUser, monkeypatch: pytest.MonkeyPatch, killed_midway: bool
+) -> None:
+    """A watched folder gets a new UIDVALIDITY (deleted and made again with the same
+    mail): its mail is not judged a second time.  A reply that was there from the start
+    (never judged) stays untracked, though it would be tracked if it were new; one that
+    auto-tracking tracked is found again by Message-ID; the void notes go.  Killed after
+    the first message of that pass, the restart finishes it the same way (the void
+    notes and the old token stay until the pass is complete)."""
+    watched = "Projekt"
+
+    def reply(mid: str) -> bytes:
+        raw = make_message(mid, sender="Sven <sven@akesson.se>", subject="Re: Offert 0")
+        return raw.replace(b"Subject:", b"In-Reply-To: <offer0@akesson.se>\nSubject:", 1).replace(b"\n", b"\r\n")
+
+    plain = make_message("<plain@akesson.se>", sender="Sven <sven@akesson.se>", subject="Lunch").replace(b"\n", b"\r\n")
+    imap_user.create_folder(TRACKED)
+    imap_user.create_folder(watched)
+    with imap_user.client() as admin:
+        admin.append(TRACKED, offer(0))
+        admin.append(watched, reply("<old-reply@akesson.se>"))
+        admin.append(watched, plain)
+    worker = await world.start()
+    assert watched in world.rt.watched
+    await worker.scan_folder(TRACKED)
+    await worker.scan_folder(watched)  # first sight: left as it is
+    assert m.Activity.select().count() == 1
+    with imap_user.client() as admin:
+        admin.append(watched, reply("<new-reply@akesson.se>"))
+    await worker.scan_folder(watched)  # new mail: judged, a reply to tracked mail
+    assert {a.message_id for a in m.Activity.select()} == {"<offer0@akesson.se>", "<new-reply@akesson.se>"}
+    old = world.cursor(watched)
+    assert old is not None
+
+    imap_user.server.doveadm("mailbox", "delete", "-s", "-u", imap_user.name, watched)
+    time.sleep(1.1)  # Dovecot's UIDVALIDITY is a clock
+    imap_user.create_folder(watched)
+    with imap_user.client() as admin:
+        for raw in (reply("<old-reply@akesson.se>"), plain, reply("<new-reply@akesson.se>")):
+            admin.append(watched, raw)
+    worker = await world.start()
+    if killed_midway:
+        real = Tracker.note_seen
+
+        def note_seen(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if m.SeenMessage.select().where(m.SeenMessage.reason.contains("renumbered")).count():
+                raise _Killed
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Tracker, "note_seen", note_seen)
+        with pytest.raises(_Killed):
+            await worker.scan_folder(watched)
+        monkeypatch.setattr(Tracker, "note_seen", real)
+        worker = await world.start()
+    result = await worker.scan_folder(watched)
+    new = world.cursor(watched)
+    assert new is not None and new.uidvalidity != old.uidvalidity
+    # not judged again: the old reply is still not tracked
+    assert {a.message_id for a in m.Activity.select()} == {"<offer0@akesson.se>", "<new-reply@akesson.se>"}
+    assert world.live(watched) and {s.split(":")[0] for s in world.live(watched)} == {str(new.uidvalidity)}
+    seen = list(m.SeenMessage.select().where(m.SeenMessage.folder == watched))
+    assert sorted(s.message_id for s in seen) == ["<old-reply@akesson.se>", "<plain@akesson.se>"]
+    assert all(s.source_id.startswith(f"{new.uidvalidity}:") and "renumbered" in s.reason for s in seen)
+    assert (result.new, result.skipped) == ((1, 1) if killed_midway else (1, 2))  # killed: one was noted before
+    # and the next look is a plain catch-up that finds nothing to do
+    worker = await world.start()
+    again = await worker.scan_folder(watched)
+    assert (again.new, again.skipped, again.gone) == (0, 0, 0)
+    assert m.Activity.select().count() == 2

@@ -41,6 +41,7 @@ from mailfiler.service.runtime import MailboxRuntime, Services
 from mailfiler.sources.base import Change, Listing, MarkState
 from mailfiler.store.db import transaction
 from mailfiler.store.models import FolderCursor, Location, SeenMessage, Shunt
+from mailfiler.tracking import txsql
 from mailfiler.tracking.batch import Item, track_batch
 from mailfiler.tracking.context import watched_folder
 from mailfiler.tracking.folders import (
@@ -97,6 +98,9 @@ class MailboxWorker:
         self._dropped: set[str] = set()
         #: folders whose marks were checked since start (_remark)
         self._remarked: set[str] = set()
+        #: watched folders whose message ids were renumbered (UIDVALIDITY) and that
+        #: are being listed again: their mail is not judged again (_scan_watched)
+        self._renumbered: set[str] = set()
 
     @property
     def mailbox(self):
@@ -272,9 +276,12 @@ class MailboxWorker:
         present = present_source_ids(mb, folder)
         seen = seen_source_ids(mb, folder)
         known = present | seen | shunted_source_ids(mb, folder)
-        result.gone = mark_gone(self.services.db, mb, folder, present - set(listing.messages))
-        forget_seen(self.services.db, mb, folder, seen - set(listing.messages))
+        listed = set(listing.messages)
         todo = _todo(listing, known)
+        if folder not in self.baseline and self._was_renumbered((present | seen) - listed, listed):
+            return await self._rescan_renumbered(folder, listing, todo, present - listed, seen - listed, result)
+        result.gone = mark_gone(self.services.db, mb, folder, present - listed)
+        forget_seen(self.services.db, mb, folder, seen - listed)
         if folder in self.baseline:
             record_baseline(self.services.db, mb, folder, todo)
             self.baseline.discard(folder)
@@ -293,6 +300,48 @@ class MailboxWorker:
                     save_token(mb, folder, listing.token)
                 set_folder_state(mb, folder, "ok", synced=True, kind="watched")
         return result
+
+    async def _rescan_renumbered(
+        self, folder: str, listing: Listing, todo: list[str], void_present: set[str], void_seen: set[str], result
+    ) -> ScanResult:
+        """A watched folder whose every id is void (a new UIDVALIDITY): the mail
+        is the same mail, judged before or there from the start.  Each message
+        is identified again, not judged: one tracked already is located, any
+        other noted as seen.  The void notes and the old token stay until every
+        message is done, so that a crash midway comes back here, not to judging."""
+        mb = self.mailbox
+        log.info(
+            "the message ids of %s/%s were renumbered: its %d message(s) are identified again, not judged",
+            self.rt.name,
+            folder,
+            len(todo),
+            extra={"event": "watch-renumbered", "mailbox": self.rt.name, "folder": folder, "count": len(todo)},
+        )
+        self._renumbered.add(folder)
+        try:
+            await self._process_all(folder, todo, listing.messages, result, token=None)
+        finally:
+            self._renumbered.discard(folder)
+        if self.should_stop():
+            return result
+        done = present_source_ids(mb, folder) | seen_source_ids(mb, folder) | shunted_source_ids(mb, folder)
+        if set(todo) - done:  # some vanished meanwhile: the next look finishes it
+            return result
+        result.gone = mark_gone(self.services.db, mb, folder, void_present)
+        forget_seen(self.services.db, mb, folder, void_seen)
+        with transaction(self.services.db):
+            if listing.token is not None:
+                save_token(mb, folder, listing.token)
+            set_folder_state(mb, folder, "ok", synced=True, kind="watched")
+        return result
+
+    def _was_renumbered(self, void: set[str], listed: set[str]) -> bool:
+        """True when the ids a folder's notes hold and the ids listed now are of
+        different generations only (IMAP: another UIDVALIDITY)."""
+        gen = self.rt.source.id_generation
+        old = {gen(s) for s in void} - {None}
+        new = {gen(s) for s in listed} - {None}
+        return bool(old) and bool(new) and old.isdisjoint(new)
 
     async def _process_all(
         self, folder: str, todo: list[str], hints: dict[str, str | None], result: ScanResult, *, token: str | None
@@ -526,7 +575,11 @@ class MailboxWorker:
                 raw = read
             if parsed is None:
                 parsed = parse_message(raw)
-            outcome = self._track_with_retries(fctx, folder, source_id, parsed, token)
+            if folder in self._renumbered and not fctx.tracked and not self._tracked_already(parsed):
+                reason = "in the folder before its message ids were renumbered (a new UIDVALIDITY)"
+                outcome = self.services.tracker.note_seen(self.rt.ctx, fctx, source_id, parsed, reason, token)
+            else:
+                outcome = self._track_with_retries(fctx, folder, source_id, parsed, token)
         except MessageVanished:
             return None
         except MessageError as exc:
@@ -550,6 +603,9 @@ class MailboxWorker:
         self._log_outcome(outcome, folder, parsed.subject)
         if outcome.event != "skipped":
             self._note_mark(folder, source_id, "tracked")
+
+    def _tracked_already(self, parsed: ParsedMessage) -> bool:
+        return txsql.activity_id(self.services.db, parsed.message_id) is not None
 
     def _track_with_retries(self, fctx, folder: str, source_id: str, parsed, token: str | None = None) -> Outcome:
         delay = 0.05

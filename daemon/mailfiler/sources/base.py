@@ -170,6 +170,12 @@ class Source(abc.ABC):
         after.  None: commit no token with it."""
         return None
 
+    def id_generation(self, source_id: str) -> str | None:
+        """What a folder's source ids are numbered within (IMAP: the UIDVALIDITY),
+        when the backend can renumber a folder's messages all at once; None when
+        its ids are stable (Maildir file names)."""
+        return None
+
     # -- marks (optional) ----------------------------------------------------------------
 
     @property

@@ -277,6 +277,10 @@ class ImapSource(Source):
         # in UID order: each message's cursor covers the ones before it
         return Listing(folder, {proto.make_source_id(uv, u): None for u in listed}, token)
 
+    def id_generation(self, source_id: str) -> str | None:
+        parsed = proto.split_source_id(source_id)
+        return str(parsed[0]) if parsed is not None else None
+
     def message_token(self, token: str, source_id: str) -> str | None:
         cursor, parsed = Cursor.decode(token), proto.split_source_id(source_id)
         if cursor is None or parsed is None or parsed[0] != cursor.uidvalidity:

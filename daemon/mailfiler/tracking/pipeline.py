@@ -222,6 +222,19 @@ class Tracker:
 
     # -- auto-tracking --------------------------------------------------------------
 
+    def note_seen(
+        self,
+        mailbox: MailboxContext,
+        folder: FolderContext,
+        source_id: str,
+        msg: ParsedMessage,
+        reason: str,
+        token: str | None = None,
+    ) -> Outcome:
+        """Note a message of a watched folder as seen and not tracked, without
+        judging it (mail that was there before: see the worker's renumbered folders)."""
+        return self._skip(mailbox, folder, source_id, msg, reason, False, token)
+
     def auto_plan(self, mailbox: MailboxContext, folder: str | None, msg: ParsedMessage) -> Plan:
         """Judge a message outside tracked folders (reads only).  No verdict
         when the message is tracked already: it is then one more location."""
