@@ -116,6 +116,36 @@ def insert_ignore(db: pw.Database, model: type[pw.Model], rows: Sequence[Mapping
     db.execute_sql(_insert_sql(model, fields, len(rows), True, db), params)
 
 
+def insert_returning(
+    db: pw.Database, model: type[pw.Model], rows: Sequence[Mapping[str, Any]], returning: pw.Field
+) -> list[tuple[int, Any]]:
+    """INSERT rows that all name the same fields, in one statement; (new id,
+    ``returning``'s value) per row, in no particular order (SQLite and
+    PostgreSQL both leave RETURNING's order open).  A unique index hit raises."""
+    fields = _insert_fields(model, frozenset(rows[0]))
+    pk = model._meta.primary_key
+
+    def build(param: str, pg: bool) -> str:
+        row = "(" + ", ".join([param] * len(fields)) + ")"
+        return (
+            f"INSERT INTO {table(model)} ({', '.join(col(f) for f in fields)}) VALUES {', '.join([row] * len(rows))}"
+            f" RETURNING {col(pk)}, {col(returning)}"
+        )
+
+    sql = cached(db, ("insert-returning", model, tuple(f.name for f in fields), len(rows), returning.name), build)
+    params = [_value(f, row) for row in rows for f in fields]
+    return [(r[0], r[1]) for r in db.execute_sql(sql, params).fetchall()]
+
+
+def insert_many(db: pw.Database, model: type[pw.Model], rows: Sequence[Mapping[str, Any]]) -> None:
+    """INSERT rows that all name the same fields, in one statement; a unique index hit raises."""
+    if not rows:
+        return
+    fields = _insert_fields(model, frozenset(rows[0]))
+    params = [_value(f, row) for row in rows for f in fields]
+    db.execute_sql(_insert_sql(model, fields, len(rows), False, db), params)
+
+
 def select_columns(fields: Iterable[pw.Field], alias: str = "") -> str:
     prefix = f"{alias}." if alias else ""
     return ", ".join(prefix + col(f) for f in fields)

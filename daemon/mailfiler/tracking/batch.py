@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mailfiler.store.db import transaction
+from mailfiler.tracking import bulk
 from mailfiler.tracking.context import FolderContext, MailboxContext
 from mailfiler.tracking.parse import ParsedMessage
 from mailfiler.tracking.pipeline import Outcome, Tracker
@@ -39,23 +40,40 @@ class Item:
     token: str | None = None
 
 
+def _in_bulk(tracker: Tracker, items: Sequence[Item]) -> list[Outcome] | None:
+    """The batch written in bulk when it is the backfill's common case
+    (:mod:`mailfiler.tracking.bulk`), in a savepoint; None: message by message."""
+    if not bulk.eligible(items) or not bulk.fresh(tracker, items):
+        return None
+    try:
+        with tracker.db.atomic():  # a savepoint: a failure leaves the batch as it was
+            return bulk.track(tracker, items)
+    except Exception:  # noqa: BLE001 - another daemon tracked one meanwhile, the store or disk refused:
+        # message by message, each meets its own error
+        return None
+
+
 def track_batch(tracker: Tracker, items: Sequence[Item]) -> list[Outcome | Exception | None]:
     """Outcome per item; an Exception for the one that failed; None after it."""
     results: list[Outcome | Exception | None] = [None] * len(items)
     with transaction(tracker.db), tracker.resolve_cache():
-        for i, item in enumerate(items):
-            try:
-                results[i] = tracker.track(
-                    item.mailbox,
-                    item.folder,
-                    item.source_id,
-                    item.msg,
-                    may_be_shunted=item.may_be_shunted,
-                    token=item.token,
-                )
-            except Exception as exc:  # noqa: BLE001 - reported to the caller, who shunts or retries it
-                results[i] = exc
-                break
+        written = _in_bulk(tracker, items)
+        if written is not None:
+            results = list(written)
+        else:
+            for i, item in enumerate(items):
+                try:
+                    results[i] = tracker.track(
+                        item.mailbox,
+                        item.folder,
+                        item.source_id,
+                        item.msg,
+                        may_be_shunted=item.may_be_shunted,
+                        token=item.token,
+                    )
+                except Exception as exc:  # noqa: BLE001 - reported to the caller, who shunts or retries it
+                    results[i] = exc
+                    break
         # the batch's commit points: every statement ran, nothing is committed yet
         crashpoints.point("before_commit")
     crashpoints.point("after_commit")

@@ -96,14 +96,22 @@ def forget_seen(db: pw.Database, mailbox_id: int, folder: str, source_id: str) -
 
 
 def bump_cursor(
-    db: pw.Database, mailbox_id: int, folder: str, kind: str, now: dt.datetime, token: str | None, *, count: bool
+    db: pw.Database,
+    mailbox_id: int,
+    folder: str,
+    kind: str,
+    now: dt.datetime,
+    token: str | None,
+    *,
+    count: bool,
+    n: int = 1,
 ) -> None:
-    """Count one message (``count``) and/or advance the token, creating the
+    """Count ``n`` messages (``count``) and/or advance the token, creating the
     cursor row on first use (a conflict means another daemon created it:
     its row is then updated)."""
     sets = []
     if count:
-        sets += [f"{p.col(_C.processed)} = {p.col(_C.processed)} + 1", "last_sync_at"]
+        sets += [f"{p.col(_C.processed)} = {p.col(_C.processed)} + {n:d}", "last_sync_at"]
     sets.append("updated_at")
     if token is not None:
         sets.append("token")
@@ -120,14 +128,15 @@ def bump_cursor(
     if token is not None:
         params.append(token)
     cursor = db.execute_sql(
-        p.cached(db, ("track-cursor", count, token is not None), build), [*params, mailbox_id, folder]
+        p.cached(db, ("track-cursor", count, token is not None, n if count else 0), build),
+        [*params, mailbox_id, folder],
     )
     if cursor.rowcount:
         return
     row: dict = {"mailbox": mailbox_id, "folder": folder, "updated_at": now, "state": "syncing", "kind": kind}
     row["token"] = token
     if count:
-        row.update(processed=1, last_sync_at=now)
+        row.update(processed=n, last_sync_at=now)
     p.insert_ignore(db, FolderCursor, [row])
 
 
