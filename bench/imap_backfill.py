@@ -30,7 +30,8 @@ What is measured (messages/s; each repeat runs every variant, interleaved)
                 "inside": from the first to the last ``tracked`` log line's own timestamp.
   in-process    (--inprocess) ``MailboxWorker.scan_folder`` in this process with the time spent
                 in the ImapSource calls, in ``parse_message`` (in this process: the parse
-                helpers' share is not in it) and in ``Tracker.track`` summed up, and this
+                helpers' share is not in it), in ``track_batch`` (the commits) and in
+                ``Tracker.track`` (inside a batch not written in bulk) summed up, and this
                 process's CPU time per message.
 
 Target: mailfiler at least 50 % of the raw batched rate.  Not a test: it prints numbers.
@@ -233,7 +234,8 @@ def run_inprocess(work: Path, user: ImapUser) -> dict[str, Any]:
         if hasattr(ImapSource, attr):
             timers.wrap(ImapSource, attr, f"imap.{attr}")
     timers.wrap(worker_module, "parse_message", "parse_message")
-    timers.wrap(Tracker, "track", "Tracker.track")
+    timers.wrap(worker_module, "track_batch", "track_batch")  # a commit of up to 50 messages
+    timers.wrap(Tracker, "track", "Tracker.track")  # inside a batch, when not written in bulk
 
     helpers: dict[str, int] = {}
 
