@@ -134,8 +134,13 @@ def track(tracker: Tracker, items: Sequence[Item]) -> list[Outcome]:
                 }
             )
         locations.append(
-            {"activity": aid, "mailbox": mailbox.row.id, "folder": folder.name, "source_id": item.source_id}
-            | {"first_seen_at": now}
+            {
+                "activity": aid,
+                "mailbox": mailbox.row.id,
+                "folder": folder.name,
+                "source_id": item.source_id,
+                "first_seen_at": now,
+            }
         )
     for start in range(0, max(len(parties), len(blobs), len(locations)), _CHUNK):
         prepared.insert_ignore(db, ActivityParty, parties[start : start + _CHUNK])
