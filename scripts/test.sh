@@ -26,6 +26,7 @@ declare -A NEEDS=(
     [postgresql]="PostgreSQL-store tests (postgres marker) will be skipped (with CI=true they fail)"
     [python3-venv]="the test venv cannot be created with the system python3"
     [systemd]="systemd-analyze checks of the unit file will be skipped"
+    [python3-seccomp]="tests that run mailfiler under the unit's system call filter will be skipped (with CI=true they fail)"
     [git]="tests that need git will be skipped"
     [dovecot-imapd]="IMAP tests (dovecot marker) will be skipped (with CI=true they fail)"
     [dovecot-lmtpd]="IMAP delivery tests (dovecot marker) will be skipped (with CI=true they fail)"
@@ -34,7 +35,7 @@ installed() { [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null)" = "
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
-    for pkg in postgresql python3-venv systemd git dovecot-imapd dovecot-lmtpd; do
+    for pkg in postgresql python3-venv systemd python3-seccomp git dovecot-imapd dovecot-lmtpd; do
         installed "$pkg" || missing+=("$pkg")
     done
     if ! command -v python3.11 >/dev/null 2>&1 && ! command -v python3 >/dev/null 2>&1; then

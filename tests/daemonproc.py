@@ -128,10 +128,14 @@ def describe(res: subprocess.CompletedProcess[str]) -> str:
 class DaemonProc:
     """``mailfiler --log-format json run`` with its log in a file; killed on exit."""
 
-    def __init__(self, config: Path, log: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, log: Path, *, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+    ) -> None:
         self.config = config
         self.log = log
         self.env = env
+        #: a command that runs the daemon (tests/seccomp_exec.py ... --)
+        self.prefix = list(prefix)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_start = 0
 
@@ -141,7 +145,7 @@ class DaemonProc:
         self.log_start = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                mailfiler_cmd(self.config, "--log-format", "json", "run", "--no-progress"),
+                [*self.prefix, *mailfiler_cmd(self.config, "--log-format", "json", "run", "--no-progress")],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
@@ -358,6 +362,29 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def stored_blobs(db: Path, state_dir: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Every blob row: its size and its bytes, from the row (up to blobs.INLINE_MAX) or
+    from its file under ``state_dir/blobs`` (None: neither holds them)."""
+    files = {p.name: p for p in (state_dir / "blobs").rglob("*") if p.is_file() and not p.name.startswith(".")}
+    out: dict[str, tuple[int, bytes | None]] = {}
+    for sha, size, data in query(db, "SELECT sha256, size, data FROM blob"):
+        if data is not None:
+            out[sha] = (size, bytes(data))
+        else:
+            out[sha] = (size, files[sha].read_bytes() if sha in files else None)
+    return out
+
+
+def assert_blobs_intact(db: Path, state_dir: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Every blob row has its bytes (in the row or its file), of its size and its SHA-256."""
+    blobs = stored_blobs(db, state_dir)
+    for sha, (size, data) in blobs.items():
+        assert data is not None, f"blob {sha} has a row but neither data nor a file"
+        assert len(data) == size, f"blob {sha}: {len(data)} bytes, its row says {size}"
+        assert hashlib.sha256(data).hexdigest() == sha, f"blob {sha} is corrupt"
+    return blobs
 
 
 def tree_hashes(root: Path) -> dict[str, str]:

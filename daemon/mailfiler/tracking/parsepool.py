@@ -200,7 +200,7 @@ class ParsePool:
     def _start(self) -> list[_Helper]:
         while len(self._helpers) < self.workers:
             try:
-                self._helpers.append(_Helper())
+                helper = _Helper()
             except OSError as exc:
                 log.warning(
                     "cannot start a parse helper process (%s); parsing in the daemon",
@@ -208,6 +208,8 @@ class ParsePool:
                     extra={"event": "parse-helper-failed"},
                 )
                 break
+            self._helpers.append(helper)
+            log.debug("started parse helper process %d", helper.proc.pid, extra={"event": "parse-helper-started"})
         return list(self._helpers)
 
     def _arm_idle(self) -> None:
@@ -230,6 +232,13 @@ class ParsePool:
         self._helpers.clear()
         for helper in helpers:
             await asyncio.to_thread(helper.stop)
+        if helpers:
+            log.debug(
+                "stopped %d parse helper process(es); they parsed %d message(s) so far",
+                len(helpers),
+                self.parsed,
+                extra={"event": "parse-helpers-stopped", "parsed": self.parsed},
+            )
 
 
 def _serve() -> None:
