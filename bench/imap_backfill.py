@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.monotonic()
     load_before = os.getloadavg()
+    benchconfig.compile_bytecode()
     servers = start_dovecot(tls=False)
     server = next(servers)
     work = Path(tempfile.mkdtemp(prefix="mailfiler-imap-backfill-"))
@@ -396,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     last = out["mailfiler_once"]["last_run"]
     print(
         f"  store after one run: {last['activities']} activities (tracked {last['new']}, shunted {last['shunted']});"
-        f" SQLite {last['db_bytes'] / 1e6:.1f} MB; blobs {last['blob_bytes'] / 1e6:.1f} MB"
+        f" SQLite {last['db_bytes'] / 1e6:.1f} MB (attachments in {last['blob_rows']} rows:"
+        f" {last['blob_row_bytes'] / 1e6:.1f} MB); attachment files {last['blob_bytes'] / 1e6:.1f} MB"
         f" in {last['blob_files']} files"
     )
     if "inprocess" in out:

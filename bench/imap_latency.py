@@ -313,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     load_before = os.getloadavg()
+    benchconfig.compile_bytecode()
     t_start = time.monotonic()
     servers = start_dovecot(tls=False)
     server = next(servers)

@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.monotonic()
     load_before = os.getloadavg()
+    benchconfig.compile_bytecode()
     servers = start_dovecot(tls=False)
     server = next(servers)
     work = Path(tempfile.mkdtemp(prefix="mailfiler-imap-memory-"))

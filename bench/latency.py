@@ -455,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pace = Pace(*args.pace_ms)
     load_before = os.getloadavg()
+    benchconfig.compile_bytecode()
     tmp = Path(tempfile.mkdtemp(prefix="mailfiler-latency-"))
     t0 = time.monotonic()
     try:

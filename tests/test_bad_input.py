@@ -20,6 +20,7 @@ from tests.daemonproc import (
     SYNTHETIC_SUFFIX,
     DaemonProc,
     World,
+    assert_blobs_intact,
     cli,
     describe,
     present_locations,
@@ -261,17 +262,17 @@ def test_daemon_tracks_or_shunts_every_bad_message_and_keeps_running(tmp_path: P
     atts = _attachments(world, many["id"])
     assert [p for p, *_ in atts] == list(range(MANY))
     assert [f for _, f, *_ in atts] == _many_filenames()
+    stored = assert_blobs_intact(world.db, world.state_dir)
     for _, filename, _, size, sha in atts:
-        assert sha in blobs, f"{filename}: blob {sha} missing"
-        assert blobs[sha][0].stat().st_size == size
+        assert sha in stored, f"{filename}: blob {sha} missing"
+        assert stored[sha][0] == size
 
     # -- and the normal message after them
     normal = _activity_at(world, LIVE, "after_the_bad_ones")
     assert normal["message_id"] == message_id_for(1) and not normal["defects"]
 
-    # every blob row has its file, intact
-    for sha, size in query(world.db, "SELECT sha256, size FROM blob"):
-        assert sha in blobs and blobs[sha][0].stat().st_size == size
+    # every blob row has its bytes (small ones in the row, the 30 MB one in its file), intact
+    assert_blobs_intact(world.db, world.state_dir)
 
 
 @pytest.mark.timeout(120)

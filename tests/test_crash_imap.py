@@ -42,6 +42,7 @@ from tests.daemonproc import (
     SYNTHETIC_SUFFIX,
     DaemonProc,
     World,
+    assert_blobs_intact,
     assert_same_as,
     cli,
     cli_json,
@@ -52,7 +53,6 @@ from tests.daemonproc import (
     query,
     quick_check,
     scalar,
-    sha256_file,
     snapshot,
     wait_until,
 )
@@ -204,9 +204,7 @@ def assert_converged(world: World, corpus: Corpus) -> None:
     cursors = {f: (n, s) for f, n, s in query(db, "SELECT folder, processed, state FROM folder_cursor")}
     assert {f: cursors.get(f) for f in corpus.per_folder} == {f: (n, "ok") for f, n in corpus.per_folder.items()}
 
-    blobs = {p.name: p for p in (world.state_dir / "blobs").rglob("*") if p.is_file() and not p.name.startswith(".")}
-    for sha, size in query(db, "SELECT sha256, size FROM blob"):
-        assert sha in blobs and blobs[sha].stat().st_size == size and sha256_file(blobs[sha]) == sha, sha
+    assert_blobs_intact(db, world.state_dir)
     assert_mailbox_untouched(corpus)
 
 

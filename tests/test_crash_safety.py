@@ -36,6 +36,7 @@ from tests.daemonproc import (
     SYNTHETIC_SUFFIX,
     DaemonProc,
     World,
+    assert_blobs_intact,
     assert_same_as,
     cli,
     cli_json,
@@ -46,7 +47,6 @@ from tests.daemonproc import (
     query,
     quick_check,
     scalar,
-    sha256_file,
     snapshot,
     tree_hashes,
     wait_until,
@@ -180,11 +180,7 @@ def assert_converged(world: World, corpus: Corpus) -> None:
     assert cursors == {f: (n, "ok") for f, n in corpus.per_folder.items()}
 
     # every attachment row has its blob, with the content its name promises
-    blobs = {p.name: p for p in (world.state_dir / "blobs").rglob("*") if p.is_file() and not p.name.startswith(".")}
-    for sha, size in query(db, "SELECT b.sha256, b.size FROM blob b"):
-        assert sha in blobs, f"blob {sha} has a row but no file"
-        assert blobs[sha].stat().st_size == size
-        assert sha256_file(blobs[sha]) == sha, f"blob {sha} is corrupt"
+    assert_blobs_intact(db, world.state_dir)
     assert query(
         db, "SELECT COUNT(*) FROM attachment a LEFT JOIN blob b ON b.sha256 = a.blob_id WHERE b.sha256 IS NULL"
     ) == [(0,)]

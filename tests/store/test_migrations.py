@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import peewee as pw
 import pytest
 
 from mailfiler.errors import SchemaTooNew
 from mailfiler.store import db as storedb
 from mailfiler.store import models as m
+from mailfiler.store import prepared
+from mailfiler.store.blobs import BlobStore
 from mailfiler.store.migrations import LATEST, MIGRATIONS, current_version, migrate
+from mailfiler.util.fsio import atomic_write
 from tests.store.helpers import Store
 
 
@@ -119,3 +124,27 @@ def test_version_2_store_gains_the_auto_tracking_tables(store: Store) -> None:
     assert m.FolderCursor.get(m.FolderCursor.folder == "Tracked").kind == "tracked"
     m.SeenMessage.create(mailbox=mb, folder="INBOX", source_id="1", verdict="baseline")
     assert m.SeenMessage.select().count() == 1
+
+
+def test_version_4_store_keeps_its_blob_files_and_stores_small_ones_inline(store: Store) -> None:
+    # as schema 4 left it: every blob a file, no data column
+    blobs = BlobStore(store.state_dir)
+    old = b"an attachment tracked before version 5"
+    old_sha = hashlib.sha256(old).hexdigest()
+    atomic_write(blobs.path(old_sha), old)
+    store.db.execute_sql(f"ALTER TABLE {m.Blob._meta.table_name} DROP COLUMN data")
+    store.db.execute_sql(
+        f"INSERT INTO {m.Blob._meta.table_name} (sha256, size, created_at)"
+        f" VALUES ('{old_sha}', {len(old)}, CURRENT_TIMESTAMP)"
+    )
+    m.SchemaVersion.delete().where(m.SchemaVersion.version > 4).execute()
+    assert current_version(store.db) == 4
+
+    assert migrate(store.db) == list(range(5, LATEST + 1))
+    assert m.Blob.get_by_id(old_sha).data is None
+    assert blobs.get(old_sha) == old  # from its file
+    new = b"an attachment tracked after"
+    new_sha = blobs.put(new)
+    prepared.insert_ignore(store.db, m.Blob, [BlobStore.row(new_sha, new)])
+    assert not blobs.path(new_sha).exists()
+    assert blobs.get(new_sha) == new  # from its row

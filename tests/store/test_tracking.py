@@ -11,6 +11,7 @@ import pytest
 from mailfiler.config.schema import Config
 from mailfiler.service.runtime import MailboxRuntime, sync_config
 from mailfiler.store import models as m
+from mailfiler.store.blobs import INLINE_MAX, BlobStore
 from mailfiler.store.records import get_by_ref
 from mailfiler.tracking.folders import known_source_ids, mark_gone, relink_folder
 from mailfiler.tracking.parse import parse_message
@@ -182,7 +183,9 @@ def test_direction_is_outgoing_when_the_owner_sent_it(store: Store, env) -> None
 
 def test_attachments_deduplicated_by_sha256(store: Store, env) -> None:
     tracker, rts = env
-    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 40
+    # one over blobs.INLINE_MAX (a file), one under it (in its row)
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 600
+    assert len(pdf) > INLINE_MAX
     other = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
     track_raw(tracker, rts["anna"], "INBOX", "1", make_message("<a1@x>", attachments=[("offert.pdf", pdf)]))
     track_raw(
@@ -207,9 +210,15 @@ def test_attachments_deduplicated_by_sha256(store: Store, env) -> None:
         ("<a2@x>", 1, "bild.png", digest_png, len(other)),
     ]
     files = sorted(p for p in (store.state_dir / "blobs").rglob("*") if p.is_file())
-    assert [p.name for p in files] == sorted([digest_pdf, digest_png])
+    assert [p.name for p in files] == [digest_pdf]
     for p in files:
         assert hashlib.sha256(p.read_bytes()).hexdigest() == p.name
+    stored = {b.sha256: b.data for b in m.Blob.select()}
+    assert stored[digest_pdf] is None
+    assert bytes(stored[digest_png]) == other
+    blobs = BlobStore(store.state_dir)
+    assert blobs.get(digest_pdf) == pdf
+    assert blobs.get(digest_png) == other
 
 
 # --------------------------------------------------------------------------- re-linking

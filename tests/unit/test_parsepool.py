@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import os
 import signal
@@ -21,7 +22,7 @@ import pytest
 
 from mailfiler.service.readahead import ReadAhead
 from mailfiler.sources.maildir import MaildirSource
-from mailfiler.store.blobs import BlobStore
+from mailfiler.store.blobs import INLINE_MAX, BlobStore, inline
 from mailfiler.tracking import parsepool
 from mailfiler.tracking.parse import parse_message
 from mailfiler.tracking.parsepool import ParsePool, auto_workers, parse_workers
@@ -32,6 +33,7 @@ from tests.mailgen import (
     malformed_corpus,
     realistic_message,
 )
+from tests.store.helpers import make_message
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[2]
@@ -155,15 +157,21 @@ def test_a_pool_outlives_its_event_loop() -> None:
 
 
 async def test_read_ahead_parses_ahead_and_writes_attachments_of_tracked_folders(tmp_path: Path) -> None:
+    """Parsed ahead, and the files of attachments over INLINE_MAX written ahead (the
+    tracker finds them stored); smaller ones are left to their rows."""
     folder = "Tracked/Contoso"
     folder_dir = make_maildir_folder(maildirpp_folder_dir(tmp_path / "mail", folder))
     (folder_dir / "maildirfolder").touch()
     for i in range(30):
         drop_into_maildir(folder_dir, realistic_message(i), fsync=False)
+    for i in range(3):
+        big = os.urandom(INLINE_MAX + 1000)
+        drop_into_maildir(folder_dir, make_message(f"<big{i}@x>", attachments=[("scan.pdf", big)]), fsync=False)
     source = MaildirSource(tmp_path / "mail")
     listing = await source.list_messages(folder)
     todo = sorted(listing.messages)
     blobs = BlobStore(tmp_path / "state")
+    large = 0
     pool = ParsePool(1, min_batch=1)
     ahead = ReadAhead(source, folder, todo, dict(listing.messages), 10**8, parser=pool, blobs=blobs)
     try:
@@ -172,10 +180,15 @@ async def test_read_ahead_parses_ahead_and_writes_attachments_of_tracked_folders
             assert isinstance(raw, bytes)
             parsed = ahead.parsed(sid)
             assert parsed is not None and dataclasses.asdict(parsed) == dataclasses.asdict(parse_message(raw))
-            for part in parsed.attachments:  # written ahead: the tracker finds them stored
-                assert blobs.get(blobs.put(part.data)) == part.data
-                assert blobs.path(blobs.put(part.data)).exists()
+            for part in parsed.attachments:
+                digest = hashlib.sha256(part.data).hexdigest()
+                if inline(part.data):
+                    assert not blobs.path(digest).exists()
+                else:
+                    large += 1  # written ahead
+                    assert blobs.path(digest).read_bytes() == part.data
     finally:
         await ahead.aclose()
         await pool.close()
-    assert pool.parsed == 30
+    assert pool.parsed == 33
+    assert large == 3

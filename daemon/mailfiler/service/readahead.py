@@ -1,5 +1,5 @@
-"""A scan's messages read, parsed and their attachments written ahead of the
-worker, in batches, in the order the worker tracks them.
+"""A scan's messages read, parsed and their large attachments written ahead
+of the worker, in batches, in the order the worker tracks them.
 
 The stages run side by side on different batches, so that the slowest one
 sets the pace rather than their sum:
@@ -8,7 +8,8 @@ sets the pace rather than their sum:
   batch (over IMAP one ``UID FETCH`` of up to 400 UIDs instead of two round
   trips per message), in a producer task, at most :data:`DEPTH` batches ahead;
 * parsing, in the parse helper processes (:class:`ParsePool`), and writing
-  the attachments, in a thread (fsyncs), per batch in a task of its own;
+  the files of attachments over ``blobs.INLINE_MAX``, in a thread (fsyncs),
+  per batch in a task of its own (smaller ones go in with their rows);
 * tracking: the worker, batch after batch.
 
 Batches start small and grow (:data:`FIRST_COUNT` doubling up to
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 
 from mailfiler.errors import MailboxUnavailable, MessageTooLarge
 from mailfiler.sources.base import Source
-from mailfiler.store.blobs import BlobStore
+from mailfiler.store.blobs import BlobStore, inline
 from mailfiler.tracking.parse import ParsedMessage
 from mailfiler.tracking.parsepool import ParsePool
 
@@ -152,12 +153,12 @@ class ReadAhead:
         await self._queue.put(None)
 
     async def _prepare(self, got: dict[str, bytes | Exception]) -> dict[str, ParsedMessage]:
-        """Parse the batch in the helpers and write its attachments (best effort)."""
+        """Parse the batch in the helpers and write its large attachments (best effort)."""
         assert self.parser is not None
         sids = [sid for sid, value in got.items() if isinstance(value, bytes)]
         results = await self.parser.parse_many([got[sid] for sid in sids])
         parsed = {sid: msg for sid, msg in zip(sids, results, strict=True) if msg is not None}
-        if self.blobs is not None and any(msg.attachments for msg in parsed.values()):
+        if self.blobs is not None and any(not inline(a.data) for msg in parsed.values() for a in msg.attachments):
             try:
                 await asyncio.to_thread(_put_blobs, self.blobs, list(parsed.values()))
             except OSError:  # disk full...: the tracker meets it again, for its message alone
@@ -223,9 +224,11 @@ class ReadAhead:
 
 
 def _put_blobs(blobs: BlobStore, msgs: list[ParsedMessage]) -> None:
+    """The files of the batch's large attachments (small ones go in with their rows)."""
     for msg in msgs:
         for part in msg.attachments:
-            blobs.put(part.data)
+            if not inline(part.data):
+                blobs.put(part.data)
 
 
 __all__ = ["NOT_READ", "ReadAhead", "chunk_sizes", "too_large"]

@@ -1,15 +1,35 @@
-"""Content-addressed attachment files under ``state_dir/blobs``.
+"""Attachment bytes, content-addressed by SHA-256 and stored once.
 
-A blob is written (and fsynced) before the transaction that refers to it,
-so a crash can leave an unreferenced blob but never a row without its file.
-The same bytes are stored once, whatever message carries them."""
+Up to :data:`INLINE_MAX` bytes they live in their ``blob`` row, written in
+the transaction of the activity that refers to them: atomic with it, and on
+PostgreSQL seen by every daemon that shares the store.  Larger ones are
+files under ``state_dir/blobs``, written (and fsynced) before the
+transaction that refers to them, so a crash can leave an unreferenced file
+but never a row without its bytes.
+
+Why a threshold: a file per attachment costs two fsyncs and the creation of
+an inode, which is most of what a backfill spends on a small attachment
+(2.8 ms per blob measured on the bench machines, against 0.03 ms in the row),
+while SQLite reads and writes blobs under about 100 KB faster than the file
+system does (sqlite.org, "Internal Versus External BLOBs"), and a big one
+would make the database and its WAL grow by whole attachments.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from mailfiler.util.fsio import atomic_write
+
+#: attachments up to this many bytes are stored in the database row
+INLINE_MAX = 128 * 1024
+
+
+def inline(data: bytes) -> bool:
+    """True when ``data`` is stored in its row, not in a file."""
+    return len(data) <= INLINE_MAX
 
 
 class BlobStore:
@@ -17,14 +37,30 @@ class BlobStore:
         self.root = state_dir / "blobs"
 
     def path(self, sha256: str) -> Path:
+        """Where a blob larger than INLINE_MAX is (or would be) kept."""
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
     def put(self, data: bytes) -> str:
+        """The digest of ``data``; a large one is written to its file first
+        (a small one is written with its row: :meth:`row`)."""
         digest = hashlib.sha256(data).hexdigest()
-        target = self.path(digest)
-        if not target.exists():
-            atomic_write(target, data)
+        if not inline(data):
+            target = self.path(digest)
+            if not target.exists():
+                atomic_write(target, data)
         return digest
 
+    @staticmethod
+    def row(digest: str, data: bytes) -> dict[str, Any]:
+        """The ``blob`` row for ``data`` (inserted with ON CONFLICT DO NOTHING:
+        the same bytes are stored once)."""
+        return {"sha256": digest, "size": len(data), "data": data if inline(data) else None}
+
     def get(self, sha256: str) -> bytes:
+        """A stored blob's bytes (its row must be readable: the store is open)."""
+        from mailfiler.store.models import Blob
+
+        row = Blob.select(Blob.data).where(Blob.sha256 == sha256).tuples().first()
+        if row is not None and row[0] is not None:
+            return bytes(row[0])
         return self.path(sha256).read_bytes()

@@ -70,11 +70,17 @@ def _v4_sync_back(db: pw.Database) -> None:
     )
 
 
+def _v5_inline_blobs(db: pw.Database) -> None:
+    # blobs stored before stay files (data NULL); BlobStore.get reads either
+    _add_columns(db, m.Blob, ["data"])
+
+
 MIGRATIONS: dict[int, tuple[str, Callable[[pw.Database], None]]] = {
     1: ("initial schema", _v1_initial),
     2: ("correlation: subject key, correlated activity, categories, owner", _v2_correlation),
     3: ("auto-tracking: seen messages, watched folder cursors", _v3_auto_tracking),
     4: ("sync-back: contact and appointment details, sync collections, status and shunt", _v4_sync_back),
+    5: ("attachments up to 128 KiB stored in the database", _v5_inline_blobs),
 }
 LATEST = max(MIGRATIONS)
 

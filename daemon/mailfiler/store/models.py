@@ -139,11 +139,13 @@ ActivityParty.add_index(
 
 
 class Blob(BaseModel):
-    """A content-addressed file under ``state_dir/blobs``."""
+    """An attachment's bytes, by SHA-256: in ``data`` up to ``blobs.INLINE_MAX``,
+    else (``data`` NULL) a file under ``state_dir/blobs`` (see :mod:`mailfiler.store.blobs`)."""
 
     sha256 = pw.CharField(max_length=64, primary_key=True)
     size = pw.BigIntegerField()
     created_at = pw.DateTimeField(default=utcnow)
+    data = pw.BlobField(null=True)
 
 
 class Attachment(BaseModel):

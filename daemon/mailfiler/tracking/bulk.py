@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mailfiler.store import prepared
+from mailfiler.store.blobs import BlobStore
 from mailfiler.store.models import Activity, ActivityParty, Attachment, Blob, Location, utcnow
 from mailfiler.tracking import txsql
 from mailfiler.tracking.correlate import subject_key
@@ -122,7 +123,7 @@ def track(tracker: Tracker, items: Sequence[Item]) -> list[Outcome]:
                         }
                     )
         for position, (part, digest) in enumerate(zip(item.msg.attachments, digests, strict=True)):
-            blobs.append({"sha256": digest, "size": len(part.data)})
+            blobs.append(BlobStore.row(digest, part.data))
             attachments.append(
                 {
                     "activity": aid,

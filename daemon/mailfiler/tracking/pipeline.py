@@ -152,8 +152,8 @@ class Tracker:
             plan = self.auto_plan(mailbox, folder.name, msg)
             if plan.verdict is not None and not plan.verdict.track:
                 return self._skip(mailbox, folder, source_id, msg, plan.verdict.reason, may_be_shunted, token)
-        # blobs first: a crash after this leaves an orphan file, never a
-        # row that points to nothing
+        # large blobs first: a crash after this leaves an orphan file, never
+        # a row that points to nothing (small ones go in with the rows)
         blob_ids = [self.blobs.put(a.data) for a in msg.attachments]
         for attempt in range(3):
             try:
@@ -377,7 +377,7 @@ class Tracker:
         # created the sender's contact
         self._add_parties(activity, msg, fresh=True)
         for position, (part, digest) in enumerate(zip(msg.attachments, blob_ids, strict=True)):
-            prepared.insert_ignore(self.db, Blob, [{"sha256": digest, "size": len(part.data)}])
+            prepared.insert_ignore(self.db, Blob, [BlobStore.row(digest, part.data)])
             prepared.insert(
                 self.db,
                 Attachment,
