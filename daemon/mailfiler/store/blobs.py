@@ -8,11 +8,12 @@ transaction that refers to them, so a crash can leave an unreferenced file
 but never a row without its bytes.
 
 Why a threshold: a file per attachment costs two fsyncs and the creation of
-an inode, which is most of what a backfill spends on a small attachment
-(2.8 ms per blob measured on the bench machines, against 0.03 ms in the row),
-while SQLite reads and writes blobs under about 100 KB faster than the file
-system does (sqlite.org, "Internal Versus External BLOBs"), and a big one
-would make the database and its WAL grow by whole attachments.
+an inode, which was most of what a backfill spent on a small attachment
+(2.8 ms per 5.7 KB blob on the bench machines; in the row nothing
+measurable), and SQLite reads blobs under about 100 KB faster from the
+database than from separate files (sqlite.org, "Internal Versus External
+BLOBs"); a big one would make the database and its WAL grow by whole
+attachments.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from mailfiler.store.models import Blob
 from mailfiler.util.fsio import atomic_write
 
 #: attachments up to this many bytes are stored in the database row
@@ -58,8 +60,6 @@ class BlobStore:
 
     def get(self, sha256: str) -> bytes:
         """A stored blob's bytes (its row must be readable: the store is open)."""
-        from mailfiler.store.models import Blob
-
         row = Blob.select(Blob.data).where(Blob.sha256 == sha256).tuples().first()
         if row is not None and row[0] is not None:
             return bytes(row[0])
