@@ -21,11 +21,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from mailfiler.service.worker import COMMIT_BATCH
+
+if TYPE_CHECKING:
+    from tests.servers.dovecot import ImapUser
 
 T = TypeVar("T")
 
@@ -87,6 +90,42 @@ class World:
         self.config.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
 
 
+class ImapWorld(World):
+    """A test world whose mailbox is ``user``'s IMAP account (its password in a file);
+    it tracks ``folders`` (default :data:`FOLDERS`)."""
+
+    def __init__(
+        self,
+        base: Path,
+        user: ImapUser,
+        folders: list[tuple[str, str | None]] | None = None,
+        *,
+        limits: dict[str, int] | None = None,
+    ) -> None:
+        secret = base / "imap.password"
+        base.mkdir(parents=True, exist_ok=True)
+        secret.write_text(user.password + "\n", encoding="utf-8")
+        secret.chmod(0o600)
+        kw = user.settings_kwargs()
+        imap = {
+            "host": kw["host"],
+            "port": kw["port"],
+            "username": kw["username"],
+            "password_file": str(secret),
+            "tls": "none",
+            "timeout": 30,
+        }
+        super().__init__(base, base / "unused-maildir", FOLDERS if folders is None else folders, limits, {"imap": imap})
+
+    def write_config(self, *, limits: dict[str, int] | None = None) -> None:
+        super().write_config(limits=limits)
+        data = yaml.safe_load(self.config.read_text(encoding="utf-8"))
+        for mb in data["mailboxes"]:
+            mb.pop("maildir", None)  # an IMAP mailbox has no Maildir of its own
+            mb.pop("layout", None)
+        self.config.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
 # --------------------------------------------------------------------------- processes
 
 
@@ -101,11 +140,12 @@ def mailfiler_cmd(config: Path, *args: str) -> list[str]:
 
 
 def cli(
-    config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 180
+    config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 180, prefix: Sequence[str] = ()
 ) -> subprocess.CompletedProcess[str]:
-    """Run one ``mailfiler`` command to completion; output captured as text."""
+    """Run one ``mailfiler`` command to completion; output captured as text.
+    ``prefix``: a command that runs it (tests/seccomp_exec.py ... --)."""
     return subprocess.run(
-        mailfiler_cmd(config, *args),
+        [*prefix, *mailfiler_cmd(config, *args)],
         capture_output=True,
         text=True,
         env=_env(env),

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.daemonproc import (
     ALSO_IN,
@@ -41,6 +40,7 @@ from tests.daemonproc import (
     NO_MESSAGE_ID,
     SYNTHETIC_SUFFIX,
     DaemonProc,
+    ImapWorld,
     World,
     assert_blobs_intact,
     assert_same_as,
@@ -78,34 +78,6 @@ class Corpus:
     per_folder: dict[str, int]
     #: AdminClient.snapshot() of the seeded mailbox: every folder's STATUS, every message's UID, flags, size
     mailbox: list
-
-
-class ImapWorld(World):
-    """A test world whose mailbox is ``user``'s IMAP account (its password in a file)."""
-
-    def __init__(self, base: Path, user: ImapUser) -> None:
-        secret = base / "imap.password"
-        base.mkdir(parents=True, exist_ok=True)
-        secret.write_text(user.password + "\n", encoding="utf-8")
-        secret.chmod(0o600)
-        kw = user.settings_kwargs()
-        imap = {
-            "host": kw["host"],
-            "port": kw["port"],
-            "username": kw["username"],
-            "password_file": str(secret),
-            "tls": "none",
-            "timeout": 30,
-        }
-        super().__init__(base, base / "unused-maildir", FOLDERS, mailbox_extra={"imap": imap})
-
-    def write_config(self, *, limits: dict[str, int] | None = None) -> None:
-        super().write_config(limits=limits)
-        data = yaml.safe_load(self.config.read_text(encoding="utf-8"))
-        for mb in data["mailboxes"]:
-            mb.pop("maildir", None)  # an IMAP mailbox has no Maildir of its own
-            mb.pop("layout", None)
-        self.config.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
 
 
 @pytest.fixture(scope="module")

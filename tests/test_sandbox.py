@@ -16,16 +16,14 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.daemonproc import DaemonProc, World, committed_count, wait_until
+from tests.daemonproc import DaemonProc, ImapWorld, World, cli, committed_count, scalar, wait_until
 from tests.mailgen import drop_into_maildir, maildirpp_folder_dir, realistic_message
 from tests.servers.dovecot import DovecotServer, start_dovecot
 
@@ -44,13 +42,16 @@ def _has_seccomp() -> bool:
     return res.returncode == 0
 
 
-_MISSING = (
-    "systemd-analyze is not on PATH (Debian package systemd)"
-    if SYSTEMD_ANALYZE is None
-    else None
-    if _has_seccomp()
-    else f"{SYSTEM_PYTHON} cannot import seccomp (Debian package python3-seccomp)"
-)
+def _missing() -> str | None:
+    """Why these tests cannot run here, or None."""
+    if SYSTEMD_ANALYZE is None:
+        return "systemd-analyze is not on PATH (Debian package systemd)"
+    if not _has_seccomp():
+        return f"{SYSTEM_PYTHON} cannot import seccomp (Debian package python3-seccomp)"
+    return None
+
+
+_MISSING = _missing()
 # scripts/test.sh installs both; under CI a missing one is a failure, not a skip
 pytestmark = pytest.mark.skipif(_MISSING is not None and not os.environ.get("CI"), reason=_MISSING or "")
 
@@ -121,18 +122,9 @@ def allowed_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def sandboxed(allowed: Path, *cmd: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("MAILFILER_CONFIG", "MAILFILER_CRASH_AT", "NOTIFY_SOCKET")}
-    return subprocess.run(
-        [SYSTEM_PYTHON, str(SECCOMP_EXEC), str(allowed), "--", *cmd],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-        check=False,
-    )
+def seccomp_prefix(allowed: Path) -> list[str]:
+    """The command that runs the rest of a command line under the allow-list in ``allowed``."""
+    return [SYSTEM_PYTHON, str(SECCOMP_EXEC), str(allowed), "--"]
 
 
 def test_allow_list_is_what_the_unit_says() -> None:
@@ -157,7 +149,13 @@ def test_the_filter_is_enforced(allowed_file: Path) -> None:
         "else:\n"
         "    print('allowed')\n"
     )
-    res = sandboxed(allowed_file, sys.executable, "-c", probe)
+    res = subprocess.run(
+        [*seccomp_prefix(allowed_file), sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "refused"
 
@@ -177,51 +175,17 @@ def test_imap_backfill_with_parse_helpers_under_the_filter(
     n = 300
     user = server.add_user()
     user.seed("Clients/Contoso", [realistic_message(i, seed=7) for i in range(n)])
-    secret = tmp_path / "imap.password"
-    secret.write_text(user.password + "\n", encoding="utf-8")
-    secret.chmod(0o600)
-    kw = user.settings_kwargs()
-    config = tmp_path / "mailfiler.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "database": "sqlite:///store.db",
-                "state_dir": "state",
-                "records": [{"entity": "account", "key": "contoso", "name": "Contoso Ltd"}],
-                "limits": {"parse_processes": 1},
-                "mailboxes": [
-                    {
-                        "name": "alice",
-                        "owner": "alice@example.com",
-                        "imap": {
-                            "host": kw["host"],
-                            "port": kw["port"],
-                            "username": kw["username"],
-                            "password_file": str(secret),
-                            "tls": "none",
-                        },
-                        "tracked_folders": [{"folder": "Clients/Contoso", "regarding": "account:contoso"}],
-                    }
-                ],
-            },
-            sort_keys=False,
-        ),
-        encoding="utf-8",
-    )
-    res = sandboxed(
-        allowed_file,
-        sys.executable,
-        "-m",
-        "mailfiler",
-        "--config",
-        str(config),
+    world = ImapWorld(tmp_path / "world", user, [("Clients/Contoso", "account:contoso")], limits={"parse_processes": 1})
+    res = cli(
+        world.config,
         "--log-format",
         "json",
         "--log-level",
         "debug",
         "once",
         "--json",
-        cwd=tmp_path,
+        prefix=seccomp_prefix(allowed_file),
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr[-4000:]
     events = []
@@ -237,8 +201,7 @@ def test_imap_backfill_with_parse_helpers_under_the_filter(
     results = [r for rs in json.loads(res.stdout).values() for r in rs]
     assert sum(r["new"] for r in results) == n
     assert sum(r["shunted"] for r in results) == 0
-    with sqlite3.connect(tmp_path / "store.db") as db:
-        assert db.execute("SELECT count(*) FROM activity").fetchone()[0] == n
+    assert scalar(world.db, "SELECT count(*) FROM activity") == n
 
 
 @pytest.mark.timeout(180)
@@ -252,8 +215,7 @@ def test_maildir_daemon_under_the_filter(allowed_file: Path, tmp_path: Path) -> 
     for i in range(40):
         drop_into_maildir(box, realistic_message(i, seed=3), fsync=False)
     world = World(tmp_path / "world", maildir, [(folder, "account:contoso")], limits={"parse_processes": 1})
-    prefix = [SYSTEM_PYTHON, str(SECCOMP_EXEC), str(allowed_file), "--"]
-    with DaemonProc(world.config, tmp_path / "daemon.log", prefix=prefix).start() as daemon:
+    with DaemonProc(world.config, tmp_path / "daemon.log", prefix=seccomp_prefix(allowed_file)).start() as daemon:
 
         def state() -> str:
             return daemon.log_tail()
