@@ -134,11 +134,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():
+            # A repeated header (two Prefer lines) is one comma-separated value (RFC 9110 5.3), not the last one.
+            name = name.lower()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
         request = Request(
             method=self.command,
             path=split.path,
             query=parse_qs(split.query, keep_blank_values=True),
-            headers={k.lower(): v for k, v in self.headers.items()},
+            headers=headers,
             body=body,
         )
         request.operation = self.operation(request)
