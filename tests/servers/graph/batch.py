@@ -62,9 +62,7 @@ def run_batch(request: Request, faults: Faults, operation: Callable[[Request], s
 def _sub_request(outer: Request, item: dict[str, Any]) -> Request:
     url = str(item["url"])
     split = urlsplit(url if url.startswith("/") else "/" + url)
-    headers = {"authorization": outer.headers.get("authorization", "")}
-    if "prefer" in outer.headers:
-        headers["prefer"] = outer.headers["prefer"]
+    headers = {"authorization": outer.headers.get("authorization", "")}  # the batch's own token; other headers are per request
     headers.update({str(k).lower(): str(v) for k, v in (item.get("headers") or {}).items()})
     raw = item.get("body")
     if raw is None:

@@ -85,9 +85,6 @@ def keyed_starter(ctx: Ctx, collection: str, present: Callable[[], list[int]]) -
             watermark = mailbox.tenant.seq
             if cursor is None:
                 return [(key, None) for key in present()], {"seq": watermark, "changeType": change_type}
-            floor = ctx.fake.options.log_floor.get(collection, 0)
-            if cursor["seq"] < floor:
-                raise sync_state_gone(ctx, ctx.request.path.split("/v1.0/", 1)[-1], ctx.fake.options.expired_code)
             wanted = cursor.get("changeType")
             entries = []
             for key, removed in mailbox.changes_since(collection, cursor["seq"]).items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
@@ -89,8 +89,6 @@ class Options:
     duplicates: int = 0
     #: the error code of a 410 for a delta or skip token the fake no longer has
     expired_code: str = "syncStateNotFound"
-    #: per collection id: delta tokens older than this change sequence are gone
-    log_floor: dict[str, int] = field(default_factory=dict)
 
 
 class GraphHandler(Handler):
