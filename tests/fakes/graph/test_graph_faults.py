@@ -83,3 +83,24 @@ def test_slow_answers(graph: GraphFake, api: httpx.Client) -> None:
     started = time.monotonic()
     assert api.get(user_path(graph)).status_code == 200
     assert time.monotonic() - started >= 0.3
+
+
+def test_mailbox_concurrency_limit_counts_a_streaming_value(graph: GraphFake, api: httpx.Client) -> None:
+    graph.options.mailbox_concurrency = 1
+    msg = graph.deliver(UPN, ACME, mime_message("Huge", body="z" * 4_000_000 + "\n"))
+    with api.stream("GET", f"{user_path(graph)}/messages/{msg.id}/$value") as stream:
+        assert stream.status_code == 200  # the body is not read yet: the server holds the slot
+        busy = api.get(user_path(graph))
+        assert busy.status_code == 429 and "MailboxConcurrency" in busy.json()["error"]["message"]
+        assert len(stream.read()) == len(msg.mime)
+    deadline = time.monotonic() + 5
+    while api.get(user_path(graph)).status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_mailbox_request_rate_limit(graph: GraphFake, api: httpx.Client) -> None:
+    graph.options.mailbox_rate = (5, 60.0)
+    assert [api.get(user_path(graph)).status_code for _ in range(6)] == [200] * 5 + [429]
+    resp = api.get(user_path(graph))
+    assert resp.status_code == 429 and int(resp.headers["retry-after"]) > 1

@@ -8,8 +8,11 @@ queries read and is sent to matching subscriptions."""
 
 from __future__ import annotations
 
+import collections
 import re
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -89,6 +92,10 @@ class Options:
     duplicates: int = 0
     #: the error code of a 410 for a delta or skip token the fake no longer has
     expired_code: str = "syncStateNotFound"
+    #: Exchange Online's limits per app and mailbox (None: unlimited): concurrent requests (real: 4),
+    #: and requests per window (real: 10,000 per 600 s); past them 429 with Retry-After
+    mailbox_concurrency: int | None = None
+    mailbox_rate: tuple[int, float] | None = None
 
 
 class GraphHandler(Handler):
@@ -114,6 +121,9 @@ class GraphFake:
         self.identity = Identity(self, self.tenant)
         self.subscriptions = Subscriptions(self)
         self.faults = self.server.faults
+        self._limits_lock = threading.Lock()
+        self._in_flight: dict[tuple[str, str], int] = {}
+        self._stamps: dict[tuple[str, str], collections.deque[float]] = {}
 
     # -- server -------------------------------------------------------------------------
     @property
@@ -175,11 +185,56 @@ class GraphFake:
             for route_method, pattern, fn, op in _COMPILED:
                 if route_method == method and (m := pattern.match(rest)):
                     groups = m.groupdict()
-                    return op, lambda fn=fn, groups=groups: fn(self._context(request, user["user"], user["who"]), **groups)
+                    return op, lambda fn=fn, groups=groups: self._limited(
+                        self._context(request, user["user"], user["who"]), lambda c: fn(c, **groups))
         return f"{method} {path}", lambda: self._unknown(path)
 
     def operation(self, request: Request) -> str:
         return self._match(request)[0]
+
+    def _limited(self, ctx: Ctx, call: Callable[[Ctx], Response]) -> Response:
+        """Apply the per-app, per-mailbox limits of ``options`` around one request (a streamed
+        answer holds its slot until the last chunk is written)."""
+        limit, rate = self.options.mailbox_concurrency, self.options.mailbox_rate
+        if ctx.mailbox is None or ctx.token is None or (limit is None and rate is None):
+            return call(ctx)
+        key = (ctx.token.client_id, ctx.mailbox.id)
+        with self._limits_lock:
+            if rate is not None:
+                stamps = self._stamps.setdefault(key, collections.deque())
+                now = time.monotonic()
+                while stamps and stamps[0] <= now - rate[1]:
+                    stamps.popleft()
+                if len(stamps) >= rate[0]:
+                    wait = str(max(1, int(stamps[0] + rate[1] - now + 1)))
+                    raise GraphError(429, "ApplicationThrottled", "Application is over its MailboxRequests limit.", {"Retry-After": wait})
+                stamps.append(now)
+            if limit is not None and self._in_flight.get(key, 0) >= limit:
+                raise GraphError(429, "ApplicationThrottled", "Application is over its MailboxConcurrency limit.", {"Retry-After": "1"})
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
+
+        def release() -> None:
+            with self._limits_lock:
+                self._in_flight[key] -= 1
+
+        try:
+            response = call(ctx)
+        except BaseException:
+            release()
+            raise
+        if response.chunks is None:
+            release()
+            return response
+        chunks = response.chunks
+
+        def streamed() -> Iterator[bytes]:
+            try:
+                yield from chunks
+            finally:
+                release()
+
+        response.chunks = streamed()
+        return response
 
     def dispatch(self, request: Request) -> Response:
         try:
