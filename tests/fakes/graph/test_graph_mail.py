@@ -200,3 +200,14 @@ def test_batch_runs_requests_with_dependencies_and_per_request_faults(graph: Gra
     too_many = {"requests": [{"id": str(i), "method": "GET", "url": f"{base}/mailFolders/inbox"} for i in range(21)]}
     assert api.post("/$batch", json=too_many).status_code == 400
     assert graph.batched.count("GET message/$value") == 2
+
+
+def test_folder_delta_sees_renames_moves_and_deletions(graph: GraphFake, api: httpx.Client) -> None:
+    everything, link, _ = drain(api, f"{user_path(graph)}/mailFolders/delta")
+    assert {"Inbox", "Clients", "Acme", "Öresund", "Archive"} <= {f["displayName"] for f in everything}
+    acme = graph.rename_folder(UPN, ACME, "Acme AB")
+    gone = graph.folder(UPN, "Inbox/Clients/Öresund").id
+    graph.delete_folder(UPN, "Inbox/Clients/Öresund")
+    changes, _, _ = drain(api, link)
+    assert [(c["id"], c["displayName"]) for c in changes if "@removed" not in c] == [(acme.id, "Acme AB")]
+    assert [c["id"] for c in changes if "@removed" in c] == [gone]

@@ -196,3 +196,23 @@ def messages_delta(ctx: Ctx, folder_ref: str) -> Any:
     render = delta.keyed_renderer(ctx, collection, "#microsoft.graph.message", lambda m: message_json(ctx, m))
     return delta.serve(ctx, scope=f"{mailbox.id}/messages/{collection}", path=f"mailFolders('{folder_ref}')/messages/delta",
                        context="message", start=start, render=render)  # fmt: skip
+
+
+def folders_delta(ctx: Ctx) -> Any:
+    """``mailFolders/delta``: the whole folder tree, then folders added, renamed, moved or removed
+    (a snapshot of id -> name and parent per round)."""
+    mailbox = ctx.need_mailbox()
+
+    def start(cursor: dict[str, Any] | None) -> tuple[list[Any], dict[str, Any]]:
+        with mailbox.tenant.lock:
+            current = {f.id: {"@odata.type": "#microsoft.graph.mailFolder", **folder_json(ctx, f)}
+                       for f in mailbox.folders.values() if f.id != mailbox.root_id}  # fmt: skip
+        seen = cursor["seen"] if cursor else {}
+        state = {fid: [item["displayName"], item["parentFolderId"]] for fid, item in current.items()}
+        entries: list[Any] = [item for fid, item in current.items() if seen.get(fid) != state[fid]]
+        entries += [delta.removed_entry("#microsoft.graph.mailFolder", fid) for fid in seen if fid not in current]
+        return entries, {"seen": state}
+
+    return delta.serve(ctx, scope=f"{mailbox.id}/mailFolders", path="mailFolders/delta", context="mailFolder",
+                       start=start, render=lambda entry, sel: select(entry, sel))  # fmt: skip
+

@@ -34,6 +34,7 @@ C = r"(?:/contactFolders/(?P<f>[^/]+))?/contacts"
 USER_ROUTES: list[tuple[str, str, Callable[..., Response], str]] = [
     ("GET", r"", lambda c: _user_json(c), "GET user"),
     ("GET", r"/mailFolders", lambda c: mail.list_folders(c, None), "GET mailFolders"),
+    ("GET", r"/mailFolders/delta", lambda c: mail.folders_delta(c), "GET mailFolders/delta"),
     ("POST", r"/mailFolders", lambda c: mail.create_folder(c, None), "POST mailFolders"),
     ("GET", r"/mailFolders/(?P<f>[^/]+)/childFolders", lambda c, f: mail.list_folders(c, f), "GET childFolders"),
     ("POST", r"/mailFolders/(?P<f>[^/]+)/childFolders", lambda c, f: mail.create_folder(c, f), "POST childFolders"),
