@@ -211,3 +211,12 @@ def test_folder_delta_sees_renames_moves_and_deletions(graph: GraphFake, api: ht
     changes, _, _ = drain(api, link)
     assert [(c["id"], c["displayName"]) for c in changes if "@removed" not in c] == [(acme.id, "Acme AB")]
     assert [c["id"] for c in changes if "@removed" in c] == [gone]
+
+
+def test_message_list_pages_newest_first(graph: GraphFake, api: httpx.Client) -> None:
+    fill(graph, 3)
+    folder = graph.folder(UPN, ACME).id
+    page = api.get(f"{user_path(graph)}/mailFolders/{folder}/messages", params={"$top": 2, "$select": "subject"}).json()
+    assert len(page["value"]) == 2 and set(page["value"][0]) == {"@odata.etag", "id", "subject"}
+    rest = api.get(page["@odata.nextLink"]).json()
+    assert "@odata.nextLink" not in rest and len(rest["value"]) == 1

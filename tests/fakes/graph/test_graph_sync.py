@@ -195,3 +195,23 @@ def test_test_facing_changes_are_thread_safe_with_delta_paging(graph: GraphFake,
     items, _, _ = drain(api, url)
     seen |= {i["id"] for i in items}
     assert seen == set(delivered)
+
+
+def test_notifications_for_contacts_and_events(graph: GraphFake, api: httpx.Client, receiver: FakeServer) -> None:
+    expires = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for resource, changes in ((f"users/{UPN}/contacts", "created,updated,deleted"), (f"users/{UPN}/events", "updated")):
+        body = {"changeType": changes, "notificationUrl": f"{receiver.url}/hook", "resource": resource,
+                "expirationDateTime": expires, "clientState": resource}  # fmt: skip
+        assert api.post("/subscriptions", json=body).status_code == 201
+    contact = graph.add_contact(UPN, displayName="Cy")
+    graph.edit_contact(UPN, contact, jobTitle="CFO")
+    graph.delete_contact(UPN, contact)
+    monday = datetime(2026, 12, 7, tzinfo=UTC)
+    event = graph.add_event(UPN, subject="Review", start=_when(monday, 9), end=_when(monday, 10))
+    graph.edit_event(UPN, event, subject="Review (moved)")
+    received = receiver.hook.received  # type: ignore[attr-defined]
+    wait_for(lambda: len(received) >= 4)
+    time.sleep(0.1)
+    got = sorted((n["clientState"].rsplit("/", 1)[1], n["changeType"], n["resourceData"]["@odata.type"]) for n in received)
+    assert got == [("contacts", "created", "#Microsoft.Graph.Contact"), ("contacts", "deleted", "#Microsoft.Graph.Contact"),
+                   ("contacts", "updated", "#Microsoft.Graph.Contact"), ("events", "updated", "#Microsoft.Graph.Event")]  # fmt: skip

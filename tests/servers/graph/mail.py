@@ -127,9 +127,8 @@ def list_messages(ctx: Ctx, folder: str | None) -> Response:
             msgs = mailbox.in_folder(mailbox.folder(folder).id)
         msgs.sort(key=lambda m: (m.received, m.key), reverse=True)  # Graph's default: newest first
         sel = select_list(ctx.request)
-        items = [select(message_json(ctx, m), sel) for m in msgs]
-    path = f"mailFolders/{folder}/messages" if folder else "messages"
-    return collection_page(ctx, items, path, "Collection(message)")
+        path = f"mailFolders/{folder}/messages" if folder else "messages"
+        return collection_page(ctx, msgs, path, "Collection(message)", render=lambda m: select(message_json(ctx, m), sel))
 
 
 def get_message(ctx: Ctx, ref: str, folder: str | None) -> Response:

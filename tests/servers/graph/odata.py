@@ -161,12 +161,15 @@ class Ctx:
         return {"Preference-Applied": 'IdType="ImmutableId"'} if self.immutable else {}
 
 
-def collection_page(ctx: Ctx, items: list[dict[str, Any]], path: str, context: str, default: int = 10,
-                    maximum: int = 1000) -> Response:  # fmt: skip
-    """A plain (non-delta) collection with ``$top``/``$skip`` paging and ``@odata.nextLink``."""
+def collection_page(ctx: Ctx, items: list[Any], path: str, context: str, default: int = 10,
+                    maximum: int = 1000, render: Any = None) -> Response:  # fmt: skip
+    """A plain (non-delta) collection with ``$top``/``$skip`` paging and ``@odata.nextLink``;
+    ``render`` (when given) turns only the page's items into JSON."""
     top = page_size(ctx.request, default, maximum)
     skip = int(one(ctx.request, "$skip") or 0)
     page = items[skip : skip + top]
+    if render is not None:
+        page = [render(item) for item in page]
     body: dict[str, Any] = {"@odata.context": f"{ctx.base}/$metadata#{context}", "value": page}
     if skip + top < len(items):
         query = {"$top": str(top), "$skip": str(skip + top)}
