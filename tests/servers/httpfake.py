@@ -234,7 +234,10 @@ class FakeServer:
             return [r.operation for r in self.requests]
 
     def start(self) -> FakeServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"fake:{self.port}", daemon=True)
+        # a short poll so that stop() (shutdown) returns within ~50 ms, not the default 0.5 s
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"fake:{self.port}", daemon=True
+        )
         self._thread.start()
         return self
 

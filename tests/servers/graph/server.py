@@ -122,6 +122,8 @@ class GraphFake:
         self.identity = Identity(self, self.tenant)
         self.subscriptions = Subscriptions(self)
         self.faults = self.server.faults
+        #: operations of the requests that came inside $batch (the server's request log has the $batch only)
+        self.batched: collections.deque[str] = collections.deque(maxlen=10_000)
         self._limits_lock = threading.Lock()
         self._in_flight: dict[tuple[str, str], int] = {}
         self._stamps: dict[tuple[str, str], collections.deque[float]] = {}
@@ -269,13 +271,6 @@ class GraphFake:
         if normalize(request.path).lower() == "/v1.0/$batch":
             return error_response(GraphError(400, "BadRequest", "A batch cannot contain a batch."), request)
         return self.dispatch(request)
-
-    @property
-    def batched(self) -> list[str]:
-        """Operations of the requests that came inside $batch (not in ``requests``)."""
-        if not hasattr(self, "_batched"):
-            self._batched: list[str] = []
-        return self._batched
 
     # -- test-facing API: Outlook and the user ----------------------------------------------------
     def add_user(self, upn: str, display_name: str = "", folders: list[str] = ()) -> Mailbox:  # type: ignore[assignment]
