@@ -220,3 +220,14 @@ def test_message_list_pages_newest_first(graph: GraphFake, api: httpx.Client) ->
     assert len(page["value"]) == 2 and set(page["value"][0]) == {"@odata.etag", "id", "subject"}
     rest = api.get(page["@odata.nextLink"]).json()
     assert "@odata.nextLink" not in rest and len(rest["value"]) == 1
+
+
+def test_malformed_and_realistic_mail_deliver_and_round_trip(graph: GraphFake, api: httpx.Client) -> None:
+    from tests.mailgen import malformed_corpus, realistic_message
+
+    corpus = {**malformed_corpus(), "realistic": realistic_message(1), "random": bytes(range(256)) * 4}
+    delivered = {name: graph.deliver(UPN, ACME, raw) for name, raw in corpus.items()}
+    items, _, _ = drain(api, delta_url(graph, query="?$select=subject,internetMessageId,hasAttachments"))
+    assert len(items) == len(corpus)
+    for name, msg in delivered.items():
+        assert api.get(f"{user_path(graph)}/messages/{msg.id}/$value").content == corpus[name], name

@@ -133,7 +133,16 @@ def _address(name: str, addr: str) -> dict[str, Any]:
 
 
 def parse_mime(raw: bytes) -> dict[str, Any]:
-    """The message properties Graph derives from the MIME content (best effort, never raises)."""
+    """The message properties Graph derives from the MIME content (best effort, never raises:
+    Exchange accepts any bytes as a message)."""
+    try:
+        return _parse_mime(raw)
+    except Exception:  # noqa: BLE001 - malformed mail must still be delivered; its properties stay empty
+        return {"subject": "", "internet_message_id": "", "sent": None, "sender": None, "to": [], "cc": [],
+                "preview": "", "has_attachments": False}  # fmt: skip
+
+
+def _parse_mime(raw: bytes) -> dict[str, Any]:
     msg = email.message_from_bytes(raw, policy=email.policy.compat32)
     date = msg.get("Date")
     try:
@@ -150,7 +159,10 @@ def parse_mime(raw: bytes) -> dict[str, Any]:
         elif not text and part.get_content_type() == "text/plain":
             payload = part.get_payload(decode=True)
             if isinstance(payload, bytes):
-                text = payload.decode(part.get_content_charset() or "utf-8", "replace")
+                try:
+                    text = payload.decode(part.get_content_charset() or "utf-8", "replace")
+                except LookupError:  # an unknown charset: Exchange shows the bytes anyway
+                    text = payload.decode("utf-8", "replace")
     subject = msg.get("Subject", "")
     try:
         subject = str(email.header.make_header(email.header.decode_header(str(subject))))
