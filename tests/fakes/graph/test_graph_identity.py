@@ -172,3 +172,8 @@ def test_app_only_tokens_and_the_application_access_policy(graph: GraphFake) -> 
     assert denied.status_code == 403 and "AccessPolicy" in denied.json()["error"]["message"]
     me = get(graph, token, "/me/mailFolders")
     assert me.status_code == 400 and "delegated" in me.json()["error"]["message"]
+    unknown = get(graph, token, "/users/nobody@contoso.onmicrosoft.com/mailFolders")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "ErrorInvalidUser"
+    graph.mailbox(UPN).mailbox_enabled = False
+    off = get(graph, token, f"/users/{UPN}/mailFolders")
+    assert off.status_code == 404 and off.json()["error"]["code"] == "MailboxNotEnabledForRESTAPI"

@@ -188,6 +188,8 @@ class Mailbox:
         self.upn = upn
         self.display_name = display_name or upn.split("@")[0]
         self.id = user_id or str(uuid.uuid4())
+        #: False: a user without an Exchange Online mailbox (unlicensed, on-premises, soft-deleted)
+        self.mailbox_enabled = True
         self.folders: dict[str, Folder] = {}
         self.messages: dict[int, Message] = {}
         self.by_id: dict[str, int] = {}  # default and immutable message ids -> key

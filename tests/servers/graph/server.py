@@ -260,6 +260,8 @@ class GraphFake:
             with self.tenant.lock:
                 mailbox = self.tenant.user(user_ref)
             self.identity.may_open(token, mailbox.id, mailbox.upn)
+        if mailbox is not None and not mailbox.mailbox_enabled:
+            raise GraphError(404, "MailboxNotEnabledForRESTAPI", "The mailbox is either inactive, soft-deleted, or is hosted on-premise.")
         immutable = prefer(request).get("idtype", "").lower() == "immutableid"
         return Ctx(self, request, token, mailbox, who or "me", immutable)
 
