@@ -190,7 +190,7 @@ class GraphFake:
                     groups = m.groupdict()
                     return op, lambda fn=fn, groups=groups: self._limited(
                         self._context(request, user["user"], user["who"]), lambda c: fn(c, **groups))
-        return f"{method} {path}", lambda: self._unknown(path)
+        return f"{method} {path}", lambda: self._unknown(request, path)
 
     def operation(self, request: Request) -> str:
         return self._match(request)[0]
@@ -245,7 +245,9 @@ class GraphFake:
         except GraphError as err:
             return error_response(err, request)
 
-    def _unknown(self, path: str) -> Response:
+    def _unknown(self, request: Request, path: str) -> Response:
+        if path.startswith("/v1.0/"):
+            self.identity.check(request)  # Graph authenticates before it routes
         segment = path.rstrip("/").rsplit("/", 1)[-1]
         raise GraphError(400, "BadRequest", f"Resource not found for the segment '{segment}'.")
 
