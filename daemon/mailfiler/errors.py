@@ -225,3 +225,37 @@ class SyncItemUnreadable(SyncError):
 
     code = "sync-item-unreadable"
     severity = Severity.MESSAGE
+
+
+# --- rules on the mail server (mailfiler.serverrules) -------------------------
+
+
+class ServerRulesError(MailfilerError):
+    """A mailbox's rules on its server could not be read or written; tracking goes on."""
+
+    code = "server-rules-error"
+    severity = Severity.MAILBOX
+
+
+class ServerRulesUnavailable(ServerRulesError):
+    """The rules server cannot be reached, timed out, or refused the login."""
+
+    code = "server-rules-unavailable"
+
+
+class ServerRulesUnsupported(ServerRulesError, UserError):
+    """The server cannot hold mailfiler's rules (no ManageSieve, no Sieve include, no STARTTLS)."""
+
+    code = "server-rules-unsupported"
+
+
+class ServerRulesBroken(ServerRulesError, UserError):
+    """A script on the server is broken (or is not mailfiler's); it is reported, never overwritten."""
+
+    code = "server-rules-broken"
+
+
+class ServerRulesChanged(ServerRulesError):
+    """A script changed on the server between the plan and the write; nothing was written over it."""
+
+    code = "server-rules-changed"

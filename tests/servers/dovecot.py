@@ -1,4 +1,4 @@
-"""A throw-away Dovecot (IMAP + LMTP) on loopback for the IMAP tests.
+"""A throw-away Dovecot (IMAP + LMTP + ManageSieve) on loopback for the IMAP tests.
 
 ``dovecot`` (session scope) writes a config into a short temp dir under /tmp
 (Dovecot's unix sockets live there and their paths must stay short), makes a
@@ -7,6 +7,10 @@ test CA and a server certificate with ``openssl``, and runs
 
 * IMAP on a free 127.0.0.1 port (STARTTLS offered), IMAPS (implicit TLS) and
   LMTP on two more ports;
+* with Pigeonhole installed (``dovecot-sieve``, ``dovecot-managesieved``):
+  LMTP runs the Sieve plugin (each user's scripts in ``~/sieve``, the active
+  one linked from ``~/.dovecot.sieve``) and ManageSieve (STARTTLS offered)
+  listens on a fourth port, ``sieve_port`` (0 without Pigeonhole);
 * users in a passwd-file (``{PLAIN}`` passwords) and Maildir storage under
   ``<dir>/mail/<user>``, hierarchy separator "/";
 * as root (CI): mail owned by ``nobody``, ``default_internal_user=dovecot``,
@@ -113,6 +117,28 @@ class ImapUser:
     def kick(self) -> None:
         self.server.kick(self.name)
 
+    @property
+    def sieve_dir(self) -> Path:
+        """Where Pigeonhole keeps this user's scripts (NAME.sieve)."""
+        return self.home / "sieve"
+
+    def write_sieve_file(self, name: str, text: str, *, active: bool = False) -> None:
+        """Put a script straight into the user's sieve folder, as an admin with a
+        shell would: ManageSieve's PUTSCRIPT refuses a broken one, this does not."""
+        uid, gid = self.server._mail_owner()
+        for folder in (self.home, self.sieve_dir):
+            folder.mkdir(exist_ok=True)
+            os.chown(folder, uid, gid)
+        path = self.sieve_dir / f"{name}.sieve"
+        path.write_text(text, encoding="utf-8")
+        os.chown(path, uid, gid)
+        if active:
+            link = self.home / ".dovecot.sieve"
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            link.symlink_to(f"sieve/{name}.sieve")
+            os.lchown(link, uid, gid)
+
     def client(self) -> AdminClient:
         return AdminClient(self)
 
@@ -124,6 +150,10 @@ class DovecotServer:
     port: int = 0
     imaps_port: int = 0
     lmtp_port: int = 0
+    #: ManageSieve (RFC 5804); 0 when Pigeonhole is not installed
+    sieve_port: int = 0
+    #: more settings for Pigeonhole's plugin block (e.g. "sieve_extensions = -include")
+    sieve_extra: str = ""
     separator: str = "/"
     #: capabilities not to advertise after login (None: Dovecot's own list)
     dropped: frozenset[str] = frozenset()
@@ -168,6 +198,24 @@ class DovecotServer:
         ssl = "ssl = no\n"
         if self.tls:
             ssl = f"ssl = yes\nssl_cert = <{self.tls.cert}\nssl_key = <{self.tls.key}\n"
+        protocols, sieve = "imap lmtp", ""
+        if self.sieve_port:
+            protocols += " sieve"
+            sieve = f"""protocol lmtp {{
+  mail_plugins = $mail_plugins sieve
+}}
+plugin {{
+  sieve = file:~/sieve;active=~/.dovecot.sieve
+  {self.sieve_extra}
+}}
+service managesieve-login {{
+  chroot =
+  inet_listener sieve {{
+    address = 127.0.0.1
+    port = {self.sieve_port}
+  }}
+}}
+"""
         capability = ""
         if self.dropped and self.full_capabilities:
             kept = [c for c in self.full_capabilities if c.upper() not in self.dropped]
@@ -177,7 +225,7 @@ instance_name = mf-test-{self.base.name}
 base_dir = {self.base}/run
 state_dir = {self.base}/state
 log_path = {self.log}
-protocols = imap lmtp
+protocols = {protocols}
 listen = 127.0.0.1
 {users}first_valid_uid = 1
 first_valid_gid = 1
@@ -236,7 +284,7 @@ service stats {{
     mode = 0666
   }}
 }}
-{auth_worker}"""
+{auth_worker}{sieve}"""
         self.conf.write_text(text)
         (self.base / "users").mkdir(exist_ok=True)
 
@@ -508,6 +556,20 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
+def sieve_installed() -> bool:
+    """Pigeonhole (the LMTP Sieve plugin and ManageSieve) is installed."""
+    return find_binary("sievec") is not None and Path("/usr/lib/dovecot/managesieve").exists()
+
+
+def require_sieve(server: DovecotServer) -> None:
+    """Skip (fail under CI=true) a test that needs Sieve when Pigeonhole is missing."""
+    if not server.sieve_port:
+        _unavailable(
+            "Pigeonhole is not installed (no sievec or managesieve); "
+            "install it with: apt-get install dovecot-sieve dovecot-managesieved"
+        )
+
+
 def _check_installed() -> None:
     if find_binary("dovecot") is None or find_binary("doveadm") is None:
         _unavailable(
@@ -523,14 +585,16 @@ def _check_installed() -> None:
 
 
 def start_dovecot(
-    *, tls: bool = True, drop: set[str] | frozenset[str] = frozenset(), separator: str = "/"
+    *, tls: bool = True, drop: set[str] | frozenset[str] = frozenset(), separator: str = "/", sieve_extra: str = ""
 ) -> Iterator[DovecotServer]:
     """Start a server (or skip/fail); yield it; stop it and remove its directory."""
     _check_installed()
     # Short path under /tmp: Dovecot's unix socket paths must stay below ~100 bytes.
     base = Path(tempfile.mkdtemp(prefix="mf-dc-", dir="/tmp"))
     os.chmod(base, 0o755)  # the login and mail processes run as other users
-    server = DovecotServer(base=base, tls=make_tls(base) if tls else None, separator=separator)
+    server = DovecotServer(
+        base=base, tls=make_tls(base) if tls else None, separator=separator, sieve_extra=sieve_extra
+    )
     try:
         server.mail_root.mkdir()
         if server.as_root:
@@ -538,6 +602,7 @@ def start_dovecot(
             os.chown(server.mail_root, uid, gid)
         for attempt in range(START_ATTEMPTS):  # another process may grab a free port first
             server.port, server.imaps_port, server.lmtp_port = free_port(), free_port(), free_port()
+            server.sieve_port = free_port() if sieve_installed() else 0
             try:
                 server.start()
                 break

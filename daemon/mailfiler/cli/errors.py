@@ -33,6 +33,10 @@ _HINTS: list[tuple[type[e.MailfilerError], int, str]] = [
     (e.RecordImportError, EXIT_DATAERR, "fix the rows above; nothing was imported"),
     (e.NotFound, EXIT_NOTFOUND, ""),
     (e.MailboxUnavailable, EXIT_UNAVAILABLE, "check the mailbox path in the config and its permissions"),
+    (e.ServerRulesBroken, EXIT_DATAERR, "fix or remove the script on the server (any Sieve editor), then apply again"),
+    (e.ServerRulesUnsupported, EXIT_UNAVAILABLE, "README, Inbox rules on the server, says what it needs"),
+    (e.ServerRulesUnavailable, EXIT_UNAVAILABLE, "check server_rules.managesieve in the config and the server's login"),
+    (e.ServerRulesChanged, EXIT_UNAVAILABLE, "someone changed the script meanwhile; run the command again"),
     (e.UserError, EXIT_DATAERR, ""),
     (e.MailfilerError, EXIT_SOFTWARE, ""),
 ]

@@ -10,9 +10,11 @@ import click
 from mailfiler import __version__
 from mailfiler.cli.errors import handle_errors, report
 from mailfiler.cli.output import emit_json, json_option, table
+from mailfiler.cli.serverrules import print_status as print_server_rules
 from mailfiler.config.loader import LoadedConfig, load_config, store_settings_lenient
 from mailfiler.config.schema import Config
 from mailfiler.errors import ConfigError
+from mailfiler.serverrules.runner import status as server_rules_status
 from mailfiler.service.logsetup import setup_logging
 
 HELP = """\
@@ -195,6 +197,7 @@ def status(obj: Context, as_json: bool) -> None:
     from mailfiler.sync import reports as sync_reports
 
     data["sync"] = sync_reports.status()
+    data["server_rules"] = server_rules_status()
     if as_json:
         emit_json(data)
         return
@@ -230,6 +233,7 @@ def status(obj: Context, as_json: bool) -> None:
         columns = ["mailbox", "folder", "state", "last sync (UTC)", "tracked", "not tracked", "shunted"]
         table("auto-tracking: other folders watched", columns, watched)
     _print_sync_status(data)
+    print_server_rules(data["server_rules"])
 
 
 def _print_sync_status(data: dict) -> None:
@@ -324,12 +328,14 @@ def _register() -> None:
     from mailfiler.cli import folders as folders_cmd
     from mailfiler.cli import records as records_cmd
     from mailfiler.cli import rules as rules_cmd
+    from mailfiler.cli import serverrules as serverrules_cmd
     from mailfiler.cli import shunt as shunt_cmd
     from mailfiler.cli import sync as sync_cmd
 
     cli.add_command(folders_cmd.folders)
     cli.add_command(records_cmd.records)
     cli.add_command(rules_cmd.rules)
+    rules_cmd.rules.add_command(serverrules_cmd.server)
     cli.add_command(shunt_cmd.shunt)
     cli.add_command(sync_cmd.sync)
     cli.add_command(sync_cmd.contacts)

@@ -310,6 +310,9 @@ def _cross_checks(data: dict[str, Any], built: Builder, base_dir: Path) -> list[
                 else:
                     folders[folder] = here
             check_ref(("mailboxes", i, "tracked_folders", j, "regarding"), tf.get("regarding"))
+            if tf.get("route") is not None and "maildir" in mb:
+                where = ("mailboxes", i, "tracked_folders", j, "route")
+                add(where, "route: writes a rule on a mail server; a Maildir has none")
 
     for i, rec in _items(data.get("records")):
         entity = rec.get("entity")

@@ -49,9 +49,57 @@ def _check_ref(value: str | None) -> str | None:
 OptionalRef = Annotated[str | None, AfterValidator(_check_ref)]
 
 
+def _route_domain(v: str) -> str:
+    v = v.strip().lower().removeprefix("@")
+    if not v or "@" in v or "/" in v or " " in v or v.startswith(".") or v.endswith("."):
+        raise ValueError(f"{v!r} is not a domain such as contoso.com")
+    return v
+
+
+def _route_address(v: str) -> str:
+    v = v.strip().lower()
+    if v.count("@") != 1 or v.startswith("@") or v.endswith("@") or " " in v:
+        raise ValueError(f"{v!r} is not an e-mail address")
+    return v
+
+
+def _route_text(v: str) -> str:
+    if not v.strip() or any(ord(c) < 32 for c in v):
+        raise ValueError(f"{v!r}: give some text, on one line")
+    return v
+
+
+class Route(Strict):
+    """Which mail the server rule that mailfiler writes for this folder moves
+    here (README: Inbox rules on the server).  The senders (from_domains,
+    from_addresses) are alternatives; every other list given must match too."""
+
+    from_domains: list[Annotated[str, AfterValidator(_route_domain)]] = Field(
+        default_factory=list, description="Mail from these domains (and their subdomains)."
+    )
+    from_addresses: list[Annotated[str, AfterValidator(_route_address)]] = Field(
+        default_factory=list, description="Mail from these addresses."
+    )
+    subject_contains: list[Annotated[str, AfterValidator(_route_text)]] = Field(
+        default_factory=list, description="...whose subject contains one of these texts."
+    )
+    to_addresses: list[Annotated[str, AfterValidator(_route_address)]] = Field(
+        default_factory=list, description="...sent to (To or Cc) one of these addresses."
+    )
+
+    def model_post_init(self, _context: object) -> None:
+        if not (self.from_domains or self.from_addresses or self.subject_contains or self.to_addresses):
+            raise ValueError(
+                "a route needs at least one of from_domains, from_addresses, subject_contains, to_addresses"
+            )
+
+
 class TrackedFolder(Strict):
     folder: str = Field(description='Folder path, always written with "/" (e.g. Tracked/Contoso).')
     regarding: OptionalRef = Field(default=None, description="ENTITY:KEY of the record the folder stands for.")
+    route: Route | None = Field(
+        default=None, description="A rule on the mail server that moves matching mail into this folder."
+    )
 
     @field_validator("folder")
     @classmethod
@@ -402,6 +450,29 @@ class Imap(Strict):
         return self.port or (993 if self.tls == "implicit" else 143)
 
 
+class ManageSieve(Strict):
+    """The mailbox's ManageSieve server (RFC 5804); the login is the imap: one."""
+
+    host: str | None = Field(default=None, description="Default: the imap: host.")
+    port: int = Field(default=4190, ge=1, le=65535)
+    tls: Literal["starttls", "none"] = Field(default="starttls", description="none: only for a loopback host.")
+
+
+class ServerRules(Strict):
+    """Inbox rules on the mail server: read, checked against tracking, and
+    mailfiler's own (from each folder's route:) kept in step."""
+
+    managesieve: ManageSieve = Field(default_factory=ManageSieve)
+    script: str = Field(
+        default="mailfiler",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="The Sieve script mailfiler writes its rules into (the active one includes it).",
+    )
+    interval: float = Field(default=300.0, ge=5, description="Seconds between the daemon's reads of the rules.")
+
+
 class Mailbox(Strict):
     name: str = Field(description="Short unique name of the mailbox (used in CLI output and logs).")
     owner: str = Field(description="E-mail address of the CRM user whose mailbox this is.")
@@ -420,6 +491,9 @@ class Mailbox(Strict):
         default_factory=list, description="Addresses and @domains whose mail is never auto-tracked."
     )
     sync: Sync | None = Field(default=None, description="Sync-back of contacts and appointments (issue 5).")
+    server_rules: ServerRules | None = Field(
+        default=None, description="Inbox rules on the server (default settings when a tracked folder has a route:)."
+    )
 
     @model_validator(mode="after")
     def _one_backend(self) -> Mailbox:

@@ -20,6 +20,7 @@ import time
 
 from mailfiler.config.loader import LoadedConfig, load_config
 from mailfiler.errors import ConfigError, MailfilerError
+from mailfiler.serverrules.runner import server_rules_loop
 from mailfiler.service.filewatch import ConfigWatcher
 from mailfiler.service.notify import LoopLagMonitor, Notifier, watchdog_interval, watchdog_loop
 from mailfiler.service.runtime import (
@@ -87,6 +88,8 @@ class Daemon:
             ),
             # sync-back of contacts and appointments: on its interval and on vdir changes
             asyncio.create_task(sync_loop(db, lambda: self.loaded, self.stop_event), name="sync"),
+            # inbox rules on the server: re-read on an interval, mailfiler's own kept in step with the config
+            asyncio.create_task(server_rules_loop(lambda: self.loaded, self.stop_event), name="server-rules"),
         ]
         interval = watchdog_interval()
         if interval:

@@ -1,0 +1,384 @@
+"""From the config to server rules: the backend of each mailbox, one survey
+(read the rules, list the folders, mark the rules), plans and applies, and
+the daemon's loop that re-reads the rules on an interval, logs what changed,
+and keeps mailfiler's own rules in step with the config.
+
+The daemon's last reading of each mailbox is kept in the store's
+``daemon_state`` table (key ``server-rules:MAILBOX``) for ``mailfiler status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailfiler.config.loader import LoadedConfig
+from mailfiler.config.schema import LOOPBACK_HOSTS
+from mailfiler.config.schema import Mailbox as MailboxConfig
+from mailfiler.config.schema import ServerRules as ServerRulesConfig
+from mailfiler.errors import MailfilerError, ServerRulesUnsupported
+from mailfiler.rules.patterns import compile_folder
+from mailfiler.serverrules import analyze
+from mailfiler.serverrules.managesieve import SieveSettings
+from mailfiler.serverrules.model import Plan, Route, RulesBackend, RulesSnapshot, ServerRule
+from mailfiler.serverrules.sieve import SieveBackend
+from mailfiler.store.models import DaemonState, RecordAddress, utcnow
+from mailfiler.store.records import get_by_ref
+
+log = logging.getLogger("mailfiler.serverrules")
+
+STATE_PREFIX = "server-rules:"
+
+
+# -- from the config ---------------------------------------------------------------------
+
+
+def routes_of(mb: MailboxConfig) -> list[Route]:
+    return [
+        Route(
+            folder=tf.folder,
+            from_domains=tuple(tf.route.from_domains),
+            from_addresses=tuple(tf.route.from_addresses),
+            subject_contains=tuple(tf.route.subject_contains),
+            to_addresses=tuple(tf.route.to_addresses),
+        )
+        for tf in mb.tracked_folders
+        if tf.route is not None
+    ]
+
+
+def settings_of(mb: MailboxConfig) -> ServerRulesConfig:
+    return mb.server_rules or ServerRulesConfig()
+
+
+def watched(mb: MailboxConfig) -> bool:
+    """Whether the daemon reads this mailbox's server rules: asked for, or needed for a route."""
+    return mb.imap is not None and (mb.server_rules is not None or any(tf.route for tf in mb.tracked_folders))
+
+
+def sieve_settings(mb: MailboxConfig) -> SieveSettings:
+    from mailfiler.service.runtime import imap_settings
+
+    assert mb.imap is not None
+    imap = imap_settings(mb.imap)
+    ms = settings_of(mb).managesieve
+    host = ms.host or imap.host
+    if ms.tls == "none" and host.lower() not in LOOPBACK_HOSTS:
+        raise ServerRulesUnsupported(
+            f"mailbox {mb.name}: server_rules.managesieve.tls: none sends the password in clear text;"
+            f" allowed only for a loopback host, not {host}"
+        )
+    return SieveSettings(
+        host=host,
+        port=ms.port,
+        username=imap.username,
+        secret=imap.secret,
+        password=imap.password,
+        mechanism="xoauth2" if imap.mechanism == "xoauth2" else "plain",
+        tls=ms.tls,
+        ca_file=imap.ca_file,
+        verify_tls=imap.verify_tls,
+        timeout=imap.timeout,
+        connect_timeout=imap.connect_timeout,
+    )
+
+
+def backend_for(mb: MailboxConfig, separator: str | None = "/") -> RulesBackend:
+    """The mailbox's rules backend.  Exchange (EWS) and Graph backends go here when those mailboxes exist."""
+    if mb.imap is None:
+        raise ServerRulesUnsupported(f"mailbox {mb.name} is a local Maildir: it has no rules on a server")
+    return SieveBackend(sieve_settings(mb), script=settings_of(mb).script, separator=separator)
+
+
+def owners_of(mb: MailboxConfig) -> list[analyze.Owner]:
+    """The records of the mailbox's tracked folders with their domains and addresses
+    (a record's own, and its direct children's addresses: an account's contacts)."""
+    owners = []
+    for tf in mb.tracked_folders:
+        record = get_by_ref(tf.regarding) if tf.regarding else None
+        if record is None:
+            continue
+        domains, addresses = set(), set()
+        rows = RecordAddress.select().where(RecordAddress.record == record)
+        children = [c.id for c in record.children]
+        if children:
+            rows = RecordAddress.select().where(
+                (RecordAddress.record == record)
+                | ((RecordAddress.record.in_(children)) & (RecordAddress.kind == "email"))
+            )
+        for row in rows:
+            (domains if row.kind == "domain" else addresses).add(row.value.lower())
+        owners.append(analyze.Owner(tf.regarding or "", tf.folder, frozenset(domains), frozenset(addresses)))
+    return owners
+
+
+def _trash(mb: MailboxConfig) -> Callable[[str], bool]:
+    patterns = [compile_folder(p) for p in mb.auto_track.exclude]
+
+    def trash(folder: str) -> bool:
+        parts = folder.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        return any(p.match(prefix) is not None for p in patterns for prefix in prefixes)
+
+    return trash
+
+
+async def _imap_folders(mb: MailboxConfig) -> tuple[set[str], str | None]:
+    """The folders on the IMAP server and its hierarchy separator."""
+    from mailfiler.service.runtime import make_source
+
+    source = make_source(mb)
+    await source.open()
+    try:
+        present = set(await source.list_folders())
+        return present, getattr(source, "separator", None)
+    finally:
+        await source.close()
+
+
+# -- one survey ----------------------------------------------------------------------------
+
+
+@dataclass
+class Survey:
+    mailbox: str
+    backend: str
+    snapshot: RulesSnapshot
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    #: the IMAP server's hierarchy separator, as found
+    separator: str | None = "/"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mailbox": self.mailbox,
+            "backend": self.backend,
+            "scripts": self.snapshot.scripts,
+            "rules": [r.to_json() for r in self.snapshot.rules],
+            "problems": self.snapshot.problems,
+            "warnings": self.warnings,
+            "notes": self.notes,
+        }
+
+
+async def survey(mb: MailboxConfig, *, with_records: bool = True) -> Survey:
+    """Read the mailbox's rules and mark them.  ``with_records``: the store is
+    open, so rules that send a record's mail past tracking can be found."""
+    present, separator = await _imap_folders(mb)
+    backend = backend_for(mb, separator)
+    snapshot = await backend.read()
+    notes = []
+    owners: list[analyze.Owner] = []
+    if with_records:
+        owners = owners_of(mb)
+    else:
+        notes.append("the store was not read: rules that send a record's mail past tracking are not marked")
+    ctx = analyze.Context(
+        tracked={tf.folder: tf.regarding for tf in mb.tracked_folders},
+        present=present,
+        owners=owners,
+        trash=_trash(mb),
+    )
+    analyze.mark(snapshot.rules, ctx)
+    return Survey(mb.name, backend.name, snapshot, analyze.warnings(snapshot.rules), notes, separator)
+
+
+async def plan(mb: MailboxConfig, *, separator: str | None = None) -> tuple[RulesBackend, Plan]:
+    if separator is None:
+        _, separator = await _imap_folders(mb)
+    backend = backend_for(mb, separator)
+    result = await backend.plan(routes_of(mb))
+    result.mailbox = mb.name
+    return backend, result
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def summary(s: Survey | None, *, error: str | None = None, applied: list[str] | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {"read_at": utcnow().isoformat() + "Z", "error": error}
+    if s is not None:
+        rules = s.snapshot.rules
+        data.update(
+            mailbox=s.mailbox,
+            backend=s.backend,
+            rules=len(rules),
+            owned=sum(1 for r in rules if r.owned),
+            into_tracked=sum(1 for r in rules if any(m["kind"] == "tracked" for m in r.marks)),
+            warnings=s.warnings + s.snapshot.problems,
+        )
+    if applied:
+        data["applied"] = applied
+    return data
+
+
+def save_summary(mailbox: str, data: dict[str, Any]) -> None:
+    value = json.dumps({"mailbox": mailbox, **data})
+    DaemonState.insert(key=STATE_PREFIX + mailbox, value=value, updated_at=utcnow()).on_conflict(
+        conflict_target=[DaemonState.key], update={DaemonState.value: value, DaemonState.updated_at: utcnow()}
+    ).execute()
+
+
+def status() -> list[dict[str, Any]]:
+    """The daemon's last reading of each mailbox's server rules."""
+    out = []
+    rows = DaemonState.select().where(DaemonState.key.startswith(STATE_PREFIX)).order_by(DaemonState.key)
+    for row in rows:
+        try:
+            out.append(json.loads(row.value))
+        except ValueError:
+            continue
+    return out
+
+
+# -- the daemon's loop -----------------------------------------------------------------------
+
+
+def _rule_key(rule: ServerRule) -> str:
+    cond = rule.conditions.text if rule.conditions else "always"
+    return f"{cond} -> {'; '.join(a.text for a in rule.actions)}{'' if rule.enabled else ' (disabled)'}"
+
+
+def changes_between(old: list[ServerRule], new: list[ServerRule]) -> dict[str, list[str]]:
+    before = {r.name: _rule_key(r) for r in old}
+    after = {r.name: _rule_key(r) for r in new}
+    return {
+        "added": [n for n in after if n not in before],
+        "removed": [n for n in before if n not in after],
+        "changed": [n for n in after if n in before and before[n] != after[n]],
+    }
+
+
+@dataclass
+class _Watch:
+    rules: list[ServerRule] | None = None
+    error: str | None = None
+    config_sha: str = ""
+    #: the digest of the scripts when mailfiler's rules were last found in step
+    in_step: str = ""
+    next_at: float = 0.0
+
+
+class ServerRulesWatcher:
+    """Per mailbox: read on the interval (and when the config changes), log
+    what changed, write mailfiler's rules when they are out of step."""
+
+    def __init__(self, get_loaded: Callable[[], LoadedConfig]) -> None:
+        self.get_loaded = get_loaded
+        self.state: dict[str, _Watch] = {}
+
+    async def tick(self) -> None:
+        loaded = self.get_loaded()
+        wanted = {mb.name: mb for mb in loaded.config.mailboxes if watched(mb)}
+        for name in list(self.state):
+            if name not in wanted:
+                del self.state[name]
+        now = time.monotonic()
+        for name, mb in wanted.items():
+            st = self.state.setdefault(name, _Watch())
+            config_changed = st.config_sha != loaded.text_sha256
+            if not config_changed and now < st.next_at:
+                continue
+            st.config_sha = loaded.text_sha256
+            st.next_at = now + settings_of(mb).interval
+            if config_changed:
+                st.in_step = ""
+            await self.pass_once(mb, st)
+
+    async def pass_once(self, mb: MailboxConfig, st: _Watch) -> None:
+        applied: list[str] = []
+        try:
+            s = await survey(mb)
+            mine = routes_of(mb) or any(r.owned for r in s.snapshot.rules)
+            # a plan costs a session: only when the config or the scripts changed since the last one
+            if mine and s.snapshot.digest != st.in_step:
+                applied = await self._keep_in_step(mb, s.separator)
+                if applied:
+                    s = await survey(mb)
+                st.in_step = s.snapshot.digest
+        except MailfilerError as exc:
+            self._failed(mb.name, st, str(exc))
+            return
+        except Exception as exc:
+            log.exception("server rules of %s: unexpected error", mb.name, extra={"event": "server-rules-error"})
+            self._failed(mb.name, st, f"{type(exc).__name__}: {exc}")
+            return
+        if st.error is not None:
+            log.info(
+                "server rules of %s: readable again", mb.name, extra={"event": "server-rules-ok", "mailbox": mb.name}
+            )
+            st.error = None
+        self._log_changes(mb.name, st.rules, s)
+        st.rules = s.snapshot.rules
+        try:
+            save_summary(mb.name, summary(s, applied=applied))
+        except Exception:
+            log.debug("could not save the server rules summary", exc_info=True)
+
+    async def _keep_in_step(self, mb: MailboxConfig, separator: str | None) -> list[str]:
+        backend, p = await plan(mb, separator=separator)
+        if not p.changes:
+            return []
+        await backend.apply(p)
+        done = [f"{c.op} {c.name}" for c in p.changes]
+        log.info(
+            "server rules of %s: mailfiler's rules brought in step with the config: %s",
+            mb.name,
+            "; ".join(done),
+            extra={"event": "server-rules-applied", "mailbox": mb.name, "changes": done},
+        )
+        return done
+
+    def _failed(self, name: str, st: _Watch, message: str) -> None:
+        if message != st.error:  # said once, not at every interval
+            log.error("server rules of %s: %s", name, message, extra={"event": "server-rules-error", "mailbox": name})
+        st.error = message
+        try:
+            save_summary(name, summary(None, error=message))
+        except Exception:
+            log.debug("could not save the server rules summary", exc_info=True)
+
+    def _log_changes(self, name: str, old: list[ServerRule] | None, s: Survey) -> None:
+        new = s.snapshot.rules
+        if old is None:
+            log.info(
+                "server rules of %s: %d rule(s), %d into tracked folders, %d warning(s)",
+                name,
+                len(new),
+                sum(1 for r in new if any(m["kind"] == "tracked" for m in r.marks)),
+                len(s.warnings) + len(s.snapshot.problems),
+                extra={"event": "server-rules-read", "mailbox": name, "rules": len(new)},
+            )
+            for warning in s.warnings + s.snapshot.problems:
+                log.warning("server rules of %s: %s", name, warning, extra={"event": "server-rules-warning"})
+            return
+        diff = changes_between(old, new)
+        if any(diff.values()):
+            text = "; ".join(f"{k} {', '.join(v)}" for k, v in diff.items() if v)
+            log.info(
+                "server rules of %s changed: %s",
+                name,
+                text,
+                extra={"event": "server-rules-changed", "mailbox": name, **diff},
+            )
+            for warning in s.warnings:
+                log.warning("server rules of %s: %s", name, warning, extra={"event": "server-rules-warning"})
+
+
+async def server_rules_loop(get_loaded: Callable[[], LoadedConfig], stop: asyncio.Event, *, step: float = 1.0) -> None:
+    """The daemon's task: each mailbox on its interval, and at once after a config change."""
+    watcher = ServerRulesWatcher(get_loaded)
+    while not stop.is_set():
+        await watcher.tick()
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=step)
+        except TimeoutError:
+            pass
+
+
+__all__ = ["Survey", "backend_for", "plan", "routes_of", "server_rules_loop", "status", "survey", "watched"]
