@@ -10,8 +10,9 @@ import asyncio
 import hashlib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -23,6 +24,7 @@ from mailfiler.serverrules.sievewrite import is_ours
 from tests.servers.dovecot import DovecotServer, ImapUser, require_sieve, start_dovecot
 
 pytestmark = pytest.mark.dovecot
+T = TypeVar("T")
 
 USER_SCRIPT = """\
 require ["fileinto", "imap4flags", "copy"];
@@ -55,7 +57,7 @@ def settings(user: ImapUser, **kw: object) -> SieveSettings:
     return SieveSettings(**base)  # type: ignore[arg-type]
 
 
-def run(coro):  # noqa: ANN001, ANN201 - a test helper
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
@@ -94,7 +96,7 @@ def apply(user: ImapUser, routes: list[Route]) -> list[tuple[str, str]]:
 
 
 def test_client_starttls_verified_and_the_script_commands(imap_user: ImapUser) -> None:
-    name = "Åkesson \"quoted\" \\ script"
+    name = 'Åkesson "quoted" \\ script'
     text = 'require "fileinto";\r\n# ünïcode "quotes" \\ and {braces}\r\nfileinto "Kunder/Åkesson AB";\r\n'
 
     async def go() -> None:
@@ -138,7 +140,7 @@ def test_every_call_has_a_timeout() -> None:
         port = listener.getsockname()[1]
         s = SieveSettings(host="127.0.0.1", port=port, username="x", password="y", connect_timeout=0.5)
         t0 = time.monotonic()
-        with pytest.raises(ServerRulesUnavailable, match="no answer within 0.5 s"):
+        with pytest.raises(ServerRulesUnavailable, match=r"no answer within 0\.5 s"):
             run(ManageSieve(s).connect())
         assert time.monotonic() - t0 < 3
 
@@ -148,7 +150,7 @@ def test_every_call_has_a_timeout() -> None:
 
 def test_apply_writes_its_own_script_and_include_and_never_the_users_rules(imap_user: ImapUser) -> None:
     put(imap_user, "roundcube", USER_SCRIPT, active=True)
-    put(imap_user, "old", 'discard;\n')
+    put(imap_user, "old", "discard;\n")
     old_before = scripts(imap_user)["old"]
 
     assert apply(imap_user, [CONTOSO]) == [("create", "mailfiler: Tracked/Contoso"), ("include", "roundcube")]
@@ -157,7 +159,10 @@ def test_apply_writes_its_own_script_and_include_and_never_the_users_rules(imap_
     assert state["roundcube"][0] and not state["mailfiler"][0]
     # the user's script: every byte kept, two lines added after its require
     first = USER_SCRIPT.index("\n") + 1
-    assert active_text == USER_SCRIPT[:first] + 'require "include";\ninclude :personal :optional "mailfiler";\n' + USER_SCRIPT[first:]
+    assert (
+        active_text
+        == USER_SCRIPT[:first] + 'require "include";\ninclude :personal :optional "mailfiler";\n' + USER_SCRIPT[first:]
+    )
     assert is_ours(state["mailfiler"][1])
 
     # in step: nothing to do, nothing written
@@ -240,7 +245,7 @@ def test_a_broken_script_is_reported_not_overwritten(
 def test_a_foreign_rule_in_mailfilers_script_is_not_overwritten(imap_user: ImapUser) -> None:
     put(imap_user, "roundcube", USER_SCRIPT, active=True)
     apply(imap_user, [CONTOSO])
-    text = scripts(imap_user)["mailfiler"][1] + '\n# rule:[my own]\nif true { keep; }\n'
+    text = scripts(imap_user)["mailfiler"][1] + "\n# rule:[my own]\nif true { keep; }\n"
     put(imap_user, "mailfiler", text)
     with pytest.raises(ServerRulesBroken, match="holds rules mailfiler did not write"):
         apply(imap_user, [])

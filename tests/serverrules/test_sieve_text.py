@@ -59,7 +59,7 @@ def test_parser_reads_any_extension_with_lines_offsets_and_comments() -> None:
 @pytest.mark.parametrize(
     ("text", "where"),
     [
-        ('if true { keep;', "line 1"),
+        ("if true { keep;", "line 1"),
         ('fileinto "x"', "line 1"),
         ('require "a";\nif header :is "a" "b" ] { keep; }', "line 2, column 23"),
         ('x "unterminated;', "line 1, column 3"),
@@ -97,7 +97,9 @@ def test_reader_lists_rules_with_conditions_and_actions() -> None:
 
 
 def test_reader_maps_the_servers_separator() -> None:
-    rules = read_rules("s", 'require "fileinto"; fileinto "Kunder.Åkesson AB";', folder_map=lambda f: f.replace(".", "/"))
+    rules = read_rules(
+        "s", 'require "fileinto"; fileinto "Kunder.Åkesson AB";', folder_map=lambda f: f.replace(".", "/")
+    )
     assert rules[0].actions[0].target == "Kunder/Åkesson AB"
 
 
