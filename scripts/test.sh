@@ -30,12 +30,14 @@ declare -A NEEDS=(
     [git]="tests that need git will be skipped"
     [dovecot-imapd]="IMAP tests (dovecot marker) will be skipped (with CI=true they fail)"
     [dovecot-lmtpd]="IMAP delivery tests (dovecot marker) will be skipped (with CI=true they fail)"
+    [dovecot-sieve]="server-rules tests (Sieve filing over LMTP) will be skipped (with CI=true they fail)"
+    [dovecot-managesieved]="server-rules tests (ManageSieve) will be skipped (with CI=true they fail)"
 )
 installed() { [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null)" = "ii " ]; }
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
-    for pkg in postgresql python3-venv systemd python3-seccomp git dovecot-imapd dovecot-lmtpd; do
+    for pkg in postgresql python3-venv systemd python3-seccomp git dovecot-imapd dovecot-lmtpd dovecot-sieve dovecot-managesieved; do
         installed "$pkg" || missing+=("$pkg")
     done
     if ! command -v python3.11 >/dev/null 2>&1 && ! command -v python3 >/dev/null 2>&1; then

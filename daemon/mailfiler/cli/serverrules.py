@@ -76,12 +76,12 @@ def _list(obj: Any, mailbox: str | None, as_json: bool) -> None:
 
     cfg = obj.load().config
     chosen = _mailboxes(cfg, mailbox)
-    with_records = _open_store(obj)
+    with_store = _open_store(obj)
     results: list[dict[str, Any]] = []
     failed = False
     for mb in chosen:
         try:
-            results.append(asyncio.run(survey(mb, with_records=with_records)).to_json())
+            results.append(asyncio.run(survey(mb, list(cfg.records), with_store=with_store)).to_json())
         except MailfilerError as exc:
             if mailbox is not None:
                 raise

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailfiler.config.loader import LoadedConfig
-from mailfiler.config.schema import LOOPBACK_HOSTS
+from mailfiler.config.schema import LOOPBACK_HOSTS, RecordSeed
 from mailfiler.config.schema import Mailbox as MailboxConfig
 from mailfiler.config.schema import ServerRules as ServerRulesConfig
 from mailfiler.errors import MailfilerError, ServerRulesUnsupported
@@ -95,25 +95,33 @@ def backend_for(mb: MailboxConfig, separator: str | None = "/") -> RulesBackend:
     return SieveBackend(sieve_settings(mb), script=settings_of(mb).script, separator=separator)
 
 
-def owners_of(mb: MailboxConfig) -> list[analyze.Owner]:
-    """The records of the mailbox's tracked folders with their domains and addresses
-    (a record's own, and its direct children's addresses: an account's contacts)."""
+def owners_of(mb: MailboxConfig, seeds: list[RecordSeed] | None = None, *, store: bool = True) -> list[analyze.Owner]:
+    """The records of the mailbox's tracked folders with their domains and addresses:
+    a record's own, and its direct children's addresses (an account's contacts).
+    Read from the store (``store``) and from the config's ``records:`` (``seeds``),
+    which the daemon imports at start: a first ``rules server`` sees them too."""
     owners = []
     for tf in mb.tracked_folders:
-        record = get_by_ref(tf.regarding) if tf.regarding else None
-        if record is None:
+        if not tf.regarding:
             continue
-        domains, addresses = set(), set()
-        rows = RecordAddress.select().where(RecordAddress.record == record)
-        children = [c.id for c in record.children]
-        if children:
-            rows = RecordAddress.select().where(
-                (RecordAddress.record == record)
-                | ((RecordAddress.record.in_(children)) & (RecordAddress.kind == "email"))
-            )
-        for row in rows:
-            (domains if row.kind == "domain" else addresses).add(row.value.lower())
-        owners.append(analyze.Owner(tf.regarding or "", tf.folder, frozenset(domains), frozenset(addresses)))
+        domains: set[str] = set()
+        addresses: set[str] = set()
+        for seed in seeds or []:
+            if f"{seed.entity}:{seed.key}" == tf.regarding:
+                domains.update(d.lower() for d in seed.domains)
+                addresses.update(e.lower() for e in seed.emails)
+            elif seed.parent == tf.regarding:
+                addresses.update(e.lower() for e in seed.emails)
+        record = get_by_ref(tf.regarding) if store else None
+        if record is not None:
+            children = [c.id for c in record.children]
+            mine = RecordAddress.record == record
+            if children:
+                mine = mine | (RecordAddress.record.in_(children) & (RecordAddress.kind == "email"))
+            for row in RecordAddress.select().where(mine):
+                (domains if row.kind == "domain" else addresses).add(row.value.lower())
+        if domains or addresses:
+            owners.append(analyze.Owner(tf.regarding, tf.folder, frozenset(domains), frozenset(addresses)))
     return owners
 
 
@@ -166,18 +174,16 @@ class Survey:
         }
 
 
-async def survey(mb: MailboxConfig, *, with_records: bool = True) -> Survey:
-    """Read the mailbox's rules and mark them.  ``with_records``: the store is
-    open, so rules that send a record's mail past tracking can be found."""
+async def survey(mb: MailboxConfig, seeds: list[RecordSeed] | None = None, *, with_store: bool = True) -> Survey:
+    """Read the mailbox's rules and mark them against the records of the store
+    (``with_store``: it is open) and of the config (``seeds``)."""
     present, separator = await _imap_folders(mb)
     backend = backend_for(mb, separator)
     snapshot = await backend.read()
     notes = []
-    owners: list[analyze.Owner] = []
-    if with_records:
-        owners = owners_of(mb)
-    else:
-        notes.append("the store was not read: rules that send a record's mail past tracking are not marked")
+    owners = owners_of(mb, seeds, store=with_store)
+    if not with_store:
+        notes.append("the store was not read: only the config's records: were used for the past-tracking marks")
     ctx = analyze.Context(
         tracked={tf.folder: tf.regarding for tf in mb.tracked_folders},
         present=present,
@@ -288,18 +294,18 @@ class ServerRulesWatcher:
             st.next_at = now + settings_of(mb).interval
             if config_changed:
                 st.in_step = ""
-            await self.pass_once(mb, st)
+            await self.pass_once(mb, st, list(loaded.config.records))
 
-    async def pass_once(self, mb: MailboxConfig, st: _Watch) -> None:
+    async def pass_once(self, mb: MailboxConfig, st: _Watch, seeds: list[RecordSeed]) -> None:
         applied: list[str] = []
         try:
-            s = await survey(mb)
+            s = await survey(mb, seeds)
             mine = routes_of(mb) or any(r.owned for r in s.snapshot.rules)
             # a plan costs a session: only when the config or the scripts changed since the last one
             if mine and s.snapshot.digest != st.in_step:
                 applied = await self._keep_in_step(mb, s.separator)
                 if applied:
-                    s = await survey(mb)
+                    s = await survey(mb, seeds)
                 st.in_step = s.snapshot.digest
         except MailfilerError as exc:
             self._failed(mb.name, st, str(exc))
@@ -330,7 +336,7 @@ class ServerRulesWatcher:
             "server rules of %s: mailfiler's rules brought in step with the config: %s",
             mb.name,
             "; ".join(done),
-            extra={"event": "server-rules-applied", "mailbox": mb.name, "changes": done},
+            extra={"event": "server-rules-applied", "mailbox": mb.name, "changes": "; ".join(done)},
         )
         return done
 
@@ -364,7 +370,7 @@ class ServerRulesWatcher:
                 "server rules of %s changed: %s",
                 name,
                 text,
-                extra={"event": "server-rules-changed", "mailbox": name, **diff},
+                extra={"event": "server-rules-changed", "mailbox": name, **{k: ", ".join(v) for k, v in diff.items()}},
             )
             for warning in s.warnings:
                 log.warning("server rules of %s: %s", name, warning, extra={"event": "server-rules-warning"})
