@@ -240,12 +240,9 @@ class _Reader:
         if not nested:
             self._add(name, cmd.line, conds, [action(c, self.folder_map) for c in direct])
             return
-        # actions and nested ifs in one block: the walk keeps their order as separate rules
-        if name is None:
-            self.counter += 1
-            name = f"{self.script} #{self.counter}"
-            self.counter -= 1
-        self.walk(block, conds, name)
+        # actions and nested ifs in one block: the walk keeps their order as separate
+        # rules, named after this branch (its would-be number when it has no name)
+        self.walk(block, conds, name or f"{self.script} #{self.counter + 1}")
 
 
 def read_rules(script: str, text: str, *, owned: bool = False, folder_map: FolderMap = lambda f: f) -> list[ServerRule]:
