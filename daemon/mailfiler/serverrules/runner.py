@@ -277,10 +277,22 @@ class ServerRulesWatcher:
     def __init__(self, get_loaded: Callable[[], LoadedConfig]) -> None:
         self.get_loaded = get_loaded
         self.state: dict[str, _Watch] = {}
+        #: mailboxes found without mailfiler's rules under the current config
+        self._none_left: set[str] = set()
+        self._config_sha = ""
 
     async def tick(self) -> None:
         loaded = self.get_loaded()
-        wanted = {mb.name: mb for mb in loaded.config.mailboxes if watched(mb)}
+        if loaded.text_sha256 != self._config_sha:
+            self._config_sha = loaded.text_sha256
+            self._none_left.clear()
+        # a mailbox whose last route went still has mailfiler's rules on the server
+        # until a pass deletes them: it stays watched while its last reading had some
+        wanted = {
+            mb.name: mb
+            for mb in loaded.config.mailboxes
+            if watched(mb) or (mb.imap is not None and self._has_own_rules(mb.name))
+        }
         for name in list(self.state):
             if name not in wanted:
                 del self.state[name]
@@ -295,6 +307,21 @@ class ServerRulesWatcher:
             if config_changed:
                 st.in_step = ""
             await self.pass_once(mb, st, list(loaded.config.records))
+
+    def _has_own_rules(self, name: str) -> bool:
+        st = self.state.get(name)
+        if st is not None and st.rules is not None:
+            return any(r.owned for r in st.rules)
+        if name in self._none_left:
+            return False
+        try:
+            row = DaemonState.get_or_none(DaemonState.key == STATE_PREFIX + name)
+            owned = row is not None and json.loads(row.value).get("owned", 0) > 0
+        except Exception:  # noqa: BLE001 - the store may be busy; the next tick asks again
+            return False
+        if not owned:
+            self._none_left.add(name)  # asked once per config
+        return owned
 
     async def pass_once(self, mb: MailboxConfig, st: _Watch, seeds: list[RecordSeed]) -> None:
         applied: list[str] = []
