@@ -193,3 +193,25 @@ def test_daemon_writes_the_route_and_tracks_what_it_files_within_a_second(
     after = scripts(imap_user)
     assert "mailfiler" not in after
     assert "# rule:[Fabrikam]" in after["roundcube"] and "# rule:[Lists]" in after["roundcube"]
+
+
+def test_daemon_reports_a_broken_script_and_goes_on_tracking(imap_user: ImapUser, env: E2EEnv) -> None:
+    world(env, imap_user, interval=5)
+    broken = 'require "fileinto";\nfileinot "Lists";\n'  # the server refuses it; only a shell puts it there
+    imap_user.write_sieve_file("roundcube", broken, active=True)
+    env.expected_errors.add("server-rules-error")
+    daemon = env.start_daemon()
+    err = daemon.wait_event("server-rules-error", timeout=30)
+    assert "active script roundcube is broken" in err.text and "does not write to it" in err.text
+    daemon.wait_event("watching", timeout=30)
+    # filing still works: what lands in the tracked folder is tracked
+    with imap_user.client() as admin:
+        admin.append("Tracked/Contoso", message(1))
+    env.wait_activity("<sr-1@test.example>", timeout=25)
+    [row] = env.wait_status(lambda s: bool(s["server_rules"]), what="server rules in status")["server_rules"]
+    assert "is broken" in row["error"]
+    assert (imap_user.sieve_dir / "roundcube.sieve").read_text() == broken
+    assert "mailfiler" not in scripts(imap_user)
+    # said once, not at every interval
+    time.sleep(6)
+    assert len(daemon.events("server-rules-error")) == 1

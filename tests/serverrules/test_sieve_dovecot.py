@@ -165,15 +165,19 @@ def test_apply_writes_its_own_script_and_include_and_never_the_users_rules(imap_
     )
     assert is_ours(state["mailfiler"][1])
 
-    # in step: nothing to do, nothing written
-    assert apply(imap_user, [CONTOSO]) == []
-    # a second route, then a changed one, then one removed: only mailfiler's script changes
+    # in step: nothing to do, nothing written; then a second route, a changed one, one
+    # removed: only mailfiler's script changes, the user's scripts stay as they are
     fabrikam = Route("Tracked/Fabrikam", from_domains=("fabrikam.com",), subject_contains=("order",))
-    assert apply(imap_user, [CONTOSO, fabrikam]) == [("create", "mailfiler: Tracked/Fabrikam")]
     changed = Route("Tracked/Contoso", from_domains=("contoso.com", "contoso.se"))
-    assert apply(imap_user, [changed, fabrikam]) == [("update", "mailfiler: Tracked/Contoso")]
-    assert apply(imap_user, [fabrikam]) == [("delete", "mailfiler: Tracked/Contoso")]
-    assert scripts(imap_user)["roundcube"] == (True, active_text)
+    for routes, expected in [
+        ([CONTOSO], []),
+        ([CONTOSO, fabrikam], [("create", "mailfiler: Tracked/Fabrikam")]),
+        ([changed, fabrikam], [("update", "mailfiler: Tracked/Contoso")]),
+        ([fabrikam], [("delete", "mailfiler: Tracked/Contoso")]),
+    ]:
+        assert apply(imap_user, routes) == expected
+        state = scripts(imap_user)
+        assert (state["roundcube"], state["old"]) == ((True, active_text), old_before)
 
     backend = SieveBackend(settings(imap_user))
     snap = run(backend.read())
