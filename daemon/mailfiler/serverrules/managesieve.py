@@ -136,6 +136,11 @@ class ManageSieve:
             raise ServerRulesUnavailable(
                 f"{s.where()}: cannot connect ({exc.strerror or exc}); is ManageSieve enabled on port {s.port}?"
             ) from None
+        except ValueError:
+            await self.close()
+            raise ServerRulesError(
+                f"{s.where()}: the server's greeting could not be read; is it ManageSieve?"
+            ) from None
         except BaseException:
             await self.close()
             raise
@@ -241,6 +246,12 @@ class ManageSieve:
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
             self._broken()
             raise ServerRulesUnavailable(f"{self.s.where()}: the connection broke during {what}: {exc}") from None
+        except ValueError:
+            self._broken()
+            raise ServerRulesError(f"{self.s.where()}: the server's answer to {what} could not be read") from None
+        except ServerRulesError:
+            self._broken()  # an answer over the limits: the rest of it would be read as the next one
+            raise
         if resp.kind != "OK":
             if resp.kind == "BYE":
                 self._broken()

@@ -28,6 +28,8 @@ log = logging.getLogger("mailfiler.serverrules")
 
 #: more scripts than this are not read (bounded time and memory)
 MAX_SCRIPTS = 100
+#: nor scripts larger than this all together (bounded memory)
+MAX_TOTAL_CHARS = 16 * 1024 * 1024
 #: the name of the active script mailfiler makes when a mailbox has none
 MAIN_SCRIPT = "main"
 
@@ -74,7 +76,15 @@ class SieveBackend:
             raise ServerRulesError(
                 f"{self.settings.where()}: {len(listed)} scripts; mailfiler reads at most {MAX_SCRIPTS}"
             )
-        texts = {name: await ms.get_script(name) for name, _ in listed}
+        texts: dict[str, str] = {}
+        total = 0
+        for name, _ in listed:
+            texts[name] = await ms.get_script(name)
+            total += len(texts[name])
+            if total > MAX_TOTAL_CHARS:
+                raise ServerRulesError(
+                    f"{self.settings.where()}: the scripts hold over {MAX_TOTAL_CHARS} characters; mailfiler reads less"
+                )
         active = next((name for name, on in listed if on), None)
         state = _State(texts, active)
         for name, text in texts.items():
