@@ -283,3 +283,15 @@ def test_a_server_without_include_gets_a_clear_error_and_nothing_written(no_incl
     with pytest.raises(ServerRulesUnsupported, match="no include"):
         apply(user, [CONTOSO])
     assert set(scripts(user)) == {"roundcube"}
+
+
+def test_a_broken_active_script_that_includes_mailfilers_already_is_left_alone_and_ours_kept_in_step(
+    imap_user: ImapUser,
+) -> None:
+    put(imap_user, "roundcube", USER_SCRIPT, active=True)
+    apply(imap_user, [CONTOSO])
+    broken = scripts(imap_user)["roundcube"][1] + 'fileinot "x";\n'
+    imap_user.write_sieve_file("roundcube", broken, active=True)
+    fabrikam = Route("Tracked/Fabrikam", from_domains=("fabrikam.com",))
+    assert apply(imap_user, [CONTOSO, fabrikam]) == [("create", "mailfiler: Tracked/Fabrikam")]
+    assert (imap_user.sieve_dir / "roundcube.sieve").read_text() == broken

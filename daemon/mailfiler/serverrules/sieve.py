@@ -247,13 +247,16 @@ class SieveBackend:
             plan.changes.append(Change("activate", name, f"a new active script that includes {self.script}"))
             return
         text = state.texts[active]
+        try:
+            if (self.script, False) in includes(text):
+                return  # included already: nothing to write there, broken or not
+        except SieveSyntaxError:
+            pass  # broken: said just below
         if active in state.broken:
             raise ServerRulesBroken(
                 f"{self.settings.where()}: the active script {active} is broken ({state.broken[active]});"
                 " mailfiler does not write to it. Fix it, then apply again"
             )
-        if (self.script, False) in includes(text):
-            return
         edit = w.add_include(text, self.script)
         payload.update(active=active, active_base=text, active_new=edit.text)
         plan.changes.append(Change("include", active, edit.added.strip()))
