@@ -14,7 +14,6 @@ from mailfiler.cli.serverrules import print_status as print_server_rules
 from mailfiler.config.loader import LoadedConfig, load_config, store_settings_lenient
 from mailfiler.config.schema import Config
 from mailfiler.errors import ConfigError
-from mailfiler.serverrules.runner import status as server_rules_status
 from mailfiler.service.logsetup import setup_logging
 
 HELP = """\
@@ -197,6 +196,8 @@ def status(obj: Context, as_json: bool) -> None:
     from mailfiler.sync import reports as sync_reports
 
     data["sync"] = sync_reports.status()
+    from mailfiler.serverrules.runner import status as server_rules_status
+
     data["server_rules"] = server_rules_status()
     if as_json:
         emit_json(data)
