@@ -185,6 +185,30 @@ if false { discard; }
         "copy": ["tracked"],
         "gone": ["missing-folder"],
         "trash": ["past-tracking"],
-        "forward": ["past-tracking"],
+        # the rule "in" has filed contoso.com's mail into the tracked folder already
+        "forward": ["note"],
         "disabled": [],
+    }
+
+
+def test_a_discard_after_a_rule_that_files_the_mail_into_a_tracked_folder_loses_nothing() -> None:
+    script = """require ["fileinto"];
+# rule:[early discard]
+if address :domain :is "from" "contoso.com" { discard; }
+# rule:[early discard and stop]
+if allof (address :domain :is "from" "contoso.com", header :contains "subject" "x") { discard; stop; }
+# rule:[mailfiler: Tracked/Contoso]
+if address :domain :is "from" "contoso.com" { fileinto "Tracked/Contoso"; }
+# rule:[late discard]
+if address :domain :is "from" "contoso.com" { discard; }
+# rule:[late discard of bob]
+if address :is "from" "bob@gmail.com" { discard; }
+"""
+    marks = _marked(script, {"Tracked/Contoso": "account:contoso"})
+    assert marks == {
+        "early discard": ["note"],  # discard cancels only the implicit keep: the later fileinto still runs
+        "early discard and stop": ["past-tracking"],
+        "mailfiler: Tracked/Contoso": ["tracked"],
+        "late discard": ["note"],
+        "late discard of bob": ["past-tracking"],
     }

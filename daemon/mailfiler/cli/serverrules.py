@@ -23,7 +23,12 @@ _VERBS = {
     "include": "include mailfiler's script from",
     "activate": "create and activate script",
 }
-_MARK_LABEL = {"tracked": "TRACKED", "missing-folder": "MISSING FOLDER", "past-tracking": "PAST TRACKING"}
+_MARK_LABEL = {
+    "tracked": "TRACKED",
+    "missing-folder": "MISSING FOLDER",
+    "past-tracking": "PAST TRACKING",
+    "note": "note",
+}
 
 
 def _mailboxes(cfg: Any, name: str | None) -> list[Any]:

@@ -133,25 +133,52 @@ def judge(cond: Condition | None, domain: str | None, address: str | None) -> tu
     return None, False
 
 
-def _targets(rule: ServerRule, owner: Owner) -> str | None:
-    """Which of the owner's mail the rule surely (or by name) catches, if any."""
-    if rule.conditions is None or rule.conditions.op == "true":
-        return "all mail"
+def _caught(rule: ServerRule, owner: Owner) -> list[str]:
+    """The owner's domains and addresses whose mail the rule surely (or by name) catches."""
+    found = []
     for domain in sorted(owner.domains):
         value, hit = judge(rule.conditions, domain, None)
         if value is True or (value is None and hit):
-            return f"mail from {domain}"
+            found.append(domain)
     for address in sorted(owner.addresses):
         value, hit = judge(rule.conditions, None, address)
         if value is True or (value is None and hit):
-            return f"mail from {address}"
-    return None
+            found.append(address)
+    return found
+
+
+def _files_into_tracked(rule: ServerRule, ctx: Context) -> str | None:
+    return next((a.target for a in rule.actions if a.kind in ("move", "copy") and a.target in ctx.tracked), None)
+
+
+def _filers(rules: list[ServerRule], ctx: Context) -> list[tuple[int, str, str, set[str]]]:
+    """(position, rule name, tracked folder, senders it surely files) for each rule that files into one."""
+    out = []
+    for i, rule in enumerate(rules):
+        folder = _files_into_tracked(rule, ctx)
+        if folder is None or not rule.enabled:
+            continue
+        senders = set()
+        for owner in ctx.owners:
+            for sender in owner.domains | owner.addresses:
+                domain, address = (None, sender) if "@" in sender else (sender, None)
+                if judge(rule.conditions, domain, address)[0] is True:
+                    senders.add(sender)
+        if senders:
+            out.append((i, rule.name, folder, senders))
+    return out
 
 
 def mark(rules: Iterable[ServerRule], ctx: Context) -> None:
-    """Fill in each rule's ``marks``."""
-    lowered = {f.lower(): f for f in ctx.present or ()}
-    for rule in rules:
+    """Fill in each rule's ``marks``; ``rules`` in the order the server runs them.
+
+    Sieve goes on after discard, redirect and fileinto: a message that another
+    rule surely files into a tracked folder is not lost by a discard, unless
+    the discarding rule stops first (other stops in between are not followed)."""
+    rules = list(rules)
+    lowered = {f.lower() for f in ctx.present or ()}
+    filers = _filers(rules, ctx)
+    for i, rule in enumerate(rules):
         rule.marks = []
         for act in rule.actions:
             if act.kind not in ("move", "copy") or not act.target:
@@ -171,24 +198,46 @@ def mark(rules: Iterable[ServerRule], ctx: Context) -> None:
                 rule.marks.append(
                     {"kind": "missing-folder", "folder": folder, "text": f"the folder {folder} does not exist"}
                 )
-        if rule.owned or not rule.enabled:
+        if not rule.enabled:
+            continue
+        stops = any(a.kind == "stop" for a in rule.actions)
+        filed = {
+            sender: f"rule {name!r} files it into {folder} {'before' if j < i else 'too'}"
+            for j, name, folder, senders in reversed(filers)
+            if j != i and (j < i or not stops)
+            for sender in senders
+        }
+        if rule.owned:
             continue
         verbs = [_PAST[a.kind] for a in rule.actions if a.kind in _PAST]
         verbs += [f"moves to {a.target}" for a in rule.actions if a.kind == "move" and a.target and ctx.trash(a.target)]
         if not verbs:
             continue
+        verb = " and ".join(dict.fromkeys(verbs))
+        everything = rule.conditions is None or rule.conditions.op == "true"
         for owner in ctx.owners:
-            what = _targets(rule, owner)
-            if what is None:
+            caught = _caught(rule, owner)
+            if not caught:
                 continue
-            verb = " and ".join(dict.fromkeys(verbs))
+            lost = [c for c in caught if c not in filed]
+            what = "all mail" if everything else f"mail from {(lost or caught)[0]}"
+            if not lost:
+                rule.marks.append(
+                    {
+                        "kind": "note",
+                        "record": owner.ref,
+                        "folder": owner.folder,
+                        "text": f"{verb} {what}, but {filed[caught[0]]}: it is tracked",
+                    }
+                )
+                continue
             rule.marks.append(
                 {
                     "kind": "past-tracking",
                     "record": owner.ref,
                     "folder": owner.folder,
                     "text": f"{verb} {what}, which {owner.ref} owns (tracked folder {owner.folder})"
-                    if what != "all mail"
+                    if not everything
                     else f"{verb} all mail, {owner.ref}'s too (tracked folder {owner.folder})",
                 }
             )
