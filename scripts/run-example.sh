@@ -37,11 +37,17 @@ if [ ! -x "$VENV/bin/mailfiler" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" 
 fi
 
 export MAILFILER_CONFIG="$REPO/config/mailfiler.example.yaml"
+# The example's mailbox. mailfiler creates missing tracked folders inside a Maildir but
+# never a missing Maildir root (a mistyped path would become an empty, watched mailbox),
+# so the example makes its own, as a mail server makes a new user's Maildir.
+mkdir -p "$REPO/state/Maildir"
 if [ $# -eq 0 ]; then
     cat >&2 <<'TXT'
 mailfiler is starting on the example config (Maildir: state/Maildir, store: state/mailfiler.db).
-Drop a message into a tracked folder from another terminal, for example:
-    cp config/example-mail/contoso-invoice.eml state/Maildir/.Tracked.Contoso/new/
+Drop a message into a tracked folder from another terminal: write it to tmp/, then
+rename it into new/, as a mail server delivers (a plain cp into new/ can be read half-written):
+    cp config/example-mail/contoso-invoice.eml state/Maildir/.Tracked.Contoso/tmp/m1
+    mv state/Maildir/.Tracked.Contoso/tmp/m1 state/Maildir/.Tracked.Contoso/new/m1
 then list what was tracked:
     scripts/run-example.sh activities
 A reply to tracked mail that lands in the Inbox (state/Maildir/new/) is tracked

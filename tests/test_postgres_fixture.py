@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import contextlib
 
-import psycopg2
+import psycopg
 
 
 def _select_one(url: str) -> int:
-    with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
+    with contextlib.closing(psycopg.connect(url)) as conn, conn.cursor() as cur:
         cur.execute("select 1")
         return cur.fetchone()[0]
 
@@ -20,7 +20,7 @@ def test_postgres_url_answers(postgres_url: str) -> None:
 def test_fresh_postgres_url_is_a_separate_empty_database(postgres_url: str, fresh_postgres_url: str) -> None:
     assert fresh_postgres_url != postgres_url
     assert _select_one(fresh_postgres_url) == 1
-    with contextlib.closing(psycopg2.connect(fresh_postgres_url)) as conn, conn.cursor() as cur:
+    with contextlib.closing(psycopg.connect(fresh_postgres_url)) as conn, conn.cursor() as cur:
         cur.execute("select count(*) from information_schema.tables where table_schema = 'public'")
         assert cur.fetchone()[0] == 0
         cur.execute("show server_encoding")

@@ -90,6 +90,12 @@ class StoreUnavailable(StoreError):
     code = "store-unavailable"
 
 
+class StoreDriverMissing(StoreUnavailable, UserError):
+    """The database URL needs a driver that is not installed (psycopg for PostgreSQL)."""
+
+    code = "store-driver-missing"
+
+
 class SchemaTooNew(StoreError, UserError):
     """The database was written by a newer mailfiler."""
 
@@ -130,6 +136,14 @@ class MailboxUnavailable(SourceError):
 
     code = "mailbox-unavailable"
     severity = Severity.MAILBOX
+
+
+class MailboxRootMissing(MailboxUnavailable, UserError):
+    """A local mailbox's root directory does not exist.  Missing tracked folders
+    inside a mailbox may be created (``create_missing_folders``), the root never:
+    a mistyped path must not become a new, silently watched, empty Maildir."""
+
+    code = "mailbox-root-missing"
 
 
 # --- per-message failures (these shunt the message) ------------------------

@@ -127,12 +127,10 @@ class PostgresServer:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop", check=False)
 
-    def admin_connect(self):  # -> psycopg2 connection, autocommit, on the maintenance db
-        import psycopg2
+    def admin_connect(self):  # -> psycopg (3) connection, autocommit, on the maintenance db
+        import psycopg
 
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user=DB_USER, dbname="postgres")
-        conn.autocommit = True
-        return conn
+        return psycopg.connect(host="127.0.0.1", port=self.port, user=DB_USER, dbname="postgres", autocommit=True)
 
     def create_database(self, name: str) -> None:
         with contextlib.closing(self.admin_connect()) as conn, conn.cursor() as cur:
@@ -153,9 +151,9 @@ def start_postgres() -> Iterator[PostgresServer]:
             "install them with: apt-get install postgresql"
         )
     try:
-        import psycopg2  # noqa: F401
+        import psycopg  # noqa: F401
     except ImportError:
-        _unavailable("psycopg2 is not installed (pip install -e '.[test]')")
+        _unavailable("psycopg is not installed (pip install -e '.[test]' installs it with mailfiler)")
 
     as_user = None
     if os.geteuid() == 0:

@@ -55,7 +55,10 @@ def test_reconnect_and_migrate_is_a_noop(store: Store) -> None:
         assert current_version(db) == LATEST
     finally:
         db.close()
-        storedb.connect(store.url)  # leave the models bound to an open store for the fixture's teardown
+        # leave the models bound to the fixture's store, open, for its teardown (which closes it:
+        # a new connection here would never be closed, and psycopg 3 warns when one is collected open)
+        store.db.connect(reuse_if_open=True)
+        m.database_proxy.initialize(store.db)
 
 
 def test_newer_schema_raises_schema_too_new(store: Store) -> None:

@@ -29,9 +29,11 @@ _HINTS: list[tuple[type[e.MailfilerError], int, str]] = [
     (e.NoConfigError, EXIT_CONFIG, "pass --config FILE or set MAILFILER_CONFIG (see config/mailfiler.example.yaml)"),
     (e.ConfigError, EXIT_CONFIG, "fix the lines above, then run `mailfiler config check` again"),
     (e.SchemaTooNew, EXIT_SOFTWARE, "install the mailfiler version that wrote this database, or a newer one"),
+    (e.StoreDriverMissing, EXIT_UNAVAILABLE, "install it: {python} -m pip install 'psycopg[binary]'"),
     (e.StoreUnavailable, EXIT_UNAVAILABLE, "check `database:` in the config and that the database server is running"),
     (e.RecordImportError, EXIT_DATAERR, "fix the rows above; nothing was imported"),
     (e.NotFound, EXIT_NOTFOUND, ""),
+    (e.MailboxRootMissing, EXIT_UNAVAILABLE, "check `maildir:` in the config; a new mailbox: mkdir -p {path}"),
     (e.MailboxUnavailable, EXIT_UNAVAILABLE, "check the mailbox path in the config and its permissions"),
     (e.ServerRulesBroken, EXIT_DATAERR, "fix or remove the script on the server (any Sieve editor), then apply again"),
     (e.ServerRulesUnsupported, EXIT_UNAVAILABLE, "README, Inbox rules on the server, says what it needs"),
@@ -47,6 +49,8 @@ def describe(err: e.MailfilerError) -> tuple[int, list[str], str]:
     for cls, code, hint in _HINTS:
         if isinstance(err, cls):
             details = [str(p) for p in getattr(err, "problems", [])]
+            # the interpreter mailfiler runs on: a pip of another Python would not help
+            hint = hint.replace("{python}", sys.executable).replace("{path}", str(err.fields.get("path", "PATH")))
             return code, details, hint
     return EXIT_SOFTWARE, [], ""
 

@@ -9,7 +9,7 @@ import click
 
 from mailfiler import __version__
 from mailfiler.cli.errors import handle_errors, report
-from mailfiler.cli.output import emit_json, json_option, table
+from mailfiler.cli.output import Col, emit_json, json_option, plural, table, wide_option
 from mailfiler.cli.serverrules import print_status as print_server_rules
 from mailfiler.config.loader import LoadedConfig, load_config, store_settings_lenient
 from mailfiler.config.schema import Config
@@ -23,13 +23,45 @@ Drag a message into a tracked folder (any mail client) and mailfiler records
 it as an email activity regarding the record the folder stands for.
 
 \b
-Start here:
+Start here (in a clone of the source; the example's Maildir must exist):
+  mkdir -p state/Maildir
   mailfiler --config config/mailfiler.example.yaml config check
   mailfiler --config config/mailfiler.example.yaml run
   mailfiler --config config/mailfiler.example.yaml activities
 
 The config file comes from --config or the MAILFILER_CONFIG environment variable.
+The options above the commands may also follow the command: `mailfiler run --config FILE`.
 """
+
+#: the group's own options, each taking a value
+GLOBAL_OPTIONS = ("--config", "--log-format", "--log-level")
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Move the group's options written after a command to the front, so that
+    ``mailfiler run --config x.yaml`` means ``mailfiler --config x.yaml run``
+    (no command has options of these names; ``--`` ends the search)."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        if arg.split("=", 1)[0] in GLOBAL_OPTIONS:
+            take = 1 if "=" in arg else 2
+            front.extend(args[i : i + take])
+            i += take
+            continue
+        rest.append(arg)
+        i += 1
+    return front + rest
+
+
+class MailfilerGroup(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(args))
 
 
 class Context:
@@ -71,7 +103,9 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=MailfilerGroup, help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.option(
     "--config",
     "config_path",
@@ -171,9 +205,10 @@ def once(obj: Context, as_json: bool) -> None:
 
 @cli.command()
 @json_option
+@wide_option
 @pass_ctx
 @handle_errors
-def status(obj: Context, as_json: bool) -> None:
+def status(obj: Context, as_json: bool, wide: bool) -> None:
     """Per mailbox and folder: state, last sync, tracked and shunted counts, last error.
 
     A second table lists the folders auto-tracking watches (the Inbox and
@@ -208,7 +243,11 @@ def status(obj: Context, as_json: bool) -> None:
             click.secho(f"  config error (previous config in force): {d['config_error']}", fg="red")
     if not data["daemons"]:
         click.echo("no daemon has run against this store yet")
-    click.echo(f"{data['activities']} activities tracked, {data['shunted']} message(s) in the shunt")
+    appointments = f", {plural(data['appointments'], 'appointment')}" if data["appointments"] else ""
+    click.echo(
+        f"{plural(data['activities'], 'e-mail activity', 'e-mail activities')} tracked{appointments},"
+        f" {plural(data['shunted'], 'message')} in the shunt"
+    )
     rows = [
         (
             mb["name"],
@@ -223,21 +262,28 @@ def status(obj: Context, as_json: bool) -> None:
         for mb in data["mailboxes"]
         for f in mb["folders"]
     ]
-    columns = ["mailbox", "folder", "regarding", "state", "last sync (UTC)", "tracked", "shunted", "last error"]
-    table(None, columns, rows)
+    columns = [
+        Col("mailbox", short=True), Col("folder"), Col("regarding", drop=2), Col("state", short=True),
+        Col("last sync (UTC)", drop=3), Col("tracked", short=True), Col("shunted", short=True, drop=1),
+        Col("last error", overflow="fold"),
+    ]  # fmt: skip
+    table(None, columns, rows, wide=wide)
     watched = [
         (mb["name"], f["folder"], f["state"], f["last_sync"] or "never", f["tracked"], f["skipped"], f["shunted"])
         for mb in data["mailboxes"]
         for f in mb["watched"]
     ]
     if watched:
-        columns = ["mailbox", "folder", "state", "last sync (UTC)", "tracked", "not tracked", "shunted"]
-        table("auto-tracking: other folders watched", columns, watched)
-    _print_sync_status(data)
+        columns = [
+            Col("mailbox", short=True), Col("folder"), Col("state", short=True), Col("last sync (UTC)", drop=3),
+            Col("tracked", short=True), Col("not tracked", short=True, drop=2), Col("shunted", short=True, drop=1),
+        ]  # fmt: skip
+        table("auto-tracking: other folders watched", columns, watched, wide=wide)
+    _print_sync_status(data, wide)
     print_server_rules(data["server_rules"])
 
 
-def _print_sync_status(data: dict) -> None:
+def _print_sync_status(data: dict, wide: bool) -> None:
     """Sync-back collections (mailfiler.sync): added to `data` as "sync" for --json too."""
     rows = [
         (s["mailbox"], s["kind"], s["location"], s["state"], s["last_sync"] or "never", s["items"], s["shunted"],
@@ -245,43 +291,65 @@ def _print_sync_status(data: dict) -> None:
         for s in data.get("sync", [])
     ]  # fmt: skip
     if rows:
-        columns = ["mailbox", "kind", "where", "state", "last sync (UTC)", "items", "shunted", "last error"]
-        table("sync-back: address books and calendars", columns, rows)
+        columns = [
+            Col("mailbox", short=True), Col("kind", short=True), Col("where", drop=1), Col("state", short=True),
+            Col("last sync (UTC)", drop=3), Col("items", short=True), Col("shunted", short=True, drop=2),
+            Col("last error", overflow="fold"),
+        ]  # fmt: skip
+        table("sync-back: address books and calendars", columns, rows, wide=wide)
 
 
 @cli.command()
 @click.option("--regarding", metavar="ENTITY:KEY", help="Only activities regarding this record.")
 @click.option("--mailbox", metavar="NAME", help="Only activities held in this mailbox.")
+@click.option(
+    "--kind",
+    type=click.Choice(["email", "appointment", "all"]),
+    default="email",
+    show_default=True,
+    help="Which activities: e-mail, appointments (also `mailfiler appointments list`) or all.",
+)
 @click.option("--limit", type=int, help="At most this many.")
 @json_option
+@wide_option
 @pass_ctx
 @handle_errors
-def activities(obj: Context, regarding: str | None, mailbox: str | None, limit: int | None, as_json: bool) -> None:
-    """The tracked email activities."""
+def activities(
+    obj: Context, regarding: str | None, mailbox: str | None, kind: str, limit: int | None, as_json: bool, wide: bool
+) -> None:
+    """The tracked e-mail activities (--kind for appointments)."""
     from mailfiler.store import reports
 
     obj.open_store_for_reading()
-    data = reports.activities(regarding=regarding, mailbox=mailbox, limit=limit)
+    data = reports.activities(regarding=regarding, mailbox=mailbox, limit=limit, kind=kind)
     if as_json:
         emit_json(data)
         return
     rows = []
     for a in data:
         sender = next((p["address"] for p in a["parties"] if p["role"] == "from"), "")
-        where = ", ".join(f"{loc['mailbox']}/{loc['folder']}" for loc in a["locations"]) or "(moved out)"
+        held = ", ".join(f"{loc['mailbox']}/{loc['folder']}" for loc in a["locations"])
+        where = held or ("(moved out)" if a["kind"] == "email" else "-")
         rows.append(
             (
                 a["id"],
+                *([a["kind"]] if kind == "all" else []),
                 a["direction"],
                 sender,
-                a["subject"][:60],
+                a["subject"],
                 a["regarding"] or "-",
                 a["correlation"] or "-",
                 where,
                 len(a["attachments"]),
             )
         )
-    table(f"{len(data)} activities", ["id", "dir", "from", "subject", "regarding", "by", "where", "att"], rows)
+    columns = [
+        Col("id", short=True), *([Col("kind", short=True)] if kind == "all" else []), Col("dir", short=True, drop=4),
+        Col("from", drop=2), Col("subject"), Col("regarding"), Col("by", drop=3), Col("where", drop=1),
+        Col("att", short=True, drop=5),
+    ]  # fmt: skip
+    noun = {"email": ("e-mail activity", "e-mail activities"), "appointment": ("appointment", "appointments")}
+    table(plural(len(data), *noun.get(kind, ("activity", "activities"))), columns, rows, wide=wide)
 
 
 # -- config ------------------------------------------------------------------------
@@ -309,6 +377,16 @@ def config_check(obj: Context, as_json: bool) -> None:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         sys.exit(report(exc) if not exc.problems else 78)
+    from mailfiler.cli.checks import environment_problems
+
+    found = environment_problems(loaded)
+    if found:
+        if as_json:
+            emit_json({"valid": False, "problems": found})
+        else:
+            for problem in found:
+                click.echo(problem, err=True)
+        sys.exit(78)
     cfg = loaded.config
     summary = {
         "valid": True,

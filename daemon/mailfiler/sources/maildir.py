@@ -18,7 +18,7 @@ from pathlib import Path
 
 import watchfiles
 
-from mailfiler.errors import FolderMissing, MailboxUnavailable, MessageVanished
+from mailfiler.errors import FolderMissing, MailboxRootMissing, MailboxUnavailable, MessageVanished
 from mailfiler.sources.base import Change, Listing, Source
 from mailfiler.util import mutf7
 
@@ -69,14 +69,27 @@ class MaildirSource(Source):
     # -- Source API ----------------------------------------------------------
 
     async def open(self, *, create: bool = False) -> None:
-        if create:
-            # a new local Maildir gets an Inbox too, as any MDA would make it
-            for sub in ("cur", "new", "tmp"):
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        # ``create`` makes missing folders inside the mailbox, never the root: a
+        # mistyped ``maildir:`` must fail, not become a new, empty, watched Maildir
+        try:
+            self.root.stat()
+        except FileNotFoundError:
+            raise MailboxRootMissing(
+                f"Maildir {self.root} does not exist; mailfiler creates missing folders inside a mailbox,"
+                " never the mailbox itself",
+                path=str(self.root),
+            ) from None
+        except OSError as exc:  # a parent directory we may not enter, say
+            why = exc.strerror
+            raise MailboxUnavailable(f"Maildir {self.root} cannot be read: {why}", path=str(self.root)) from exc
         if not self.root.is_dir():
-            raise MailboxUnavailable(f"Maildir {self.root} does not exist or is not a directory", path=str(self.root))
+            raise MailboxUnavailable(f"Maildir {self.root} is not a directory", path=str(self.root))
         if not os.access(self.root, os.R_OK | os.X_OK):
             raise MailboxUnavailable(f"Maildir {self.root} is not readable by this user", path=str(self.root))
+        if create:
+            # an existing but empty root gets an Inbox too, as any MDA would make it
+            for sub in ("cur", "new", "tmp"):
+                (self.root / sub).mkdir(exist_ok=True)
 
     async def list_folders(self) -> list[str]:
         found: list[str] = []
@@ -103,6 +116,8 @@ class MaildirSource(Source):
         return all((base / sub).is_dir() for sub in SUBDIRS)
 
     async def create_folder(self, folder: str) -> None:
+        if not self.root.is_dir():  # gone since open(): unmounted, say; never make a new root
+            raise MailboxRootMissing(f"Maildir {self.root} does not exist (any more)", path=str(self.root))
         base = self.folder_dir(folder)
         for sub in ("tmp", "new", "cur"):
             (base / sub).mkdir(parents=True, exist_ok=True)

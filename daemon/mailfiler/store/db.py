@@ -2,8 +2,8 @@
 
 SQLite runs in WAL mode with ``synchronous=normal`` (durable at checkpoint,
 never corrupt) and a busy timeout so that the daemon and CLI commands can
-share one file.  PostgreSQL is used through psycopg2 when several daemons
-share one store.
+share one file.  PostgreSQL is used through psycopg 3 (``psycopg``, part of
+every install) when several daemons share one store.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlparse
 
 import peewee
 
-from mailfiler.errors import StoreUnavailable
+from mailfiler.errors import StoreDriverMissing, StoreUnavailable
 from mailfiler.store.models import database_proxy
 
 SQLITE_PRAGMAS = {
@@ -34,6 +34,7 @@ def make_database(url: str, *, base_dir: Path | None = None, password: str | Non
             path = base_dir / path
         return peewee.SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS, check_same_thread=False)
     if url.startswith(("postgresql://", "postgres://")):
+        require_postgres_driver(url)
         parts = urlparse(url)
         kwargs: dict[str, object] = {}
         if parts.hostname:
@@ -50,8 +51,23 @@ def make_database(url: str, *, base_dir: Path | None = None, password: str | Non
         # no autorollback=: peewee 4 always runs in autocommit mode (a failed
         # statement outside a transaction leaves no aborted transaction behind)
         # and deprecates the option, which warns on every connect
-        return peewee.PostgresqlDatabase(dbname, **kwargs)  # type: ignore[arg-type]
+        # psycopg 3 even where an old psycopg2 is installed too: peewee would pick psycopg2
+        return peewee.PostgresqlDatabase(dbname, prefer_psycopg3=True, **kwargs)  # type: ignore[arg-type]
     raise StoreUnavailable(f"unsupported database URL {url!r}", url=url)
+
+
+def require_postgres_driver(url: str) -> None:
+    """Raise :class:`StoreDriverMissing` unless psycopg 3 can be imported.
+
+    peewee only says "driver not found" when it first connects, from deep in a
+    traceback; this names the URL and lets ``config check`` find it before."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        raise StoreDriverMissing(
+            f"database {redact(url)} needs the PostgreSQL driver psycopg, which is not installed ({exc})",
+            url=redact(url),
+        ) from exc
 
 
 def redact(url: str) -> str:
@@ -70,6 +86,8 @@ def connect(url: str, *, base_dir: Path | None = None, password: str | None = No
         Path(db.database).parent.mkdir(parents=True, exist_ok=True)
     try:
         db.connect(reuse_if_open=True)
+    except peewee.ImproperlyConfigured as exc:  # a driver that imports but is unusable
+        raise StoreDriverMissing(f"cannot open the store at {redact(url)}: {exc}", url=redact(url)) from exc
     except peewee.OperationalError as exc:
         raise StoreUnavailable(f"cannot open the store at {redact(url)}: {exc}", url=redact(url)) from exc
     database_proxy.initialize(db)

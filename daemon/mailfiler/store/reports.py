@@ -30,8 +30,16 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() + "Z" if value else None
 
 
-def activities(*, regarding: str | None = None, mailbox: str | None = None, limit: int | None = None) -> list[dict]:
+#: ``activities(kind=...)``: e-mail by default; appointments are listed by ``appointments list``
+ACTIVITY_KINDS = ("email", "appointment", "all")
+
+
+def activities(
+    *, regarding: str | None = None, mailbox: str | None = None, limit: int | None = None, kind: str = "email"
+) -> list[dict]:
     q = Activity.select().order_by(Activity.id)
+    if kind != "all":
+        q = q.where(Activity.kind == kind)
     if regarding:
         rec = require_record(regarding)
         q = q.where(Activity.regarding == rec)
@@ -83,6 +91,7 @@ def activities(*, regarding: str | None = None, mailbox: str | None = None, limi
         out.append(
             {
                 "id": a.id,
+                "kind": a.kind,
                 "message_id": a.message_id,
                 "synthetic_message_id": a.synthetic_id,
                 "subject": a.subject,
@@ -201,7 +210,9 @@ def status() -> dict:
         )
     return {
         "daemons": daemons,
-        "activities": Activity.select().count(),
+        # e-mail only: appointments (sync-back) are counted apart
+        "activities": Activity.select().where(Activity.kind == "email").count(),
+        "appointments": Activity.select().where(Activity.kind == "appointment").count(),
         "shunted": Shunt.select().where(Shunt.resolved_at.is_null()).count(),
         "mailboxes": mailboxes,
     }

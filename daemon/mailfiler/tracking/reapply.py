@@ -212,7 +212,8 @@ class _Reapplier:
     def _candidate_ids(self, only: Mailbox | None) -> list[int]:
         # ids first, each activity read fresh: the daemon may relink one meanwhile;
         # in id order, so a parent is re-decided before the replies to it
-        query = Activity.select(Activity.id).order_by(Activity.id)
+        # rules decide e-mail only: an appointment (sync-back) has no message to read again
+        query = Activity.select(Activity.id).where(Activity.kind == "email").order_by(Activity.id)
         if only is not None:
             held = Location.select(Location.activity).where(Location.mailbox == only)
             query = query.where(Activity.id.in_(held) | (Activity.owner_mailbox == only))
