@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -481,3 +482,27 @@ def test_unreadable_mailbox_is_an_error_in_status_then_recovers(env: E2EEnv) -> 
     act = env.wait_activity(mid, timeout=15)
     assert act["regarding"] == "account:contoso"
     assert env.wait_status(lambda s: env.folder_status(s, "alice", "Tracked/Contoso")["state"] == "ok")
+
+
+def test_mistyped_maildir_root_is_an_error_in_the_log_and_status_never_created(env: E2EEnv) -> None:
+    """create_missing_folders makes tracked folders inside a mailbox, never the mailbox
+    root: a typo in ``maildir:`` must not become an empty Maildir watched in silence."""
+    env.expected_errors |= {"mailbox-error"}
+    one_mailbox(env, [("Tracked/Contoso", "account:contoso")])  # create_missing_folders: true
+    maildir = env.mailboxes["alice"].maildir
+    shutil.rmtree(maildir)  # as if the path in the config had a typo
+    daemon = env.start_daemon()
+    line = daemon.wait_event("mailbox-error", mailbox="alice")
+    assert "does not exist" in line.text and "never the mailbox itself" in line.text
+    status = env.wait_status(
+        lambda s: env.folder_status(s, "alice", "Tracked/Contoso")["state"] == "error", what="state error"
+    )
+    assert "does not exist" in env.folder_status(status, "alice", "Tracked/Contoso")["last_error"]
+    assert "does not exist" in env.cli("status").stdout
+    assert not maildir.exists() and daemon.proc.poll() is None
+
+    maildir.mkdir()  # the admin makes the mailbox: its tracked folder is created on the next try
+    mid = message_id_for(0, seed=94)
+    wait_for(lambda: env.folder_dir("alice", "Tracked/Contoso").joinpath("new").is_dir(), timeout=30, what="folder")
+    env.drop("alice", "Tracked/Contoso", realistic_message(0, seed=94))
+    assert env.wait_activity(mid, timeout=15)["regarding"] == "account:contoso"

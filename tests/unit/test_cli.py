@@ -26,6 +26,7 @@ def mf(*args: str, cwd: Path | None = None, env_config: str | None = None) -> su
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
+    (tmp_path / "Maildir").mkdir()  # the mailbox root exists, as an MDA makes it; mailfiler never creates it
     cfg = tmp_path / "mailfiler.yaml"
     cfg.write_text(
         "database: sqlite:///state/mf.db\n"

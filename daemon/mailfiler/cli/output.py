@@ -28,7 +28,7 @@ wide_option = click.option(
 #: the width a table gets when stdout is not a terminal (a pipe, a file)
 PIPE_WIDTH = 200
 #: a text column is not squeezed below this (or its header) before columns are dropped
-MIN_TEXT = 10
+MIN_TEXT = 12
 #: each column costs its padding and one rule character; the table one more rule
 COLUMN_OVERHEAD = 3
 

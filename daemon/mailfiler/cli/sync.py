@@ -8,7 +8,7 @@ import sys
 import click
 
 from mailfiler.cli.errors import handle_errors
-from mailfiler.cli.output import emit_json, json_option, table
+from mailfiler.cli.output import Col, emit_json, json_option, table, wide_option
 from mailfiler.errors import NotFound
 
 
@@ -21,9 +21,10 @@ from mailfiler.errors import NotFound
 )
 @click.option("--shunted", is_flag=True, help="Only list the items kept aside as unreadable, with their reason.")
 @json_option
+@wide_option
 @click.pass_obj
 @handle_errors
-def sync(obj, mailbox: str | None, force_delete: bool, shunted: bool, as_json: bool) -> None:
+def sync(obj, mailbox: str | None, force_delete: bool, shunted: bool, as_json: bool, wide: bool) -> None:
     """Sync CRM contacts and appointments with each mailbox's address book and calendar, once.
 
     \b
@@ -68,27 +69,7 @@ def sync(obj, mailbox: str | None, force_delete: bool, shunted: bool, as_json: b
     if as_json:
         emit_json(data)
     else:
-        rows = [
-            (
-                d["mailbox"],
-                d["kind"],
-                d["location"],
-                d["state"],
-                d["uploaded"],
-                d["updated_mailbox"],
-                d["deleted_mailbox"],
-                d["created_crm"],
-                d["updated_crm"],
-                d["deleted_crm"],
-                d["conflicts"],
-                d["shunted"],
-                d["items"],
-            )
-            for d in data
-        ]
-        columns = ["mailbox", "kind", "where", "state", "to user", "changed there", "deleted there",
-                   "new in CRM", "changed in CRM", "deleted in CRM", "conflicts", "shunted", "items"]  # fmt: skip
-        table("mailfiler sync", columns, rows)
+        _sync_table(data, wide)
         for d in data:
             for error in d["errors"]:
                 click.secho(f"{d['mailbox']} {d['kind']}: {error}", fg="red", err=True)
@@ -104,6 +85,38 @@ def sync(obj, mailbox: str | None, force_delete: bool, shunted: bool, as_json: b
             click.echo("no mailbox has sync: in the config")
     if any(d["state"] != "ok" for d in data):
         sys.exit(1)
+
+
+#: (key in a sync result, column header): the counts of one sync, in table order
+_COUNTS = [
+    ("uploaded", "to user"), ("updated_mailbox", "changed there"), ("deleted_mailbox", "deleted there"),
+    ("created_crm", "new in CRM"), ("updated_crm", "changed in CRM"), ("deleted_crm", "deleted in CRM"),
+    ("conflicts", "conflicts"), ("shunted", "shunted"),
+]  # fmt: skip
+
+
+def _sync_table(data: list[dict], wide: bool) -> None:
+    """--wide: a column per count; otherwise the counts that are not zero in one
+    "changes" column, so that the table fits 80 columns."""
+    head = [Col("mailbox", short=True), Col("kind", short=True), Col("where", drop=1), Col("state", short=True)]
+    if wide:
+        rows = [
+            (d["mailbox"], d["kind"], d["location"], d["state"], *(d[k] for k, _ in _COUNTS), d["items"]) for d in data
+        ]
+        table("mailfiler sync", [*head, *(Col(h, short=True) for _, h in _COUNTS), Col("items")], rows, wide=True)
+        return
+    rows = [
+        (
+            d["mailbox"],
+            d["kind"],
+            d["location"],
+            d["state"],
+            ", ".join(f"{d[k]} {h}" for k, h in _COUNTS if d[k]) or "none",
+            d["items"],
+        )
+        for d in data
+    ]
+    table("mailfiler sync", [*head, Col("changes"), Col("items", short=True)], rows)
 
 
 def _list_shunted(obj, mailbox: str | None, as_json: bool) -> None:
