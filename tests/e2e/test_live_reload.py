@@ -87,8 +87,9 @@ def test_new_rule_file_is_live_within_a_second_without_restarting_mailboxes(env:
     # written in place (open, truncate, write), as cp or nano do: should the daemon read the
     # file between the create and the write, a second reload follows; wait for the one with both rules
     new_file = env.root / "rules" / "20-orders.yaml"
-    _, latency = _saved(daemon, lambda: new_file.write_text(ORDERS, "utf-8"), rules=2, files=2)
+    line, latency = _saved(daemon, lambda: new_file.write_text(ORDERS, "utf-8"), rules=2, files=2)
     print(f"new rule file -> rules-reloaded: {latency * 1000:.0f} ms")
+    assert line.data is not None and line.data["msg"] == "rules reloaded: 2 rules from 2 files", line.text
     assert latency < LIVE, f"the new rule file took {latency:.3f} s to load"
 
     assert _decided(env, 2, "Order 8 for the summer") == ("account:fabrikam", "rule:order-number")
@@ -140,9 +141,12 @@ def test_broken_saves_keep_the_old_rules_until_fixed(env: E2EEnv) -> None:
 
     # fixed: the new rules are in force and the error is gone
     fixed = GOOD.replace("case-number-in-subject", "renamed")
-    _, latency = _saved(daemon, lambda: _atomic_write(cases, fixed))
+    line, latency = _saved(daemon, lambda: _atomic_write(cases, fixed))
     print(f"fix -> rules-reloaded: {latency * 1000:.0f} ms")
     assert latency < LIVE
+    assert line.data is not None and line.data["error_cleared"] is True, line.text
+    assert "configuration" in line.data["msg"] and "the earlier config error is cleared" in line.data["msg"], line.text
+    assert line.data["msg"].endswith(": 1 rule from 1 file"), line.text
     env.wait_status(lambda s: s["daemons"][0]["config_error"] is None, what="config_error cleared")
     assert "config error" not in env.cli("status").stdout
     assert _decided(env, 3, "Fixed CAS-00047") == ("case:CAS-00047", "rule:renamed")
@@ -189,6 +193,7 @@ def test_config_edit_is_live_without_sighup(env: E2EEnv) -> None:
     env.wait_status(lambda s: "bogus_key" in (s["daemons"][0]["config_error"] or ""), what="config error in status")
     # put back as it was (the text in force): the error clears without a restart of the mailboxes
     since = daemon.mark()
-    _saved(daemon, lambda: env.write_config(text))
+    line, _ = _saved(daemon, lambda: env.write_config(text))
+    assert line.data is not None and "reloaded, the earlier config error is cleared" in line.data["msg"], line.text
     env.wait_status(lambda s: s["daemons"][0]["config_error"] is None, what="config_error cleared")
     assert daemon.events("reloading", since=since) == []

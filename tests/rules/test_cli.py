@@ -79,7 +79,7 @@ def world(tmp_path: Path) -> Path:
 def test_check_ok(world: Path) -> None:
     res = mf("rules", "check", config=world)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "3 rule(s) in 1 file(s): OK"
+    assert res.stdout.strip() == "3 rules in 1 file: OK"
     data = json.loads(mf("rules", "check", "--json", config=world).stdout)
     assert data == {
         "valid": True,

@@ -398,9 +398,9 @@ def config_check(obj: Context, as_json: bool) -> None:
     if as_json:
         emit_json(summary)
     else:
-        click.echo(
-            f"{loaded.path}: OK ({summary['mailboxes']} mailbox(es), {summary['tracked_folders']} tracked folder(s))"
-        )
+        mailboxes = plural(summary["mailboxes"], "mailbox", "mailboxes")
+        counts = f"{mailboxes}, {plural(summary['tracked_folders'], 'tracked folder')}"
+        click.echo(f"{loaded.path}: OK ({counts})")
 
 
 def _register() -> None:

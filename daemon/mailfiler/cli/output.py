@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from mailfiler.util.text import plural  # noqa: F401 - the CLI's callers take it from here
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 wide_option = click.option(
     "--wide", is_flag=True, help="Show every column at full length (the table may be wider than the terminal)."
@@ -46,11 +48,6 @@ class Col:
     drop: int = 0
     short: bool = False
     overflow: Literal["ellipsis", "fold"] = "ellipsis"
-
-
-def plural(n: int, one: str, many: str | None = None) -> str:
-    """``1 activity``, ``2 activities``: ``many`` defaults to ``one`` + "s"."""
-    return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
 def emit_json(data: Any) -> None:

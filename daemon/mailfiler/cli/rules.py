@@ -30,6 +30,7 @@ from mailfiler.errors import (
     StoreUnavailable,
     UserError,
 )
+from mailfiler.util.text import plural
 
 if TYPE_CHECKING:
     import peewee
@@ -81,7 +82,7 @@ def check(obj: Any, files: tuple[Path, ...], as_json: bool) -> None:
     elif not paths:
         click.echo("the config lists no rules: (nothing to check)")
     else:
-        click.echo(f"{len(ruleset.rules)} rule(s) in {len(ruleset.sources)} file(s): OK")
+        click.echo(f"{plural(len(ruleset.rules), 'rule')} in {plural(len(ruleset.sources), 'file')}: OK")
 
 
 def _fail(problems: list[Any], as_json: bool, exc: ConfigError | None) -> None:
@@ -581,7 +582,8 @@ def _print_result(result: dict[str, Any]) -> None:
         )
         for t in result["trace"]
     ]
-    table(f"{len(rows)} of {result['rules']['count']} rule(s) tried", ["rule", "matched", "captures", "why"], rows)
+    title = f"{len(rows)} of {plural(result['rules']['count'], 'rule')} tried"
+    table(title, ["rule", "matched", "captures", "why"], rows)
 
 
 def _correlation_line(corr: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ import click
 
 from mailfiler.cli.errors import handle_errors
 from mailfiler.cli.output import emit_json, json_option, table
+from mailfiler.util.text import plural
 
 
 @click.group()
@@ -38,9 +39,8 @@ def list_(obj, include_resolved: bool, as_json: bool) -> None:
         (s["id"], s["mailbox"], s["folder"], s["source_id"][:40], s["reason"], s["attempts"], s["detail"][:80])
         for s in data
     ]
-    table(
-        f"{len(data)} shunted message(s)", ["id", "mailbox", "folder", "source id", "reason", "tries", "detail"], rows
-    )
+    columns = ["id", "mailbox", "folder", "source id", "reason", "tries", "detail"]
+    table(plural(len(data), "shunted message"), columns, rows)
 
 
 @shunt.command("retry")

@@ -8,7 +8,7 @@ import sys
 import click
 
 from mailfiler.cli.errors import handle_errors
-from mailfiler.cli.output import Col, emit_json, json_option, table, wide_option
+from mailfiler.cli.output import Col, emit_json, json_option, plural, table, wide_option
 from mailfiler.errors import NotFound
 
 
@@ -131,7 +131,7 @@ def _list_shunted(obj, mailbox: str | None, as_json: bool) -> None:
         (s["id"], s["mailbox"], s["collection"], s["href"], s["reason"], s["attempts"], s["detail"][:80]) for s in data
     ]
     columns = ["id", "mailbox", "collection", "item", "reason", "tries", "detail"]
-    table(f"{len(data)} item(s) kept aside (read again when they change)", columns, rows)
+    table(f"{plural(len(data), 'item')} kept aside (read again when they change)", columns, rows)
 
 
 @click.group()
@@ -158,7 +158,7 @@ def contacts_list(obj, owner: str | None, as_json: bool) -> None:
          c["job_title"], c["owner"] or "-")
         for c in data
     ]  # fmt: skip
-    table(f"{len(data)} contact(s)", ["ref", "name", "e-mail", "phone", "company", "title", "owner"], rows)
+    table(plural(len(data), "contact"), ["ref", "name", "e-mail", "phone", "company", "title", "owner"], rows)
 
 
 @click.group()
@@ -190,4 +190,4 @@ def appointments_list(obj, regarding: str | None, as_json: bool) -> None:
         for a in data
     ]  # fmt: skip
     columns = ["id", "start", "end", "subject", "location", "regarding", "repeats", "status"]
-    table(f"{len(data)} appointment(s)", columns, rows)
+    table(plural(len(data), "appointment"), columns, rows)

@@ -37,6 +37,7 @@ from mailfiler.store.models import DaemonState, utcnow
 from mailfiler.sync.runner import sync_loop
 from mailfiler.tracking.folders import set_folder_state
 from mailfiler.tracking.parsepool import parse_workers
+from mailfiler.util.text import plural
 
 log = logging.getLogger("mailfiler.daemon")
 
@@ -97,11 +98,12 @@ class Daemon:
         self._start_mailboxes()
         n_folders = sum(len(rt.folders) for rt in self.services.mailboxes.values())
         self.notifier.ready()
-        self.notifier.status(f"watching {n_folders} tracked folder(s) in {len(self.services.mailboxes)} mailbox(es)")
+        n_mailboxes = plural(len(self.services.mailboxes), "mailbox", "mailboxes")
+        self.notifier.status(f"watching {plural(n_folders, 'tracked folder')} in {n_mailboxes}")
         log.info(
-            "mailfiler started: %d mailbox(es), %d tracked folder(s), store %s",
-            len(self.services.mailboxes),
-            n_folders,
+            "mailfiler started: %s, %s, store %s",
+            n_mailboxes,
+            plural(n_folders, "tracked folder"),
             self._store_label(),
             extra={"event": "started", "pid": os.getpid()},
         )
@@ -211,10 +213,10 @@ class Daemon:
             await self._backfill(rt, worker)
             self.notifier.status(f"{rt.name}: backfill done; following changes")
             log.info(
-                "mailbox %s: backfill done, watching %d tracked and %d other folder(s)",
+                "mailbox %s: backfill done, watching %d tracked and %s",
                 rt.name,
                 len(rt.folders),
-                len(rt.watched),
+                plural(len(rt.watched), "other folder"),
                 extra={"event": "watching", "mailbox": rt.name},
             )
             next_discovery = time.monotonic() + DISCOVER_EVERY
@@ -332,6 +334,7 @@ class Daemon:
                 "database changed in the config; restart mailfiler to switch stores",
                 extra={"event": "config-needs-restart"},
             )
+        cleared = self.config_error is not None
         self.config_error = None
         log.info("reloading configuration from %s", new.path, extra={"event": "reloading"})
         await self._stop_mailboxes(list(self.mailbox_tasks))
@@ -346,7 +349,11 @@ class Daemon:
         self._start_mailboxes()
         self._publish("running")
         self.notifier.ready()
-        log.info("configuration reloaded", extra={"event": "reloaded"})
+        log.info(
+            "configuration reloaded%s",
+            "; the earlier config error is cleared" if cleared else "",
+            extra={"event": "reloaded", "error_cleared": cleared},
+        )
 
     def _reject(self, exc: ConfigError) -> None:
         """Log each problem as FILE:LINE:COL: message; `status` shows them until a good save."""
@@ -376,14 +383,20 @@ class Daemon:
             assert self.services is not None
             # the tracker reads its rules once per message, between awaits: the swap is atomic for it
             self.services.tracker.rules = rules
+            cleared = self.config_error is not None
             self.config_error = None
             self._publish("running")
             n_rules, n_files = (len(rules.rules), len(rules.sources)) if rules else (0, 0)
+            # after a rejected save, say that the file is good again, not only that the rules are
+            what = "rules reloaded"
+            if cleared:
+                what = f"configuration {new.path} reloaded, the earlier config error is cleared"
             log.info(
-                "rules reloaded: %d rule(s) from %d file(s)",
-                n_rules,
-                n_files,
-                extra={"event": "rules-reloaded", "rules": n_rules, "files": n_files},
+                "%s: %s from %s",
+                what,
+                plural(n_rules, "rule"),
+                plural(n_files, "file"),
+                extra={"event": "rules-reloaded", "rules": n_rules, "files": n_files, "error_cleared": cleared},
             )
 
     # -- health and status ------------------------------------------------------------

@@ -39,6 +39,7 @@ import watchfiles
 from mailfiler.config.loader import LoadedConfig, load_config
 from mailfiler.errors import MailfilerError
 from mailfiler.rules.loader import rule_files
+from mailfiler.util.text import plural
 
 __all__ = ["ConfigWatcher", "WatchTargets", "is_editor_temp", "is_rule_file_name"]
 
@@ -223,9 +224,9 @@ class ConfigWatcher:
         if self._seen is None:
             self._seen = targets.fingerprint()
         log.info(
-            "watching the config and %d rule path(s) for changes (%d folder(s))",
-            len(targets.rule_paths),
-            len(dirs),
+            "watching the config and %s for changes (%s)",
+            plural(len(targets.rule_paths), "rule path"),
+            plural(len(dirs), "folder"),
             extra={"event": "config-watch"},
         )
 

@@ -32,6 +32,7 @@ from mailfiler.tracking.parsepool import ParsePool, parse_workers
 from mailfiler.tracking.pipeline import Tracker
 from mailfiler.tracking.shunt import ShuntStore
 from mailfiler.util.secrets import read_secret, run_secret_command
+from mailfiler.util.text import plural
 
 log = logging.getLogger("mailfiler.runtime")
 
@@ -212,8 +213,8 @@ def sync_config(db: pw.Database, config: Config, *, manager: str | None = None) 
                     n = relink_folder(db, frow, fctx.regarding.id)
                     if n:
                         log.info(
-                            "re-linked %d message(s) in %s/%s to %s",
-                            n,
+                            "re-linked %s in %s/%s to %s",
+                            plural(n, "message"),
                             mbc.name,
                             tf.folder,
                             fctx.regarding.ref,
@@ -275,9 +276,9 @@ def build_services(
     services.mailboxes = sync_config(db, config, manager=manager)
     if rules is not None:
         log.info(
-            "%d rule(s) loaded from %d file(s)",
-            len(rules.rules),
-            len(rules.sources),
+            "%s loaded from %s",
+            plural(len(rules.rules), "rule"),
+            plural(len(rules.sources), "file"),
             extra={"event": "rules-loaded"},
         )
     return services
