@@ -214,3 +214,22 @@ def test_plural() -> None:
     assert output.plural(1, "activity", "activities") == "1 activity"
     assert output.plural(2, "activity", "activities") == "2 activities"
     assert output.plural(0, "message") == "0 messages"
+
+
+# -- one way to name a message in the log ------------------------------------------------------
+
+
+def test_message_label_is_message_id_and_subject() -> None:
+    from mailfiler.tracking.labels import label_of_raw, message_label
+
+    assert message_label("<a@b>", "Invoice 42") == '<a@b> "Invoice 42"'
+    assert message_label("<a@b>", "") == "<a@b> (no subject)"
+    assert message_label("<a@b>", "x\r\n\ty" + "z" * 100).startswith('<a@b> "x y')
+    assert len(message_label("<a@b>", "z" * 100)) == len('<a@b> ""') + 60
+    # the place only names a message that has no Message-ID
+    assert message_label("<a@b>", "S", place="alice/INBOX/1") == '<a@b> "S"'
+    assert message_label(None, place="alice/INBOX/1") == "(alice/INBOX/1)"
+    raw = b"Message-ID: <m@x>\r\nSubject: =?utf-8?q?M=C3=B6te?=\r\n\r\nbody"
+    assert label_of_raw(raw, place="p") == '<m@x> "Möte"'
+    assert label_of_raw(b"", place="alice/INBOX/7") == "(alice/INBOX/7)"
+    assert label_of_raw(b"\x00\xff not mail", place="alice/INBOX/8") == "(alice/INBOX/8)"

@@ -11,6 +11,7 @@ from mailfiler.service.runtime import Services
 from mailfiler.store.models import Mailbox, Shunt, TrackedFolder
 from mailfiler.store.records import get_by_ref
 from mailfiler.tracking.context import FolderContext, MailboxContext, watched_folder
+from mailfiler.tracking.labels import message_label
 from mailfiler.tracking.parse import parse_message
 
 log = logging.getLogger("mailfiler.shunt")
@@ -83,7 +84,7 @@ def retry(services: Services, ids: list[int] | None) -> list[dict]:
             log.info(
                 "shunt %d read: %s not tracked (%s)",
                 row.id,
-                outcome.message_id,
+                message_label(outcome.message_id, parsed.subject),
                 outcome.detail,
                 extra={"event": "unshunted", "shunt_id": row.id},
             )
@@ -91,7 +92,8 @@ def retry(services: Services, ids: list[int] | None) -> list[dict]:
                 {"id": row.id, "result": "skipped", "message_id": outcome.message_id, "detail": outcome.detail}
             )
             continue
-        log.info("shunt %d tracked as %s", row.id, outcome.message_id, extra={"event": "unshunted", "shunt_id": row.id})
+        label = message_label(outcome.message_id, parsed.subject)
+        log.info("shunt %d tracked: %s", row.id, label, extra={"event": "unshunted", "shunt_id": row.id})
         rt = services.mailboxes.get(row.mailbox.name)
         if rt is not None and rt.source.marks:
             # $TrackFailed becomes $Tracked in the user's client (best effort: the source logs a failure)

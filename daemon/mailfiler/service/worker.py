@@ -56,6 +56,7 @@ from mailfiler.tracking.folders import (
     set_folder_state,
     shunted_source_ids,
 )
+from mailfiler.tracking.labels import label_at, label_of_raw, message_label
 from mailfiler.tracking.parse import ParsedMessage, parse_message
 from mailfiler.tracking.pipeline import Outcome
 
@@ -464,7 +465,7 @@ class MailboxWorker:
                 if n:
                     log.info(
                         "%s left %s/%s",
-                        change.source_id,
+                        label_at(self.mailbox, change.folder, change.source_id),
                         self.rt.name,
                         change.folder,
                         extra={
@@ -643,10 +644,10 @@ class MailboxWorker:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
         log.warning(
-            "shunted %s/%s/%s: %s",
+            "shunted %s in %s/%s: %s",
+            label_of_raw(raw, place=f"{self.rt.name}/{folder}/{source_id}"),
             self.rt.name,
             folder,
-            source_id,
             detail,
             extra={
                 "event": "shunted",
@@ -694,7 +695,7 @@ class MailboxWorker:
             # most mail outside tracked folders is not tracked: not news
             log.debug(
                 "not tracked: %s in %s/%s: %s",
-                outcome.message_id,
+                message_label(outcome.message_id, subject),
                 self.rt.name,
                 folder,
                 outcome.detail,
@@ -712,7 +713,7 @@ class MailboxWorker:
             level,
             "%s %s in %s/%s regarding %s%s",
             text,
-            outcome.message_id,
+            message_label(outcome.message_id, subject),
             self.rt.name,
             folder,
             outcome.regarding or "-",

@@ -37,6 +37,7 @@ from mailfiler.tracking import txsql
 from mailfiler.tracking.autotrack import Verdict, auto_verdict
 from mailfiler.tracking.context import FolderContext, MailboxContext
 from mailfiler.tracking.correlate import Match, correlate, subject_key
+from mailfiler.tracking.labels import message_label
 from mailfiler.tracking.parse import ParsedMessage
 from mailfiler.tracking.regarding import create_contact
 from mailfiler.tracking.regarding import resolve as resolve_regarding
@@ -409,13 +410,16 @@ class Tracker:
                 )
         except Exception as exc:  # any bug in an invitation must not cost the e-mail: logged with its traceback
             log.warning(
-                "invitation in %s not applied", msg.message_id, exc_info=True, extra={"event": "invitation-error"}
+                "invitation in %s not applied",
+                message_label(msg.message_id, msg.subject),
+                exc_info=True,
+                extra={"event": "invitation-error"},
             )
             outcomes = [InvitationOutcome(None, "unreadable", detail=f"{type(exc).__name__}: {exc}")]
         for out in outcomes:
             extra = {"event": f"invitation-{out.action}", "uid": out.uid, "activity": activity.id}
             if out.action == "unreadable":
-                log.warning("invitation in %s: %s", msg.message_id, out.detail, extra=extra)
+                log.warning("invitation in %s: %s", message_label(msg.message_id, msg.subject), out.detail, extra=extra)
             elif out.action != "ignored":
                 log.info("invitation %s %s: appointment %s", out.uid, out.action, out.activity_id, extra=extra)
         broken = [f"invitation: {o.detail}"[:200] for o in outcomes if o.action == "unreadable"]
