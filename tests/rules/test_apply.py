@@ -292,7 +292,7 @@ def test_cli_json_table_and_errors(world: World) -> None:
         "headers": True,
     }
     out = world.cli("rules", "apply").stdout
-    assert "4 activities: 2 changed, 1 unchanged, 1 skipped-folder" in out
+    assert "4 e-mail activities: 2 changed, 1 unchanged, 1 skipped-folder" in out
     assert "account:contoso -> account:fabrikam" in out and "in-reply-to -> rule:offers" in out
     assert "Printer" not in out  # unchanged rows only with --all
     assert "Printer" in world.cli("rules", "apply", "--all").stdout

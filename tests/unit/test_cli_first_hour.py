@@ -191,7 +191,7 @@ def test_table_fits_80_columns_and_names_what_it_left_out(monkeypatch, capsys) -
     text = _render(monkeypatch, capsys, 80)
     assert max(len(line) for line in text.splitlines()) <= 80, text
     assert "[urgent]" in text  # a cell is text, not rich markup
-    assert "not shown at 80 columns:" in text and "--wide" in text
+    assert "hidden at 80 columns:" in text and "--wide" in text
     header = text.splitlines()[2]
     for col in ("id", "subject", "regarding"):
         assert col in header
@@ -206,7 +206,7 @@ def test_table_at_120_columns_drops_less_and_wide_shows_all(monkeypatch, capsys)
 
     assert header(text).count("┃") > header(narrow).count("┃")
     wide = _render(monkeypatch, capsys, 80, wide=True)
-    assert "not shown" not in wide
+    assert "hidden at" not in wide
     assert "alice/Tracked/Contoso/Invoices/2024/November" in wide and "rule:contoso-domains" in wide
 
 

@@ -9,7 +9,7 @@ import click
 
 from mailfiler import __version__
 from mailfiler.cli.errors import handle_errors, report
-from mailfiler.cli.output import Col, emit_json, json_option, plural, table, wide_option
+from mailfiler.cli.output import Col, emit_json, json_option, plural, table, when, wide_option
 from mailfiler.cli.serverrules import print_status as print_server_rules
 from mailfiler.config.loader import LoadedConfig, load_config, store_settings_lenient
 from mailfiler.config.schema import Config
@@ -254,7 +254,7 @@ def status(obj: Context, as_json: bool, wide: bool) -> None:
             f["folder"],
             f["regarding"] or "-",
             f["state"],
-            f["last_sync"] or "never",
+            when(f["last_sync"]),
             f["tracked"],
             f["shunted"],
             f["last_error"] or "",
@@ -263,20 +263,21 @@ def status(obj: Context, as_json: bool, wide: bool) -> None:
         for f in mb["folders"]
     ]
     columns = [
-        Col("mailbox", short=True), Col("folder"), Col("regarding", drop=2), Col("state", short=True),
-        Col("last sync (UTC)", drop=3), Col("tracked", short=True), Col("shunted", short=True, drop=1),
+        Col("mailbox", short=True), Col("folder"), Col("regarding", drop=1), Col("state", short=True),
+        Col("last sync (UTC)", short=True, drop=3), Col("tracked", short=True), Col("shunted", short=True, drop=4),
         Col("last error", overflow="fold"),
     ]  # fmt: skip
     table(None, columns, rows, wide=wide)
     watched = [
-        (mb["name"], f["folder"], f["state"], f["last_sync"] or "never", f["tracked"], f["skipped"], f["shunted"])
+        (mb["name"], f["folder"], f["state"], when(f["last_sync"]), f["tracked"], f["skipped"], f["shunted"])
         for mb in data["mailboxes"]
         for f in mb["watched"]
     ]
     if watched:
         columns = [
-            Col("mailbox", short=True), Col("folder"), Col("state", short=True), Col("last sync (UTC)", drop=3),
-            Col("tracked", short=True), Col("not tracked", short=True, drop=2), Col("shunted", short=True, drop=1),
+            Col("mailbox", short=True), Col("folder"), Col("state", short=True),
+            Col("last sync (UTC)", short=True, drop=2), Col("tracked", short=True),
+            Col("not tracked", short=True, drop=1), Col("shunted", short=True, drop=3),
         ]  # fmt: skip
         table("auto-tracking: other folders watched", columns, watched, wide=wide)
     _print_sync_status(data, wide)
@@ -286,14 +287,14 @@ def status(obj: Context, as_json: bool, wide: bool) -> None:
 def _print_sync_status(data: dict, wide: bool) -> None:
     """Sync-back collections (mailfiler.sync): added to `data` as "sync" for --json too."""
     rows = [
-        (s["mailbox"], s["kind"], s["location"], s["state"], s["last_sync"] or "never", s["items"], s["shunted"],
+        (s["mailbox"], s["kind"], s["location"], s["state"], when(s["last_sync"]), s["items"], s["shunted"],
          s["last_error"] or "")
         for s in data.get("sync", [])
     ]  # fmt: skip
     if rows:
         columns = [
             Col("mailbox", short=True), Col("kind", short=True), Col("where", drop=1), Col("state", short=True),
-            Col("last sync (UTC)", drop=3), Col("items", short=True), Col("shunted", short=True, drop=2),
+            Col("last sync (UTC)", short=True, drop=2), Col("items", short=True), Col("shunted", short=True, drop=3),
             Col("last error", overflow="fold"),
         ]  # fmt: skip
         table("sync-back: address books and calendars", columns, rows, wide=wide)

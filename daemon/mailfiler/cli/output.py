@@ -50,6 +50,11 @@ class Col:
     overflow: Literal["ellipsis", "fold"] = "ellipsis"
 
 
+def when(iso: str | None, never: str = "never") -> str:
+    """A stored UTC time for a table cell: ``2026-12-06 20:30:21`` (to the second)."""
+    return iso[:19].replace("T", " ") if iso else never
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
@@ -106,4 +111,4 @@ def table(
     console.print(t)
     hidden = [cols[i].header for i in range(len(cols)) if i not in keep]
     if hidden:
-        console.print(f"[dim]not shown at {width} columns: {', '.join(hidden)} (--wide or --json shows them)[/dim]")
+        console.print(f"[dim]hidden at {width} columns: {', '.join(hidden)} (--wide shows all)[/dim]")

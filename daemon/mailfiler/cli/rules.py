@@ -689,7 +689,7 @@ def _print_apply(data: dict[str, Any], show_all: bool) -> None:
         if show_all or a["result"] not in quiet
     ]
     counts = ", ".join(f"{n} {name}" for name, n in data["totals"].items() if n)
-    title = f"{len(data['activities'])} activities: {counts or 'none tracked'}"
+    title = f"{plural(len(data['activities']), 'e-mail activity', 'e-mail activities')}: {counts or 'none tracked'}"
     if rows:
         table(title, ["id", "subject", "regarding", "by", "result", "note"], rows)
     else:
