@@ -158,3 +158,61 @@ def test_security_exposure_is_low() -> None:
     assert match, output
     score = float(match.group(1))
     assert score <= MAX_EXPOSURE, output
+
+
+# -- drop-ins: one for each kind of server the daemon talks to (systemd/README.md) --------
+
+DROP_INS = sorted((UNIT.parent / "drop-ins").glob("*.conf"))
+#: what `systemd-analyze security` says once the drop-in is read: proof that it was applied
+SECURITY_SAYS = {
+    "cloud-services.conf": "does not define an IP address allow list",
+    "dav-server.conf": "allow list with non-localhost entries",
+    "imap-server.conf": "allow list with non-localhost entries",
+    "postgresql-remote.conf": "allow list with non-localhost entries",
+    "maildirs-only.conf": "fake empty home directories",
+    "postgresql-local.conf": "allow list with only localhost entries",
+    "vdir-home.conf": "read-only access to home directories",
+}
+
+
+def test_every_drop_in_is_documented_and_leaves_the_system_call_filter_alone() -> None:
+    assert {p.name for p in DROP_INS} == set(SECURITY_SAYS)
+    readme = (UNIT.parent / "README.md").read_text()
+    for path in DROP_INS:
+        assert f"drop-ins/{path.name}" in readme, f"systemd/README.md does not mention {path.name}"
+        keys = {key for _, key, _ in _directives(path.read_text())}
+        # tests/test_sandbox.py runs mailfiler under the unit's filter: a drop-in must not change it
+        assert not keys & {"SystemCallFilter", "SystemCallErrorNumber", "RestrictAddressFamilies"}, path.name
+
+
+def _with_drop_in(directory: Path, drop_in: Path) -> Path:
+    copy = _verifiable_copy(directory)
+    d = directory / f"{UNIT.name}.d"
+    d.mkdir()
+    shutil.copy(drop_in, d / drop_in.name)
+    return copy
+
+
+@needs_analyze
+@pytest.mark.parametrize("drop_in", DROP_INS, ids=lambda p: p.name)
+def test_unit_with_drop_in_verifies_and_stays_hardened(tmp_path: Path, drop_in: Path) -> None:
+    copy = _with_drop_in(tmp_path, drop_in)
+    result = _run("verify", str(copy))
+    output = result.stdout + result.stderr
+    assert [line for line in output.splitlines() if "mailfiler" in line] == [], output
+    assert result.returncode == 0, output
+    security = _run("security", "--offline=true", str(copy))
+    text = security.stdout + security.stderr
+    assert SECURITY_SAYS[drop_in.name] in text, text
+    match = re.search(r"Overall exposure level for mailfiler\.service: (\d+(?:\.\d+)?)", text)
+    assert match and float(match.group(1)) <= MAX_EXPOSURE, text
+
+
+@needs_analyze
+def test_verify_reads_the_drop_in_directory(tmp_path: Path) -> None:
+    # Guards the test above: a mistake in a drop-in is reported
+    broken = tmp_path / "broken.conf"
+    broken.write_text("[Service]\nIPAddressAllowz=192.0.2.1\n")
+    copy = _with_drop_in(tmp_path, broken)
+    result = _run("verify", str(copy))
+    assert "IPAddressAllowz" in result.stdout + result.stderr

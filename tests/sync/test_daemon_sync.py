@@ -23,6 +23,7 @@ END:VCARD\r
 
 def test_daemon_tracks_a_card_saved_into_the_address_book(tmp_path: Path) -> None:
     vdir = tmp_path / "dav"
+    (tmp_path / "Maildir").mkdir()  # the mailbox root exists; mailfiler never creates it
     world = World(
         tmp_path / "w",
         tmp_path / "Maildir",

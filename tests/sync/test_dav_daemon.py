@@ -24,6 +24,7 @@ CARD = (
 
 def test_daemon_polls_the_server_and_tracks_a_saved_card(tmp_path: Path, dav_user: DavUser) -> None:
     url = dav_user.url("crm-contacts")
+    (tmp_path / "Maildir").mkdir()  # the mailbox root exists; mailfiler never creates it
     world = World(
         tmp_path / "w",
         tmp_path / "Maildir",
