@@ -26,6 +26,9 @@ import pytest
 from tests.daemonproc import DaemonProc, ImapWorld, World, cli, committed_count, scalar, wait_until
 from tests.mailgen import drop_into_maildir, maildirpp_folder_dir, realistic_message
 from tests.servers.dovecot import DovecotServer, start_dovecot
+from tests.servers.radicale import DavUser, dav_user, radicale
+
+__all__ = ["dav_user", "radicale"]
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "mailfiler.service"
@@ -233,3 +236,44 @@ def test_maildir_daemon_under_the_filter(allowed_file: Path, tmp_path: Path) -> 
         assert "stopped" in names, state()
         assert "parse-helper-failed" not in names, state()
         assert not [e for e in daemon.events() if e.get("level") in ("error", "critical")], state()
+
+
+SYNC_EVENT = (
+    "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\nBEGIN:VEVENT\r\nUID:sandbox-1\r\nDTSTAMP:20240101T000000Z\r\n"
+    "DTSTART;TZID=Europe/Stockholm:20240618T100000\r\nDTEND;TZID=Europe/Stockholm:20240618T110000\r\n"
+    "SUMMARY:Review\r\nCATEGORIES:Tracked\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+)
+
+
+@pytest.mark.timeout(180)
+def test_sync_back_under_the_filter(allowed_file: Path, tmp_path: Path, dav_user: DavUser) -> None:
+    """``mailfiler sync`` under the unit's filter, to each kind of target the drop-ins in
+    systemd/drop-ins/ open the sandbox for (vdir folders; a CalDAV/CardDAV server over
+    HTTP): contacts go out, a tracked event comes in, nothing is refused."""
+    (tmp_path / "Maildir").mkdir()
+    (tmp_path / "vdir" / "calendar").mkdir(parents=True)
+    (tmp_path / "vdir" / "calendar" / "review.ics").write_text(SYNC_EVENT)
+    records = (
+        "records:\n"
+        "  - {entity: account, key: contoso, name: Contoso AB, domains: [contoso.com]}\n"
+        "  - {entity: contact, key: bob, name: Bob Smith, emails: [bob@contoso.com]}\n"
+    )
+    head = "database: sqlite:///state/mf.db\nstate_dir: state\n" + records + "mailboxes:\n"
+    mailbox = "  - name: anna\n    owner: anna@example.com\n    maildir: Maildir\n    sync:\n"
+    auth = f"username: {dav_user.name}, password_file: {dav_user.password_file}"
+    configs = {
+        "vdir": "      vdir: {contacts: vdir/contacts, calendar: vdir/calendar}\n",
+        "dav": f'      carddav: {{url: "{dav_user.url("crm-contacts")}", {auth}}}\n'
+        f'      caldav: {{url: "{dav_user.url("crm-calendar")}", {auth}}}\n',
+    }
+    for name, sync in configs.items():
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(head + mailbox + sync + "      filters: {contacts: [{all: true}]}\n")
+        res = cli(cfg, "sync", "--json", prefix=seccomp_prefix(allowed_file))
+        assert res.returncode == 0, (name, res.stdout, res.stderr)
+        results = {r["kind"]: r for r in json.loads(res.stdout)}
+        assert results["contacts"]["uploaded"] == 1 and results["contacts"]["state"] == "ok", (name, results)
+        assert results["calendar"]["state"] == "ok", (name, results)
+    # the vdir's tracked event became a CRM appointment; the DAV run found it there and sent it up
+    assert len(list((tmp_path / "vdir" / "contacts").glob("*.vcf"))) == 1
+    assert len(list(dav_user.collection_dir("crm-calendar").glob("*.ics"))) == 1
