@@ -183,7 +183,7 @@ def _render(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         (7, "incoming", "bob.smith@contoso.example.com", "[urgent] Invoice 2024-11 for the support contract renewal",
          "account:contoso", "rule:contoso-domains", "alice/Tracked/Contoso/Invoices/2024/November", 2),
     ]  # fmt: skip
-    output.table("1 e-mail activity", cols, rows, **kw)
+    output.table("1 e-mail activity", cols, rows, **{"wide": False, **kw})
     return capsys.readouterr().out
 
 
@@ -208,6 +208,15 @@ def test_table_at_120_columns_drops_less_and_wide_shows_all(monkeypatch, capsys)
     wide = _render(monkeypatch, capsys, 80, wide=True)
     assert "hidden at" not in wide
     assert "alice/Tracked/Contoso/Invoices/2024/November" in wide and "rule:contoso-domains" in wide
+
+
+def test_a_table_without_priorities_drops_from_the_right_rather_than_crop(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(output, "terminal_width", lambda: 40)
+    output.table("t", ["first", "second", "third", "fourth", "fifth"], [("a" * 12, "b" * 12, "c", "d", "e")])
+    text = capsys.readouterr().out
+    assert max(len(line) for line in text.splitlines()) <= 40, text
+    assert "first" in text and "fifth" not in text.splitlines()[1]
+    assert "hidden at 40 columns:" in text and "--json shows all" in text  # no --wide on this command
 
 
 def test_plural() -> None:

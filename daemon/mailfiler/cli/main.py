@@ -346,7 +346,7 @@ def activities(
         )
     columns = [
         Col("id", short=True), *([Col("kind", short=True)] if kind == "all" else []), Col("dir", short=True, drop=4),
-        Col("from", drop=2), Col("subject"), Col("regarding"), Col("by", drop=3), Col("where", drop=1),
+        Col("from", drop=2), Col("subject"), Col("regarding", short=True), Col("by", drop=3), Col("where", drop=1),
         Col("att", short=True, drop=5),
     ]  # fmt: skip
     noun = {"email": ("e-mail activity", "e-mail activities"), "appointment": ("appointment", "appointments")}

@@ -82,16 +82,22 @@ def fit_columns(cols: Sequence[Col], rows: Sequence[Sequence[str]], width: int) 
 
     while total() > width:
         droppable = [i for i in keep if cols[i].drop > 0]
-        if not droppable:
+        if droppable:
+            # the highest drop number first; of equals, the rightmost
+            keep.remove(max(droppable, key=lambda i: (cols[i].drop, i)))
+        elif len(keep) > 1:
+            # a table without priorities, or still too wide: the rightmost columns go (the
+            # note names them) rather than rich cropping every line at the terminal's edge
+            keep.pop()
+        else:
             break
-        # the highest drop number first; of equals, the rightmost
-        keep.remove(max(droppable, key=lambda i: (cols[i].drop, i)))
     return keep
 
 
 def table(
-    title: str | None, columns: Sequence[str | Col], rows: Sequence[Sequence[Any]], *, wide: bool = False
+    title: str | None, columns: Sequence[str | Col], rows: Sequence[Sequence[Any]], *, wide: bool | None = None
 ) -> None:
+    """``wide``: the command's --wide (None: it has none, and the note points to --json)."""
     cols = [c if isinstance(c, Col) else Col(c) for c in columns]
     cells = [["" if v is None else str(v) for v in row] for row in rows]
     width = terminal_width()
@@ -111,4 +117,5 @@ def table(
     console.print(t)
     hidden = [cols[i].header for i in range(len(cols)) if i not in keep]
     if hidden:
-        console.print(f"[dim]hidden at {width} columns: {', '.join(hidden)} (--wide shows all)[/dim]")
+        how = "--json" if wide is None else "--wide"
+        console.print(f"[dim]hidden at {width} columns: {', '.join(hidden)} ({how} shows all)[/dim]")

@@ -116,7 +116,7 @@ def _sync_table(data: list[dict], wide: bool) -> None:
         )
         for d in data
     ]
-    table("mailfiler sync", [*head, Col("changes"), Col("items", short=True)], rows)
+    table("mailfiler sync", [*head, Col("changes"), Col("items", short=True)], rows, wide=False)
 
 
 def _list_shunted(obj, mailbox: str | None, as_json: bool) -> None:
@@ -189,5 +189,9 @@ def appointments_list(obj, regarding: str | None, as_json: bool) -> None:
          a["rrule"] or "", a["status"])
         for a in data
     ]  # fmt: skip
-    columns = ["id", "start", "end", "subject", "location", "regarding", "repeats", "status"]
+    columns = [
+        Col("id", short=True), Col("start", overflow="fold"), Col("end", overflow="fold", drop=3), Col("subject"),
+        Col("location", drop=2), Col("regarding", short=True), Col("repeats", drop=1),
+        Col("status", short=True, drop=4),
+    ]  # fmt: skip
     table(plural(len(data), "appointment"), columns, rows)
