@@ -5,8 +5,10 @@ columns, plural forms."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -242,3 +244,31 @@ def test_message_label_is_message_id_and_subject() -> None:
     assert label_of_raw(raw, place="p") == '<m@x> "Möte"'
     assert label_of_raw(b"", place="alice/INBOX/7") == "(alice/INBOX/7)"
     assert label_of_raw(b"\x00\xff not mail", place="alice/INBOX/8") == "(alice/INBOX/8)"
+
+
+# -- scripts/run-example.sh on a fresh clone ---------------------------------------------------
+
+
+def test_run_example_makes_its_maildir_on_a_fresh_clone(tmp_path: Path) -> None:
+    """The example's Maildir is made by the script, not by mailfiler (which never
+    creates a missing root): on a clone without state/, `config check` and `once` work."""
+    repo = Path(__file__).resolve().parents[2]
+    clone = tmp_path / "clone"
+    for part in ("scripts", "config", "rules"):
+        shutil.copytree(repo / part, clone / part)
+    shutil.copy(repo / "setup.cfg", clone / "setup.cfg")
+    # this venv stands in for the one the script would make (no pip install in a test)
+    venv_bin = clone / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    for name in ("python", "mailfiler"):
+        (venv_bin / name).symlink_to(Path(sys.executable).parent / name)
+    digest = hashlib.sha256((clone / "setup.cfg").read_bytes()).hexdigest()
+    (clone / ".venv" / ".run-setup-cfg.sha256").write_text(digest + "\n")
+    script = clone / "scripts" / "run-example.sh"
+    env = {k: v for k, v in os.environ.items() if k != "MAILFILER_CONFIG"}
+    check = subprocess.run([script, "config", "check"], capture_output=True, text=True, env=env, timeout=120)
+    assert check.returncode == 0, check.stderr
+    assert (clone / "state" / "Maildir").is_dir()
+    once = subprocess.run([script, "once", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert once.returncode == 0, once.stderr
+    assert (clone / "state" / "Maildir" / ".Tracked.Contoso" / "new").is_dir()
