@@ -30,7 +30,7 @@ Start here (in a clone of the source; the example's Maildir must exist):
   mailfiler --config config/mailfiler.example.yaml activities
 
 The config file comes from --config or the MAILFILER_CONFIG environment variable.
-The options above the commands may also follow the command: `mailfiler run --config FILE`.
+--config, --log-format and --log-level may also follow the command: `mailfiler run --config FILE`.
 """
 
 #: the group's own options, each taking a value
