@@ -483,7 +483,7 @@ class Mailbox(Strict):
         description="maildir++ (Dovecot/Courier: .Folder.Sub) or fs (nested directories).",
     )
     create_missing_folders: bool = Field(
-        default=False, description="Create tracked folders that do not exist yet (handy for a new local Maildir)."
+        default=False, description="Create tracked folders missing inside the mailbox (never the mailbox root)."
     )
     tracked_folders: list[TrackedFolder] = Field(default_factory=list)
     auto_track: AutoTrack = Field(default_factory=AutoTrack)
