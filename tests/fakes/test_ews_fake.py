@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests.adapters
+import requests.exceptions
 from exchangelib import (
     DELEGATE,
     IMPERSONATION,
@@ -32,14 +33,16 @@ from exchangelib.errors import (
     ErrorIrresolvableConflict,
     ErrorItemNotFound,
     ErrorServerBusy,
+    ErrorTimeoutExpired,
     TransportError,
     UnauthorizedError,
 )
 from exchangelib.indexed_properties import EmailAddress
 from exchangelib.items import NEVER_OVERWRITE
-from exchangelib.protocol import BaseProtocol, FailFast, FaultTolerance
+from exchangelib.protocol import BaseProtocol, FailFast, FaultTolerance, close_connections
 
 from tests.servers.ews import EwsServer
+from tests.servers.ews.soap import EwsError
 from tests.servers.tls import make_tls
 
 ALICE, SVC, BOB = "alice@example.com", "svc@example.com", "bob@example.com"
@@ -62,6 +65,7 @@ def mime(n: int, subject: str = "Hello") -> bytes:
 def server() -> Iterator[EwsServer]:
     with EwsServer(USERS) as fake:
         yield fake
+    close_connections()  # exchangelib caches protocols (sessions, retry policy) per endpoint and credentials
 
 
 def account(
@@ -144,6 +148,7 @@ def test_invalid_sync_state_is_refused(server: EwsServer) -> None:
         list(folder.sync_items(sync_state=state))
     with pytest.raises(ErrorInvalidSyncStateData):
         list(folder.sync_items(sync_state="bm90IG91cnM="))
+    folder.item_sync_state = None
     assert [k for k, _ in folder.sync_items()] == ["create"]  # a full listing still works
     server.inject_error("SyncFolderItems", "ErrorInvalidSyncStateData")
     with pytest.raises(ErrorInvalidSyncStateData):
@@ -156,7 +161,7 @@ def test_mime_fetched_in_batches_and_missing_items_reported(server: EwsServer) -
     acc = account(server)
     before = len(server.operations())
     got = list(acc.fetch(ids=[(i, None) for i in ids], only_fields=["mime_content"], chunk_size=15))
-    assert server.operations()[before:] == ["GetItem", "GetItem"]
+    assert server.operations()[before:].count("GetItem") == 2  # 30 ids in 2 requests
     assert isinstance(got[7], ErrorItemNotFound)
     assert [g.mime_content for n, g in enumerate(got) if n != 7] == [mime(n) for n in range(30) if n != 7]
     server.inject_error("GetItem", "ErrorItemNotFound")
@@ -190,7 +195,7 @@ def test_move_gives_a_new_id_and_delete(server: EwsServer) -> None:
     item.move(acc.inbox / "Clients" / "Contoso")
     assert item.id != item_id
     assert [i.id for i in server.items(ALICE, "Inbox/Clients/Contoso")] == [item.id]
-    with pytest.raises(ErrorItemNotFound):
+    with pytest.raises(EwsError, match="ErrorItemNotFound"):
         server.item(item_id)
     item.delete()
     assert server.items(ALICE, "Inbox/Clients/Contoso") == []
@@ -201,7 +206,7 @@ def test_create_message_contact_calendar_item_and_folder(server: EwsServer) -> N
     message = Message(account=acc, folder=acc.inbox, mime_content=mime(5))
     message.save()
     assert server.item(message.id).headers["message-id"] == "<m5@example.org>"
-    contact = Contact(account=acc, folder=acc.contacts, given_name="Ada", surname="Lovelace",
+    contact = Contact(account=acc, folder=acc.contacts, display_name="Ada Lovelace", given_name="Ada", surname="Lovelace",
                       email_addresses=[EmailAddress(email="ada@example.org", label="EmailAddress1")])  # fmt: skip
     contact.save()
     contact.surname = "King"
@@ -253,11 +258,12 @@ def test_streaming_closed_on_demand_dropped_mid_stream_and_lost_events(server: E
     t0 = time.monotonic()
     assert _stream(acc, subscription) == []
     assert time.monotonic() - t0 < 5
+    # exchangelib lets the broken chunked response through as requests' ChunkedEncodingError
     server.inject_drop("GetStreamingEvents", after_bytes=100)
-    with pytest.raises(TransportError):
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
         _stream(acc, subscription)
     threading.Timer(0.3, server.drop_streams).start()
-    with pytest.raises(TransportError):
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
         _stream(acc, subscription)
     server.lose_events(ALICE)
     with pytest.raises(Exception, match="lost"):
@@ -270,9 +276,13 @@ def test_server_busy_back_off_is_honoured(server: EwsServer, monkeypatch: pytest
     t0 = time.monotonic()
     assert acc.root.get_folder(acc.inbox).name == "Inbox"
     assert time.monotonic() - t0 >= 0.7
+    close_connections()  # exchangelib caches one protocol (and its retry policy) per endpoint and credentials
+    strict = account(server)
+    inbox = strict.inbox
     server.inject_busy("GetFolder", back_off_ms=100, times=1)
-    with pytest.raises(ErrorServerBusy):
-        account(server).inbox.refresh()
+    with pytest.raises(ErrorServerBusy) as raised:
+        inbox.refresh()
+    assert raised.value.back_off == 0.1
 
 
 def test_http_401_503_and_a_dropped_connection(server: EwsServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -281,9 +291,14 @@ def test_http_401_503_and_a_dropped_connection(server: EwsServer, monkeypatch: p
     acc.inbox.refresh()
     server.inject_unavailable("GetFolder", times=2)
     server.inject_unauthorized("GetFolder", times=1)
-    server.inject_drop("GetFolder", times=1)
     acc.inbox.refresh()  # each retried by exchangelib's fault tolerance
-    assert server.faults.fired["GetFolder"] == 4
+    assert server.faults.fired["GetFolder"] == 3
+    # a dropped connection is not retried with a session pool of 1: the backend must retry it
+    server.inject_drop("GetFolder", times=1)
+    with pytest.raises(ErrorTimeoutExpired):
+        acc.inbox.refresh()
+    acc.inbox.refresh()
+    close_connections()
     strict = account(server)
     server.inject_unauthorized("GetFolder")
     with pytest.raises(UnauthorizedError):
@@ -317,6 +332,7 @@ def test_tls_with_the_test_ca_and_refused_with_another(tmp_path: Path, monkeypat
     with EwsServer(USERS, tls=tls) as fake:
         monkeypatch.setattr(BaseProtocol, "HTTP_ADAPTER_CLS", _ca_adapter(tls.ca_file))
         assert account(fake, auth="NTLM").inbox.name == "Inbox"
+        close_connections()
         monkeypatch.setattr(BaseProtocol, "HTTP_ADAPTER_CLS", _ca_adapter(tls.wrong_ca_file))
         with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
             account(fake).inbox  # noqa: B018

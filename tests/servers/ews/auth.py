@@ -59,6 +59,7 @@ class Authenticator:
         for user in self.store.users.values():
             lines.append(f"{self.store.domain}:{user.username}:{user.password}")
             lines.append(f":{user.smtp}:{user.password}")
+            lines.append(f":{user.username}:{user.password}")  # no domain given: the server's own
         self._user_file.write_text("\n".join(lines) + "\n")
         return self._user_file
 
