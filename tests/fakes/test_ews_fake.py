@@ -241,12 +241,12 @@ def test_streaming_notifications_closed_after_the_lifetime_and_reconnect(server:
     timer.join()
     assert 0.9 < time.monotonic() - t0 < 5  # ended by ConnectionStatus=Closed, not by a timeout
     events = [type(e).__name__ for n in notifications for e in n.events]
-    assert events == ["CreatedEvent", "NewMailEvent", "MovedEvent"]
+    assert events == ["CreatedEvent", "NewMailEvent", "ModifiedEvent", "MovedEvent"]
     moved = notifications[-1].events[-1]
     assert moved.old_item_id.id == first and moved.item_id.id != first
     server.deliver(ALICE, mime(2), "Inbox")  # reconnect: what happened meanwhile is queued
     again = [type(e).__name__ for n in _stream(acc, subscription) for e in n.events]
-    assert again == ["CreatedEvent", "NewMailEvent"]
+    assert again == ["CreatedEvent", "NewMailEvent", "ModifiedEvent"]
     acc.inbox.unsubscribe(subscription)
     assert server.subscriptions(ALICE) == []
 

@@ -168,7 +168,6 @@ def update_item(ctx: Context, request: ET.Element) -> ET.Element:
         else:
             message = success("UpdateItem")
             sub(message, "m:Items").append(answer)
-            sub(sub(message, "m:ConflictResults"), "t:Count", "0")
         messages.append(message)
     return response("UpdateItem", messages)
 

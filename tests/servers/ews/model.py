@@ -323,6 +323,12 @@ class Store:
             self._item_event(mailbox, "CreatedEvent", item)
             if new_mail:
                 self._item_event(mailbox, "NewMailEvent", item)
+                # the folder's unread count changed too (Exchange sends this with new mail)
+                unread = sum(1 for i in folder.items.values() if not i.is_read)
+                event: dict[str, Any] = {"type": "ModifiedEvent", "folder_id": (folder.id, folder.change_key), "unread_count": unread}
+                if folder.parent is not None:
+                    event["parent_folder_id"] = (folder.parent.id, folder.parent.change_key)
+                self.publish(mailbox.user.smtp.lower(), event)
             return item
 
     def update_item(self, smtp: str, item: Item, *, read_only: bool = False) -> None:

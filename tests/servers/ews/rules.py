@@ -57,6 +57,7 @@ def update_inbox_rules(ctx: Context, request: ET.Element) -> ET.Element:
                 rule = copy.deepcopy(operation.find(q("t:Rule")))
                 if rule is None:
                     raise EwsError("ErrorInvalidRequest", "No Rule.")
+                _normalise(ctx, rule)
                 if kind == "SetRuleOperation":
                     _remove(rules, (rule.findtext(q("t:RuleId")) or "").strip())
                 else:
@@ -80,3 +81,16 @@ def _remove(rules: list[ET.Element], rule_id: str) -> None:
             rules.remove(rule)
             return
     raise EwsError("ErrorRuleNotFound", "The specified rule was not found.")
+
+
+def _normalise(ctx: Context, rule: ET.Element) -> None:
+    """As Exchange stores a rule: no empty Exceptions, folders named by FolderId."""
+    for exceptions in rule.findall(q("t:Exceptions")):
+        if not len(exceptions):
+            rule.remove(exceptions)
+    for action in rule.iter():
+        for i, ref in enumerate(list(action)):
+            if ref.tag == q("t:DistinguishedFolderId"):
+                _, folder = ctx.folder(ref)
+                action.remove(ref)
+                action.insert(i, el("t:FolderId", Id=folder.id, ChangeKey=folder.change_key))

@@ -43,7 +43,7 @@ class Subscription:
             return False
         if self.folders is None:
             return True
-        parents = {event.get("parent_folder_id", ("",))[0], event.get("old_parent_folder_id", ("",))[0]}
+        parents = {event.get(k, ("",))[0] for k in ("parent_folder_id", "old_parent_folder_id", "folder_id")}
         return bool(parents & self.folders)
 
 
@@ -103,6 +103,8 @@ def _event_element(event: dict[str, Any]) -> ET.Element:
     for key, tag in (("old_folder_id", "t:OldFolderId"), ("old_item_id", "t:OldItemId"), ("old_parent_folder_id", "t:OldParentFolderId")):
         if key in event:
             elem.append(_id(tag, event[key]))
+    if "unread_count" in event:
+        sub(elem, "t:UnreadCount", str(event["unread_count"]))
     return elem
 
 
