@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import requests.adapters
 import requests.exceptions
@@ -28,28 +29,33 @@ from exchangelib import (
     Version,
 )
 from exchangelib.errors import (
+    ErrorAccessDenied,
     ErrorImpersonateUserDenied,
     ErrorInvalidSyncStateData,
     ErrorIrresolvableConflict,
     ErrorItemNotFound,
+    ErrorNonExistentMailbox,
     ErrorServerBusy,
+    ErrorSubscriptionNotFound,
     ErrorTimeoutExpired,
     TransportError,
     UnauthorizedError,
 )
 from exchangelib.indexed_properties import EmailAddress
 from exchangelib.items import NEVER_OVERWRITE
+from exchangelib.properties import Notification
 from exchangelib.protocol import BaseProtocol, FailFast, FaultTolerance, close_connections
 
 from tests.servers.ews import EwsServer
 from tests.servers.ews.soap import EwsError
 from tests.servers.tls import make_tls
 
-ALICE, SVC, BOB = "alice@example.com", "svc@example.com", "bob@example.com"
+ALICE, SVC, BOB, CAROL = "alice@example.com", "svc@example.com", "bob@example.com", "carol@example.com"
 USERS = [
     {"smtp": ALICE, "password": "pw-alice", "folders": ["Inbox/Clients/Contoso", "Inbox/Clients/Müller & Söhne"]},
-    {"smtp": SVC, "username": "svc", "password": "pw-svc", "impersonate": [ALICE]},
-    {"smtp": BOB, "password": "pw-bob"},
+    {"smtp": SVC, "username": "svc", "password": "pw-svc", "impersonate": [ALICE, CAROL]},
+    {"smtp": BOB, "password": "pw-bob", "delegates": [ALICE]},
+    {"smtp": CAROL, "password": "pw-carol"},
 ]
 EXCHANGE_2016 = Version(build=Build(15, 1, 2507, 6))
 
@@ -77,8 +83,10 @@ def account(
     mailbox: str = ALICE,
     access: str = DELEGATE,
     retry: FailFast | FaultTolerance | None = None,
+    max_connections: int | None = None,
 ) -> Account:
     config = Configuration(
+        max_connections=max_connections,
         service_endpoint=server.ews_url,
         credentials=Credentials(login, password),
         auth_type=auth,
@@ -224,8 +232,9 @@ def test_create_message_contact_calendar_item_and_folder(server: EwsServer) -> N
     assert server.folder_id(ALICE, "Inbox/Neu – Ärger") == new_folder.id
 
 
-def _stream(acc: Account, subscription: str, minutes: int = 1) -> list[object]:
-    return list(acc.inbox.get_streaming_events(subscription, connection_timeout=minutes))
+def _stream(acc: Account, subscription: str | list[str], minutes: int = 1) -> list[Notification]:
+    ids = [subscription] if isinstance(subscription, str) else subscription
+    return list(acc.inbox.get_streaming_events(ids, connection_timeout=minutes))
 
 
 def test_streaming_notifications_closed_after_the_lifetime_and_reconnect(server: EwsServer) -> None:
@@ -317,6 +326,79 @@ def test_basic_and_ntlm_credentials_and_impersonation_rights(server: EwsServer) 
         account(server, "EXAMPLE\\svc", "pw-svc", auth="NTLM", mailbox=BOB, access=IMPERSONATION).inbox  # noqa: B018
     with pytest.raises(ErrorImpersonateUserDenied):
         account(server, BOB, "pw-bob", access=IMPERSONATION).inbox  # noqa: B018
+
+
+def test_delegate_access_and_the_anchor_mailbox(server: EwsServer) -> None:
+    assert account(server, ALICE, "pw-alice", mailbox=BOB).inbox.name == "Inbox"  # Bob granted Alice access
+    with pytest.raises(ErrorAccessDenied):
+        account(server, BOB, "pw-bob", mailbox=ALICE).inbox  # noqa: B018
+    with pytest.raises(ErrorNonExistentMailbox):
+        account(server, mailbox="nobody@example.com").inbox  # noqa: B018  (X-AnchorMailbox cannot be routed)
+
+
+def test_find_items_in_pages_and_a_calendar_view(server: EwsServer) -> None:
+    acc = account(server)
+    for n in range(7):
+        Contact(account=acc, folder=acc.contacts, display_name=f"Contact {n}", given_name=f"C{n}").save()
+    assert sorted(c.display_name for c in acc.contacts.all().only("display_name")) == [f"Contact {n}" for n in range(7)]
+    paged = acc.contacts.all().only("display_name")
+    paged.page_size = 3
+    before = server.operations().count("FindItem")
+    assert len(list(paged)) == 7
+    assert server.operations().count("FindItem") - before == 3
+    tz = EWSTimeZone("UTC")
+    for day in (1, 10):
+        start = EWSDateTime(2026, 12, day, 9, 0, tzinfo=tz)
+        CalendarItem(account=acc, folder=acc.calendar, subject=f"Day {day}", start=start, end=start.replace(hour=10)).save()
+    window = acc.calendar.view(start=EWSDateTime(2026, 12, 5, tzinfo=tz), end=EWSDateTime(2026, 12, 20, tzinfo=tz))
+    assert [e.subject for e in window] == ["Day 10"]
+
+
+def test_streaming_affinity_and_the_connection_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    with EwsServer(USERS, backends=4) as server:  # alice and carol live on different backends
+        assert server.backend_of(ALICE) != server.backend_of(CAROL)
+        alice = account(server, "svc", "pw-svc", access=IMPERSONATION, max_connections=5)
+        first = alice.inbox.subscribe_to_streaming()
+        assert alice.affinity_cookie  # from Set-Cookie: X-BackEndOverrideCookie
+        close_connections()  # new sessions: no cookie replayed
+        stray = account(server, "svc", "pw-svc", mailbox=CAROL, access=IMPERSONATION)
+        lost = stray.inbox.subscribe_to_streaming()  # anchored to Carol: another backend
+        with pytest.raises(ErrorSubscriptionNotFound):
+            _stream(alice, [first, lost])
+        carol = account(server, "svc", "pw-svc", mailbox=CAROL, access=IMPERSONATION)
+        carol.affinity_cookie = alice.affinity_cookie  # replay the cookie: the backend of Alice's subscription
+        grouped = carol.inbox.subscribe_to_streaming()
+        server.stream_lifetime = 0.3
+        server.deliver(CAROL, mime(1), "Inbox")
+        notifications = _stream(alice, [first, grouped])
+        assert [n.subscription_id for n in notifications] == [grouped]
+
+    close_connections()
+
+
+def test_at_most_three_streams_per_account(server: EwsServer) -> None:
+    """Exchange Server's HangingConnectionLimit (raw HTTP: exchangelib shrinks its pool and retries)."""
+    subscription = account(server).inbox.subscribe_to_streaming()
+    body = (
+        '<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"'
+        ' xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages"'
+        ' xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><s:Body><m:GetStreamingEvents>'
+        f"<m:SubscriptionIds><t:SubscriptionId>{subscription}</t:SubscriptionId></m:SubscriptionIds>"
+        "<m:ConnectionTimeout>1</m:ConnectionTimeout></m:GetStreamingEvents></s:Body></s:Envelope>"
+    ).encode()
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(httpx.Client(auth=(ALICE, "pw-alice"), timeout=10)) for _ in range(4)]
+        streams = [stack.enter_context(c.stream("POST", server.ews_url, content=body)) for c in clients[:3]]
+        readers = [s.iter_bytes() for s in streams]
+        assert all(next(r).startswith(b"<?xml") for r in readers)  # three open streams
+        refused = clients[3].post(server.ews_url, content=body)
+        assert b"ErrorExceededConnectionCount" in refused.content
+        server.close_streams()
+        assert all(b"<m:ConnectionStatus>Closed" in b"".join(r) for r in readers)
+    deadline = time.monotonic() + 5
+    while server.hub.open_streams[ALICE] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.hub.open_streams[ALICE] == 0  # the slots are free again
 
 
 def _ca_adapter(ca: Path) -> type[requests.adapters.HTTPAdapter]:

@@ -1,13 +1,14 @@
-"""Item operations: SyncFolderItems, GetItem, CreateItem, UpdateItem, DeleteItem, MoveItem."""
+"""Item operations: SyncFolderItems, FindItem, GetItem, CreateItem, UpdateItem, DeleteItem, MoveItem."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import xml.etree.ElementTree as ET
 
 from tests.servers.ews.context import Context
-from tests.servers.ews.model import Item, Mailbox, new_uid
+from tests.servers.ews.model import Item, new_uid
 from tests.servers.ews.properties import Shape, delete_field, item_element, merge_field
 from tests.servers.ews.soap import EwsError, el, error, local, q, response, sub, success
 
@@ -74,6 +75,54 @@ def get_item(ctx: Context, request: ET.Element) -> ET.Element:
             sub(message, "m:Items").append(elem)
         messages.append(message)
     return response("GetItem", messages)
+
+
+def _when(item: Item, name: str) -> dt.datetime | None:
+    value = item.fields.get(name)
+    if value is None or not value.text:
+        return None
+    parsed = dt.datetime.fromisoformat(value.text.strip().replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def find_item(ctx: Context, request: ET.Element) -> ET.Element:
+    """Shallow FindItem with an IndexedPageItemView or a CalendarView; no restrictions, no sort
+    order (arrival order), and recurring series are not expanded into occurrences."""
+    shape = Shape.parse(request.find(q("m:ItemShape")))
+    paged = request.find(q("m:IndexedPageItemView"))
+    calendar = request.find(q("m:CalendarView"))
+    offset = int(paged.get("Offset", "0")) if paged is not None else 0
+    view = paged if paged is not None else calendar
+    limit = int(view.get("MaxEntriesReturned", "0") or 0) if view is not None else 0
+    messages = []
+    for ref in ctx.folders(request.find(q("m:ParentFolderIds"))):
+        try:
+            if request.find(q("m:Restriction")) is not None or request.find(q("m:QueryString")) is not None:
+                raise EwsError("ErrorUnsupportedQueryFilter", "Restrictions are not supported by this fake.")
+            with ctx.store.lock:
+                _, folder = ctx.folder(ref)
+                found = list(folder.items.values())
+                if calendar is not None:
+                    start = dt.datetime.fromisoformat(calendar.get("StartDate", "").replace("Z", "+00:00"))
+                    end = dt.datetime.fromisoformat(calendar.get("EndDate", "").replace("Z", "+00:00"))
+                    found = [
+                        i for i in found
+                        if (s := _when(i, "Start")) is not None and (e := _when(i, "End")) is not None and s < end and e > start
+                    ]  # fmt: skip
+                page = found[offset : offset + limit] if limit else found[offset:]
+                elems = [item_element(i, shape) for i in page]
+        except (EwsError, ValueError) as e:
+            code, text = (e.code, e.text) if isinstance(e, EwsError) else ("ErrorInvalidRequest", str(e))
+            messages.append(error("FindItem", code, text))
+            continue
+        message = success("FindItem")
+        last = offset + len(page) >= len(found)
+        root = sub(message, "m:RootFolder", TotalItemsInView=str(len(found)), IncludesLastItemInRange=str(last).lower())
+        if paged is not None and not last:
+            root.set("IndexedPagingOffset", str(offset + len(page)))
+        sub(root, "t:Items").extend(elems)
+        messages.append(message)
+    return response("FindItem", messages)
 
 
 def _id_only(item: Item) -> ET.Element:
@@ -211,7 +260,3 @@ def move_item(ctx: Context, request: ET.Element) -> ET.Element:
             sub(message, "m:Items").append(moved)
         messages.append(message)
     return response("MoveItem", messages)
-
-
-def mailbox_of(ctx: Context) -> Mailbox:
-    return ctx.store.mailbox(ctx.target)

@@ -4,6 +4,7 @@ impersonation, and the test-facing API (act as Outlook; inject EWS-shaped faults
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,6 +36,7 @@ OPERATIONS: dict[str, Operation] = {
     "CreateFolder": folders.create_folder,
     "DeleteFolder": folders.delete_folder,
     "SyncFolderItems": items.sync_folder_items,
+    "FindItem": items.find_item,
     "GetItem": items.get_item,
     "CreateItem": items.create_item,
     "UpdateItem": items.update_item,
@@ -73,12 +75,13 @@ class EwsHandler(Handler):
             header, body = parse_envelope(request.body)
             ctx = server.context(user, header, request.headers)
             name = body.tag.rpartition("}")[2]
+            backend = server.backend_for(ctx, request.headers)
             if name == "Subscribe":
-                answer: ET.Element | Iterator[bytes] = streaming.subscribe(ctx, body, server.hub)
+                answer: ET.Element | Iterator[bytes] = streaming.subscribe(ctx, body, server.hub, backend)
             elif name == "Unsubscribe":
                 answer = streaming.unsubscribe(ctx, body, server.hub)
             elif name == "GetStreamingEvents":
-                answer = streaming.get_streaming_events(ctx, body, server.hub, server.build)
+                answer = streaming.get_streaming_events(ctx, body, server.hub, server.build, backend)
             elif name in OPERATIONS:
                 answer = OPERATIONS[name](ctx, body)
             else:
@@ -90,7 +93,7 @@ class EwsHandler(Handler):
         if isinstance(answer, ET.Element):
             headers = dict(SOAP_HEADERS)
             if name == "Subscribe" and request.headers.get("x-preferserveraffinity", "").lower() == "true":
-                headers["Set-Cookie"] = f"X-BackEndOverrideCookie={server.backend_cookie}; path=/; secure; HttpOnly"
+                headers["Set-Cookie"] = f"X-BackEndOverrideCookie=backend{backend}; path=/; HttpOnly"
             return Response(200, headers, envelope(answer, server.build))
         return Response(200, dict(SOAP_HEADERS), chunks=answer)
 
@@ -110,6 +113,7 @@ class EwsServer(FakeServer):
         build: Build = EXCHANGE_2016,
         auth: set[str] | None = None,
         domain: str = "EXAMPLE",
+        backends: int = 1,
     ):
         super().__init__(EwsHandler, tls=tls, port=port)
         self.build = build
@@ -117,7 +121,10 @@ class EwsServer(FakeServer):
         self.hub = streaming.Hub()
         self.store.publish = self.hub.publish
         self.auth = Authenticator(self.store, auth or {"basic", "ntlm"})
-        self.backend_cookie = f"fake-{self.port}"
+        # Mailbox servers behind the endpoint: with more than one, a subscription lives on the
+        # backend of the mailbox its Subscribe was anchored to (X-AnchorMailbox), and GetStreamingEvents
+        # finds it only when it reaches that backend (X-BackEndOverrideCookie, or the same anchor)
+        self.backends = backends
         for spec in users:
             self.add_user(**spec)
 
@@ -152,6 +159,20 @@ class EwsServer(FakeServer):
             # Exchange routes by X-AnchorMailbox: an unknown anchor cannot be routed
             raise SoapFault("ErrorNonExistentMailbox", f"The SMTP address has no mailbox associated with it: {anchor}")
         return Context(self.store, user, target, impersonating, anchor)
+
+    def backend_of(self, smtp: str) -> int:
+        return zlib.crc32(smtp.lower().encode()) % self.backends
+
+    def backend_for(self, ctx: Context, headers: dict[str, str]) -> int:
+        cookie = headers.get("x-backendoverridecookie", "")
+        if not cookie:
+            for part in headers.get("cookie", "").split(";"):
+                name, _, value = part.strip().partition("=")
+                if name == "X-BackEndOverrideCookie":
+                    cookie = value
+        if cookie.startswith("backend") and cookie[7:].isdigit():
+            return int(cookie[7:]) % self.backends
+        return self.backend_of(ctx.anchor or ctx.target)
 
     # -- setup ----------------------------------------------------------------------
     def add_user(

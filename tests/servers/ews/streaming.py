@@ -35,6 +35,7 @@ class Subscription:
     folders: set[str] | None  # None: all folders
     event_types: set[str]
     anchor: str
+    backend: int = 0  # the mailbox server holding it (affinity: see EwsServer.backends)
     queue: collections.deque[dict[str, Any]] = field(default_factory=lambda: collections.deque(maxlen=QUEUE_LIMIT))
     missed: bool = False
 
@@ -108,7 +109,7 @@ def _event_element(event: dict[str, Any]) -> ET.Element:
     return elem
 
 
-def subscribe(ctx: Context, request: ET.Element, hub: Hub) -> ET.Element:
+def subscribe(ctx: Context, request: ET.Element, hub: Hub, backend: int = 0) -> ET.Element:
     spec = request.find(q("m:StreamingSubscriptionRequest"))
     try:
         if spec is None:
@@ -129,6 +130,7 @@ def subscribe(ctx: Context, request: ET.Element, hub: Hub) -> ET.Element:
             folders=None if everything or not resolved else {f.id for _, f in resolved},
             event_types={(e.text or "").strip() for e in spec.find(q("t:EventTypes")) or []},
             anchor=ctx.anchor,
+            backend=backend,
         )
     except EwsError as e:
         return response("Subscribe", [error("Subscribe", e.code, e.text)])
@@ -159,13 +161,22 @@ def _stream_message(notifications: list[ET.Element], status: str) -> ET.Element:
     return response("GetStreamingEvents", [message])
 
 
-def get_streaming_events(ctx: Context, request: ET.Element, hub: Hub, build: Build) -> ET.Element | Iterator[bytes]:
-    """An error response, or the chunks of an open stream."""
+def get_streaming_events(
+    ctx: Context, request: ET.Element, hub: Hub, build: Build, backend: int = 0
+) -> ET.Element | Iterator[bytes]:
+    """An error response, or the chunks of an open stream.  A subscription held by another backend
+    than the one the request reaches (no affinity) is not found, as in Exchange."""
     ids = [(e.text or "").strip() for e in request.find(q("m:SubscriptionIds")) or []]
     minutes = int((request.findtext(q("m:ConnectionTimeout")) or "30").strip())
     principal = ctx.principal.smtp.lower()
     with hub.cond:
-        missing = [i for i in ids if i not in hub.subscriptions or hub.subscriptions[i].principal != principal]
+        missing = [
+            i
+            for i in ids
+            if i not in hub.subscriptions
+            or hub.subscriptions[i].principal != principal
+            or hub.subscriptions[i].backend != backend
+        ]
         missed = [i for i in ids if i in hub.subscriptions and hub.subscriptions[i].missed]
         if missing or missed:
             code, text = (
