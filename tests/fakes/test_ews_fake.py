@@ -46,6 +46,7 @@ from exchangelib.items import NEVER_OVERWRITE
 from exchangelib.properties import Notification
 from exchangelib.protocol import BaseProtocol, FailFast, FaultTolerance, close_connections
 
+from tests.mailgen import malformed_corpus
 from tests.servers.ews import EwsServer
 from tests.servers.ews.soap import EwsError
 from tests.servers.tls import make_tls
@@ -451,3 +452,14 @@ def test_runs_on_its_own_from_a_users_file(tmp_path: Path) -> None:
             proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
+
+
+def test_malformed_mail_is_stored_and_fetched_byte_for_byte(server: EwsServer) -> None:
+    corpus = {name: raw for name, raw in malformed_corpus().items() if raw}  # Exchange holds no empty item
+    corpus["control characters"] = b"Subject: a\x00b\x1bc \xff\xfe\r\nMessage-ID: <ctl@x>\r\n\r\nbody\x00\r\n"
+    ids = {name: server.deliver(ALICE, raw, "Inbox") for name, raw in corpus.items()}
+    acc = account(server)
+    got = list(acc.fetch(ids=[(i, None) for i in ids.values()], only_fields=["mime_content", "subject", "body"]))
+    assert [g.mime_content for g in got] == list(corpus.values())
+    assert got[-1].subject == "abc \ufffd\ufffd"
+    assert len(list(acc.inbox.sync_items(only_fields=["subject", "body"]))) == len(corpus)

@@ -18,6 +18,7 @@ import email.policy
 import email.utils
 import itertools
 import json
+import re
 import threading
 import uuid
 import xml.etree.ElementTree as ET
@@ -316,7 +317,7 @@ class Store:
             item = Item(key, _opaque("I", smtp.lower(), key), tag, folder, mime=mime, is_read=is_read, fields=fields or {})
             if mime is not None:
                 head = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(mime)
-                item.headers = {k.lower(): str(v) for k, v in head.items()}
+                item.headers = {k.lower(): xml_safe(str(v)) for k, v in head.items()}
             mailbox.items[item.id] = item
             folder.items[key] = item
             folder.record(self._next(mailbox), item, "add")
@@ -460,6 +461,16 @@ def _below(folder: Folder, top: Folder) -> bool:
             return True
         parent = parent.parent
     return False
+
+
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_safe(text: str) -> str:
+    """What Exchange would answer for a header with raw 8-bit bytes or control characters: text
+    that XML 1.0 can carry (undecodable bytes become U+FFFD, control characters are dropped)."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return _NOT_XML.sub("", text)
 
 
 def new_uid() -> str:

@@ -11,7 +11,7 @@ import email.utils
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from tests.servers.ews.model import Folder, Item, Mailbox, format_time, mime_date
+from tests.servers.ews.model import Folder, Item, Mailbox, format_time, mime_date, xml_safe
 from tests.servers.ews.soap import el, local, q, sub
 
 # The order of the item properties in the types schema (ItemType, then MessageType /
@@ -113,8 +113,8 @@ def _text_body(mime: bytes) -> str:
     message = email.message_from_bytes(mime, policy=email.policy.default)
     part = message.get_body(preferencelist=("plain", "html"))  # type: ignore[attr-defined]
     try:
-        return part.get_content() if part is not None else ""
-    except (LookupError, ValueError):
+        return xml_safe(part.get_content()) if part is not None else ""
+    except (LookupError, ValueError, AttributeError):
         return ""
 
 
