@@ -175,6 +175,10 @@ def test_mime_fetched_in_batches_and_missing_items_reported(server: EwsServer) -
     assert [g.mime_content for n, g in enumerate(got) if n != 7] == [mime(n) for n in range(30) if n != 7]
     server.inject_error("GetItem", "ErrorItemNotFound")
     assert isinstance(next(iter(acc.fetch(ids=[(ids[0], None)]))), ErrorItemNotFound)
+    server.inject_drop("GetItem", after_bytes=2000)  # the connection breaks in the middle of a batch
+    with pytest.raises(TransportError):
+        list(acc.fetch(ids=[(i, None) for i in ids[:15]], only_fields=["mime_content"]))
+    assert len(list(acc.fetch(ids=[(i, None) for i in ids[:15]], only_fields=["mime_content"]))) == 15
 
 
 def test_categories_update_bumps_the_change_key_and_a_stale_one_conflicts(server: EwsServer) -> None:
@@ -252,6 +256,7 @@ def test_streaming_notifications_closed_after_the_lifetime_and_reconnect(server:
     assert 0.9 < time.monotonic() - t0 < 5  # ended by ConnectionStatus=Closed, not by a timeout
     events = [type(e).__name__ for n in notifications for e in n.events]
     assert events == ["CreatedEvent", "NewMailEvent", "ModifiedEvent", "MovedEvent"]
+    assert len(server.hub.delays) == 4 and max(server.hub.delays) < 0.5  # the fake's own notification delay
     moved = notifications[-1].events[-1]
     assert moved.old_item_id.id == first and moved.item_id.id != first
     server.deliver(ALICE, mime(2), "Inbox")  # reconnect: what happened meanwhile is queued

@@ -61,10 +61,12 @@ class Hub:
         self._close_generation = 0
         self._drop_generation = 0
         self.stopped = False
-        self.delivered: list[float] = []  # monotonic times of sent notifications (latency measurements)
+        # seconds from each event to the write of the envelope carrying it: the fake's own
+        # notification delay, for latency benchmarks (bounded: a soak must not grow memory)
+        self.delays: collections.deque[float] = collections.deque(maxlen=100_000)
 
     def publish(self, mailbox: str, event: dict[str, Any]) -> None:
-        event = dict(event, time=dt.datetime.now(dt.UTC))
+        event = dict(event, time=dt.datetime.now(dt.UTC), published=time.monotonic())
         with self.cond:
             for subscription in self.subscriptions.values():
                 if subscription.mailbox == mailbox and subscription.wants(event):
@@ -221,15 +223,19 @@ def _stream(hub: Hub, ids: list[str], principal: str, lifetime: float, build: Bu
                         break
                     hub.cond.wait(max(0.0, min(deadline, beat) - time.monotonic()))
                 notifications = []
+                published = []
                 for subscription in pending:
                     notification = el("m:Notification")
                     sub(notification, "t:SubscriptionId", subscription.id)
                     while subscription.queue:
-                        notification.append(_event_element(subscription.queue.popleft()))
+                        event = subscription.queue.popleft()
+                        published.append(event["published"])
+                        notification.append(_event_element(event))
                     notifications.append(notification)
             if notifications:
                 yield envelope(_stream_message(notifications, "OK"), build)
-                hub.delivered.append(time.monotonic())
+                sent = time.monotonic()
+                hub.delays.extend(sent - t for t in published)
             if closing:
                 yield envelope(_stream_message([], "Closed"), build)
                 return
