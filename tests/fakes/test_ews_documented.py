@@ -170,6 +170,27 @@ m:{op}Response
       m:ResponseCode
       m:DescriptiveLinkKey
 """
+FIND_ITEM = """
+m:FindItemResponse
+  m:ResponseMessages
+    m:FindItemResponseMessage [ResponseClass]
+      m:ResponseCode
+      m:RootFolder [IncludesLastItemInRange TotalItemsInView]
+        t:Items
+          t:Message
+            t:ItemId [ChangeKey Id]
+          t:Message
+            t:ItemId [ChangeKey Id]
+"""
+FOLDER_ID_ANSWER = """
+m:{op}Response
+  m:ResponseMessages
+    m:{op}ResponseMessage [ResponseClass]
+      m:ResponseCode
+      m:Folders
+        t:Folder
+          t:FolderId [ChangeKey Id]
+"""
 # The 2007 example's FolderId has no ChangeKey; Exchange 2010 and later send one (exchangelib keeps it).
 CREATE_FOLDER = """
 m:CreateFolderResponse
@@ -325,6 +346,22 @@ def test_folder_operations_match_the_documented_examples(client: Client) -> None
     assert got.find(f".//{{{M}}}ResponseCode").text == "ErrorFolderExists"
 
 
+def test_folder_changes_match_the_documented_examples(client: Client) -> None:
+    folder_id = client.server.folder_id(ALICE, "Inbox/TestFolder")
+    _, got = client.call(f'<m:UpdateFolder><m:FolderChanges><t:FolderChange><t:FolderId Id="{folder_id}"/><t:Updates><t:SetFolderField><t:FieldURI FieldURI="folder:DisplayName"/><t:Folder><t:DisplayName>NewFolderName</t:DisplayName></t:Folder></t:SetFolderField></t:Updates></t:FolderChange></m:FolderChanges></m:UpdateFolder>')  # fmt: skip
+    assert outline(got) == expect(FOLDER_ID_ANSWER, op="UpdateFolder")
+    _, got = client.call(f'<m:UpdateFolder><m:FolderChanges><t:FolderChange><t:FolderId Id="{folder_id}" ChangeKey="GO3u/"/><t:Updates><t:SetFolderField><t:FieldURI FieldURI="folder:DisplayName"/><t:Folder><t:DisplayName>Other</t:DisplayName></t:Folder></t:SetFolderField></t:Updates></t:FolderChange></m:FolderChanges></m:UpdateFolder>')  # fmt: skip
+    assert outline(got) == expect(ERROR_WITH_FOLDERS, op="UpdateFolder")
+    assert got.find(f".//{{{M}}}ResponseCode").text == "ErrorInvalidChangeKey"
+    _, got = client.call(f'<m:MoveFolder><m:ToFolderId><t:DistinguishedFolderId Id="junkemail"/></m:ToFolderId><m:FolderIds><t:FolderId Id="{folder_id}"/></m:FolderIds></m:MoveFolder>')  # fmt: skip
+    assert outline(got) == expect(FOLDER_ID_ANSWER, op="MoveFolder")
+    assert client.server.folder_id(ALICE, "Junk Email/NewFolderName") == folder_id
+    inbox = client.server.folder_id(ALICE, "Inbox")
+    _, got = client.call(f'<m:MoveFolder><m:ToFolderId><t:DistinguishedFolderId Id="junkemail"/></m:ToFolderId><m:FolderIds><t:FolderId Id="{inbox}"/></m:FolderIds></m:MoveFolder>')  # fmt: skip
+    assert outline(got) == expect(ERROR_WITH_FOLDERS, op="MoveFolder")
+    assert got.find(f".//{{{M}}}ResponseCode").text == "ErrorMoveDistinguishedFolder"
+
+
 def test_item_operations_match_the_documented_examples(client: Client) -> None:
     server = client.server
     item_id = server.deliver(ALICE, MIME, "Inbox/TestFolder")
@@ -341,6 +378,11 @@ def test_item_operations_match_the_documented_examples(client: Client) -> None:
     _, got = client.call(f'<m:MoveItem><m:ToFolderId><t:DistinguishedFolderId Id="drafts"/></m:ToFolderId><m:ItemIds>{_id(item_id)}</m:ItemIds></m:MoveItem>')  # fmt: skip
     assert outline(got) == expect(ITEM_ID_ANSWER, op="MoveItem", tag="Message")
     moved = got.find(f".//{{{T}}}ItemId").get("Id")
+    server.deliver(ALICE, MIME, "Drafts")
+    _, got = client.call('<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ParentFolderIds><t:DistinguishedFolderId Id="drafts"/></m:ParentFolderIds></m:FindItem>')  # fmt: skip
+    assert outline(got) == expect(FIND_ITEM)
+    _, got = client.call('<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ParentFolderIds><t:FolderId Id="AS4AUn="/></m:ParentFolderIds></m:FindItem>')  # fmt: skip
+    assert outline(got) == expect(PLAIN_ERROR, op="FindItem")
     _, got = client.call(f'<m:DeleteItem DeleteType="HardDelete"><m:ItemIds>{_id(moved)}</m:ItemIds></m:DeleteItem>')
     assert outline(got) == expect(PLAIN_SUCCESS, op="DeleteItem")
     _, got = client.call(f'<m:DeleteItem DeleteType="HardDelete"><m:ItemIds>{_id(moved)}</m:ItemIds></m:DeleteItem>')

@@ -235,6 +235,13 @@ def test_create_message_contact_calendar_item_and_folder(server: EwsServer) -> N
     new_folder = acc.inbox.__class__(parent=acc.inbox, name="Neu – Ärger")
     new_folder.save()
     assert server.folder_id(ALICE, "Inbox/Neu – Ärger") == new_folder.id
+    new_folder.name = "Neu"
+    new_folder.save(update_fields=["name"])
+    new_folder.move(acc.inbox / "Clients")
+    assert server.folder_id(ALICE, "Inbox/Clients/Neu") == new_folder.id
+    new_folder.delete()
+    with pytest.raises(EwsError, match="ErrorFolderNotFound"):
+        server.folder(ALICE, "Inbox/Clients/Neu")
 
 
 def _stream(acc: Account, subscription: str | list[str], minutes: int = 1) -> list[Notification]:

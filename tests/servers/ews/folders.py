@@ -1,4 +1,5 @@
-"""Folder operations: GetFolder, FindFolder, SyncFolderHierarchy, CreateFolder, DeleteFolder."""
+"""Folder operations: GetFolder, FindFolder, SyncFolderHierarchy, CreateFolder, UpdateFolder (rename),
+MoveFolder, DeleteFolder."""
 
 from __future__ import annotations
 
@@ -138,3 +139,74 @@ def delete_folder(ctx: Context, request: ET.Element) -> ET.Element:
         else:
             messages.append(success("DeleteFolder"))
     return response("DeleteFolder", messages)
+
+
+def _folder_answer(operation: str, folder_id: tuple[str, str]) -> ET.Element:
+    message = success(operation)
+    answered = sub(sub(message, "m:Folders"), "t:Folder")
+    sub(answered, "t:FolderId", Id=folder_id[0], ChangeKey=folder_id[1])
+    return message
+
+
+def update_folder(ctx: Context, request: ET.Element) -> ET.Element:
+    """Renames (SetFolderField folder:DisplayName); a ChangeKey sent and stale is ErrorInvalidChangeKey."""
+    messages = []
+    for change in ctx.folders(request.find(q("m:FolderChanges"))):
+        try:
+            ref = change[0] if len(change) else None
+            if ref is None:
+                raise EwsError("ErrorInvalidIdMalformed", "Id is malformed.")
+            with ctx.store.lock:
+                mailbox, folder = ctx.folder(ref)
+                sent_key = ref.get("ChangeKey")
+                if sent_key and sent_key != folder.change_key:
+                    raise EwsError("ErrorInvalidChangeKey", "The change key is invalid.")
+                for update in ctx.folders(change.find(q("t:Updates"))):
+                    name = update.find(f"*/{q('t:DisplayName')}")
+                    if name is None:
+                        raise EwsError("ErrorInvalidPropertySet", "Only folder:DisplayName can be changed in this fake.")
+                    if folder.distinguished:
+                        raise EwsError("ErrorAccessDenied", "Distinguished folders cannot be renamed.")
+                    ctx.store.rename_folder(mailbox.user.smtp, folder, (name.text or "").strip())
+                folder_id = (folder.id, folder.change_key)
+        except EwsError as e:
+            message = error("UpdateFolder", e.code, e.text)
+            sub(message, "m:Folders")
+        else:
+            message = _folder_answer("UpdateFolder", folder_id)
+        messages.append(message)
+    return response("UpdateFolder", messages)
+
+
+def move_folder(ctx: Context, request: ET.Element) -> ET.Element:
+    target_ref = request.find(q("m:ToFolderId"))
+    messages = []
+    for ref in ctx.folders(request.find(q("m:FolderIds"))):
+        try:
+            if target_ref is None or not len(target_ref):
+                raise EwsError("ErrorInvalidRequest", "No ToFolderId.")
+            with ctx.store.lock:
+                mailbox, folder = ctx.folder(ref)
+                target_mailbox, target = ctx.folder(target_ref[0])
+                if folder.distinguished:
+                    raise EwsError("ErrorMoveDistinguishedFolder", "Cannot move distinguished folder.")
+                if target_mailbox is not mailbox or target is folder or _descendant_of(target, folder):
+                    raise EwsError("ErrorMoveCopyFailed", "The folder cannot be moved there.")
+                ctx.store.move_folder(mailbox.user.smtp, folder, target)
+                folder_id = (folder.id, folder.change_key)
+        except EwsError as e:
+            message = error("MoveFolder", e.code, e.text)
+            sub(message, "m:Folders")
+        else:
+            message = _folder_answer("MoveFolder", folder_id)
+        messages.append(message)
+    return response("MoveFolder", messages)
+
+
+def _descendant_of(folder: Folder, ancestor: Folder) -> bool:
+    parent = folder.parent
+    while parent is not None:
+        if parent is ancestor:
+            return True
+        parent = parent.parent
+    return False

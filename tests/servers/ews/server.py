@@ -35,6 +35,8 @@ OPERATIONS: dict[str, Operation] = {
     "SyncFolderHierarchy": folders.sync_folder_hierarchy,
     "CreateFolder": folders.create_folder,
     "DeleteFolder": folders.delete_folder,
+    "UpdateFolder": folders.update_folder,
+    "MoveFolder": folders.move_folder,
     "SyncFolderItems": items.sync_folder_items,
     "FindItem": items.find_item,
     "GetItem": items.get_item,
