@@ -2,7 +2,7 @@
 
 The element names, their order and their namespaces follow the request/response
 examples of Microsoft's EWS reference (web-service-reference/*-operation.md);
-tests/servers/test_ews_fake.py compares the answers with those examples.
+tests/fakes/ews/test_ews_documented.py compares the answers with those examples.
 """
 
 from __future__ import annotations

@@ -451,7 +451,7 @@ def test_runs_on_its_own_from_a_users_file(tmp_path: Path) -> None:
     users.write_text(f"version: '2019'\nusers:\n  - {{smtp: {ALICE}, password: pw-alice, folders: [Inbox/Tracked]}}\n")
     with subprocess.Popen(
         [sys.executable, "-m", "tests.servers.ews", "--port", "0", "--users", str(users)],
-        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[3],
     ) as proc:  # fmt: skip
         try:
             line = proc.stdout.readline() if proc.stdout else ""
