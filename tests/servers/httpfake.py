@@ -209,6 +209,28 @@ class _ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
+    def server_activate(self) -> None:
+        super().server_activate()
+        self.open_connections: set[Any] = set()  # so that a restart can cut them
+        self.connections_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.open_connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.open_connections.discard(request)
+        super().shutdown_request(request)
+
+    def cut_connections(self) -> None:
+        with self.connections_lock:
+            connections = list(self.open_connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
 
 class FakeServer:
     """A fake on 127.0.0.1: ``with FakeServer(MyHandler, tls=...) as server: server.url``."""
@@ -218,15 +240,19 @@ class FakeServer:
         self.requests: collections.deque[Request] = collections.deque(maxlen=REQUEST_LOG)
         self.tls = tls
         fake = self
-        bound = type(handler.__name__, (handler,), {"fake": fake, "timeout": timeout})
-        self._server = _ThreadingServer(("127.0.0.1", port), bound)
-        if tls is not None:
-            context = tls.server_context()
-            # Handshake in the connection's thread, not in accept(): a stuck client must not block the others.
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True, do_handshake_on_connect=False)
+        self._handler = type(handler.__name__, (handler,), {"fake": fake, "timeout": timeout})
+        self._server = self._bind(port)
         self.port: int = self._server.server_address[1]
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+
+    def _bind(self, port: int) -> _ThreadingServer:
+        server = _ThreadingServer(("127.0.0.1", port), self._handler)
+        if self.tls is not None:
+            context = self.tls.server_context()
+            # Handshake in the connection's thread, not in accept(): a stuck client must not block the others.
+            server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+        return server
 
     @property
     def url(self) -> str:
@@ -253,6 +279,15 @@ class FakeServer:
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """A server restart as clients see it: every open connection is cut (mid-response too), nothing
+        listens for ``down_for`` seconds, then the same port serves again; the fake's state is kept."""
+        self.stop()
+        self._server.cut_connections()
+        time.sleep(down_for)
+        self._server = self._bind(self.port)
+        self.start()
 
     def __enter__(self) -> FakeServer:
         return self.start()

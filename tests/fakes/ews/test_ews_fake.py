@@ -292,6 +292,37 @@ def test_streaming_closed_on_demand_dropped_mid_stream_and_lost_events(server: E
         _stream(acc, subscription)
 
 
+def test_restart_cuts_streams_and_requests_and_keeps_the_mailboxes(server: EwsServer) -> None:
+    ids = [server.deliver(ALICE, mime(n), "Inbox") for n in range(3)]
+    acc = account(server)
+    list(acc.inbox.sync_items(only_fields=["message_id"]))
+    state = acc.inbox.item_sync_state
+    subscription = acc.inbox.subscribe_to_streaming()
+    failures: list[BaseException] = []
+
+    def stream() -> None:
+        try:
+            _stream(acc, subscription)
+        except Exception as e:  # noqa: BLE001  (what the stream ended with is the assertion)
+            failures.append(e)
+
+    streaming = threading.Thread(target=stream)
+    streaming.start()
+    deadline = time.monotonic() + 5
+    while not server.hub.open_streams[ALICE] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    server.restart(down_for=0.3)
+    streaming.join(timeout=5)
+    assert len(failures) == 1 and isinstance(failures[0], requests.exceptions.RequestException)
+    assert time.monotonic() - t0 >= 0.3
+    new = server.deliver(ALICE, mime(9), "Inbox")
+    again = account(server)
+    again.inbox.item_sync_state = state  # the sync state survived the restart
+    assert [i.id for _, i in again.inbox.sync_items(only_fields=["message_id"])] == [new]
+    assert len(ids) == 3 and server.subscriptions(ALICE)
+
+
 def test_server_busy_back_off_is_honoured(server: EwsServer, monkeypatch: pytest.MonkeyPatch) -> None:
     acc = account(server, retry=FaultTolerance(max_wait=20))
     server.inject_busy("GetFolder", back_off_ms=700, times=1)

@@ -139,6 +139,13 @@ class EwsServer(FakeServer):
         super().stop()
         self.auth.close()
 
+    def restart(self, down_for: float = 0.0) -> None:
+        """Exchange restarts (an IIS recycle): open streams and requests are cut, nothing answers for
+        ``down_for`` seconds; mailboxes, sync states and subscriptions survive (as in the database)."""
+        self.hub.drop_streams()
+        super().restart(down_for)
+        self.hub.stopped = False
+
     # -- who a request acts for ---------------------------------------------------
     def context(self, user: User, header: ET.Element | None, headers: dict[str, str]) -> Context:
         target = user.smtp.lower()
