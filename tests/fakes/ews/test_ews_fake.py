@@ -323,12 +323,17 @@ def test_restart_cuts_streams_and_requests_and_keeps_the_mailboxes(server: EwsSe
     assert len(ids) == 3 and server.subscriptions(ALICE)
 
 
-def test_server_busy_back_off_is_honoured(server: EwsServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_server_busy_back_off_is_honoured(server: EwsServer) -> None:
     acc = account(server, retry=FaultTolerance(max_wait=20))
     server.inject_busy("GetFolder", back_off_ms=700, times=1)
     t0 = time.monotonic()
     assert acc.root.get_folder(acc.inbox).name == "Inbox"
     assert time.monotonic() - t0 >= 0.7
+    server.throttle_for(1.0, back_off_ms=300)  # every request refused for a second
+    t0 = time.monotonic()
+    acc.inbox.refresh()
+    assert 1.0 <= time.monotonic() - t0 < 5
+    assert server.faults.fired["*"] <= 5  # it waited as told, it did not hammer
     close_connections()  # exchangelib caches one protocol (and its retry policy) per endpoint and credentials
     strict = account(server)
     inbox = strict.inbox

@@ -3,6 +3,7 @@ impersonation, and the test-facing API (act as Outlook; inject EWS-shaped faults
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Callable, Iterator
@@ -318,6 +319,17 @@ class EwsServer(FakeServer):
         """ErrorServerBusy as a SOAP fault (HTTP 500) carrying BackOffMilliseconds."""
         body = fault("ErrorServerBusy", "The server cannot service this request right now. Try again later.", self.build, back_off_ms)
         return self.faults.add(Fault(operation, times, Response(500, dict(SOAP_HEADERS), body), when=self._when(user)))
+
+    def throttle_for(self, seconds: float, back_off_ms: int = 1000, operation: str = "*", user: str | None = None) -> Fault:
+        """Every matching request answers ErrorServerBusy for ``seconds`` from now (throttling for minutes)."""
+        until = time.monotonic() + seconds
+        anchored = self._when(user)
+
+        def during(request: Request) -> bool:
+            return time.monotonic() < until and (anchored is None or anchored(request))
+
+        body = fault("ErrorServerBusy", "The server cannot service this request right now. Try again later.", self.build, back_off_ms)
+        return self.faults.add(Fault(operation, None, Response(500, dict(SOAP_HEADERS), body), when=during))
 
     def inject_status(self, operation: str = "*", status: int = 503, times: int | None = 1, user: str | None = None) -> Fault:
         """A bare HTTP status (503 Service Unavailable, 401 Unauthorized, ...)."""
