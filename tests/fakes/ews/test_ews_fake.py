@@ -173,6 +173,10 @@ def test_mime_fetched_in_batches_and_missing_items_reported(server: EwsServer) -
     assert server.operations()[before:].count("GetItem") == 2  # 30 ids in 2 requests
     assert isinstance(got[7], ErrorItemNotFound)
     assert [g.mime_content for n, g in enumerate(got) if n != 7] == [mime(n) for n in range(30) if n != 7]
+    first = next(iter(acc.fetch(ids=[(ids[0], None)])))  # every property exchangelib asks for by default
+    assert (first.message_id, first.subject, first.author.email_address) == ("<m0@example.org>", "Hello 0", "carol@example.org")
+    assert (first.sender.email_address, first.display_to, first.is_read) == ("carol@example.org", ALICE, False)
+    assert {h.name: h.value for h in first.headers}["Message-ID"] == "<m0@example.org>"
     server.inject_error("GetItem", "ErrorItemNotFound")
     assert isinstance(next(iter(acc.fetch(ids=[(ids[0], None)]))), ErrorItemNotFound)
     server.inject_drop("GetItem", after_bytes=2000)  # the connection breaks in the middle of a batch

@@ -128,7 +128,8 @@ class Item:
     received: dt.datetime = field(default_factory=_now)
     created: dt.datetime = field(default_factory=_now)
     modified: dt.datetime = field(default_factory=_now)
-    headers: dict[str, str] = field(default_factory=dict)  # parsed from the MIME
+    headers: dict[str, str] = field(default_factory=dict)  # parsed from the MIME, by lower-case name
+    header_list: list[tuple[str, str]] = field(default_factory=list)  # all of them, in order
 
     @property
     def change_key(self) -> str:
@@ -317,7 +318,8 @@ class Store:
             item = Item(key, _opaque("I", smtp.lower(), key), tag, folder, mime=mime, is_read=is_read, fields=fields or {})
             if mime is not None:
                 head = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(mime)
-                item.headers = {k.lower(): xml_safe(str(v)) for k, v in head.items()}
+                item.header_list = [(xml_safe(k), xml_safe(str(v))) for k, v in head.items()]
+                item.headers = {k.lower(): v for k, v in reversed(item.header_list)}  # the first of repeated ones
             mailbox.items[item.id] = item
             folder.items[key] = item
             folder.record(self._next(mailbox), item, "add")

@@ -161,18 +161,30 @@ def item_properties(item: Item, wanted: set[str] | None, mime: bool) -> dict[str
             props["ResponseObjects"] = objects
         content_type = item.headers.get("content-type", "")
         put("HasAttachments", "true" if content_type.lower().startswith("multipart/mixed") else "false")
-        for name, header in (("ToRecipients", "to"), ("CcRecipients", "cc")):
+        for name, header in (("ToRecipients", "to"), ("CcRecipients", "cc"), ("ReplyTo", "reply-to")):
             value = _recipients(f"t:{name}", item.headers.get(header)) if want(name) else None
             if value is not None:
                 props[name] = value
+        for name, header in (("DisplayTo", "to"), ("DisplayCc", "cc")):
+            names = [n or a for n, a in email.utils.getaddresses([item.headers.get(header, "")]) if n or a]
+            put(name, "; ".join(names) if names else None)
         put("IsReadReceiptRequested", "false")
         put("IsDeliveryReceiptRequested", "false")
-        for name, header in (("From", "from"), ("Sender", "sender")):
+        # Exchange fills Sender from From when the message has no Sender header
+        for name, header in (("From", "from"), ("Sender", "sender" if "sender" in item.headers else "from")):
             value = _mailbox_elem(f"t:{name}", item.headers.get(header)) if want(name) else None
             if value is not None:
                 props[name] = value
+        put("InReplyTo", item.headers.get("in-reply-to"))
+        put("References", item.headers.get("references"))
+        put("ConversationTopic", item.subject())
         put("InternetMessageId", item.headers.get("message-id"))
         put("IsRead", "true" if item.is_read else "false")
+        if want("InternetMessageHeaders") and item.headers:
+            headers = el("t:InternetMessageHeaders")
+            for header_name, header_value in item.header_list:
+                sub(headers, "t:InternetMessageHeader", header_value, HeaderName=header_name)
+            props["InternetMessageHeaders"] = headers
     for name, value in item.fields.items():
         if want(name):
             props[name] = copy.deepcopy(value)
