@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import itertools
 import threading
 import time
 import uuid
@@ -202,7 +203,11 @@ def get_streaming_events(
             )
             return response("GetStreamingEvents", [message])
         hub.open_streams[principal] += 1
-    return _stream(hub, ids, principal, min(minutes * 60.0, hub.stream_lifetime), build)
+    stream = _stream(hub, ids, principal, min(minutes * 60.0, hub.stream_lifetime), build)
+    # started here, so that its ``finally`` (which frees the slot) runs even if the client is gone
+    # before the first chunk is written (an unstarted generator is dropped without running it)
+    first = next(stream)
+    return itertools.chain([first], stream)
 
 
 def _stream(hub: Hub, ids: list[str], principal: str, lifetime: float, build: Build) -> Iterator[bytes]:
