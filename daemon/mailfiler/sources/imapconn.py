@@ -638,12 +638,16 @@ class ImapConnection:
                 return []  # e.g. [EXPUNGEISSUED]: what is gone is simply not returned
             raise SourceError(f"UID FETCH in {self.selected!r} failed: {_text(response)}", folder=self.selected)
         out = []
-        for line in proto.join_literals(response.lines[:-1]):
+        # one response at a time, each dropped once parsed: a batch of large
+        # messages is held once, not as lines, then joined, then sliced
+        for line in proto.iter_responses(response.lines, -1):
             try:
                 _, data = proto.parse_fetch(line)
             except proto.ParseError:
                 log.debug("unparsable FETCH line %.200r", line)
                 continue
+            finally:
+                del line  # before the next one is joined
             if proto.fetch_uid(data) is not None:
                 out.append(data)
         return out

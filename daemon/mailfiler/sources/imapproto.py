@@ -88,24 +88,37 @@ def join_literals(lines: Sequence[bytes | bytearray]) -> list[bytes]:
     separate ``bytearray``, then the rest of the line (if any) as another item.
     A rest starts with a space or ")" (RFC 3501: after a literal comes SP, ")" or
     CRLF); anything else is the next response."""
-    out: list[bytes] = []
+    return list(iter_responses(list(lines)))
+
+
+def iter_responses(lines: list[bytes | bytearray], end: int | None = None) -> Iterator[bytes]:
+    """:func:`join_literals`, one response at a time, for ``lines[:end]``; each line
+    is dropped from ``lines`` once joined, so that a batch of large messages
+    is not held twice (the caller parses and drops one response after another).
+    Each response is joined in one copy, however many literals it has."""
+    stop = len(lines) if end is None else max(0, len(lines) + end) if end < 0 else min(end, len(lines))
     i = 0
-    while i < len(lines):
-        current = bytes(lines[i])
+    while i < stop:
+        parts: list[bytes | bytearray] = [lines[i]]
+        lines[i] = b""
         i += 1
         while True:
-            m = _LITERAL_END.search(current)
-            if not m or i >= len(lines) or not isinstance(lines[i], bytearray):
+            m = _LITERAL_END.search(parts[-1])
+            if not m or i >= stop or not isinstance(lines[i], bytearray):
                 break
-            current += b"\r\n" + bytes(lines[i])
+            parts += (b"\r\n", lines[i])
+            lines[i] = b""
             i += 1
-            if i < len(lines) and isinstance(lines[i], bytes) and lines[i][:1] in (b" ", b")"):
-                current += lines[i]
+            if i < stop and isinstance(lines[i], bytes) and lines[i][:1] in (b" ", b")"):
+                parts.append(lines[i])
+                lines[i] = b""
                 i += 1
             else:
                 break
-        out.append(current)
-    return out
+        joined = parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+        del parts  # the literals' bytearrays go before the caller parses this one
+        yield joined
+        del joined
 
 
 # -- tokenizer -----------------------------------------------------------------------

@@ -67,8 +67,9 @@ class Entity:
     #: the part's MIME headers: what its type and parameters depend on
     mime_key: MimeKey
     content_type: str
-    #: a leaf's payload, still transfer-encoded, as the feed parser stores it
-    body: bytes = b""
+    #: a leaf's payload, still transfer-encoded, as the feed parser stores it: a view
+    #: into the message, not a copy (a large attachment would cost its size again)
+    body: bytes | memoryview = b""
     children: list[Entity] = field(default_factory=list)
 
     def leaves(self) -> list[Entity]:
@@ -217,7 +218,7 @@ def _entity(raw: bytes, pos: int, stops: tuple[bytes, ...], policy: Policy) -> t
     entity = Entity(msg, key, ctype)
     if maintype != "multipart":
         end = _find_stop(raw, pos, stops)
-        entity.body = raw[pos:end]
+        entity.body = memoryview(raw)[pos:end]
         return entity, end
     return entity, _multipart_body(raw, pos, stops, entity, policy)
 
@@ -277,10 +278,10 @@ def _multipart_body(raw: bytes, pos: int, stops: tuple[bytes, ...], entity: Enti
     return _find_stop(raw, end, stops)  # the epilogue runs to the enclosing delimiter
 
 
-def _strip_eol(body: bytes) -> bytes:
-    if body.endswith(b"\r\n"):
+def _strip_eol(body: bytes | memoryview) -> bytes | memoryview:
+    if body[-2:] == b"\r\n":
         return body[:-2]
-    if body.endswith(b"\n"):
+    if body[-1:] == b"\n":
         return body[:-1]
     return body
 
