@@ -113,6 +113,24 @@ def test_unit_keeps_production_settings() -> None:
     assert "MemoryDenyWriteExecute" not in service
 
 
+def test_memory_limit_fits_the_default_budget() -> None:
+    """MemoryMax= leaves room for what the config's default limits let the daemon
+    hold (the unit's comment: ~100 MiB + backfill_memory + 2 x max_message_bytes +
+    ~50 MiB per parse helper), and MemoryHigh= throttles before it."""
+    from mailfiler.config.schema import Limits
+
+    service = {key: value for section, key, value in _directives(UNIT.read_text()) if section == "Service"}
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+    def size(value: str) -> int:
+        return int(value[:-1]) * units[value[-1]] if value[-1] in units else int(value)
+
+    limits = Limits()
+    mib = 1 << 20
+    needed = 100 * mib + limits.backfill_memory + 2 * limits.max_message_bytes + 3 * 50 * mib
+    assert needed < size(service["MemoryHigh"]) < size(service["MemoryMax"])
+
+
 def test_exec_start_arguments_parse() -> None:
     # verify only checks that the binary exists; this checks that the installed CLI
     # accepts the arguments (an option in the wrong place is a usage error, exit 2,

@@ -158,7 +158,8 @@ def test_a_pool_outlives_its_event_loop() -> None:
 
 async def test_read_ahead_parses_ahead_and_writes_attachments_of_tracked_folders(tmp_path: Path) -> None:
     """Parsed ahead, and the files of attachments over INLINE_MAX written ahead (the
-    tracker finds them stored); smaller ones are left to their rows."""
+    tracker finds them stored) and their bytes dropped from the parse; smaller ones
+    are left to their rows."""
     folder = "Tracked/Contoso"
     folder_dir = make_maildir_folder(maildirpp_folder_dir(tmp_path / "mail", folder))
     (folder_dir / "maildirfolder").touch()
@@ -179,14 +180,19 @@ async def test_read_ahead_parses_ahead_and_writes_attachments_of_tracked_folders
             raw = await ahead.get(sid)
             assert isinstance(raw, bytes)
             parsed = ahead.parsed(sid)
-            assert parsed is not None and dataclasses.asdict(parsed) == dataclasses.asdict(parse_message(raw))
-            for part in parsed.attachments:
-                digest = hashlib.sha256(part.data).hexdigest()
-                if inline(part.data):
+            assert parsed is not None
+            here = parse_message(raw)
+            for part, mine in zip(parsed.attachments, here.attachments, strict=True):
+                digest = hashlib.sha256(mine.data).hexdigest()
+                if inline(mine.data):
+                    assert part == mine
                     assert not blobs.path(digest).exists()
                 else:
-                    large += 1  # written ahead
-                    assert blobs.path(digest).read_bytes() == part.data
+                    large += 1  # written ahead, and its bytes no longer held by the parsed message
+                    assert blobs.path(digest).read_bytes() == mine.data
+                    assert (part.data, part.sha256, part.nbytes) == (b"", digest, len(mine.data))
+                    part.data, part.sha256, part.stored_size = mine.data, None, 0
+            assert dataclasses.asdict(parsed) == dataclasses.asdict(here)
     finally:
         await ahead.aclose()
         await pool.close()

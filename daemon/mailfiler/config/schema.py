@@ -560,6 +560,15 @@ class Limits(Strict):
     max_message_bytes: int = Field(
         default=64 * 1024 * 1024, gt=0, description="Larger messages are shunted with reason too-large."
     )
+    backfill_memory: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description=(
+            "Bytes of mail a scan (backfill, catch-up) holds at once, read ahead, parsed and waiting"
+            " for their commit; batches are cut to a quarter of it. A message larger than that is"
+            " held alone. The daemon needs about 100 MiB, plus this, plus twice max_message_bytes."
+        ),
+    )
     parse_processes: int | Literal["auto"] = Field(
         default="auto",
         description=(

@@ -14,9 +14,12 @@ sets the pace rather than their sum:
 
 Batches start small and grow (:data:`FIRST_COUNT` doubling up to
 :data:`MAX_COUNT`), so that a scan's first messages are tracked without
-waiting for a full batch.  At most :data:`DEPTH` + 2 batches (the one
-tracked, those ready, the one being read), each of at most :data:`MAX_BYTES`
-or a single larger message, are held in memory.
+waiting for a full batch.  What is held is bounded by bytes too, from
+``limits.backfill_memory`` (the budget): each batch is at most a quarter of
+it (or a single larger message), and the batches read and not yet tracked
+(the one tracked, those ready, the one being read) at most half of it; a
+batch that does not fit waits until the worker is done with the one before,
+so a message over that is read only when nothing else is held.
 
 Nothing here decides a message's fate.  A message over the size limit is
 never read: it gets :class:`MessageTooLarge` (the worker shunts it by
@@ -46,8 +49,8 @@ log = logging.getLogger("mailfiler.worker")
 FIRST_COUNT = 50
 #: at most this many messages per batch (IMAP: UIDs per UID FETCH, see imapproto.FETCH_BATCH)
 MAX_COUNT = 400
-#: at most this many bytes per batch
-MAX_BYTES = 16 * 1024 * 1024
+#: the default of limits.backfill_memory: what a backfill holds of its mail at once
+DEFAULT_BUDGET = 64 * 1024 * 1024
 #: batches read and ready ahead of the one the worker tracks (2 measured no faster)
 DEPTH = 1
 #: get(): the message must be read alone (its batch failed)
@@ -69,11 +72,18 @@ def chunk_sizes(n: int) -> list[int]:
     return sizes
 
 
+def batch_bytes(budget: int) -> int:
+    """At most this many bytes of mail in one batch (read-ahead, parse, commit)."""
+    return max(1, budget // 4)
+
+
 @dataclass
 class _Batch:
     run: list[str]
     #: source id -> the bytes or the error reading it raised (absent: gone); None: read one by one
     read: dict[str, bytes | Exception] | None
+    #: its messages' sizes, as counted against the budget
+    nbytes: int = 0
     #: parsing and writing ahead: source id -> parsed message
     prepared: asyncio.Task[dict[str, ParsedMessage]] | None = None
     parsed: dict[str, ParsedMessage] = field(default_factory=dict)
@@ -90,9 +100,15 @@ class ReadAhead:
         *,
         parser: ParsePool | None = None,
         blobs: BlobStore | None = None,
+        budget: int = DEFAULT_BUDGET,
     ) -> None:
         self.source, self.folder, self.hints, self.limit = source, folder, hints, limit
         self.parser, self.blobs = parser, blobs
+        self.max_batch = batch_bytes(budget)
+        #: the batches read and not yet tracked hold at most this much (or one message)
+        self.max_held = max(1, budget // 2)
+        self._held = 0
+        self._released = asyncio.Event()
         self._todo = todo
         #: batches read (or the error that ended reading; None: the end)
         self._queue: asyncio.Queue[_Batch | BaseException | None] = asyncio.Queue(maxsize=DEPTH)
@@ -103,9 +119,10 @@ class ReadAhead:
 
     # -- the producer ---------------------------------------------------------------
 
-    async def _runs(self) -> AsyncIterator[tuple[list[str], dict[str, Exception]]]:
+    async def _runs(self) -> AsyncIterator[tuple[list[str], dict[str, Exception], int]]:
         """Runs of the todo list to read in one call, each with what is known
-        without reading (too large, or the error asking its size raised)."""
+        without reading (too large, or the error asking its size raised) and
+        the bytes it reads."""
         start = 0
         for count in chunk_sizes(len(self._todo)):
             chunk = self._todo[start : start + count]
@@ -117,8 +134,8 @@ class ReadAhead:
             for sid in chunk:
                 size = sizes.get(sid)
                 if isinstance(size, int) and size <= self.limit:
-                    if run and nbytes + size > MAX_BYTES:
-                        yield run, known
+                    if run and nbytes + size > self.max_batch:
+                        yield run, known, nbytes
                         run, known, nbytes = [], {}, 0
                     nbytes += size
                 elif isinstance(size, int):
@@ -127,11 +144,25 @@ class ReadAhead:
                     known[sid] = size
                 run.append(sid)  # absent from sizes: gone, unless the batch finds it
             if run:
-                yield run, known
+                yield run, known, nbytes
+
+    async def _room_for(self, nbytes: int) -> None:
+        """Wait until a batch of ``nbytes`` fits in what may be held (one that
+        never fits is read when nothing else is held)."""
+        while self._held and self._held + nbytes > self.max_held:
+            self._released.clear()
+            await self._released.wait()
+        self._held += nbytes
+
+    def _release(self, batch: _Batch) -> None:
+        self._held -= batch.nbytes
+        batch.nbytes = 0
+        self._released.set()
 
     async def _produce(self) -> None:
         try:
-            async for run, known in self._runs():
+            async for run, known, nbytes in self._runs():
+                await self._room_for(nbytes)
                 want = {sid: self.hints[sid] for sid in run if sid not in known}
                 try:
                     got = await self.source.fetch_batch(self.folder, want) if want else {}
@@ -139,12 +170,14 @@ class ReadAhead:
                     raise
                 except Exception:
                     log.debug("reading a batch of %d failed; reading them one by one", len(want), exc_info=True)
-                    await self._queue.put(_Batch(run, None))
+                    await self._queue.put(_Batch(run, None, nbytes))
                     continue
-                batch = _Batch(run, {**got, **known})
+                batch = _Batch(run, {**got, **known}, nbytes)
                 if self.parser is not None:
                     batch.prepared = asyncio.create_task(self._prepare(got))
                 await self._queue.put(batch)
+                # this frame must not keep the batch while it waits for room for the next
+                del got, batch
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - handed to the worker, who meets it in get()
@@ -175,6 +208,7 @@ class ReadAhead:
                 return NOT_READ  # not planned: never happens when asked in order
             if self._producer is None:
                 self._producer = asyncio.create_task(self._produce())
+            self._release(self._current)  # the worker is done with it
             item = await self._queue.get()
             if item is None or isinstance(item, BaseException):
                 self._ended = True
@@ -224,11 +258,25 @@ class ReadAhead:
 
 
 def _put_blobs(blobs: BlobStore, msgs: list[ParsedMessage]) -> None:
-    """The files of the batch's large attachments (small ones go in with their rows)."""
+    """The files of the batch's large attachments (small ones go in with their
+    rows); their bytes are then dropped from the parsed messages."""
     for msg in msgs:
         for part in msg.attachments:
             if not inline(part.data):
-                blobs.put(part.data)
+                blobs.put_part(part)
 
 
-__all__ = ["NOT_READ", "ReadAhead", "chunk_sizes", "too_large"]
+def put_large_attachments(blobs: BlobStore, msg: ParsedMessage) -> None:
+    """:func:`_put_blobs` for one message (a scan's commit batch, before it waits)."""
+    _put_blobs(blobs, [msg])
+
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "NOT_READ",
+    "ReadAhead",
+    "batch_bytes",
+    "chunk_sizes",
+    "put_large_attachments",
+    "too_large",
+]

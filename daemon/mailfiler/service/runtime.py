@@ -17,6 +17,7 @@ from mailfiler.config.schema import Config
 from mailfiler.config.schema import Imap as ImapConfig
 from mailfiler.config.schema import Mailbox as MailboxConfig
 from mailfiler.rules import RuleSet, load_rules
+from mailfiler.service.readahead import batch_bytes
 from mailfiler.sources.base import Source
 from mailfiler.sources.imap import ImapSettings, ImapSource
 from mailfiler.sources.maildir import MaildirSource
@@ -84,6 +85,8 @@ class Services:
     shunts: ShuntStore
     max_message_bytes: int
     mailboxes: dict[str, MailboxRuntime] = field(default_factory=dict)
+    #: limits.backfill_memory: the mail a scan holds at once (service/readahead.py)
+    backfill_memory: int = 64 * 1024 * 1024
     #: parses scans' batches in helper processes (off: ParsePool(0))
     parser: ParsePool = field(default_factory=lambda: ParsePool(0))
 
@@ -271,8 +274,10 @@ def build_services(
         tracker=tracker,
         shunts=ShuntStore(db, state_dir),
         max_message_bytes=config.limits.max_message_bytes,
+        backfill_memory=config.limits.backfill_memory,
         parser=parser or ParsePool(parse_workers(config.limits.parse_processes)),
     )
+    services.parser.max_bytes = batch_bytes(config.limits.backfill_memory)
     services.mailboxes = sync_config(db, config, manager=manager)
     if rules is not None:
         log.info(

@@ -36,9 +36,10 @@ from mailfiler.errors import (
     ProcessingFailed,
     SourceError,
 )
-from mailfiler.service.readahead import NOT_READ, ReadAhead, too_large
+from mailfiler.service.readahead import NOT_READ, ReadAhead, batch_bytes, put_large_attachments, too_large
 from mailfiler.service.runtime import MailboxRuntime, Services
 from mailfiler.sources.base import Change, Listing, MarkState
+from mailfiler.store.blobs import INLINE_MAX
 from mailfiler.store.db import transaction
 from mailfiler.store.models import FolderCursor, Location, SeenMessage, Shunt
 from mailfiler.tracking import txsql
@@ -65,8 +66,12 @@ log = logging.getLogger("mailfiler.worker")
 #: transient store errors (SQLite busy, PostgreSQL restart) are retried this
 #: many times before the message is shunted as a persistent store error
 STORE_RETRIES = 5
-#: a tracked folder's scan commits this many messages per transaction
+#: a tracked folder's scan commits this many messages per transaction (at most:
+#: a batch is also cut at readahead.batch_bytes(limits.backfill_memory) bytes)
 COMMIT_BATCH = 50
+#: a message waiting in a commit batch keeps its bytes (for the shunt, should it
+#: fail) up to this size; a larger one is read again if it fails
+KEEP_RAW_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -364,11 +369,14 @@ class MailboxWorker:
         commits = _Commits(self, folder, result) if fctx is not None and fctx.tracked else None
         ahead = self._read_ahead(folder, todo, hints)
         stopped = False
+        read: bytes | Exception | object | None = None
+        parsed: ParsedMessage | None = None
         try:
             for done, sid in enumerate(todo, 1):
                 if self.should_stop():
                     stopped = True
                     break
+                read = parsed = None  # the last message's, not held while the next is read
                 read = await ahead.get(sid)
                 step = source.message_token(token, sid) if advancing and token is not None else None
                 parsed = ahead.parsed(sid)
@@ -515,7 +523,14 @@ class MailboxWorker:
         # watched folder's mail may be judged not to be, and must leave nothing behind
         blobs = services.tracker.blobs if fctx is not None and fctx.tracked else None
         return ReadAhead(
-            self.rt.source, folder, todo, hints, services.max_message_bytes, parser=services.parser, blobs=blobs
+            self.rt.source,
+            folder,
+            todo,
+            hints,
+            services.max_message_bytes,
+            parser=services.parser,
+            blobs=blobs,
+            budget=services.backfill_memory,
         )
 
     def _already_here(self, folder: str, source_id: str) -> bool:
@@ -750,13 +765,21 @@ def _parse_or_none(raw: bytes) -> ParsedMessage | None:
 class _Pending:
     source_id: str
     hint: str | None
-    raw: bytes
+    #: None: not kept (large); read again should the message fail
+    raw: bytes | None
     parsed: ParsedMessage
     token: str | None
+    #: what it holds in memory
+    nbytes: int = 0
 
 
 class _Commits:
-    """A tracked folder's scan, committed :data:`COMMIT_BATCH` messages at a time.
+    """A tracked folder's scan, committed :data:`COMMIT_BATCH` messages at a time,
+    or fewer when they hold more than a batch's bytes (``limits.backfill_memory``).
+
+    A message's large attachments are written to their files as it joins the
+    batch (as the read-ahead does), and their bytes dropped; so is a large
+    message's raw form.  What waits is then its rows, not its mail.
 
     One transaction per batch (:func:`track_batch`: a savepoint per message)
     instead of one per message: the commit and, on SQLite, the write lock
@@ -769,16 +792,27 @@ class _Commits:
     def __init__(self, worker: MailboxWorker, folder: str, result: ScanResult) -> None:
         self.worker, self.folder, self.result = worker, folder, result
         self.pending: list[_Pending] = []
+        self.nbytes = 0
+        self.max_bytes = batch_bytes(worker.services.backfill_memory)
         #: False once a message could not be committed (the cursor must not pass it)
         self.complete = True
 
     async def add(self, sid: str, hint: str | None, raw: bytes, parsed: ParsedMessage, token: str | None) -> None:
-        self.pending.append(_Pending(sid, hint, raw, parsed, token))
-        if len(self.pending) >= COMMIT_BATCH:
+        blobs = self.worker.services.tracker.blobs
+        if any(len(a.data) > INLINE_MAX for a in parsed.attachments):
+            try:
+                await asyncio.to_thread(put_large_attachments, blobs, parsed)
+            except OSError:  # disk full...: the commit meets it again, for this message alone
+                log.debug("writing a message's attachments ahead failed", exc_info=True)
+        kept = raw if len(raw) <= KEEP_RAW_BYTES else None
+        nbytes = len(kept or b"") + sum(len(a.data) for a in parsed.attachments) + len(parsed.body_text)
+        self.pending.append(_Pending(sid, hint, kept, parsed, token, nbytes))
+        self.nbytes += nbytes
+        if len(self.pending) >= COMMIT_BATCH or self.nbytes >= self.max_bytes:
             await self.flush()
 
     async def flush(self) -> None:
-        todo, self.pending = self.pending, []
+        todo, self.pending, self.nbytes = self.pending, [], 0
         while todo:
             todo = await self._commit(todo)
 
@@ -802,7 +836,8 @@ class _Commits:
                 continue
             # this one failed (or the batch did): alone, as without batches; then the rest
             p = pending
-            outcome = await worker.process(self.folder, p.source_id, p.hint, token=p.token, read=p.raw, parsed=p.parsed)
+            read = NOT_READ if p.raw is None else p.raw
+            outcome = await worker.process(self.folder, p.source_id, p.hint, token=p.token, read=read, parsed=p.parsed)
             if outcome is None:
                 self.complete = False
             _count(self.result, outcome)

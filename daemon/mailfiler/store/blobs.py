@@ -52,11 +52,26 @@ class BlobStore:
                 atomic_write(target, data)
         return digest
 
+    def put_part(self, part: Any) -> str:
+        """:meth:`put` for an attachment (tracking's ``AttachmentPart``).  A large
+        one's bytes, once in their file, are dropped from the part, which keeps
+        their digest and size: a message waiting for its commit holds no copy.
+        A calendar part keeps them (invitations are read at the commit)."""
+        if part.sha256 is not None:
+            return part.sha256
+        data = part.data
+        digest = self.put(data)
+        if not inline(data) and part.content_type.lower() != "text/calendar":
+            part.sha256, part.stored_size, part.data = digest, len(data), b""
+        return digest
+
     @staticmethod
-    def row(digest: str, data: bytes) -> dict[str, Any]:
+    def row(digest: str, data: bytes, size: int | None = None) -> dict[str, Any]:
         """The ``blob`` row for ``data`` (inserted with ON CONFLICT DO NOTHING:
-        the same bytes are stored once)."""
-        return {"sha256": digest, "size": len(data), "data": data if inline(data) else None}
+        the same bytes are stored once).  ``size``: of bytes already in their
+        file and no longer at hand (``data`` is then empty)."""
+        size = len(data) if size is None else size
+        return {"sha256": digest, "size": size, "data": data if size <= INLINE_MAX else None}
 
     def get(self, sha256: str) -> bytes:
         """A stored blob's bytes (its row must be readable: the store is open)."""

@@ -95,7 +95,7 @@ def track(tracker: Tracker, items: Sequence[Item]) -> list[Outcome]:
     mailbox, folder = items[0].mailbox, items[0].folder
     assert folder.regarding is not None
     regarding = folder.regarding
-    blob_ids = [[tracker.blobs.put(a.data) for a in item.msg.attachments] for item in items]
+    blob_ids = [[tracker.blobs.put_part(a) for a in item.msg.attachments] for item in items]
     ids: dict[str, int] = {}
     for start in range(0, len(items), _CHUNK):
         rows = [_activity_row(item, mailbox, folder, now) for item in items[start : start + _CHUNK]]
@@ -123,14 +123,14 @@ def track(tracker: Tracker, items: Sequence[Item]) -> list[Outcome]:
                         }
                     )
         for position, (part, digest) in enumerate(zip(item.msg.attachments, digests, strict=True)):
-            blobs.append(BlobStore.row(digest, part.data))
+            blobs.append(BlobStore.row(digest, part.data, part.nbytes))
             attachments.append(
                 {
                     "activity": aid,
                     "position": position,
                     "filename": part.filename,
                     "content_type": part.content_type,
-                    "size": len(part.data),
+                    "size": part.nbytes,
                     "blob": digest,
                 }
             )

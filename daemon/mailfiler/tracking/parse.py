@@ -48,6 +48,15 @@ class AttachmentPart:
     filename: str
     content_type: str
     data: bytes
+    #: set once a large part is written to the blob store (BlobStore.put_part):
+    #: its bytes are then dropped from the message (data is b"") while it waits
+    #: for its commit, and ``nbytes`` keeps their size
+    sha256: str | None = None
+    stored_size: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.stored_size if self.sha256 is not None else len(self.data)
 
 
 @dataclass

@@ -47,6 +47,8 @@ IDLE_SECONDS = 60.0
 MAX_SHIPPED_BYTES = 1024 * 1024
 #: a helper that takes longer than this for a batch is stopped (the worker parses the batch)
 BATCH_TIMEOUT = 120.0
+#: at most this many bytes of mail in the helpers at once (limits.backfill_memory sets it)
+MAX_BYTES = 16 * 1024 * 1024
 _FRAME = struct.Struct("!Q")
 
 
@@ -99,7 +101,9 @@ class _Helper:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         with self.lock:
             payload = pickle.dumps(raws, protocol=pickle.HIGHEST_PROTOCOL)
-            self.proc.stdin.write(_FRAME.pack(len(payload)) + payload)
+            self.proc.stdin.write(_FRAME.pack(len(payload)))
+            self.proc.stdin.write(payload)  # not joined to its header: that would copy the batch
+            del payload
             self.proc.stdin.flush()
             (size,) = _FRAME.unpack(_read_exactly(self.proc.stdout, _FRAME.size))
             answer = _read_exactly(self.proc.stdout, size)
@@ -143,10 +147,19 @@ def _stop_helpers(helpers: list[_Helper]) -> None:
 
 
 class ParsePool:
-    def __init__(self, workers: int, *, min_batch: int = MIN_BATCH, idle_seconds: float = IDLE_SECONDS) -> None:
+    def __init__(
+        self,
+        workers: int,
+        *,
+        min_batch: int = MIN_BATCH,
+        idle_seconds: float = IDLE_SECONDS,
+        max_bytes: int = MAX_BYTES,
+    ) -> None:
         self.workers = max(0, workers)
         self.min_batch = min_batch
         self.idle_seconds = idle_seconds
+        #: a batch is sent to the helpers in rounds of at most this many bytes
+        self.max_bytes = max_bytes
         self._helpers: list[_Helper] = []
         weakref.finalize(self, _stop_helpers, self._helpers)
         self._idle: asyncio.TimerHandle | None = None
@@ -165,6 +178,24 @@ class ParsePool:
         results: list[ParsedMessage | None] = [None] * len(raws)
         if self.workers == 0 or len(todo) < self.min_batch:
             return results
+        # in rounds of at most max_bytes: each is pickled, sent, parsed and sent back whole
+        rounds: list[list[int]] = [[]]
+        nbytes = 0
+        for i in todo:
+            size = len(raws[i] or b"")
+            if rounds[-1] and nbytes + size > self.max_bytes:
+                rounds.append([])
+                nbytes = 0
+            rounds[-1].append(i)
+            nbytes += size
+        for part in rounds:
+            await self._parse_round(raws, part, results)
+        self.parsed += sum(1 for r in results if r is not None)
+        return results
+
+    async def _parse_round(
+        self, raws: Sequence[bytes | None], todo: list[int], results: list[ParsedMessage | None]
+    ) -> None:
         self._busy += 1
         try:
             helpers = self._start()
@@ -194,8 +225,6 @@ class ParsePool:
                 continue
             for i, parsed in zip(chunk, answer, strict=True):
                 results[i] = parsed
-        self.parsed += sum(1 for r in results if r is not None)
-        return results
 
     def _start(self) -> list[_Helper]:
         while len(self._helpers) < self.workers:

@@ -155,7 +155,7 @@ class Tracker:
                 return self._skip(mailbox, folder, source_id, msg, plan.verdict.reason, may_be_shunted, token)
         # large blobs first: a crash after this leaves an orphan file, never
         # a row that points to nothing (small ones go in with the rows)
-        blob_ids = [self.blobs.put(a.data) for a in msg.attachments]
+        blob_ids = [self.blobs.put_part(a) for a in msg.attachments]
         for attempt in range(3):
             try:
                 points("before_commit")
@@ -378,7 +378,7 @@ class Tracker:
         # created the sender's contact
         self._add_parties(activity, msg, fresh=True)
         for position, (part, digest) in enumerate(zip(msg.attachments, blob_ids, strict=True)):
-            prepared.insert_ignore(self.db, Blob, [BlobStore.row(digest, part.data)])
+            prepared.insert_ignore(self.db, Blob, [BlobStore.row(digest, part.data, part.nbytes)])
             prepared.insert(
                 self.db,
                 Attachment,
@@ -387,7 +387,7 @@ class Tracker:
                     "position": position,
                     "filename": part.filename,
                     "content_type": part.content_type,
-                    "size": len(part.data),
+                    "size": part.nbytes,
                     "blob": digest,
                 },
             )
