@@ -27,10 +27,12 @@ import contextlib
 import logging
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 from typing import IO
@@ -270,18 +272,45 @@ class ParsePool:
             )
 
 
+#: a helper looks this often whether the daemon that started it is still there
+ORPHAN_CHECK_SECONDS = 0.25
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """A helper's watch thread: when the daemon is gone (SIGKILL, the watchdog's
+    SIGABRT, the OOM killer) the batch in hand has nobody to go to; end at once,
+    without a word (a traceback would read as a second failure in the log)."""
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    os._exit(0)
+
+
 def _serve() -> None:
     """The helper's loop: a frame of pickled messages in, a frame of results out, until EOF."""
+    # Ctrl-C in a terminal reaches the whole process group: it is for the daemon, which stops us
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    while True:
-        head = stdin.read(_FRAME.size)
-        if len(head) < _FRAME.size:
-            return
-        (size,) = _FRAME.unpack(head)
-        raws = pickle.loads(stdin.read(size))
-        answer = pickle.dumps(parse_chunk(raws), protocol=pickle.HIGHEST_PROTOCOL)
-        stdout.write(_FRAME.pack(len(answer)) + answer)
-        stdout.flush()
+    try:
+        while True:
+            head = stdin.read(_FRAME.size)
+            if len(head) < _FRAME.size:
+                return
+            (size,) = _FRAME.unpack(head)
+            frame = stdin.read(size)
+            if len(frame) < size:
+                return  # the daemon died while sending it
+            raws = pickle.loads(frame)
+            del frame
+            answer = pickle.dumps(parse_chunk(raws), protocol=pickle.HIGHEST_PROTOCOL)
+            del raws
+            stdout.write(_FRAME.pack(len(answer)))
+            stdout.write(answer)
+            stdout.flush()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the daemon is gone or stopped reading: nothing to say to anyone
+    # no flush of a dead pipe at interpreter exit (another BrokenPipeError, "ignored")
+    os._exit(0)
 
 
 __all__ = ["ParsePool", "auto_workers", "parse_chunk", "parse_workers"]
