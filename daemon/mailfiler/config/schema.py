@@ -18,6 +18,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mailfiler.util.retrypolicy import RetryPolicy
+
 #: entity types every mailfiler store knows; custom ones are declared in config
 BUILTIN_ENTITIES = ("user", "contact", "account", "lead", "opportunity", "case")
 
@@ -473,6 +475,28 @@ class ServerRules(Strict):
     interval: float = Field(default=300.0, ge=5, description="Seconds between the daemon's reads of the rules.")
 
 
+class Retry(Strict):
+    """How a mailbox's connections are retried after a failure (util/retrypolicy.py)."""
+
+    initial: float = Field(default=1.0, gt=0, le=3600, description="Seconds before the first retry.")
+    max: float = Field(default=60.0, gt=0, le=86400, description="Longest wait between retries (seconds).")
+    healthy_after: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="Seconds a connection must work before the next failure waits `initial` again.",
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> Retry:
+        if self.max < self.initial:
+            raise ValueError(f"retry.max ({self.max:g}) is shorter than retry.initial ({self.initial:g})")
+        return self
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(initial=self.initial, max=self.max, healthy_after=self.healthy_after)
+
+
 class Mailbox(Strict):
     name: str = Field(description="Short unique name of the mailbox (used in CLI output and logs).")
     owner: str = Field(description="E-mail address of the CRM user whose mailbox this is.")
@@ -494,6 +518,7 @@ class Mailbox(Strict):
     server_rules: ServerRules | None = Field(
         default=None, description="Inbox rules on the server (default settings when a tracked folder has a route:)."
     )
+    retry: Retry = Field(default_factory=Retry, description="Reconnects and sync retries: capped, jittered backoff.")
 
     @model_validator(mode="after")
     def _one_backend(self) -> Mailbox:

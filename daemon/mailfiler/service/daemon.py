@@ -1,7 +1,9 @@
 """The daemon: backfill every tracked folder, then follow pushed changes.
 
 One asyncio loop.  Each mailbox runs under a supervisor that restarts it
-with capped, jittered back-off after a mailbox-wide failure.  Tracking a
+after a mailbox-wide failure under the mailbox's retry policy (capped,
+jittered, reset once it has been up for ``retry.healthy_after``:
+util/retrypolicy.py).  Tracking a
 message is a synchronous transaction run between awaits, so SIGTERM (which
 only sets an event) always lets the transaction in flight finish.
 """
@@ -12,11 +14,11 @@ import asyncio
 import json
 import logging
 import os
-import random
 import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 
 from mailfiler.config.loader import LoadedConfig, load_config
 from mailfiler.errors import ConfigError, MailfilerError
@@ -37,11 +39,11 @@ from mailfiler.store.models import DaemonState, utcnow
 from mailfiler.sync.runner import sync_loop
 from mailfiler.tracking.folders import set_folder_state
 from mailfiler.tracking.parsepool import parse_workers
+from mailfiler.util import retrypolicy
 from mailfiler.util.text import plural
 
 log = logging.getLogger("mailfiler.daemon")
 
-BACKOFF_MAX = 60.0
 HEARTBEAT_EVERY = 10.0
 #: how often to look for folders auto-tracking should start or stop watching
 DISCOVER_EVERY = float(os.environ.get("MAILFILER_DISCOVER_EVERY", "30"))
@@ -152,15 +154,16 @@ class Daemon:
             self.workers.pop(name, None)
 
     async def _supervise(self, rt: MailboxRuntime, stop: asyncio.Event) -> None:
-        delay = 1.0
+        backoff = rt.retry.backoff()
         while not stop.is_set():
             try:
-                await self._run_mailbox(rt, stop)
+                await self._run_mailbox(rt, stop, backoff.healthy)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 message = str(exc) if isinstance(exc, MailfilerError) else f"{type(exc).__name__}: {exc}"
+                delay = backoff.failed()
                 log.error(
                     "mailbox %s failed: %s; retrying in %.0f s",
                     rt.name,
@@ -174,16 +177,13 @@ class Daemon:
                         set_folder_state(rt.ctx.row, folder, "error", message)
                     except Exception:  # noqa: BLE001 - the store itself may be what failed
                         pass
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay * random.uniform(0.8, 1.2))
-                except TimeoutError:
-                    pass
-                delay = min(delay * 2, BACKOFF_MAX)
+                await retrypolicy.wait(delay, stop)
 
-    async def _run_mailbox(self, rt: MailboxRuntime, stop: asyncio.Event) -> None:
+    async def _run_mailbox(self, rt: MailboxRuntime, stop: asyncio.Event, connected: Callable[[], None]) -> None:
         assert self.services is not None
         source = rt.source
         await source.open(create=rt.create_missing)
+        connected()  # healthy from here: a failure after retry.healthy_after starts the backoff afresh
         worker = MailboxWorker(rt, self.services, should_stop=stop.is_set)
         self.workers[rt.name] = worker
         await worker.discover(at_start=True)

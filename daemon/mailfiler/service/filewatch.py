@@ -39,6 +39,8 @@ import watchfiles
 from mailfiler.config.loader import LoadedConfig, load_config
 from mailfiler.errors import MailfilerError
 from mailfiler.rules.loader import rule_files
+from mailfiler.util import retrypolicy
+from mailfiler.util.retrypolicy import RetryPolicy
 from mailfiler.util.text import plural
 
 __all__ = ["ConfigWatcher", "WatchTargets", "is_editor_temp", "is_rule_file_name"]
@@ -197,25 +199,23 @@ class ConfigWatcher:
     async def run(self) -> None:
         """Watch until ``stop`` is set.  Never raises: a failure is logged and the
         watch starts again after a pause."""
-        delay = RETRY_MIN_S
+        # a watch that worked once resets the pause: healthy_after=0
+        backoff = RetryPolicy(initial=RETRY_MIN_S, max=RETRY_MAX_S, healthy_after=0).backoff()
         while not self.stop.is_set():
             try:
                 await self._watch()
-                delay = RETRY_MIN_S
+                backoff.healthy()
             except asyncio.CancelledError:
                 raise
             except Exception:  # a broken watcher must not take the daemon down
+                delay = backoff.failed()
                 log.error(
                     "watching the config and rule files failed; retrying in %.0f s",
                     delay,
                     exc_info=True,
                     extra={"event": "config-watch-error"},
                 )
-                try:
-                    await asyncio.wait_for(self.stop.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
-                delay = min(delay * 2, RETRY_MAX_S)
+                await retrypolicy.wait(delay, self.stop)
 
     async def _watch(self) -> None:
         """One awatch over the current directories; returns when they change (or on stop)."""

@@ -32,6 +32,7 @@ from mailfiler.tracking.folders import relink_folder
 from mailfiler.tracking.parsepool import ParsePool, parse_workers
 from mailfiler.tracking.pipeline import Tracker
 from mailfiler.tracking.shunt import ShuntStore
+from mailfiler.util.retrypolicy import RetryPolicy
 from mailfiler.util.secrets import read_secret, run_secret_command
 from mailfiler.util.text import plural
 
@@ -67,6 +68,8 @@ class MailboxRuntime:
     auto_folders: Callable[[str], bool] = lambda folder: False
     #: the watched folders found in the mailbox (set by the worker)
     watched: dict[str, FolderContext] = field(default_factory=dict)
+    #: how the supervisor retries it after a mailbox-wide failure (config: retry:)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def context(self, folder: str) -> FolderContext | None:
         """The tracked or watched folder's context, or None."""
@@ -235,6 +238,7 @@ def sync_config(db: pw.Database, config: Config, *, manager: str | None = None) 
                 folders=folders,
                 create_missing=mbc.create_missing_folders,
                 auto_folders=FolderFilter(mbc.auto_track),
+                retry=mbc.retry.policy(),
             )
     return runtimes
 

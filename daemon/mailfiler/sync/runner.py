@@ -24,6 +24,7 @@ from mailfiler.store.models import Mailbox, SyncCollection
 from mailfiler.sync.engine import Collection, Policy, Result, SyncEngine
 from mailfiler.sync.target import Target
 from mailfiler.sync.vdir import VdirTarget
+from mailfiler.util.retrypolicy import Backoff
 from mailfiler.util.secrets import SecretUnavailable, read_secret
 
 log = logging.getLogger("mailfiler.sync")
@@ -171,13 +172,17 @@ class SyncLoop:
     """The folder watcher runs all the time, across syncs, so a save that lands
     while a sync runs is not missed; it is restarted only when a reload
     changes the folders.  The config is read each round, so a reload takes
-    effect at the next one (within 30 s, or at once on a change)."""
+    effect at the next one (within 30 s, or at once on a change).  A sync
+    that failed, or found a server unreachable, is tried again under the
+    mailbox's retry policy (never later than its interval)."""
 
     def __init__(self, db: pw.Database, current: Callable[[], LoadedConfig], stop: asyncio.Event) -> None:
         self.db = db
         self.current = current
         self.stop = stop
         self.next_run: dict[str, float] = {}
+        #: per mailbox: retries after a failed sync (util/retrypolicy.py)
+        self.backoffs: dict[str, Backoff] = {}
         self.dirty: set[str] = set()
         self.woken = asyncio.Event()
         self.watcher: asyncio.Task | None = None
@@ -202,16 +207,31 @@ class SyncLoop:
             if mb.sync is None or (mb.name not in self.dirty and self.next_run.get(mb.name, 0.0) > now):
                 continue
             self.dirty.discard(mb.name)
+            results: list[Result] | None = None
             try:
-                await sync_mailbox(self.db, loaded, mb)
-            except Exception:  # one mailbox's failure must not stop the others; logged, retried next round
+                results = await sync_mailbox(self.db, loaded, mb)
+            except Exception:  # one mailbox's failure must not stop the others; logged, retried
                 log.exception("sync of mailbox %s failed", mb.name, extra={"event": "sync-error", "mailbox": mb.name})
-            self.next_run[mb.name] = time.monotonic() + poll_interval(mb.sync)
+            self.next_run[mb.name] = time.monotonic() + self._next_in(mb, results)
         if self.dirty:
             return  # changed while syncing: again at once
         due = min(self.next_run.values(), default=now + 30.0) - time.monotonic()
         if await self.wait(max(0.05, min(due, 30.0))):
             await asyncio.sleep(DEBOUNCE_MS / 1000)  # a client saving many files: one sync
+
+    def _next_in(self, mb: MailboxConfig, results: list[Result] | None) -> float:
+        """Seconds to the mailbox's next sync: its interval, or sooner under its
+        retry policy after a failure or a server it could not reach."""
+        assert mb.sync is not None
+        interval = poll_interval(mb.sync)
+        policy = mb.retry.policy()
+        backoff = self.backoffs.get(mb.name)
+        if backoff is None or backoff.policy != policy:  # new, or retry: changed by a reload
+            backoff = self.backoffs[mb.name] = policy.backoff()
+        if results is None or any(r.state == "unavailable" for r in results):
+            return min(backoff.failed(), interval)
+        backoff.healthy()
+        return interval
 
     async def wait(self, timeout: float) -> bool:
         """Sleep until a watched folder changes (True), the timeout, or stop."""
