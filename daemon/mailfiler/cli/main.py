@@ -219,15 +219,18 @@ def status(obj: Context, as_json: bool, wide: bool) -> None:
     last sync, items synced, unreadable items kept aside, and the last error
     (`sync` in JSON).
 
-    Also shows each daemon's heartbeat and a config it rejected on reload.
-    When the config file itself is invalid, status still reads the store it
-    names and lists the config's problems (`config_problems` in JSON).
+    Also shows each daemon's heartbeat, the config it runs on (the file, when
+    it was loaded, whether the file changed since) and a config it rejected on
+    reload.  When the config file itself is invalid, even as YAML, status still
+    reads the store it names and lists the config's problems
+    (`config_problems` and `config_in_force` in JSON).
     """
     from mailfiler.store import reports
 
     problems = obj.open_store_for_reading()
     data = reports.status()
     data["config_problems"] = problems
+    _config_in_force(data["daemons"], obj.config_path)
     from mailfiler.sync import reports as sync_reports
 
     data["sync"] = sync_reports.status()
@@ -239,6 +242,7 @@ def status(obj: Context, as_json: bool, wide: bool) -> None:
         return
     for d in data["daemons"]:
         click.echo(f"daemon on {d['host']} (pid {d['pid']}): {d['state']}, heartbeat {d['heartbeat_age_s']} s ago")
+        click.echo(f"  config in force: {_in_force_text(d['config_in_force'], bool(problems))}")
         if d.get("config_error"):
             click.secho(f"  config error (previous config in force): {d['config_error']}", fg="red")
     if not data["daemons"]:
@@ -282,6 +286,37 @@ def status(obj: Context, as_json: bool, wide: bool) -> None:
         table("auto-tracking: other folders watched", columns, watched, wide=wide)
     _print_sync_status(data, wide)
     print_server_rules(data["server_rules"])
+
+
+def _config_in_force(daemons: list[dict], config_path: str | None) -> None:
+    """Each daemon's config in force (the file and the version it loaded last),
+    against the file as it is now (``config_in_force`` in JSON)."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    spec = config_path or os.environ.get("MAILFILER_CONFIG")
+    path = str(Path(spec).expanduser().absolute()) if spec else None
+    try:
+        now = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    except OSError:
+        now = None
+    for d in daemons:
+        sha = d.get("config_sha256")
+        changed = None if d.get("config") != path or sha is None or now is None else sha != now
+        d["config_in_force"] = {
+            "path": d.get("config"),
+            "loaded_at": d.get("config_loaded_at"),
+            "sha256": sha,
+            "file_changed_since": changed,
+        }
+
+
+def _in_force_text(info: dict, invalid: bool) -> str:
+    text = f"{info['path']}" + (f", as loaded at {info['loaded_at']}" if info["loaded_at"] else "")
+    if info["file_changed_since"]:
+        text += "; the file has changed since" + (" and is not valid: the last good version runs" if invalid else "")
+    return text
 
 
 def _print_sync_status(data: dict, wide: bool) -> None:

@@ -391,6 +391,24 @@ def _resolve_paths(config: schema.Config, base_dir: Path) -> schema.Config:
     )
 
 
+def _top_level_lines(raw: bytes, keys: Sequence[str]) -> dict[str, Any]:
+    """``key: value`` lines at the top level (column 0) of a file that is not
+    valid YAML as a whole, each read as YAML on its own; the first of each key."""
+    found: dict[str, Any] = {}
+    text = raw.decode("utf-8", "replace")
+    for line in text.splitlines():
+        key = line.partition(":")[0]
+        if key not in keys or key in found:
+            continue
+        try:
+            value = yaml.safe_load(line)
+        except yaml.YAMLError:
+            continue
+        if isinstance(value, dict) and isinstance(value.get(key), str):
+            found[key] = value[key]
+    return found
+
+
 def store_settings_lenient(path: str | os.PathLike[str] | None) -> tuple[str, str | None] | None:
     """(database URL, database_password_file) read from a config that may be
     invalid, so ``mailfiler status`` can still show the store while the admin
@@ -401,10 +419,18 @@ def store_settings_lenient(path: str | os.PathLike[str] | None) -> tuple[str, st
         return None
     cfg_path = Path(path).expanduser().absolute()
     try:
-        data = yaml.safe_load(cfg_path.read_bytes())
-    except (OSError, yaml.YAMLError):
+        raw = cfg_path.read_bytes()
+    except OSError:
         return None
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        data = None
     if not isinstance(data, dict) or not isinstance(data.get("database"), str):
+        # a YAML syntax error anywhere (a bad indent ten lines down) makes the whole
+        # file unreadable: the store settings are then read from their own lines
+        data = _top_level_lines(raw, ("database", "database_password_file"))
+    if not isinstance(data.get("database"), str):
         return None
     base_dir = cfg_path.parent
     url = _resolve_db_url(data["database"], base_dir)

@@ -58,6 +58,8 @@ def daemon_key() -> str:
 class Daemon:
     def __init__(self, loaded: LoadedConfig, *, progress: bool | None = None) -> None:
         self.loaded = loaded
+        #: when the config in force was loaded (status shows which version runs)
+        self.loaded_at = utcnow()
         self.notifier = Notifier()
         self.stop_event = asyncio.Event()
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -341,6 +343,7 @@ class Daemon:
         assert self.services is not None
         db = self.services.db
         self.loaded = new
+        self.loaded_at = utcnow()
         parser = self.services.parser
         if parser.workers != parse_workers(new.config.limits.parse_processes):
             await parser.close()
@@ -435,6 +438,9 @@ class Daemon:
                 "started_at": self.started_at.isoformat() + "Z",
                 "heartbeat_at": utcnow().isoformat() + "Z",
                 "config": str(self.loaded.path),
+                # the version in force: `status` compares it with the file as it is now
+                "config_sha256": self.loaded.text_sha256,
+                "config_loaded_at": self.loaded_at.isoformat() + "Z",
                 "config_error": self.config_error,
             }
         )
