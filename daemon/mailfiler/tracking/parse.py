@@ -48,11 +48,14 @@ class AttachmentPart:
     filename: str
     content_type: str
     data: bytes
-    #: set once a large part is written to the blob store (BlobStore.put_part):
-    #: its bytes are then dropped from the message (data is b"") while it waits
-    #: for its commit, and ``nbytes`` keeps their size
-    sha256: str | None = None
-    stored_size: int = 0
+
+    def __post_init__(self) -> None:
+        # Set once a large part is written to the blob store (BlobStore.put_part):
+        # its bytes are then dropped from the message (data is b"") while it waits
+        # for its commit, and ``nbytes`` keeps their size.  Not fields: what a
+        # message parses to (its fields) does not depend on where it waits.
+        self.sha256: str | None = None
+        self.stored_size = 0
 
     @property
     def nbytes(self) -> int:
