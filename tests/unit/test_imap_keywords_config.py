@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from mailfiler.config.schema import Imap
-from mailfiler.service.runtime import imap_settings
+from mailfiler.backends.imap import Imap, imap_settings
 from mailfiler.sources import imapproto as proto
 
 BASE = {"host": "127.0.0.1", "username": "alice", "password_file": "pw", "tls": "none"}

@@ -15,7 +15,7 @@ from mailfiler.errors import NotFound
 
 @click.group()
 def folders() -> None:
-    """A mailbox's folders (Maildir or IMAP), read from the mailbox itself.
+    """A mailbox's folders (any backend), read from the mailbox itself.
 
     Shows which are tracked (with the record each stands for), which
     auto-tracking watches, and which tracked folders do not exist yet;
@@ -34,15 +34,10 @@ def _mailboxes(cfg: Any, name: str | None) -> list[Any]:
 
 
 async def _survey(mb: Any) -> list[dict[str, Any]]:
-    from mailfiler.service.runtime import make_source
+    from mailfiler.backends import backend_of
     from mailfiler.tracking.autotrack import FolderFilter
 
-    source = make_source(mb)
-    await source.open()
-    try:
-        present = await source.list_folders()
-    finally:
-        await source.close()
+    present = await backend_of(mb).folders(mb)
     tracked = {tf.folder: tf.regarding for tf in mb.tracked_folders}
     watched = FolderFilter(mb.auto_track)
     rows = []
@@ -91,7 +86,7 @@ def list_(obj: Any, mailbox: str | None, as_json: bool) -> None:
 
 
 async def _create_missing(mb: Any, dry_run: bool) -> list[str]:
-    from mailfiler.service.runtime import make_source
+    from mailfiler.backends import make_source
 
     source = make_source(mb)
     await source.open()

@@ -32,6 +32,7 @@ _MARK_LABEL = {
 
 
 def _mailboxes(cfg: Any, name: str | None) -> list[Any]:
+    from mailfiler.backends import backend_of
     from mailfiler.serverrules.runner import backend_for
 
     if name is not None:
@@ -41,7 +42,7 @@ def _mailboxes(cfg: Any, name: str | None) -> list[Any]:
             raise NotFound(f"no mailbox named {name!r} in the config (mailboxes: {known})")
         backend_for(chosen[0])  # a Maildir: say so now
         return chosen
-    return [mb for mb in cfg.mailboxes if mb.imap is not None]
+    return [mb for mb in cfg.mailboxes if backend_of(mb).sieve_login is not None]
 
 
 def _open_store(obj: Any) -> bool:

@@ -28,7 +28,10 @@ from urllib.parse import quote, unquote
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from mailfiler.backends import registry
 from mailfiler.config import schema
+from mailfiler.config.base import resolve_path as _resolve
+from mailfiler.config.base import secret_path as _secret_path
 from mailfiler.config.yamlpos import MAP, Builder, KeyPath, Problem, compose, describe_value, is_empty
 from mailfiler.config.yamlpos import fmt_path as _fmt
 from mailfiler.config.yamlpos import path_prefix as _prefix
@@ -275,7 +278,7 @@ def _cross_checks(data: dict[str, Any], built: Builder, base_dir: Path) -> list[
         add(("database",), f"the sqlite URL names no file: {hint}")
 
     names: dict[str, KeyPath] = {}
-    maildirs: dict[Path, KeyPath] = {}
+    taken: dict[tuple[str, Any], KeyPath] = {}  # (kind, identity): what two mailboxes must not share
     for i, mb in _items(data.get("mailboxes")):
         name = mb.get("name")
         if isinstance(name, str):
@@ -285,19 +288,22 @@ def _cross_checks(data: dict[str, Any], built: Builder, base_dir: Path) -> list[
                 add(("mailboxes", i, "name"), f"mailbox name {name!r} is already used by {used}")
             else:
                 names[name] = ("mailboxes", i, "name")
-        maildir = mb.get("maildir")
-        if "maildir" in mb and _is_blank(maildir):
-            add(("mailboxes", i, "maildir"), "maildir must not be empty")
-        elif isinstance(maildir, str):
-            resolved = _resolve(Path(maildir), base_dir)
-            if resolved in maildirs:
-                first = maildirs[resolved]
-                add(
-                    ("mailboxes", i, "maildir"),
-                    f"maildir {str(resolved)!r} is already used by {_fmt(first[:2])} (line {line_of(first)})",
-                )
+        for kind, backend in registry().items():
+            if kind not in mb:
+                continue
+            here_b: KeyPath = ("mailboxes", i, kind)
+            try:
+                identity = backend.identity(mb[kind], base_dir)
+            except ValueError as exc:
+                add(here_b, str(exc))
+                continue
+            if identity is None:
+                continue
+            if (kind, identity) in taken:
+                first = taken[(kind, identity)]
+                add(here_b, f"{kind} {identity!r} is already used by {_fmt(first[:2])} (line {line_of(first)})")
             else:
-                maildirs[resolved] = ("mailboxes", i, "maildir")
+                taken[(kind, identity)] = here_b
         folders: dict[str, KeyPath] = {}
         for j, tf in _items(mb.get("tracked_folders")):
             folder = tf.get("folder")
@@ -337,17 +343,6 @@ def _is_blank(value: Any) -> bool:
 # --- path resolution ---------------------------------------------------------
 
 
-def _resolve(path: Path, base_dir: Path) -> Path:
-    """Expand ~, anchor relative paths at *base_dir*, and fold ``..``.
-
-    normpath, not resolve(): symlinks are left alone, as the admin wrote them.
-    """
-    path = path.expanduser()
-    if not path.is_absolute():
-        path = base_dir / path
-    return Path(os.path.normpath(path))
-
-
 def _resolve_db_url(url: str, base_dir: Path) -> str:
     if not url.startswith(_SQLITE_PREFIX):
         return url
@@ -359,23 +354,9 @@ def _resolve_db_url(url: str, base_dir: Path) -> str:
     return _SQLITE_PREFIX + quote(str(_resolve(Path(rest), base_dir)), safe="/:")
 
 
-def _secret_path(spec: str | None, base_dir: Path) -> str | None:
-    # ${VARS} (systemd credentials) are expanded when the file is read
-    if spec is None or "$" in spec:
-        return spec
-    return str(_resolve(Path(spec), base_dir))
-
-
-def _resolve_mailbox(mb: schema.Mailbox, base_dir: Path) -> schema.Mailbox:
-    if mb.imap is not None:
-        imap = mb.imap.model_copy(
-            update={
-                "ca_file": _resolve(mb.imap.ca_file, base_dir) if mb.imap.ca_file else None,
-                "password_file": _secret_path(mb.imap.password_file, base_dir),
-            }
-        )
-        return mb.model_copy(update={"imap": imap})
-    return mb.model_copy(update={"maildir": _resolve(mb.maildir, base_dir)})
+def _resolve_mailbox(mb: Any, base_dir: Path) -> Any:
+    backend = registry()[mb.backend]
+    return mb.model_copy(update={mb.backend: backend.resolve(mb.backend_config, base_dir)})
 
 
 def _resolve_paths(config: schema.Config, base_dir: Path) -> schema.Config:

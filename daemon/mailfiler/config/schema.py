@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, create_model, field_validator, model_validator
 
+from mailfiler.backends import registry
+from mailfiler.config.base import Strict
 from mailfiler.util.retrypolicy import RetryPolicy
 
 #: entity types every mailfiler store knows; custom ones are declared in config
@@ -25,10 +27,6 @@ BUILTIN_ENTITIES = ("user", "contact", "account", "lead", "opportunity", "case")
 
 _ENTITY_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def parse_ref(value: str) -> tuple[str, str]:
@@ -364,94 +362,6 @@ class Sync(Strict):
             raise ValueError("the CRM appointments go to one calendar: vdir.calendar or caldav, not both")
 
 
-#: hosts for which TLS may be turned off or left unverified (a test server)
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
-
-
-_IMAP_KEYWORD = re.compile(r"^[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|~]+$")
-
-
-def _imap_keyword(value: str) -> str:
-    if not _IMAP_KEYWORD.match(value):
-        raise ValueError(
-            f'{value!r} is not an IMAP keyword: printable ASCII without spaces, ( ) {{ % * " \\ ], '
-            "and no leading backslash (system flags such as \\Seen are never set)"
-        )
-    return value
-
-
-class ImapKeywords(Strict):
-    """The IMAP keywords that show tracking in the user's mail client."""
-
-    tracked: Annotated[str, AfterValidator(_imap_keyword)] = Field(
-        default="$Tracked", description="Set on every tracked message."
-    )
-    failed: Annotated[str, AfterValidator(_imap_keyword)] = Field(
-        default="$TrackFailed", description="Set on a message kept aside in the shunt."
-    )
-
-
-class Imap(Strict):
-    """An IMAP mailbox.  Exactly one of the three ways to log in."""
-
-    host: str = Field(min_length=1)
-    port: int | None = Field(default=None, ge=1, le=65535, description="Default: 993 with implicit TLS, else 143.")
-    username: str = Field(min_length=1)
-    password_file: str | None = Field(
-        default=None, description="File holding the password; ${CREDENTIALS_DIRECTORY} is expanded when read."
-    )
-    password_command: list[str] | None = Field(
-        default=None, description="Program (argv, no shell) that prints the password; run at each login."
-    )
-    xoauth2_token_command: list[str] | None = Field(
-        default=None, description="Program (argv, no shell) that prints an OAuth2 access token (SASL XOAUTH2)."
-    )
-    tls: Literal["implicit", "starttls", "none"] = Field(default="implicit")
-    ca_file: Path | None = Field(default=None, description="PEM file of the CA(s) to trust instead of the system's.")
-    verify_tls: bool = Field(default=True, description="false only for a loopback test server.")
-    timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds any one IMAP command may take.")
-    keywords: ImapKeywords | None = Field(
-        default=None,
-        description="Mark tracked mail with $Tracked and shunted mail with $TrackFailed: true, or "
-        "{tracked: NAME, failed: NAME}.  The one write mailfiler makes to a mailbox; off by default.",
-    )
-
-    @field_validator("keywords", mode="before")
-    @classmethod
-    def _keywords_switch(cls, value: object) -> object:
-        if value is True:
-            return {}
-        if value is False:
-            return None
-        return value
-
-    @property
-    def keyword_names(self) -> tuple[str, str] | None:
-        """(tracked, failed), or None when keywords are off."""
-        return None if self.keywords is None else (self.keywords.tracked, self.keywords.failed)
-
-    @model_validator(mode="after")
-    def _checks(self) -> Imap:
-        given = [n for n in ("password_file", "password_command", "xoauth2_token_command") if getattr(self, n)]
-        if len(given) != 1:
-            raise ValueError(
-                "give exactly one of password_file, password_command and xoauth2_token_command"
-                + (f" (got {', '.join(given)})" if given else "")
-            )
-        loopback = self.host.lower() in LOOPBACK_HOSTS
-        if self.tls == "none" and not loopback:
-            raise ValueError(
-                f"tls: none sends the password in clear text; allowed only for a loopback host, not {self.host}"
-            )
-        if not self.verify_tls and not loopback:
-            raise ValueError(f"verify_tls: false is allowed only for a loopback host, not {self.host}; use ca_file")
-        return self
-
-    @property
-    def effective_port(self) -> int:
-        return self.port or (993 if self.tls == "implicit" else 143)
-
-
 class ManageSieve(Strict):
     """The mailbox's ManageSieve server (RFC 5804); the login is the imap: one."""
 
@@ -497,11 +407,13 @@ class Retry(Strict):
         return RetryPolicy(initial=self.initial, max=self.max, healthy_after=self.healthy_after)
 
 
-class Mailbox(Strict):
+class MailboxBase(Strict):
+    """What every mailbox has, whatever its backend.  The backend is named by
+    one key, a kind of :mod:`mailfiler.backends` (``maildir:``, ``imap:``...),
+    added to :class:`Mailbox` from the registry."""
+
     name: str = Field(description="Short unique name of the mailbox (used in CLI output and logs).")
     owner: str = Field(description="E-mail address of the CRM user whose mailbox this is.")
-    maildir: Path | None = Field(default=None, description="Root of a local Maildir (or give imap:).")
-    imap: Imap | None = Field(default=None, description="An IMAP mailbox (or give maildir:).")
     layout: Literal["maildir++", "fs"] = Field(
         default="maildir++",
         description="maildir++ (Dovecot/Courier: .Folder.Sub) or fs (nested directories).",
@@ -521,20 +433,27 @@ class Mailbox(Strict):
     retry: Retry = Field(default_factory=Retry, description="Reconnects and sync retries: capped, jittered backoff.")
 
     @model_validator(mode="after")
-    def _one_backend(self) -> Mailbox:
-        if (self.maildir is None) == (self.imap is None):
-            raise ValueError("give exactly one of maildir: (a local Maildir) and imap: (an IMAP server)")
+    def _one_backend(self) -> MailboxBase:
+        given = [kind for kind in registry() if getattr(self, kind, None) is not None]
+        if len(given) != 1:
+            kinds = ", ".join(f"{k}:" for k in registry())
+            got = f" (got {', '.join(f'{k}:' for k in given)})" if given else ""
+            raise ValueError(f"give exactly one backend: one of {kinds}{got}")
         return self
 
     @property
     def backend(self) -> str:
-        return "imap" if self.imap is not None else "maildir"
+        """The kind of the mailbox's backend (its key in the registry)."""
+        return next(kind for kind in registry() if getattr(self, kind, None) is not None)
+
+    @property
+    def backend_config(self) -> Any:
+        """The value under the backend's key."""
+        return getattr(self, self.backend)
 
     @property
     def location(self) -> str:
-        if self.imap is not None:
-            return f"imap://{self.imap.username}@{self.imap.host}:{self.imap.effective_port}"
-        return str(self.maildir)
+        return registry()[self.backend].location(self)
 
     @field_validator("never_track")
     @classmethod
@@ -554,6 +473,18 @@ class Mailbox(Strict):
         if "@" not in v or v.startswith("@") or v.endswith("@"):
             raise ValueError(f"owner {v!r} is not an e-mail address")
         return v.strip().lower()
+
+
+#: a mailbox config: the common keys plus one optional key per registered backend
+Mailbox = create_model(
+    "Mailbox",
+    __base__=MailboxBase,
+    __module__=__name__,
+    **{
+        kind: (b.config | None, Field(default=None, description=b.description))  # type: ignore[call-overload]
+        for kind, b in registry().items()
+    },
+)
 
 
 class EntityType(Strict):

@@ -17,9 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailfiler.backends import backend_of, make_source
+from mailfiler.config.base import LOOPBACK_HOSTS
 from mailfiler.config.loader import LoadedConfig
-from mailfiler.config.schema import LOOPBACK_HOSTS, RecordSeed
 from mailfiler.config.schema import Mailbox as MailboxConfig
+from mailfiler.config.schema import RecordSeed
 from mailfiler.config.schema import ServerRules as ServerRulesConfig
 from mailfiler.errors import MailfilerError, ServerRulesUnsupported
 from mailfiler.rules.patterns import compile_folder
@@ -58,14 +60,15 @@ def settings_of(mb: MailboxConfig) -> ServerRulesConfig:
 
 def watched(mb: MailboxConfig) -> bool:
     """Whether the daemon reads this mailbox's server rules: asked for, or needed for a route."""
-    return mb.imap is not None and (mb.server_rules is not None or any(tf.route for tf in mb.tracked_folders))
+    return backend_of(mb).sieve_login is not None and (
+        mb.server_rules is not None or any(tf.route for tf in mb.tracked_folders)
+    )
 
 
 def sieve_settings(mb: MailboxConfig) -> SieveSettings:
-    from mailfiler.service.runtime import imap_settings
-
-    assert mb.imap is not None
-    imap = imap_settings(mb.imap)
+    login = backend_of(mb).sieve_login
+    assert login is not None
+    imap = login(mb)
     ms = settings_of(mb).managesieve
     host = ms.host or imap.host
     if ms.tls == "none" and host.lower() not in LOOPBACK_HOSTS:
@@ -90,8 +93,8 @@ def sieve_settings(mb: MailboxConfig) -> SieveSettings:
 
 def backend_for(mb: MailboxConfig, separator: str | None = "/") -> RulesBackend:
     """The mailbox's rules backend.  Exchange (EWS) and Graph backends go here when those mailboxes exist."""
-    if mb.imap is None:
-        raise ServerRulesUnsupported(f"mailbox {mb.name} is a local Maildir: it has no rules on a server")
+    if backend_of(mb).sieve_login is None:
+        raise ServerRulesUnsupported(f"mailbox {mb.name} ({mb.backend}:) has no rules on a server")
     return SieveBackend(sieve_settings(mb), script=settings_of(mb).script, separator=separator)
 
 
@@ -138,8 +141,6 @@ def _trash(mb: MailboxConfig) -> Callable[[str], bool]:
 
 async def _imap_folders(mb: MailboxConfig) -> tuple[set[str], str | None]:
     """The folders on the IMAP server and its hierarchy separator."""
-    from mailfiler.service.runtime import make_source
-
     source = make_source(mb)
     await source.open()
     try:
@@ -291,7 +292,7 @@ class ServerRulesWatcher:
         wanted = {
             mb.name: mb
             for mb in loaded.config.mailboxes
-            if watched(mb) or (mb.imap is not None and self._has_own_rules(mb.name))
+            if watched(mb) or (backend_of(mb).sieve_login is not None and self._has_own_rules(mb.name))
         }
         for name in list(self.state):
             if name not in wanted:

@@ -13,14 +13,11 @@ from urllib.parse import urlparse
 
 import peewee as pw
 
+from mailfiler.backends import make_source
 from mailfiler.config.schema import Config
-from mailfiler.config.schema import Imap as ImapConfig
-from mailfiler.config.schema import Mailbox as MailboxConfig
 from mailfiler.rules import RuleSet, load_rules
 from mailfiler.service.readahead import batch_bytes
 from mailfiler.sources.base import Source
-from mailfiler.sources.imap import ImapSettings, ImapSource
-from mailfiler.sources.maildir import MaildirSource
 from mailfiler.store import db as storedb
 from mailfiler.store.blobs import BlobStore
 from mailfiler.store.migrations import migrate
@@ -33,7 +30,7 @@ from mailfiler.tracking.parsepool import ParsePool, parse_workers
 from mailfiler.tracking.pipeline import Tracker
 from mailfiler.tracking.shunt import ShuntStore
 from mailfiler.util.retrypolicy import RetryPolicy
-from mailfiler.util.secrets import read_secret, run_secret_command
+from mailfiler.util.secrets import read_secret
 from mailfiler.util.text import plural
 
 log = logging.getLogger("mailfiler.runtime")
@@ -92,44 +89,6 @@ class Services:
     backfill_memory: int = 64 * 1024 * 1024
     #: parses scans' batches in helper processes (off: ParsePool(0))
     parser: ParsePool = field(default_factory=lambda: ParsePool(0))
-
-
-def make_source(mb_config: MailboxConfig) -> Source:
-    if mb_config.imap is not None:
-        return ImapSource(imap_settings(mb_config.imap))
-    assert mb_config.maildir is not None
-    return MaildirSource(mb_config.maildir, mb_config.layout)
-
-
-def imap_settings(cfg: ImapConfig) -> ImapSettings:
-    """Connection settings; secrets are read at each login, never stored here."""
-    what = f"imap login for {cfg.username}@{cfg.host}"
-    secret: Callable[[], str]
-    if cfg.password_file is not None:
-        path = cfg.password_file
-
-        def secret() -> str:
-            return read_secret(path, what=f"{what}: password_file")
-
-    else:
-        argv = cfg.password_command or cfg.xoauth2_token_command
-        assert argv is not None
-
-        def secret() -> str:
-            return run_secret_command(list(argv), what=what, timeout=cfg.timeout)
-
-    return ImapSettings(
-        host=cfg.host,
-        port=cfg.effective_port,
-        username=cfg.username,
-        secret=secret,
-        mechanism="xoauth2" if cfg.xoauth2_token_command else "login",
-        tls=cfg.tls,
-        ca_file=str(cfg.ca_file) if cfg.ca_file else None,
-        verify_tls=cfg.verify_tls,
-        timeout=cfg.timeout,
-        keywords=cfg.keyword_names,
-    )
 
 
 def _seed_records(config: Config) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import peewee as pw
 import watchfiles
 
+from mailfiler.backends import backend_of
 from mailfiler.config.loader import LoadedConfig
 from mailfiler.config.schema import Mailbox as MailboxConfig
 from mailfiler.config.schema import Sync, SyncDav
@@ -136,7 +137,8 @@ async def sync_mailbox(
     """One sync of every collection of one mailbox (the mailbox row must exist)."""
     assert mb.sync is not None
     row = Mailbox.get(Mailbox.name == mb.name)
-    colls = collections(mb.sync, loaded.path.parent)
+    # the backend's own targets (an Exchange address book, say) sync under the same policies
+    colls = collections(mb.sync, loaded.path.parent) + backend_of(mb).targets(mb, loaded.path.parent)
     with transaction(db):
         # a collection taken out of the config no longer counts (status, "linked elsewhere")
         locations = [c.target.location for c in colls]

@@ -34,10 +34,11 @@ from typing import Any
 
 import peewee as pw
 
+from mailfiler.backends import make_source
 from mailfiler.config.schema import Config
 from mailfiler.errors import MailfilerError, NotFound
 from mailfiler.rules import Decision, RegardingSpec, RuleSet
-from mailfiler.service.runtime import make_source, precedence
+from mailfiler.service.runtime import precedence
 from mailfiler.sources.base import Source
 from mailfiler.store.blobs import BlobStore
 from mailfiler.store.db import transaction

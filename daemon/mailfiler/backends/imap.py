@@ -1,0 +1,166 @@
+"""The IMAP backend's registry entry: the ``imap:`` config block and how it
+becomes an :class:`mailfiler.sources.imap.ImapSource` (aioimaplib is imported
+only when an IMAP mailbox is opened)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from mailfiler.backends import Backend
+from mailfiler.config.base import LOOPBACK_HOSTS, Strict, resolve_path, secret_path
+
+if TYPE_CHECKING:
+    from mailfiler.sources.imap import ImapSettings
+
+_IMAP_KEYWORD = re.compile(r"^[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|~]+$")
+
+
+def _imap_keyword(value: str) -> str:
+    if not _IMAP_KEYWORD.match(value):
+        raise ValueError(
+            f'{value!r} is not an IMAP keyword: printable ASCII without spaces, ( ) {{ % * " \\ ], '
+            "and no leading backslash (system flags such as \\Seen are never set)"
+        )
+    return value
+
+
+class ImapKeywords(Strict):
+    """The IMAP keywords that show tracking in the user's mail client."""
+
+    tracked: Annotated[str, AfterValidator(_imap_keyword)] = Field(
+        default="$Tracked", description="Set on every tracked message."
+    )
+    failed: Annotated[str, AfterValidator(_imap_keyword)] = Field(
+        default="$TrackFailed", description="Set on a message kept aside in the shunt."
+    )
+
+
+class Imap(Strict):
+    """An IMAP mailbox.  Exactly one of the three ways to log in."""
+
+    host: str = Field(min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535, description="Default: 993 with implicit TLS, else 143.")
+    username: str = Field(min_length=1)
+    password_file: str | None = Field(
+        default=None, description="File holding the password; ${CREDENTIALS_DIRECTORY} is expanded when read."
+    )
+    password_command: list[str] | None = Field(
+        default=None, description="Program (argv, no shell) that prints the password; run at each login."
+    )
+    xoauth2_token_command: list[str] | None = Field(
+        default=None, description="Program (argv, no shell) that prints an OAuth2 access token (SASL XOAUTH2)."
+    )
+    tls: Literal["implicit", "starttls", "none"] = Field(default="implicit")
+    ca_file: Path | None = Field(default=None, description="PEM file of the CA(s) to trust instead of the system's.")
+    verify_tls: bool = Field(default=True, description="false only for a loopback test server.")
+    timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds any one IMAP command may take.")
+    keywords: ImapKeywords | None = Field(
+        default=None,
+        description="Mark tracked mail with $Tracked and shunted mail with $TrackFailed: true, or "
+        "{tracked: NAME, failed: NAME}.  The one write mailfiler makes to a mailbox; off by default.",
+    )
+
+    @field_validator("keywords", mode="before")
+    @classmethod
+    def _keywords_switch(cls, value: object) -> object:
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
+
+    @property
+    def keyword_names(self) -> tuple[str, str] | None:
+        """(tracked, failed), or None when keywords are off."""
+        return None if self.keywords is None else (self.keywords.tracked, self.keywords.failed)
+
+    @model_validator(mode="after")
+    def _checks(self) -> Imap:
+        given = [n for n in ("password_file", "password_command", "xoauth2_token_command") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of password_file, password_command and xoauth2_token_command"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        loopback = self.host.lower() in LOOPBACK_HOSTS
+        if self.tls == "none" and not loopback:
+            raise ValueError(
+                f"tls: none sends the password in clear text; allowed only for a loopback host, not {self.host}"
+            )
+        if not self.verify_tls and not loopback:
+            raise ValueError(f"verify_tls: false is allowed only for a loopback host, not {self.host}; use ca_file")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (993 if self.tls == "implicit" else 143)
+
+
+def imap_settings(cfg: Imap) -> ImapSettings:
+    """Connection settings; secrets are read at each login, never stored here."""
+    from mailfiler.sources.imap import ImapSettings
+    from mailfiler.util.secrets import read_secret, run_secret_command
+
+    what = f"imap login for {cfg.username}@{cfg.host}"
+    secret: Callable[[], str]
+    if cfg.password_file is not None:
+        path = cfg.password_file
+
+        def secret() -> str:
+            return read_secret(path, what=f"{what}: password_file")
+
+    else:
+        argv = cfg.password_command or cfg.xoauth2_token_command
+        assert argv is not None
+
+        def secret() -> str:
+            return run_secret_command(list(argv), what=what, timeout=cfg.timeout)
+
+    return ImapSettings(
+        host=cfg.host,
+        port=cfg.effective_port,
+        username=cfg.username,
+        secret=secret,
+        mechanism="xoauth2" if cfg.xoauth2_token_command else "login",
+        tls=cfg.tls,
+        ca_file=str(cfg.ca_file) if cfg.ca_file else None,
+        verify_tls=cfg.verify_tls,
+        timeout=cfg.timeout,
+        keywords=cfg.keyword_names,
+    )
+
+
+def _source(mailbox: Any) -> Any:
+    from mailfiler.sources.imap import ImapSource
+
+    return ImapSource(imap_settings(mailbox.backend_config))
+
+
+def _resolve(cfg: Imap, base_dir: Path) -> Imap:
+    return cfg.model_copy(
+        update={
+            "ca_file": resolve_path(cfg.ca_file, base_dir) if cfg.ca_file else None,
+            "password_file": secret_path(cfg.password_file, base_dir),
+        }
+    )
+
+
+def _location(mailbox: Any) -> str:
+    cfg: Imap = mailbox.backend_config
+    return f"imap://{cfg.username}@{cfg.host}:{cfg.effective_port}"
+
+
+BACKEND = Backend(
+    kind="imap",
+    config=Imap,
+    description="An IMAP mailbox: host, username, how to log in, TLS.",
+    source=_source,
+    location=_location,
+    resolve=_resolve,
+    sieve_login=lambda mailbox: imap_settings(mailbox.backend_config),
+)
