@@ -5,14 +5,14 @@ only when an IMAP mailbox is opened)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from mailfiler.backends import Backend
-from mailfiler.config.base import LOOPBACK_HOSTS, Strict, resolve_path, secret_path
+from mailfiler.config.base import LOOPBACK_HOSTS, Strict, resolve_path
+from mailfiler.config.credentials import SECRET_KEYS, Credentials
 
 if TYPE_CHECKING:
     from mailfiler.sources.imap import ImapSettings
@@ -40,20 +40,17 @@ class ImapKeywords(Strict):
     )
 
 
-class Imap(Strict):
-    """An IMAP mailbox.  Exactly one of the three ways to log in."""
+class Imap(Credentials):
+    """An IMAP mailbox.  Exactly one way to log in (the shared credential
+    model; ``xoauth2_token_command`` is the older name of ``oauth2_token_command``)."""
+
+    secret_key_names: ClassVar[tuple[str, ...]] = (*SECRET_KEYS, "xoauth2_token_command")
 
     host: str = Field(min_length=1)
     port: int | None = Field(default=None, ge=1, le=65535, description="Default: 993 with implicit TLS, else 143.")
     username: str = Field(min_length=1)
-    password_file: str | None = Field(
-        default=None, description="File holding the password; ${CREDENTIALS_DIRECTORY} is expanded when read."
-    )
-    password_command: list[str] | None = Field(
-        default=None, description="Program (argv, no shell) that prints the password; run at each login."
-    )
     xoauth2_token_command: list[str] | None = Field(
-        default=None, description="Program (argv, no shell) that prints an OAuth2 access token (SASL XOAUTH2)."
+        default=None, description="The older name of oauth2_token_command (SASL XOAUTH2)."
     )
     tls: Literal["implicit", "starttls", "none"] = Field(default="implicit")
     ca_file: Path | None = Field(default=None, description="PEM file of the CA(s) to trust instead of the system's.")
@@ -81,12 +78,9 @@ class Imap(Strict):
 
     @model_validator(mode="after")
     def _checks(self) -> Imap:
-        given = [n for n in ("password_file", "password_command", "xoauth2_token_command") if getattr(self, n)]
-        if len(given) != 1:
-            raise ValueError(
-                "give exactly one of password_file, password_command and xoauth2_token_command"
-                + (f" (got {', '.join(given)})" if given else "")
-            )
+        problem = self.credential_problem(required=True)
+        if problem is not None:
+            raise ValueError(problem)
         loopback = self.host.lower() in LOOPBACK_HOSTS
         if self.tls == "none" and not loopback:
             raise ValueError(
@@ -97,6 +91,10 @@ class Imap(Strict):
         return self
 
     @property
+    def token_command(self) -> list[str] | None:
+        return self.oauth2_token_command or self.xoauth2_token_command
+
+    @property
     def effective_port(self) -> int:
         return self.port or (993 if self.tls == "implicit" else 143)
 
@@ -104,31 +102,19 @@ class Imap(Strict):
 def imap_settings(cfg: Imap) -> ImapSettings:
     """Connection settings; secrets are read at each login, never stored here."""
     from mailfiler.sources.imap import ImapSettings
-    from mailfiler.util.secrets import read_secret, run_secret_command
 
-    what = f"imap login for {cfg.username}@{cfg.host}"
-    secret: Callable[[], str]
-    if cfg.password_file is not None:
-        path = cfg.password_file
-
-        def secret() -> str:
-            return read_secret(path, what=f"{what}: password_file")
-
-    else:
-        argv = cfg.password_command or cfg.xoauth2_token_command
-        assert argv is not None
-
-        def secret() -> str:
-            return run_secret_command(list(argv), what=what, timeout=cfg.timeout)
-
+    secret = cfg.provider(f"imap login for {cfg.username}@{cfg.host}:")
+    assert secret is not None  # the schema wants one
     return ImapSettings(
         host=cfg.host,
         port=cfg.effective_port,
         username=cfg.username,
         secret=secret,
-        mechanism="xoauth2" if cfg.xoauth2_token_command else "login",
+        mechanism="xoauth2" if secret.mechanism == "oauth2" else "login",
         tls=cfg.tls,
         ca_file=str(cfg.ca_file) if cfg.ca_file else None,
+        client_cert=cfg.client_cert,
+        client_key=cfg.client_key,
         verify_tls=cfg.verify_tls,
         timeout=cfg.timeout,
         keywords=cfg.keyword_names,
@@ -145,7 +131,7 @@ def _resolve(cfg: Imap, base_dir: Path) -> Imap:
     return cfg.model_copy(
         update={
             "ca_file": resolve_path(cfg.ca_file, base_dir) if cfg.ca_file else None,
-            "password_file": secret_path(cfg.password_file, base_dir),
+            **cfg.resolved_credentials(base_dir),
         }
     )
 

@@ -11,6 +11,7 @@ from mailfiler import __version__
 from mailfiler.cli.errors import handle_errors, report
 from mailfiler.cli.output import Col, emit_json, json_option, plural, table, when, wide_option
 from mailfiler.cli.serverrules import print_status as print_server_rules
+from mailfiler.config.credentials import config_secret_warnings
 from mailfiler.config.loader import LoadedConfig, load_config, store_settings_lenient
 from mailfiler.config.schema import Config
 from mailfiler.errors import ConfigError
@@ -424,16 +425,20 @@ def config_check(obj: Context, as_json: bool) -> None:
                 click.echo(problem, err=True)
         sys.exit(78)
     cfg = loaded.config
+    warnings = config_secret_warnings(cfg)
     summary = {
         "valid": True,
         "path": str(loaded.path),
         "mailboxes": len(cfg.mailboxes),
         "tracked_folders": sum(len(m.tracked_folders) for m in cfg.mailboxes),
         "records": len(cfg.records),
+        "warnings": warnings,
     }
     if as_json:
         emit_json(summary)
     else:
+        for warning in warnings:
+            click.secho(f"warning: {warning}", fg="yellow", err=True)
         mailboxes = plural(summary["mailboxes"], "mailbox", "mailboxes")
         counts = f"{mailboxes}, {plural(summary['tracked_folders'], 'tracked folder')}"
         click.echo(f"{loaded.path}: OK ({counts})")

@@ -20,6 +20,7 @@ from pydantic import AfterValidator, Field, create_model, field_validator, model
 
 from mailfiler.backends import registry
 from mailfiler.config.base import Strict
+from mailfiler.config.credentials import Credentials
 from mailfiler.util.retrypolicy import RetryPolicy
 
 #: entity types every mailfiler store knows; custom ones are declared in config
@@ -276,16 +277,14 @@ class SyncVdir(Strict):
     calendar: Path | None = Field(default=None, description="Folder the CRM appointments go to.")
 
 
-class SyncDav(Strict):
+class SyncDav(Credentials):
     """A CalDAV calendar or CardDAV address book on a server (Radicale, Nextcloud,
-    Fastmail, ...), synced with sync tokens (RFC 6578) and ETags."""
+    Fastmail, ...), synced with sync tokens (RFC 6578) and ETags.  Logs in with
+    the shared credential model: username with password_file or password_command
+    (Basic/Digest), or oauth2_token_command (a Bearer token)."""
 
     url: str = Field(description="The collection's own URL; made on the first sync if it does not exist.")
-    username: str | None = Field(default=None, description="Login name (HTTP Basic auth, over TLS).")
-    password_file: str | None = Field(
-        default=None,
-        description="File holding the password or app password (${CREDENTIALS_DIRECTORY}/NAME under systemd).",
-    )
+    username: str | None = Field(default=None, description="Login name (HTTP Basic or Digest auth).")
     ca_file: Path | None = Field(default=None, description="PEM file of the CA(s) to trust instead of the system's.")
     verify: bool = Field(default=True, description="Check the server's TLS certificate; false is for tests only.")
     interval: float | None = Field(
@@ -308,8 +307,15 @@ class SyncDav(Strict):
         return v.strip()
 
     def model_post_init(self, _context: object) -> None:
-        if (self.username is None) != (self.password_file is None):
-            raise ValueError("give username: and password_file: together (or neither, for a server without login)")
+        problem = self.credential_problem(required=False)
+        if problem is not None:
+            raise ValueError(problem)
+        password = self.password_file is not None or self.password_command is not None
+        if (self.username is None) != (not password):
+            raise ValueError(
+                "give username: and password_file: together (or username: and password_command:;"
+                " or neither, for a server without login or with oauth2_token_command)"
+            )
 
 
 class TrackedCollection(Strict):

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 import peewee as pw
 
 from mailfiler.backends import make_source
+from mailfiler.config.credentials import config_secret_warnings
 from mailfiler.config.schema import Config
 from mailfiler.rules import RuleSet, load_rules
 from mailfiler.service.readahead import batch_bytes
@@ -221,6 +222,8 @@ def build_services(
     ``parser``: the parse helpers to keep (a reload), else new ones (not started yet)."""
     if rules is None:
         rules = load_ruleset(config)
+    for warning in config_secret_warnings(config):
+        log.warning("%s", warning, extra={"event": "insecure-secret"})
     state_dir = Path(config.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(

@@ -38,6 +38,7 @@ from aioimaplib import aioimaplib as core
 
 from mailfiler.errors import FolderMissing, MailboxUnavailable, SourceError
 from mailfiler.sources import imapproto as proto
+from mailfiler.util.secrets import load_client_cert
 
 log = logging.getLogger("mailfiler.sources.imap")
 
@@ -65,6 +66,9 @@ class ImapSettings:
     tls: TlsMode = "implicit"
     #: PEM file of the CA(s) to trust instead of the system store
     ca_file: str | None = None
+    #: a TLS client certificate (PEM; with its key, or the key in ``client_key``)
+    client_cert: str | None = None
+    client_key: str | None = field(default=None, repr=False)
     #: False only for a loopback test server with a certificate nobody signed
     verify_tls: bool = True
     #: seconds any single IMAP command may take (reset while data flows)
@@ -100,6 +104,8 @@ class ImapSettings:
 
 def ssl_context(settings: ImapSettings) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.ca_file)
+    if settings.client_cert is not None:
+        load_client_cert(ctx, settings.client_cert, settings.client_key)
     if not settings.verify_tls:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

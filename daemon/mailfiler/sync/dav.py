@@ -36,6 +36,7 @@ the next sync goes on from there).  A server error on one item's write is a
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import email.utils
 import logging
@@ -52,7 +53,7 @@ import httpx
 
 from mailfiler import __version__
 from mailfiler.errors import MailfilerError, SyncError
-from mailfiler.sync.davauth import LoginAuth
+from mailfiler.sync.davauth import BearerAuth, LoginAuth
 from mailfiler.sync.discovery import Discovery, discovered
 from mailfiler.sync.target import (
     Changes,
@@ -64,6 +65,7 @@ from mailfiler.sync.target import (
     Target,
     href_for,
 )
+from mailfiler.util.secrets import SecretUnavailable, load_client_cert
 
 log = logging.getLogger("mailfiler.sync.dav")
 # httpx logs every request at INFO: thousands of lines on a first sync.  Quietened
@@ -199,11 +201,22 @@ def _crlf(text: str) -> bytes:
     return text.encode("utf-8")
 
 
-def ssl_context(ca_file: str | Path | None = None, verify: bool = True) -> ssl.SSLContext | bool:
-    """TLS settings for httpx: the system's CAs, or *ca_file*'s; ``verify=False`` only when asked."""
-    if not verify:
-        return False
+def ssl_context(
+    ca_file: str | Path | None = None,
+    verify: bool = True,
+    client_cert: str | None = None,
+    client_key: str | None = None,
+) -> ssl.SSLContext | bool:
+    """TLS settings for httpx: the system's CAs, or *ca_file*'s; ``verify=False`` only when asked;
+    a client certificate when one is configured."""
     ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if client_cert is not None:
+        load_client_cert(ctx, client_cert, client_key)
+    if not verify:
+        if client_cert is None:
+            return False
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
 
@@ -222,6 +235,9 @@ class DavTarget(Discovery, Target):
         *,
         username: str | None = None,
         password: str | Callable[[], str] | None = None,
+        bearer: Callable[[], str] | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
         ca_file: str | Path | None = None,
         verify: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
@@ -248,6 +264,8 @@ class DavTarget(Discovery, Target):
         self.path = unquote(path)
         self.username = username
         self._password = password
+        self._bearer = bearer
+        self.client_cert, self.client_key = client_cert, client_key
         self.ca_file = ca_file
         self.verify = verify
         self.timeout = timeout
@@ -265,10 +283,15 @@ class DavTarget(Discovery, Target):
         auth = None
         safe = self.url.startswith("https://") or urlsplit(self.url).hostname in _LOOPBACK
         if self.username is not None:
-            password = self._password() if callable(self._password) else self._password
+            # a password command may take a while: not on the event loop
+            password = await asyncio.to_thread(self._password) if callable(self._password) else self._password
             auth = LoginAuth(self.username, password or "", basic_first=safe)
+        elif self._bearer is not None:
+            auth = BearerAuth(await asyncio.to_thread(self._bearer))
         try:
-            verify = ssl_context(self.ca_file, self.verify)
+            verify = ssl_context(self.ca_file, self.verify, self.client_cert, self.client_key)
+        except SecretUnavailable as exc:
+            raise self._unavailable(str(exc)) from None
         except (OSError, ssl.SSLError) as exc:
             raise self._unavailable(f"cannot read ca_file {self.ca_file}: {exc}") from exc
         if not self.verify:

@@ -51,4 +51,15 @@ class LoginAuth(httpx.Auth):
         # else: Basic was sent and refused: the 401 stands (a wrong password)
 
 
-__all__ = ["LoginAuth"]
+class BearerAuth(httpx.Auth):
+    """An OAuth2 access token (RFC 6750), for servers that take one."""
+
+    def __init__(self, token: str) -> None:
+        self._header = f"Bearer {token}"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = self._header
+        yield request
+
+
+__all__ = ["BearerAuth", "LoginAuth"]

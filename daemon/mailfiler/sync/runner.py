@@ -26,7 +26,7 @@ from mailfiler.sync.engine import Collection, Policy, Result, SyncEngine
 from mailfiler.sync.target import Target
 from mailfiler.sync.vdir import VdirTarget
 from mailfiler.util.retrypolicy import Backoff
-from mailfiler.util.secrets import SecretUnavailable, read_secret
+from mailfiler.util.secrets import SecretUnavailable
 
 log = logging.getLogger("mailfiler.sync")
 
@@ -61,26 +61,28 @@ def policies(sync: Sync) -> dict[str, Policy]:
 
 
 def dav_target(kind: str, dav: SyncDav, base_dir: Path) -> Target:
-    """A CalDAV/CardDAV target from its config; the password is read when it opens."""
+    """A CalDAV/CardDAV target from its config; the secret is read when it opens."""
     from mailfiler.sync.dav import DavTarget  # httpx is imported only when a server is configured
 
-    password = None
-    if dav.password_file is not None:
-        # ${VARS} (systemd credentials) are expanded when the file is read
-        spec = dav.password_file if "$" in dav.password_file else str(resolve(Path(dav.password_file), base_dir))
-        what = f"{'carddav' if kind == 'contacts' else 'caldav'} password_file"
+    resolved = dav.model_copy(update=dav.resolved_credentials(base_dir))
+    provider = resolved.provider(f"{'carddav' if kind == 'contacts' else 'caldav'}")
 
-        def password() -> str:
-            try:
-                return read_secret(spec, what=what)
-            except SecretUnavailable as exc:
-                raise SyncTargetUnavailable(str(exc), location=dav.url) from None
+    def secret() -> str:
+        assert provider is not None
+        try:
+            return provider()
+        except SecretUnavailable as exc:
+            raise SyncTargetUnavailable(str(exc), location=dav.url) from None
 
+    bearer = provider is not None and provider.mechanism == "oauth2"
     return DavTarget(
         kind,
         dav.url,
         username=dav.username,
-        password=password,
+        password=secret if provider is not None and not bearer else None,
+        bearer=secret if bearer else None,
+        client_cert=resolved.client_cert,
+        client_key=resolved.client_key,
         ca_file=resolve(dav.ca_file, base_dir) if dav.ca_file is not None else None,
         verify=dav.verify,
         timeout=dav.timeout,
