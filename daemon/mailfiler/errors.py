@@ -132,18 +132,60 @@ class FolderMissing(SourceError):
 
 
 class MailboxUnavailable(SourceError):
-    """The mailbox as a whole cannot be read (missing root, no permission)."""
+    """The mailbox as a whole cannot be read.  The subclasses say why, each
+    with its own hint; a lost connection or an unexpected answer stays this."""
 
     code = "mailbox-unavailable"
     severity = Severity.MAILBOX
 
 
-class MailboxRootMissing(MailboxUnavailable, UserError):
+class LoginRefused(MailboxUnavailable):
+    """The server refused the login (a wrong password, an expired token, a locked account)."""
+
+    code = "login-refused"
+
+
+class TlsCertificateRefused(MailboxUnavailable):
+    """The server's TLS certificate is not trusted (an unknown CA, a wrong host name, expired)."""
+
+    code = "tls-untrusted"
+
+
+class ServerBusy(MailboxUnavailable):
+    """The server is throttling or too busy (too many connections, [UNAVAILABLE], HTTP 429/503)."""
+
+    code = "server-busy"
+
+
+class ServerUnreachable(MailboxUnavailable):
+    """The server cannot be reached: connection refused, a name that does not resolve, no answer in time."""
+
+    code = "server-unreachable"
+
+
+class MailboxMissing(MailboxUnavailable):
+    """The mailbox itself does not exist or cannot be opened (a Maildir root, a mailbox on the server)."""
+
+    code = "mailbox-missing"
+
+
+class MailboxRootMissing(MailboxMissing, UserError):
     """A local mailbox's root directory does not exist.  Missing tracked folders
     inside a mailbox may be created (``create_missing_folders``), the root never:
     a mistyped path must not become a new, silently watched, empty Maildir."""
 
     code = "mailbox-root-missing"
+
+
+#: the codes of the source errors that stop a whole mailbox, for status
+SOURCE_ERROR_CODES = (
+    "login-refused",
+    "tls-untrusted",
+    "server-busy",
+    "server-unreachable",
+    "mailbox-missing",
+    "mailbox-root-missing",
+)
 
 
 # --- per-message failures (these shunt the message) ------------------------

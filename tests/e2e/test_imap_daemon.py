@@ -123,6 +123,12 @@ def test_wrong_password_shows_in_status_and_backs_off(imap_user: ImapUser, env: 
     assert errors[1].at - errors[0].at > 0.7
     folder = env.folder_status(env.status(), "alice", KUNDER)
     assert folder["state"] == "error" and "login" in folder["last_error"]
+    # its own class and hint (issue 16: the hint used to talk about a mailbox path)
+    assert folder["error_code"] == "login-refused" and "password_file" in folder["hint"]
+    text = env.cli("status").stdout
+    assert "hint (alice): check the mailbox's username" in text and "path" not in text.split("hint (alice)")[1]
+    res = env.cli("folders", "list", check=False)
+    assert res.returncode == 69 and "login as" in res.stderr and "hint: check the mailbox's username" in res.stderr
 
 
 def _watched(env: E2EEnv, folder: str) -> dict:

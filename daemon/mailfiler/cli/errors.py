@@ -34,11 +34,23 @@ _HINTS: list[tuple[type[e.MailfilerError], int, str]] = [
     (e.RecordImportError, EXIT_DATAERR, "fix the rows above; nothing was imported"),
     (e.NotFound, EXIT_NOTFOUND, ""),
     (e.MailboxRootMissing, EXIT_UNAVAILABLE, "check `maildir:` in the config; a new mailbox: mkdir -p {path}"),
-    (e.MailboxUnavailable, EXIT_UNAVAILABLE, "check the mailbox path in the config and its permissions"),
+    (e.LoginRefused, EXIT_UNAVAILABLE, "check the mailbox's username and its password_file, password_command or"
+     " oauth2_token_command; the server refused them (mailfiler retries with backoff)"),
+    (e.TlsCertificateRefused, EXIT_UNAVAILABLE, "the server's TLS certificate is not trusted: set ca_file to the CA"
+     " that signed it, or check the host name and the certificate's dates"),
+    (e.ServerBusy, EXIT_UNAVAILABLE, "the server is throttling or busy; mailfiler backs off and retries. If it"
+     " lasts, ask its admin or use fewer connections"),
+    (e.ServerUnreachable, EXIT_UNAVAILABLE, "check host and port in the config, that the name resolves, that the"
+     " server runs and that no firewall is in the way"),
+    (e.MailboxMissing, EXIT_UNAVAILABLE, "check where the config says the mailbox is (a Maildir's path and its"
+     " permissions, or the account on the server)"),
+    (e.FolderMissing, EXIT_NOTFOUND, "fix the folder's name in tracked_folders, or make it with"
+     " `mailfiler folders create`"),
     (e.ServerRulesBroken, EXIT_DATAERR, "fix or remove the script on the server (any Sieve editor), then apply again"),
     (e.ServerRulesUnsupported, EXIT_UNAVAILABLE, "README, Inbox rules on the server, says what it needs"),
     (e.ServerRulesUnavailable, EXIT_UNAVAILABLE, "check server_rules.managesieve in the config and the server's login"),
     (e.ServerRulesChanged, EXIT_UNAVAILABLE, "someone changed the script meanwhile; run the command again"),
+    (e.MailboxUnavailable, EXIT_UNAVAILABLE, "the connection failed; mailfiler retries with backoff (see the log)"),
     (e.UserError, EXIT_DATAERR, ""),
     (e.MailfilerError, EXIT_SOFTWARE, ""),
 ]
@@ -53,6 +65,27 @@ def describe(err: e.MailfilerError) -> tuple[int, list[str], str]:
             hint = hint.replace("{python}", sys.executable).replace("{path}", str(err.fields.get("path", "PATH")))
             return code, details, hint
     return EXIT_SOFTWARE, [], ""
+
+
+def hint_for(code: str | None) -> str:
+    """The hint for an error known only by its code (as ``status`` stores it)."""
+    if not code:
+        return ""
+    cls = _by_code().get(code)
+    if cls is None:
+        return ""
+    hint = next((hint for klass, _, hint in _HINTS if issubclass(cls, klass)), "")
+    return hint.replace("{python}", sys.executable).replace("{path}", "PATH")
+
+
+def _by_code() -> dict[str, type[e.MailfilerError]]:
+    out: dict[str, type[e.MailfilerError]] = {}
+    todo: list[type[e.MailfilerError]] = [e.MailfilerError]
+    while todo:
+        cls = todo.pop()
+        out.setdefault(cls.code, cls)
+        todo.extend(cls.__subclasses__())
+    return out
 
 
 def report(err: e.MailfilerError, *, as_json: bool = False) -> int:

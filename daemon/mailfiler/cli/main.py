@@ -8,7 +8,7 @@ import sys
 import click
 
 from mailfiler import __version__
-from mailfiler.cli.errors import handle_errors, report
+from mailfiler.cli.errors import handle_errors, hint_for, report
 from mailfiler.cli.output import Col, emit_json, json_option, plural, table, when, wide_option
 from mailfiler.cli.serverrules import print_status as print_server_rules
 from mailfiler.config.credentials import config_secret_warnings
@@ -238,6 +238,9 @@ def status(obj: Context, as_json: bool, wide: bool) -> None:
     from mailfiler.serverrules.runner import status as server_rules_status
 
     data["server_rules"] = server_rules_status()
+    for mb in data["mailboxes"]:
+        for f in mb["folders"]:
+            f["hint"] = hint_for(f.get("error_code")) or None
     if as_json:
         emit_json(data)
         return
@@ -273,6 +276,9 @@ def status(obj: Context, as_json: bool, wide: bool) -> None:
         Col("last error", overflow="fold"),
     ]  # fmt: skip
     table(None, columns, rows, wide=wide)
+    hints = {(mb["name"], f["hint"]) for mb in data["mailboxes"] for f in mb["folders"] if f["hint"]}
+    for name, hint in sorted(hints):
+        click.echo(f"hint ({name}): {hint}")
     watched = [
         (mb["name"], f["folder"], f["state"], when(f["last_sync"]), f["tracked"], f["skipped"], f["shunted"])
         for mb in data["mailboxes"]

@@ -176,7 +176,8 @@ class Daemon:
                 )
                 for folder in rt.folders:
                     try:
-                        set_folder_state(rt.ctx.row, folder, "error", message)
+                        code = exc.code if isinstance(exc, MailfilerError) else None
+                        set_folder_state(rt.ctx.row, folder, "error", message, code=code)
                     except Exception:  # noqa: BLE001 - the store itself may be what failed
                         pass
                 await retrypolicy.wait(delay, stop)

@@ -43,9 +43,11 @@
   connection of its own for just that call.
 * **Failures:** every command is bounded by a timeout and by connection loss
   (:mod:`~mailfiler.sources.imapconn`); either raises
-  :class:`~mailfiler.errors.MailboxUnavailable`, and so do wrong credentials
-  and an untrusted TLS certificate, with a message naming the user and
-  server (never the password).  The daemon's supervisor then retries with
+  :class:`~mailfiler.errors.MailboxUnavailable`.  Its subclasses tell the
+  causes apart, each with its own hint: ``LoginRefused``,
+  ``TlsCertificateRefused``, ``ServerBusy`` (``[LIMIT]``, ``[UNAVAILABLE]``,
+  throttling) and ``ServerUnreachable`` (refused, DNS, no answer); the
+  message names the user and server, never the password.  The daemon's supervisor then retries with
   backoff.  A folder that does not exist raises
   :class:`~mailfiler.errors.FolderMissing`; a message that is gone (or whose
   UIDVALIDITY is stale) raises :class:`~mailfiler.errors.MessageVanished`.

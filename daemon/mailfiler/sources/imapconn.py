@@ -36,7 +36,15 @@ from typing import Literal, TypeVar
 
 from aioimaplib import aioimaplib as core
 
-from mailfiler.errors import FolderMissing, MailboxUnavailable, SourceError
+from mailfiler.errors import (
+    FolderMissing,
+    LoginRefused,
+    MailboxUnavailable,
+    ServerBusy,
+    ServerUnreachable,
+    SourceError,
+    TlsCertificateRefused,
+)
 from mailfiler.sources import imapproto as proto
 from mailfiler.util.secrets import load_client_cert
 
@@ -296,7 +304,7 @@ class ImapConnection:
 
     def _no_answer(self) -> MailboxUnavailable:
         s = self.settings
-        return MailboxUnavailable(
+        return ServerUnreachable(
             f"IMAP server {s.host}:{s.port} did not answer within {s.connect_timeout:g} s "
             f"(connect, TLS and login for {s.username})",
             host=s.host,
@@ -313,7 +321,7 @@ class ImapConnection:
         try:
             await self.client.wait_hello_from_server()
         except ssl.SSLCertVerificationError as exc:
-            raise MailboxUnavailable(
+            raise TlsCertificateRefused(
                 f"the TLS certificate of IMAP server {s.host}:{s.port} is not trusted: "
                 f"{exc.verify_message or exc}; check ca_file",
                 host=s.host,
@@ -323,11 +331,7 @@ class ImapConnection:
         except TimeoutError:  # an OSError too: aioimaplib's own greeting timeout
             raise self._no_answer() from None
         except (OSError, core.AioImapException) as exc:
-            raise MailboxUnavailable(
-                f"cannot connect to IMAP server {s.host}:{s.port}: {exc or type(exc).__name__}",
-                host=s.host,
-                port=s.port,
-            ) from exc
+            raise connect_error(exc, s) from exc
         self._keepalive()
         if s.tls == "starttls":
             await self._starttls()
@@ -358,7 +362,7 @@ class ImapConnection:
         try:
             transport = await self.loop.start_tls(protocol.transport, protocol, ssl_context(s), server_hostname=s.host)
         except ssl.SSLCertVerificationError as exc:
-            raise MailboxUnavailable(
+            raise TlsCertificateRefused(
                 f"the TLS certificate of IMAP server {s.host}:{s.port} is not trusted: "
                 f"{exc.verify_message or exc}; check ca_file",
                 host=s.host,
@@ -394,12 +398,15 @@ class ImapConnection:
         response = await self.run(protocol.execute(command, scrub=scrub), "LOGIN")
         if response.result != "OK":
             text = _text(response)
-            raise MailboxUnavailable(
+            reason = login_failure_reason(response.result, text)
+            if reason == "auth-failed" and hasattr(s.secret, "invalidate"):
+                s.secret.invalidate()  # an OAuth2 token the server no longer takes: ask for a new one
+            raise (LoginRefused if reason == "auth-failed" else ServerBusy)(
                 f"IMAP login as {s.username} on {s.host}:{s.port} failed: {text or response.result}",
                 host=s.host,
                 port=s.port,
                 user=s.username,
-                reason=login_failure_reason(response.result, text),
+                reason=reason,
             )
         protocol.state = core.AUTH
         await self.run(protocol.capability(), "CAPABILITY")
@@ -718,11 +725,28 @@ class ImapConnection:
         return out
 
 
+def connect_error(exc: BaseException, s: ImapSettings) -> MailboxUnavailable:
+    """The error for a connection that could not be made: refused, a name that
+    does not resolve and no route are "unreachable"; anything else (a greeting
+    the client cannot read) stays a plain unavailable mailbox."""
+    where = f"IMAP server {s.host}:{s.port}"
+    if isinstance(exc, socket.gaierror):
+        why = f"the name {s.host} does not resolve ({exc.strerror or exc})"
+        return ServerUnreachable(f"cannot reach {where}: {why}", host=s.host, port=s.port, reason="dns")
+    if isinstance(exc, ConnectionRefusedError):
+        why = "connection refused (nothing listens there)"
+        return ServerUnreachable(f"cannot reach {where}: {why}", host=s.host, port=s.port, reason="refused")
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
+        why = exc.strerror or str(exc) or type(exc).__name__
+        return ServerUnreachable(f"cannot reach {where}: {why}", host=s.host, port=s.port, reason="network")
+    return MailboxUnavailable(f"cannot connect to {where}: {exc or type(exc).__name__}", host=s.host, port=s.port)
+
+
 def login_failure_reason(result: str, text: str) -> str:
     """Why a LOGIN failed, from its response code (RFC 5530) where there is one."""
     upper = text.upper()
-    if "[LIMIT]" in upper:
-        return "too-many-connections"  # Dovecot: mail_max_userip_connections
+    if "[LIMIT]" in upper or "[INUSE]" in upper or "THROTTL" in upper:
+        return "too-many-connections"  # Dovecot: mail_max_userip_connections; Gmail, Exchange: throttling
     if "[UNAVAILABLE]" in upper or "[SERVERBUG]" in upper or result == "BAD":
         return "server-unavailable"
     return "auth-failed"  # [AUTHENTICATIONFAILED], or a plain NO

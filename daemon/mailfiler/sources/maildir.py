@@ -18,7 +18,7 @@ from pathlib import Path
 
 import watchfiles
 
-from mailfiler.errors import FolderMissing, MailboxRootMissing, MailboxUnavailable, MessageVanished
+from mailfiler.errors import FolderMissing, MailboxMissing, MailboxRootMissing, MessageVanished
 from mailfiler.sources.base import Change, Listing, Source
 from mailfiler.util import mutf7
 
@@ -81,11 +81,11 @@ class MaildirSource(Source):
             ) from None
         except OSError as exc:  # a parent directory we may not enter, say
             why = exc.strerror
-            raise MailboxUnavailable(f"Maildir {self.root} cannot be read: {why}", path=str(self.root)) from exc
+            raise MailboxMissing(f"Maildir {self.root} cannot be read: {why}", path=str(self.root)) from exc
         if not self.root.is_dir():
-            raise MailboxUnavailable(f"Maildir {self.root} is not a directory", path=str(self.root))
+            raise MailboxMissing(f"Maildir {self.root} is not a directory", path=str(self.root))
         if not os.access(self.root, os.R_OK | os.X_OK):
-            raise MailboxUnavailable(f"Maildir {self.root} is not readable by this user", path=str(self.root))
+            raise MailboxMissing(f"Maildir {self.root} is not readable by this user", path=str(self.root))
         if create:
             # an existing but empty root gets an Inbox too, as any MDA would make it
             for sub in ("cur", "new", "tmp"):

@@ -75,12 +75,17 @@ def _v5_inline_blobs(db: pw.Database) -> None:
     _add_columns(db, m.Blob, ["data"])
 
 
+def _v6_error_codes(db: pw.Database) -> None:
+    _add_columns(db, m.FolderCursor, ["error_code"])
+
+
 MIGRATIONS: dict[int, tuple[str, Callable[[pw.Database], None]]] = {
     1: ("initial schema", _v1_initial),
     2: ("correlation: subject key, correlated activity, categories, owner", _v2_correlation),
     3: ("auto-tracking: seen messages, watched folder cursors", _v3_auto_tracking),
     4: ("sync-back: contact and appointment details, sync collections, status and shunt", _v4_sync_back),
     5: ("attachments up to 128 KiB stored in the database", _v5_inline_blobs),
+    6: ("folder errors keep their code (login refused, server unreachable...)", _v6_error_codes),
 }
 LATEST = max(MIGRATIONS)
 

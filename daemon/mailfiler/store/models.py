@@ -190,6 +190,8 @@ class FolderCursor(BaseModel):
     state = pw.CharField(max_length=16, default="new")  # new | syncing | ok | missing | error
     last_sync_at = pw.DateTimeField(null=True)
     last_error = pw.TextField(null=True)
+    #: the error's code (``login-refused``, ``server-unreachable``...): status shows its hint
+    error_code = pw.CharField(max_length=32, null=True)
     processed = pw.BigIntegerField(default=0)
     updated_at = pw.DateTimeField(default=utcnow)
     #: tracked (a tracked folder) | watched (auto-tracking reads it) | unwatched (no longer)

@@ -184,6 +184,7 @@ def status() -> dict:
                     "shunted": shunt_counts.get((mb.id, tf.folder), 0),
                     "last_error": (cur.last_error if cur else None)
                     or (None if regarding_ok else f"regarding record {tf.regarding_ref} does not exist"),
+                    "error_code": _error_code(cur),
                 }
             )
         watched = [
@@ -216,3 +217,10 @@ def status() -> dict:
         "shunted": Shunt.select().where(Shunt.resolved_at.is_null()).count(),
         "mailboxes": mailboxes,
     }
+
+
+def _error_code(cur: FolderCursor | None) -> str | None:
+    """The code of a folder's last error (its hint is the CLI's business)."""
+    if cur is None or not cur.last_error:
+        return None
+    return cur.error_code or ("folder-missing" if cur.state == "missing" else None)

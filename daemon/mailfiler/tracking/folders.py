@@ -187,9 +187,11 @@ def set_folder_state(
     *,
     synced: bool = False,
     kind: str | None = None,
+    code: str | None = None,
 ) -> None:
+    """``code``: the error's :attr:`~mailfiler.errors.MailfilerError.code`, for its hint in status."""
     now = utcnow()
-    values: dict = {"state": state, "last_error": error, "updated_at": now}
+    values: dict = {"state": state, "last_error": error, "error_code": code, "updated_at": now}
     if kind is not None:
         values["kind"] = kind
     if synced:
