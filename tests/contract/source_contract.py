@@ -89,6 +89,8 @@ class MailboxAdmin(abc.ABC):
 class Backend:
     source: Source
     admin: MailboxAdmin
+    #: a second source on the same mailbox with marks on (None: the backend has no marks)
+    marking: Callable[[], Source] | None = None
 
 
 def message_bytes(n: int, *, attachment: bool = False) -> bytes:
@@ -363,6 +365,108 @@ class SourceContract:
             await source.fetch("INBOX", sid, hint)
         (new_sid,) = set((await source.list_messages("Archive")).messages) - before
         assert await source.fetch("Archive", new_sid) == message_bytes(7)
+
+    # ------------------------------------------------------------------ batch reads
+
+    async def test_batch_reads_match_single_reads(self, source: Source, admin: MailboxAdmin) -> None:
+        datas = [message_bytes(20), message_bytes(21, attachment=True), message_bytes(22)]
+        put = [await put_and_identify(source, admin, "INBOX", d) for d in datas]
+        listing = await source.list_messages("INBOX")
+        items = {sid: listing.messages[sid] for _, sid in put}
+        sizes = await source.sizes_of("INBOX", items)
+        assert sizes == {sid: len(d) for (_, sid), d in zip(put, datas, strict=True)}
+        got = await source.fetch_batch("INBOX", items)
+        assert got == {sid: d for (_, sid), d in zip(put, datas, strict=True)}
+
+        # a message gone since the listing is left out, the others still come (once the
+        # source has looked again: an IMAP session sees another client's expunge then)
+        await admin.remove(put[1][0])
+        assert put[1][1] not in (await source.list_messages("INBOX")).messages
+        assert set(await source.sizes_of("INBOX", items)) == {put[0][1], put[2][1]}
+        assert await source.fetch_batch("INBOX", items) == {put[0][1]: datas[0], put[2][1]: datas[2]}
+        assert await source.fetch_batch("INBOX", {}) == {}
+
+    # ------------------------------------------------------------------ cursor tokens
+
+    async def test_a_token_says_what_changed_since(self, source: Source, admin: MailboxAdmin) -> None:
+        """The worker's catch-up: list once, then only ask what changed since the token."""
+        put = [await put_and_identify(source, admin, "INBOX", message_bytes(30 + i)) for i in range(3)]
+        listing = await source.list_messages("INBOX")
+        if listing.token is None:  # a backend without tokens (Maildir) never uses them
+            assert await source.list_changes("INBOX", "anything") is None
+            assert source.message_token("anything", put[0][1]) is None
+            return
+        assert list(listing.messages) == [sid for _, sid in put]  # in the order to process them
+        nothing = await source.list_changes("INBOX", listing.token)
+        assert nothing is not None and nothing.empty
+
+        # new mail and a removal since the token
+        _, sid_new = await put_and_identify(source, admin, "INBOX", message_bytes(33))
+        await admin.remove(put[0][0])
+        delta = await source.list_changes("INBOX", listing.token)
+        assert delta is not None and list(delta.added) == [sid_new]
+        if delta.present is None:
+            assert delta.gone == {put[0][1]}
+        else:  # a backend that can only say what is there now
+            assert delta.present == {put[1][1], put[2][1], sid_new}
+        assert delta.token is not None
+        after = await source.list_changes("INBOX", delta.token)
+        assert after is not None and after.empty
+
+    async def test_a_message_token_covers_it_and_those_before(self, source: Source, admin: MailboxAdmin) -> None:
+        """What a crash after the first message's commit leaves: the rest comes again, the first does not."""
+        put = [await put_and_identify(source, admin, "INBOX", message_bytes(40 + i)) for i in range(3)]
+        listing = await source.list_messages("INBOX")
+        if listing.token is None:
+            return
+        first = source.message_token(listing.token, put[0][1])
+        assert first is not None
+        delta = await source.list_changes("INBOX", first)
+        assert delta is not None and list(delta.added) == [put[1][1], put[2][1]]
+        last = source.message_token(listing.token, put[2][1])
+        assert last is not None
+        done = await source.list_changes("INBOX", last)
+        assert done is not None and not done.added and not done.gone
+        # a backend that cannot tell what left may say what is there: all of it
+        assert done.present is None or done.present == {sid for _, sid in put}
+
+    async def test_a_token_of_a_missing_folder(self, source: Source, admin: MailboxAdmin) -> None:
+        await admin.create_folder("Archive")
+        listing = await source.list_messages("Archive")
+        if listing.token is None:
+            return
+        with pytest.raises(FolderMissing):
+            await source.list_changes("No such folder", listing.token)
+
+    async def test_ids_of_a_folder_share_a_generation(self, source: Source, admin: MailboxAdmin) -> None:
+        sids = [(await put_and_identify(source, admin, "INBOX", message_bytes(50 + i)))[1] for i in range(2)]
+        generations = {source.id_generation(sid) for sid in sids}
+        assert len(generations) == 1
+
+    # ------------------------------------------------------------------ marks
+
+    async def test_marks(self, backend: Backend, source: Source, admin: MailboxAdmin) -> None:
+        _, sid = await put_and_identify(source, admin, "INBOX", message_bytes(60))
+        if backend.marking is None:  # marks are optional: then they do nothing
+            assert not source.marks
+            assert await source.mark("INBOX", [sid], "tracked") == 0
+            assert await source.unmarked("INBOX", "tracked") is None
+            return
+        marker = backend.marking()
+        await marker.open()
+        try:
+            assert marker.marks
+            _, other = await put_and_identify(source, admin, "INBOX", message_bytes(61))
+            assert await marker.unmarked("INBOX", "tracked") == {sid, other}
+            assert await marker.mark("INBOX", [sid], "tracked") == 1
+            assert await marker.unmarked("INBOX", "tracked") == {other}
+            assert await marker.mark("INBOX", [other], "failed") == 1
+            assert await marker.unmarked("INBOX", "failed") == {sid}
+            # a mark is not a change of the message: same id, same bytes
+            assert set((await source.list_messages("INBOX")).messages) == {sid, other}
+            assert await source.fetch("INBOX", sid) == message_bytes(60)
+        finally:
+            await marker.close()
 
     # ------------------------------------------------------------------ watch
 

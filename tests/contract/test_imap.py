@@ -54,7 +54,12 @@ class ImapAdmin(MailboxAdmin):
 def imap_backend(user: ImapUser, **settings: object) -> Iterator[Backend]:
     admin = ImapAdmin(user)
     try:
-        yield Backend(ImapSource(ImapSettings(**user.settings_kwargs(), **settings)), admin)  # type: ignore[arg-type]
+        kwargs = {**user.settings_kwargs(), **settings}
+        yield Backend(
+            ImapSource(ImapSettings(**kwargs)),  # type: ignore[arg-type]
+            admin,
+            marking=lambda: ImapSource(ImapSettings(**kwargs, keywords=("$Tracked", "$TrackFailed"))),  # type: ignore[arg-type]
+        )
     finally:
         admin.client.close()
 
