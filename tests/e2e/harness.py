@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from mailfiler.backends import registry
 from tests.mailgen import drop_into_maildir, fs_folder_dir, maildirpp_folder_dir, make_maildir_folder
 
 T = TypeVar("T")
@@ -237,8 +238,9 @@ class MailboxSpec:
         return maildirpp_folder_dir(self.maildir, folder)
 
     def as_yaml(self) -> dict[str, Any]:
-        # an IMAP mailbox (extra["imap"]) has no Maildir of its own
-        where = {} if "imap" in self.extra else {"maildir": str(self.maildir), "layout": self.layout}
+        # a mailbox of another backend (extra["imap"], extra["memory"]...) has no Maildir of its own
+        other = set(registry()) - {"maildir"}
+        where = {} if other & set(self.extra) else {"maildir": str(self.maildir), "layout": self.layout}
         return {
             "name": self.name,
             "owner": self.owner,
