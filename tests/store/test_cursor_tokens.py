@@ -2,24 +2,23 @@
 transaction of the message it covers, never runs ahead of what is committed, and a
 restart from it converges without fetching a committed message again.
 
-The source is an in-memory backend with IMAP-like tokens (UIDVALIDITY and the last
-UID handled); the real IMAP tokens are tested against Dovecot in
-tests/sources/test_imap_catchup.py."""
+The source is the package's in-memory backend (IMAP-like tokens: a generation as
+UIDVALIDITY and the last id handled); the real IMAP tokens are tested against
+Dovecot in tests/sources/test_imap_catchup.py."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from mailfiler.errors import FolderMissing, MessageVanished
+from mailfiler.backends.memory import MemoryMailbox, MemorySource
+from mailfiler.errors import MessageVanished
 from mailfiler.service import worker as worker_module
 from mailfiler.service.runtime import MailboxRuntime, Services, build_services
 from mailfiler.service.worker import MailboxWorker
-from mailfiler.sources.base import Change, Delta, Listing, MarkState, Source
+from mailfiler.sources.base import Delta, Listing, MarkState
 from mailfiler.store import models as m
 from mailfiler.tracking import bulk, pipeline
 from mailfiler.tracking.folders import folder_token
@@ -29,18 +28,17 @@ from tests.store.helpers import Store, mailbox_config, make_message
 FOLDER = "Kunder/Contoso"
 
 
-class FakeSource(Source):
-    """Folders of UID -> bytes; tokens are ``[uidvalidity, last uid, count]``."""
-
-    backend = "fake"
+class FakeSource(MemorySource):
+    """The in-memory backend (mailfiler.backends.memory), counting what the worker
+    asks of it, with the IMAP nuances these tests need: a server that can only say
+    what is there now (no QRESYNC), a message that vanishes while it is read, a new
+    UIDVALIDITY, and marks that fail."""
 
     def __init__(self) -> None:
-        self.uidvalidity = 1
-        self.folders: dict[str, dict[int, bytes]] = {FOLDER: {}}
-        self.next_uid = 1
+        super().__init__(MemoryMailbox())
+        self.box.create_folder(FOLDER)
         #: report gone ids explicitly (QRESYNC-like) instead of the whole id set
         self.explicit_gone = True
-        self.expunged: list[int] = []
         #: UIDs whose fetch says "vanished" (a move in progress)
         self.vanishing: set[int] = set()
         self.fetched: list[int] = []
@@ -50,77 +48,55 @@ class FakeSource(Source):
         self.mark_enabled = False
         self.mark_error: Exception | None = None
 
+    @property
+    def folders(self) -> dict[str, dict[int, bytes]]:
+        return {name: f.messages for name, f in self.box.folders.items()}
+
+    @property
+    def uidvalidity(self) -> int:
+        return self.box.folders[FOLDER].generation
+
+    def new_uidvalidity(self) -> int:
+        self.box.renumber(FOLDER)
+        return self.uidvalidity
+
     def add(self, raw: bytes, folder: str = FOLDER) -> int:
-        uid, self.next_uid = self.next_uid, self.next_uid + 1
-        self.folders[folder][uid] = raw
-        return uid
+        return int(self.box.put(folder, raw).partition(":")[2])
 
     def expunge(self, uid: int, folder: str = FOLDER) -> None:
-        del self.folders[folder][uid]
-        self.expunged.append(uid)
+        self.box.remove(folder, self.sid(uid))
 
     def sid(self, uid: int) -> str:
         return f"{self.uidvalidity}:{uid}"
 
-    def _uid(self, folder: str, source_id: str) -> int:
-        uv, _, uid = source_id.partition(":")
-        if int(uv) != self.uidvalidity or int(uid) not in self.folders.get(folder, {}) or int(uid) in self.vanishing:
+    def _check_vanishing(self, folder: str, source_id: str) -> int:
+        uid = int(source_id.partition(":")[2])
+        if uid in self.vanishing:
             raise MessageVanished("gone", folder=folder, source_id=source_id)
-        return int(uid)
-
-    async def list_folders(self) -> list[str]:
-        return sorted(self.folders)
-
-    async def folder_exists(self, folder: str) -> bool:
-        return folder in self.folders
-
-    async def create_folder(self, folder: str) -> None:
-        self.folders.setdefault(folder, {})
-
-    def _token(self, folder: str, last: int, count: int | None) -> str:
-        return json.dumps([self.uidvalidity, last, count])
+        return uid
 
     async def list_messages(self, folder: str) -> Listing:
-        if folder not in self.folders:
-            raise FolderMissing("no such folder", folder=folder)
+        listing = await super().list_messages(folder)
         self.full_listings += 1
-        uids = sorted(self.folders[folder])
-        token = self._token(folder, self.next_uid - 1, len(uids))
-        return Listing(folder, {self.sid(u): None for u in uids}, token)
-
-    def message_token(self, token: str, source_id: str) -> str | None:
-        uv, _, _ = json.loads(token)
-        return json.dumps([uv, int(source_id.partition(":")[2]), None])
+        return listing
 
     async def list_changes(self, folder: str, token: str) -> Delta | None:
         self.catch_ups += 1
-        uv, last, count = json.loads(token)
-        if uv != self.uidvalidity:
-            return None
-        if folder not in self.folders:
-            raise FolderMissing("no such folder", folder=folder)
-        uids = sorted(self.folders[folder])
-        new = {self.sid(u): None for u in uids if u > last}
-        after = self._token(folder, self.next_uid - 1, len(uids))
-        old = [u for u in uids if u <= last]
-        if count is not None and len(old) == count:
-            return Delta(folder, new, token=after)
-        if self.explicit_gone:
-            return Delta(folder, new, frozenset(self.sid(u) for u in self.expunged if u <= last), token=after)
-        return Delta(folder, new, present=frozenset(self.sid(u) for u in uids), token=after)
+        delta = await super().list_changes(folder, token)
+        if delta is None or self.explicit_gone or not delta.gone:
+            return delta
+        present = frozenset(self.sid(u) for u in self.box.folders[folder].messages)
+        return Delta(folder, delta.added, present=present, token=delta.token)
 
     async def size(self, folder: str, source_id: str, hint: str | None = None) -> int:
-        return len(self.folders[folder][self._uid(folder, source_id)])
+        self._check_vanishing(folder, source_id)
+        return await super().size(folder, source_id, hint)
 
     async def fetch(self, folder: str, source_id: str, hint: str | None = None) -> bytes:
-        uid = self._uid(folder, source_id)
+        uid = self._check_vanishing(folder, source_id)
+        data = await super().fetch(folder, source_id, hint)
         self.fetched.append(uid)
-        return self.folders[folder][uid]
-
-    async def watch(self, folders: Sequence[str], stop: asyncio.Event) -> AsyncIterator[list[Change]]:
-        await stop.wait()
-        if False:  # pragma: no cover - an async generator that yields nothing
-            yield []
+        return data
 
     @property
     def marks(self) -> bool:
@@ -155,8 +131,8 @@ def message(i: int) -> bytes:
 
 
 def token_uid(rt: MailboxRuntime) -> int | None:
-    token = folder_token(rt.ctx.row, FOLDER)
-    return None if token is None else json.loads(token)[1]
+    token = folder_token(rt.ctx.row, FOLDER)  # the memory backend's GENERATION:LAST:EXPUNGES
+    return None if token is None else int(token.split(":")[1])
 
 
 def committed_uids(rt: MailboxRuntime) -> set[int]:
@@ -332,21 +308,21 @@ async def test_a_new_uidvalidity_lists_in_full_and_reidentifies(world, store: St
         source.add(message(i))
     worker = MailboxWorker(rt, services)
     await worker.scan_folder(FOLDER)
-    source.uidvalidity = 2  # every UID is void now; the same mail is there
+    uidvalidity = source.new_uidvalidity()  # every UID is void now; the same mail is there
     result = await worker.scan_folder(FOLDER)
     assert source.full_listings == 2
     assert (result.gone, m.Activity.select().count()) == (4, 4)  # re-identified by Message-ID: no duplicates
     live = m.Location.select().where(m.Location.gone_at.is_null())
-    assert {loc.source_id.split(":")[0] for loc in live} == {"2"}
+    assert {loc.source_id.split(":")[0] for loc in live} == {str(uidvalidity)}
     assert m.Location.select().count() == 8  # the old locations are kept, marked gone
-    assert json.loads(folder_token(rt.ctx.row, FOLDER))[0] == 2
+    assert folder_token(rt.ctx.row, FOLDER).split(":")[0] == str(uidvalidity)
 
 
 async def test_a_folder_that_was_watched_is_listed_in_full_once_it_is_tracked(world, store: Store) -> None:
     rt, services, source = world
     for i in range(3):
         source.add(message(i))
-    m.FolderCursor.create(mailbox=rt.ctx.row, folder=FOLDER, kind="watched", token=json.dumps([1, 3, 3]))
+    m.FolderCursor.create(mailbox=rt.ctx.row, folder=FOLDER, kind="watched", token=f"{source.uidvalidity}:3:0")
     result = await MailboxWorker(rt, services).scan_folder(FOLDER)
     assert (result.new, source.full_listings, source.catch_ups) == (3, 1, 0)
 
@@ -360,7 +336,7 @@ async def test_marks_follow_the_commits_and_their_failure_is_only_logged(
     source.add(b"")  # an empty file: shunted
     worker = MailboxWorker(rt, services)
     await worker.scan_folder(FOLDER)
-    assert sorted(source.marked) == [(FOLDER, ("1:1",), "tracked"), (FOLDER, ("1:2",), "failed")]
+    assert sorted(source.marked) == [(FOLDER, (source.sid(1),), "tracked"), (FOLDER, (source.sid(2),), "failed")]
     source.mark_error = RuntimeError("the server said no")
     source.add(message(3))
     result = await worker.scan_folder(FOLDER)
