@@ -2,11 +2,11 @@
 
 Every backend (Maildir, IMAP, the in-memory one; Exchange later) implements
 :class:`Source`, passes the shared contract suite in ``tests/contract/`` and
-registers in :mod:`mailfiler.backends` (``docs/backends.md``: writing one).  A backend knows folders and opaque per-folder message
-ids (``source_id``); it knows nothing of the CRM.  Ids are stable while a
-message stays in a folder; a move shows up as ``gone`` in one folder and
-``added`` in another, and the tracker re-identifies the message by its
-Message-ID.
+registers in :mod:`mailfiler.backends` (``docs/backends.md``: writing one).
+A backend knows folders and opaque per-folder message ids (``source_id``);
+it knows nothing of the CRM.  Ids are stable while a message stays in a
+folder; a move shows up as ``gone`` in one folder and ``added`` in another,
+and the tracker re-identifies the message by its Message-ID.
 
 **Cursor tokens.**  A backend may hand out an opaque per-folder token with
 each listing (:attr:`Listing.token`, :attr:`Delta.token`).  The worker stores
