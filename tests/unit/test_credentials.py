@@ -173,3 +173,20 @@ def test_two_ways_to_log_in_is_a_config_error_at_its_line(tmp_path: Path) -> Non
         f"{cfg}:7:11: mailboxes[0].imap: give exactly one of password_file, password_command, oauth2_token_command,"
         " xoauth2_token_command (got password_file, password_command)"
     )
+
+
+def test_a_dav_secret_file_is_found_relative_to_the_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "mailfiler.yaml"
+    cfg.write_text(
+        CONFIG.replace("database_password_file: db.pw\n", "")
+        + "    sync:\n      caldav: {url: 'https://dav.example.com/a/', username: a, password_file: secrets/dav.pw}\n"
+    )
+    (tmp_path / "imap.pw").write_text("pw\n")
+    (tmp_path / "imap.pw").chmod(0o600)
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "dav.pw").write_text("pw\n")
+    (tmp_path / "secrets" / "dav.pw").chmod(0o640)
+    loaded = load_config(cfg)
+    assert loaded.config.mailboxes[0].sync.caldav.password_file == str(tmp_path / "secrets" / "dav.pw")
+    data = json.loads(_mf("config", "check", "--json", config=cfg).stdout)
+    assert [w.split(":")[0] for w in data["warnings"]] == ["mailboxes[0].sync.caldav.password_file"]

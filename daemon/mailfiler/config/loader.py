@@ -32,6 +32,7 @@ from mailfiler.backends import registry
 from mailfiler.config import schema
 from mailfiler.config.base import resolve_path as _resolve
 from mailfiler.config.base import secret_path as _secret_path
+from mailfiler.config.credentials import Credentials
 from mailfiler.config.yamlpos import MAP, Builder, KeyPath, Problem, compose, describe_value, is_empty
 from mailfiler.config.yamlpos import fmt_path as _fmt
 from mailfiler.config.yamlpos import path_prefix as _prefix
@@ -359,8 +360,28 @@ def _resolve_mailbox(mb: Any, base_dir: Path) -> Any:
     return mb.model_copy(update={mb.backend: backend.resolve(mb.backend_config, base_dir)})
 
 
+def _resolve_credentials(value: Any, base_dir: Path) -> Any:
+    """Every credential block's files made absolute, wherever it sits (a
+    backend, a DAV server), so that warnings and reads look at the same file."""
+    if isinstance(value, list):
+        items = [_resolve_credentials(v, base_dir) for v in value]
+        return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
+    if not isinstance(value, BaseModel):
+        return value
+    updates = {}
+    for name in type(value).model_fields:
+        old = getattr(value, name)
+        new = _resolve_credentials(old, base_dir)
+        if new is not old:
+            updates[name] = new
+    if isinstance(value, Credentials):
+        own = value.resolved_credentials(base_dir)
+        updates.update({k: v for k, v in own.items() if v != getattr(value, k)})
+    return value.model_copy(update=updates) if updates else value
+
+
 def _resolve_paths(config: schema.Config, base_dir: Path) -> schema.Config:
-    mailboxes = [_resolve_mailbox(mb, base_dir) for mb in config.mailboxes]
+    mailboxes = [_resolve_credentials(_resolve_mailbox(mb, base_dir), base_dir) for mb in config.mailboxes]
     return config.model_copy(
         update={
             "database": _resolve_db_url(config.database, base_dir),
