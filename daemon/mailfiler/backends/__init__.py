@@ -66,7 +66,7 @@ class Backend:
     kind: str
     #: the type of the value under the key (a pydantic model, or e.g. Path)
     config: Any
-    #: what the key is, for the schema's description and error messages
+    #: what the key is, for the schema's description
     description: str
     #: a Source for the mailbox (not opened)
     source: Callable[[Any], Source]
@@ -79,6 +79,8 @@ class Backend:
     identity: Callable[[Any, Path], Hashable | None] = _no_identity
     #: sync targets (contacts, calendar) the backend brings itself, besides ``sync:``
     targets: Callable[[Any, Path], list[Collection]] = _no_targets
+    #: the mailbox in a sentence: "a Maildir has none"
+    noun: str = "this mailbox"
     #: the mailbox's folders ("/"-separated); default: open a Source and list
     list_folders: Callable[[Any], Awaitable[list[str]]] | None = None
     #: the login a ManageSieve server of this mailbox takes (host, username, secret,

@@ -145,6 +145,7 @@ BACKEND = Backend(
     kind="imap",
     config=Imap,
     description="An IMAP mailbox: host, username, how to log in, TLS.",
+    noun="an IMAP mailbox",
     source=_source,
     location=_location,
     resolve=_resolve,

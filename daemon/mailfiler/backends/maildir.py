@@ -28,6 +28,7 @@ BACKEND = Backend(
     kind="maildir",
     config=Path,
     description="Root of a local Maildir (layout: maildir++ or fs).",
+    noun="a Maildir",
     source=_source,
     location=lambda mailbox: str(mailbox.backend_config),
     resolve=lambda value, base_dir: resolve_path(value, base_dir),

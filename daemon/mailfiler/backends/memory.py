@@ -269,6 +269,7 @@ BACKEND = Backend(
     kind="memory",
     config=MemoryConfig,
     description="An in-memory mailbox (tests and demonstrations): {folders: {FOLDER: [FILE.eml, ...]}}.",
+    noun="an in-memory mailbox",
     source=_source,
     location=lambda mb: f"memory:{mb.backend_config.mailbox or mb.name}",
     resolve=_resolve,

@@ -317,9 +317,10 @@ def _cross_checks(data: dict[str, Any], built: Builder, base_dir: Path) -> list[
                 else:
                     folders[folder] = here
             check_ref(("mailboxes", i, "tracked_folders", j, "regarding"), tf.get("regarding"))
-            if tf.get("route") is not None and "maildir" in mb:
+            backends = [b for kind, b in registry().items() if kind in mb]
+            if tf.get("route") is not None and len(backends) == 1 and backends[0].sieve_login is None:
                 where = ("mailboxes", i, "tracked_folders", j, "route")
-                add(where, "route: writes a rule on a mail server; a Maildir has none")
+                add(where, f"route: writes a rule on a mail server; {backends[0].noun} has none")
 
     for i, rec in _items(data.get("records")):
         entity = rec.get("entity")
