@@ -50,6 +50,13 @@ def _branches(tree: ast.Module) -> list[str]:
         if isinstance(node, ast.Attribute) and node.attr in KINDS:
             # mb.imap, config.maildir: reading one backend's config by name
             found.append(f"line {node.lineno}: .{node.attr}")
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr")
+            and any(_names_a_kind(a) for a in node.args[1:2])
+        ):
+            found.append(f"line {node.lineno}: {node.func.id}(..., backend name)")
         if isinstance(node, ast.MatchValue) and _names_a_kind(node.value):
             found.append(f"line {node.lineno}: case on a backend name")
     return found
@@ -78,8 +85,10 @@ def test_no_backend_import_outside_the_backends() -> None:
 
 
 def test_the_check_sees_a_branch() -> None:
-    bad = ast.parse('if mb.backend == "imap":\n    pass\nx = mb.maildir\nimport mailfiler.sources.imap\n')
-    assert len(_branches(bad)) == 2
+    bad = ast.parse(
+        'if mb.backend == "imap":\n    pass\nx = mb.maildir\ny = getattr(mb, "imap", None)\nimport mailfiler.sources.imap\n'
+    )
+    assert len(_branches(bad)) == 3
     assert len(_imports(bad)) == 1
 
 

@@ -42,6 +42,10 @@ def _no_targets(mailbox: Any, base_dir: Path) -> list[Collection]:
     return []
 
 
+def _no_problems(mailbox: Any) -> list[str]:
+    return []
+
+
 def _same(value: Any, base_dir: Path) -> Any:
     return value
 
@@ -79,6 +83,9 @@ class Backend:
     identity: Callable[[Any, Path], Hashable | None] = _no_identity
     #: sync targets (contacts, calendar) the backend brings itself, besides ``sync:``
     targets: Callable[[Any, Path], list[Collection]] = _no_targets
+    #: what ``config check`` finds wrong on this machine with a valid config (a
+    #: Maildir root that does not exist): one sentence each; the daemon starts anyway
+    check: Callable[[Any], list[str]] = _no_problems
     #: the mailbox in a sentence: "a Maildir has none"
     noun: str = "this mailbox"
     #: the mailbox's folders ("/"-separated); default: open a Source and list

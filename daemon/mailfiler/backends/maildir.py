@@ -24,6 +24,18 @@ def _identity(value: Any, base_dir: Path) -> Hashable | None:
     return str(resolve_path(Path(value), base_dir)) if isinstance(value, str) else None
 
 
+def _check(mailbox: Any) -> list[str]:
+    root: Path = mailbox.backend_config
+    if not root.exists():
+        return [
+            f"maildir {root} does not exist (mailfiler creates missing folders inside a mailbox, never the"
+            f" mailbox itself); check the path, or create it: mkdir -p {root}"
+        ]
+    if not root.is_dir():
+        return [f"maildir {root} is not a directory"]
+    return []
+
+
 BACKEND = Backend(
     kind="maildir",
     config=Path,
@@ -33,4 +45,5 @@ BACKEND = Backend(
     location=lambda mailbox: str(mailbox.backend_config),
     resolve=lambda value, base_dir: resolve_path(value, base_dir),
     identity=_identity,
+    check=_check,
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from mailfiler.backends import backend_of
 from mailfiler.config.loader import LoadedConfig
 from mailfiler.errors import StoreDriverMissing
 
@@ -25,14 +26,5 @@ def environment_problems(loaded: LoadedConfig) -> list[str]:
         except StoreDriverMissing as exc:
             problems.append(f"{exc}; install it: {sys.executable} -m pip install 'psycopg[binary]'")
     for mb in cfg.mailboxes:
-        root = getattr(mb, "maildir", None)
-        if root is None:
-            continue
-        if not root.exists():
-            problems.append(
-                f"mailbox {mb.name}: maildir {root} does not exist (mailfiler creates missing folders"
-                " inside a mailbox, never the mailbox itself); check the path, or create it: mkdir -p " + str(root)
-            )
-        elif not root.is_dir():
-            problems.append(f"mailbox {mb.name}: maildir {root} is not a directory")
+        problems.extend(f"mailbox {mb.name}: {p}" for p in backend_of(mb).check(mb))
     return [f"{loaded.path}: {p}" for p in problems]
