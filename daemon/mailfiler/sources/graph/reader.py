@@ -1,0 +1,188 @@
+"""Raw MIME through ``/mailFolders/{folder}/messages/{id}/$value``.
+
+Graph gives no exact MIME size before the MIME itself (a message's
+``PidTagMessageSize`` is the store's size, not the MIME's), so the size the
+worker asks for first is learnt by reading: the bytes of a message up to
+:data:`KEEP_MAX` are kept in a small cache (at most :data:`CACHE_BYTES`) for
+the fetch that follows, so a message is downloaded once; a larger one is
+counted as it streams and read again only if the worker wants it (it shunts
+one over its size limit by streaming it to a file: :meth:`copy_to`).
+
+Why not ``$batch``: a batch answers non-JSON bodies base64-encoded inside one
+JSON document (a third larger, and the whole batch held in memory before the
+first message can be used), while four streamed ``$value`` requests in
+parallel (the mailbox's concurrency limit) keep memory bounded and the
+connection busy.  ``bench/graph_backfill.py`` measures both.
+
+The folder is part of the URL: with immutable ids a message moved to another
+folder keeps its id, and reading it through its old folder must be a 404
+(:class:`MessageVanished`), not the message.  Reading never changes the
+message (``$value`` does not mark it read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable, Mapping
+from typing import BinaryIO
+from urllib.parse import quote
+
+import httpx
+
+from mailfiler.errors import MailboxUnavailable, MessageVanished
+from mailfiler.sources.graph.client import GraphClient, GraphError
+
+#: a message up to this size is kept after its size was read
+KEEP_MAX = 4 * 1024 * 1024
+#: the cache of messages read for their size, waiting for their fetch
+CACHE_BYTES = 32 * 1024 * 1024
+#: how long a cached message stays (the worker fetches right after asking sizes)
+CACHE_SECONDS = 120.0
+#: attempts when the connection breaks mid-message
+ATTEMPTS = 3
+
+
+def value_path(folder_id: str, source_id: str) -> str:
+    return f"/mailFolders/{quote(folder_id, safe='')}/messages/{quote(source_id, safe='')}/$value"
+
+
+class Reader:
+    def __init__(self, client: GraphClient) -> None:
+        self.client = client
+        self._cache: collections.OrderedDict[tuple[str, str], tuple[float, bytes]] = collections.OrderedDict()
+        self._cached_bytes = 0
+        #: source id -> size learnt by counting a message too large to keep
+        self._sizes: dict[tuple[str, str], int] = {}
+
+    # -- the cache ------------------------------------------------------------------------
+
+    def _put(self, key: tuple[str, str], data: bytes) -> None:
+        self._drop(key)
+        self._cache[key] = (time.monotonic(), data)
+        self._cached_bytes += len(data)
+        now = time.monotonic()
+        while self._cache and (
+            self._cached_bytes > CACHE_BYTES or next(iter(self._cache.values()))[0] < now - CACHE_SECONDS
+        ):
+            _, (_, old) = self._cache.popitem(last=False)
+            self._cached_bytes -= len(old)
+
+    def _drop(self, key: tuple[str, str]) -> bytes | None:
+        entry = self._cache.pop(key, None)
+        if entry is None:
+            return None
+        self._cached_bytes -= len(entry[1])
+        return entry[1] if entry[0] >= time.monotonic() - CACHE_SECONDS else None
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def _stream(self, folder_id: str, source_id: str, sink: Callable[[bytes], None]) -> int:
+        """Stream the message into ``sink``; its size.  Retries a broken connection
+        from the start (``reset`` is the sink's job: it gets no partial message)."""
+        path = value_path(folder_id, source_id)
+        for attempt in range(1, ATTEMPTS + 1):
+            chunks: list[bytes] = []
+            total = 0
+            try:
+                async with self.client.open("GET", path, headers={"Accept": "*/*"}) as response:
+                    async for chunk in response.aiter_raw():
+                        total += len(chunk)
+                        chunks.append(chunk)
+                        if len(chunks) >= 64:  # hand on in pieces: bounded memory for a large message
+                            for c in chunks:
+                                sink(c)
+                            chunks.clear()
+                    for c in chunks:
+                        sink(c)
+                return total
+            except GraphError as exc:
+                if exc.status in (404, 400):
+                    raise MessageVanished(
+                        f"message {source_id} is not in the folder", folder=folder_id, source_id=source_id
+                    ) from exc
+                raise MailboxUnavailable(f"reading message {source_id}: {exc}") from exc
+            except (httpx.TransportError, httpx.DecodingError) as exc:
+                if attempt == ATTEMPTS:
+                    raise MailboxUnavailable(f"the connection broke reading message {source_id}") from exc
+                await asyncio.sleep(0.3 * attempt)
+                sink(b"")  # an empty piece: the sink starts over
+        raise AssertionError("unreachable")
+
+    async def _read(self, folder_id: str, source_id: str, keep_max: int | None) -> tuple[int, bytes | None]:
+        """(size, the bytes when size <= keep_max or keep_max is None)."""
+        parts: list[bytes] = []
+        state = {"size": 0, "keeping": True}
+
+        def sink(chunk: bytes) -> None:
+            if not chunk:  # a retry starts over
+                parts.clear()
+                state.update(size=0, keeping=True)
+                return
+            state["size"] += len(chunk)
+            if keep_max is not None and state["size"] > keep_max:
+                state["keeping"] = False
+                parts.clear()
+            if state["keeping"]:
+                parts.append(chunk)
+
+        size = await self._stream(folder_id, source_id, sink)
+        return size, (b"".join(parts) if state["keeping"] else None)
+
+    async def size(self, folder_id: str, source_id: str) -> int:
+        key = (folder_id, source_id)
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] >= time.monotonic() - CACHE_SECONDS:
+            return len(cached[1])
+        size, data = await self._read(folder_id, source_id, KEEP_MAX)
+        if data is not None:
+            self._put(key, data)
+        else:
+            self._sizes[key] = size
+        return size
+
+    async def fetch(self, folder_id: str, source_id: str) -> bytes:
+        key = (folder_id, source_id)
+        self._sizes.pop(key, None)
+        data = self._drop(key)
+        if data is not None:
+            return data
+        _, got = await self._read(folder_id, source_id, None)
+        assert got is not None
+        return got
+
+    async def copy_to(self, folder_id: str, source_id: str, out: BinaryIO) -> int:
+        def sink(chunk: bytes) -> None:
+            if not chunk:
+                out.seek(0)
+                out.truncate()
+            else:
+                out.write(chunk)
+
+        return await self._stream(folder_id, source_id, sink)
+
+    async def many(
+        self, folder_id: str, ids: Mapping[str, object], read: Callable[[str, str], object]
+    ) -> dict[str, object]:
+        """``read(folder_id, id)`` for each id, up to the client's concurrency at a time:
+        the value, or the exception (a vanished message left out; MailboxUnavailable raised)."""
+        results: dict[str, object] = {}
+
+        async def one(sid: str) -> None:
+            try:
+                results[sid] = await read(folder_id, sid)  # type: ignore[misc]
+            except MessageVanished:
+                pass
+            except MailboxUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the worker raises it again for this message alone
+                results[sid] = exc
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for sid in ids:
+                    group.create_task(one(sid))
+        except BaseExceptionGroup as group_error:
+            raise group_error.exceptions[0] from None
+        return {sid: results[sid] for sid in ids if sid in results}
