@@ -31,6 +31,7 @@ BACKENDS: dict[str, str] = {
     "maildir": "mailfiler.backends.maildir",
     "imap": "mailfiler.backends.imap",
     "memory": "mailfiler.backends.memory",
+    "graph": "mailfiler.backends.graph",
 }
 
 

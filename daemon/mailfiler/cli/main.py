@@ -452,6 +452,7 @@ def config_check(obj: Context, as_json: bool) -> None:
 
 def _register() -> None:
     from mailfiler.cli import folders as folders_cmd
+    from mailfiler.cli import login as login_cmd
     from mailfiler.cli import records as records_cmd
     from mailfiler.cli import rules as rules_cmd
     from mailfiler.cli import serverrules as serverrules_cmd
@@ -459,6 +460,7 @@ def _register() -> None:
     from mailfiler.cli import sync as sync_cmd
 
     cli.add_command(folders_cmd.folders)
+    cli.add_command(login_cmd.login)
     cli.add_command(records_cmd.records)
     cli.add_command(rules_cmd.rules)
     rules_cmd.rules.add_command(serverrules_cmd.server)

@@ -10,7 +10,8 @@ matched case-insensitively as Exchange does.
 **Renames keep tracking.**  A path, once resolved, stays bound to its folder
 id while that folder exists: when the user renames ``Clients/Acme`` to
 ``Clients/Acme Ltd`` in Outlook, the configured path still reads the same
-folder.  Only when the folder is gone is the path looked up again (and is
+folder, and the listing still shows it (and its subfolders) under the
+configured path, so that it does not look like a new folder to watch.  Only when the folder is gone is the path looked up again (and is
 :class:`FolderMissing` if nothing has that name).
 """
 
@@ -42,6 +43,8 @@ class FolderTree:
         self._delta_link: str | None = None
         #: configured path (casefolded) -> the folder id it resolved to
         self._bound: dict[str, str] = {}
+        #: folder id -> the path it was resolved by (listed so, even after a rename)
+        self._spelling: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
     # -- keeping the tree current ---------------------------------------------------------
@@ -82,6 +85,9 @@ class FolderTree:
         parts: list[str] = []
         seen: set[str] = set()
         while fid != self.root_id:
+            if fid in self._spelling:  # a folder tracked by path keeps that path when renamed
+                parts.append(self._spelling[fid])
+                break
             if fid == self.inbox_id:
                 parts.append(INBOX)
                 break
@@ -130,11 +136,13 @@ class FolderTree:
                 return bound
             fid = self._lookup(path)
         if fid is None:
-            self._bound.pop(key, None)
+            gone = self._bound.pop(key, None)
+            self._spelling.pop(gone or "", None)
             raise FolderMissing(f"no folder {path!r} in the mailbox", folder=path)
         if bound is not None and bound != fid:
             log.info("graph: the folder %r is a new folder now (the one tracked before is gone)", path)
         self._bound[key] = fid
+        self._spelling[fid] = "/".join(_split(path))
         return fid
 
     def forget(self, path: str) -> None:
@@ -142,6 +150,7 @@ class FolderTree:
         fid = self._bound.pop("/".join(_split(path)).casefold(), None)
         if fid is not None:
             self.folders.pop(fid, None)
+            self._spelling.pop(fid, None)
 
     async def exists(self, path: str) -> bool:
         try:
