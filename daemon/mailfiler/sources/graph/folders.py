@@ -3,15 +3,19 @@
 The tree comes from ``mailFolders/delta`` (the whole tree flat on the first
 round, then only folders added, renamed, moved or removed), so keeping it
 current costs one small request.  The Inbox is named ``INBOX`` in paths, as
-IMAP names it (the first segment matches case-insensitively, so
-``Inbox/Clients/Acme`` works too); other names are Outlook's display names,
-matched case-insensitively as Exchange does.
+IMAP names it, whatever the language of the user's Outlook (its display
+name is localised: Posteingang, Inkorg); the first segment matches
+case-insensitively, so ``Inbox/Clients/Acme`` reads the same folder, but the
+listing says ``INBOX/Clients/Acme``, and tracked_folders should too.  Other
+names are Outlook's display names, matched case-insensitively as Exchange
+does.
 
 **Renames keep tracking.**  A path, once resolved, stays bound to its folder
 id while that folder exists: when the user renames ``Clients/Acme`` to
 ``Clients/Acme Ltd`` in Outlook, the configured path still reads the same
 folder, and the listing still shows it (and its subfolders) under the
-configured path, so that it does not look like a new folder to watch.  Only when the folder is gone is the path looked up again (and is
+configured path, so that it does not look like a new folder to watch.
+Only when the folder is gone is the path looked up again (and is
 :class:`FolderMissing` if nothing has that name).
 """
 
