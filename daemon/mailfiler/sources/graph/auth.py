@@ -195,11 +195,15 @@ class Tokens:
                 return {"error": "no_token", "error_description": "sign in again with `mailfiler login`"}
             return result  # type: ignore[no-any-return]
 
-    async def __call__(self, refresh: bool = False) -> str:
-        """A valid access token (a new one when ``refresh``: the last was refused)."""
+    async def __call__(self, refused: str | None = None) -> str:
+        """A valid access token; ``refused``: the token Graph just refused (a new one is
+        fetched once, however many requests met the refusal at the same time)."""
         async with self._lock:
-            if not refresh and self._token is not None and time.time() < self._expires - 120:
+            fresh = self._token is not None and time.time() < self._expires - 120
+            if fresh and self._token != refused:
+                assert self._token is not None
                 return self._token
+            refresh = refused is not None
             try:
                 result = await asyncio.wait_for(asyncio.to_thread(self._acquire, refresh), self.sign_in.timeout * 2 + 5)
             except TimeoutError as exc:

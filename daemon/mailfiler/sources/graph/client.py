@@ -58,7 +58,8 @@ NETWORK_ATTEMPTS = 3
 BATCH_MAX = 20
 IMMUTABLE = 'IdType="ImmutableId"'
 
-TokenGetter = Callable[[bool], Awaitable[str]]
+#: the access token; called with the token Graph refused to get a new one
+TokenGetter = Callable[[str | None], Awaitable[str]]
 
 
 class GraphError(Exception):
@@ -174,7 +175,7 @@ class GraphClient:
         broken = 0
         while True:
             await self._wait_turn()
-            token = await self._token(False)
+            token = await self._token(None)
             async with self._gate:
                 try:
                     request = self._http.build_request(method, url, json=json, headers=self._headers(token, headers))
@@ -218,22 +219,29 @@ class GraphClient:
                 continue
             if status == 401 and not refreshed:
                 refreshed = True
-                await self._token(True)
+                await self._token(token)
                 continue
             raise map_error(status, code, message, what, response.headers)
 
     async def request(
         self, method: str, path: str, *, json: Any = None, headers: dict[str, str] | None = None
     ) -> tuple[Any, httpx.Headers]:
-        """A JSON answer (None for 204) and its headers."""
-        async with self.open(method, path, json=json, headers=headers) as response:
-            data = await asyncio.wait_for(response.aread(), self.timeout)
-            if not data:
-                return None, response.headers
+        """A JSON answer (None for 204) and its headers.  A GET whose answer breaks
+        off part way (a dropped connection) is asked again."""
+        for attempt in range(1, NETWORK_ATTEMPTS + 1):
             try:
-                return _loads(data), response.headers
-            except ValueError as exc:
-                raise MailboxUnavailable(f"Graph answered {method} {urlsplit(path).path} with malformed JSON") from exc
+                async with self.open(method, path, json=json, headers=headers) as response:
+                    data = await asyncio.wait_for(response.aread(), self.timeout)
+                    if not data:
+                        return None, response.headers
+                    return _loads(data), response.headers
+            except (httpx.TransportError, TimeoutError, ValueError) as exc:
+                what = f"{method} {urlsplit(self.url(path)).path}"
+                if method != "GET" or attempt == NETWORK_ATTEMPTS:
+                    raise MailboxUnavailable(f"Graph's answer to {what} broke off: {type(exc).__name__}") from exc
+                log.info("graph: %s: the answer broke off (%s), asking again", what, type(exc).__name__)
+                await asyncio.sleep(0.5 * attempt)
+        raise AssertionError("unreachable")
 
     async def get(self, path: str, **params: str) -> Any:
         if params:
