@@ -170,6 +170,24 @@ async def test_duplicates_across_delta_pages_are_listed_once(graph: GraphFake) -
         await s.close()
 
 
+async def test_batches_of_messages_fall_back_one_by_one(
+    graph: GraphFake, src: GraphSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailfiler.sources.graph import reader
+
+    sent = fill(graph, 45)
+    listing = await src.list_messages(FOLDER)
+    faults.throttle(graph, "GET message/$value", retry_after=1, times=3)  # three sub-requests answer 429
+    faults.unavailable(graph, "GET message/$value", times=2)
+    before = len(graph.batched)
+    assert set((await src.fetch_batch(FOLDER, listing.messages)).values()) == set(sent)
+    assert len(graph.batched) - before >= 45  # read through $batch
+    monkeypatch.setattr(reader, "BATCH_BYTES", 10_000)  # every batch answer is too large to hold
+    singles = sum(1 for r in list(graph.server.requests) if r.operation == "GET message/$value")
+    assert set((await src.fetch_batch(FOLDER, listing.messages)).values()) == set(sent)
+    assert sum(1 for r in list(graph.server.requests) if r.operation == "GET message/$value") - singles == 45
+
+
 async def test_a_30_mb_message_streams_and_is_not_kept(graph: GraphFake, src: GraphSource, tmp_path: Path) -> None:
     from tests.mailgen import large_attachment_message
 

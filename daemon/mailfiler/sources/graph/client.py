@@ -75,6 +75,10 @@ class DeltaExpired(GraphError):
     """410: a delta or skip token Graph no longer has (syncStateNotFound, resyncRequired)."""
 
 
+class BatchUnusable(Exception):
+    """A $batch answer too large to hold, or cut short: ask for its parts one by one."""
+
+
 @dataclass
 class BatchAnswer:
     status: int
@@ -259,23 +263,42 @@ class GraphClient:
             yield page
             url = page.get("@odata.nextLink")
 
-    async def batch(self, requests: list[dict[str, Any]]) -> dict[str, BatchAnswer]:
+    async def batch(self, requests: list[dict[str, Any]], *, max_bytes: int | None = None) -> dict[str, BatchAnswer]:
         """Up to :data:`BATCH_MAX` requests (``id``, ``method``, ``url`` relative to
         the Graph root, optional ``headers``/``body``) in one round trip.  Each
         answer is its own (a throttled sub-request is a 429 there: the caller
-        retries what it needs).  Non-JSON bodies come base64-encoded."""
+        retries what it needs).  Non-JSON bodies come base64-encoded.  With
+        ``max_bytes``, an answer larger than that, or one that breaks off, is
+        :class:`BatchUnusable` (the caller asks for those things one by one)."""
         assert 0 < len(requests) <= BATCH_MAX
         for req in requests:
             req["headers"] = {"Prefer": IMMUTABLE, **(req.get("headers") or {})}
             if "body" in req:
                 req["headers"].setdefault("Content-Type", "application/json")
-        body, _ = await self.request("POST", f"{self.root}/$batch", json={"requests": requests})
+        if max_bytes is None:
+            body, _ = await self.request("POST", f"{self.root}/$batch", json={"requests": requests})
+        else:
+            body = await self._bounded_batch(requests, max_bytes)
         out: dict[str, BatchAnswer] = {}
         for item in (body or {}).get("responses", []):
             out[str(item.get("id"))] = BatchAnswer(
                 int(item.get("status", 500)), dict(item.get("headers") or {}), item.get("body")
             )
         return out
+
+    async def _bounded_batch(self, requests: list[dict[str, Any]], max_bytes: int) -> Any:
+        parts: list[bytes] = []
+        size = 0
+        try:
+            async with self.open("POST", f"{self.root}/$batch", json={"requests": requests}) as response:
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise BatchUnusable(f"the $batch answer is over {max_bytes} bytes")
+                    parts.append(chunk)
+            return _loads(b"".join(parts))
+        except (httpx.TransportError, ValueError) as exc:
+            raise BatchUnusable(f"the $batch answer broke off or is not JSON: {type(exc).__name__}") from exc
 
     def note_throttled(self, headers: dict[str, str]) -> None:
         """A sub-request of a $batch was throttled: the whole client waits."""

@@ -220,11 +220,11 @@ class GraphSource(Source):
 
     async def sizes_of(self, folder: str, items: Mapping[str, str | None]) -> dict[str, int | Exception]:
         folder_id = await self._folder_id(folder)
-        return await self.reader.many(folder_id, items, self.reader.size)  # type: ignore[return-value]
+        return await self.reader.sizes(folder_id, list(items))
 
     async def fetch_batch(self, folder: str, items: Mapping[str, str | None]) -> dict[str, bytes | Exception]:
         folder_id = await self._folder_id(folder)
-        return await self.reader.many(folder_id, items, self.reader.fetch)  # type: ignore[return-value]
+        return await self.reader.fetch_many(folder_id, list(items))
 
     async def copy_raw(self, folder: str, source_id: str, hint: str | None, dest: str) -> bool:
         folder_id = await self._folder_id(folder)
