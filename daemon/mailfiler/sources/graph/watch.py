@@ -82,6 +82,14 @@ async def _look(source: GraphSource, state: _Folder) -> list[Change]:
     return changes
 
 
+async def _look_or_missing(source: GraphSource, state: _Folder) -> list[Change]:
+    try:
+        return await _look(source, state)
+    except FolderMissing:
+        state.link = None  # the worker reports it; looked for again next round
+        return []
+
+
 async def poll(source: GraphSource, folders: Sequence[str], stop: asyncio.Event) -> AsyncIterator[list[Change]]:
     states = [_Folder(f) for f in dict.fromkeys(folders)]
     low = max(source.settings.poll_min, len(states) / MAX_POLL_RATE)
@@ -95,11 +103,9 @@ async def poll(source: GraphSource, folders: Sequence[str], stop: asyncio.Event)
         started = time.monotonic()
         batch: list[Change] = []
         try:
-            for state in states:
-                try:
-                    batch.extend(await _look(source, state))
-                except FolderMissing:
-                    state.link = None  # reported by the worker; looked for again next round
+            # the folders side by side (the client keeps to the mailbox's 4 requests in flight)
+            for changes in await asyncio.gather(*(_look_or_missing(source, state) for state in states)):
+                batch.extend(changes)
             failures = 0
         except (LoginRefused, MailboxMissing, TlsCertificateRefused):
             raise  # not transient: the supervisor shows it in status and backs off
