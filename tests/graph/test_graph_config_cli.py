@@ -105,6 +105,8 @@ def test_login_by_device_code_then_folders_through_me(graph: GraphFake, tmp_path
 
     helper = threading.Thread(target=approve)
     helper.start()
+    res = run(config, "config", "check")
+    assert "run `mailfiler login adele`" in res.stdout + res.stderr, res.stdout + res.stderr
     res = run(config, "login", "adele")
     helper.join()
     assert res.returncode == 0, res.stderr

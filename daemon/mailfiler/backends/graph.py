@@ -188,6 +188,26 @@ def _identity(value: Any, base_dir: Path) -> Any:
     return ("graph", value["tenant"].lower(), user.lower() if isinstance(user, str) else value.get("token_cache"))
 
 
+def _check(mailbox: Any) -> list[str]:
+    """What config check finds wrong here: a device-code mailbox not signed in yet (or its
+    token cache readable by others), a CA or certificate file that is not there."""
+    import os
+    import stat
+
+    cfg: Graph = mailbox.backend_config
+    problems = []
+    if not cfg.app_only and cfg.token_cache is not None:
+        if not cfg.token_cache.exists():
+            problems.append(f"{mailbox.name} is not signed in yet: run `mailfiler login {mailbox.name}`")
+        elif stat.S_IMODE(os.stat(cfg.token_cache).st_mode) & 0o077:
+            problems.append(f"the token cache {cfg.token_cache} can be read by others: chmod 600 {cfg.token_cache}")
+    for key in ("ca_file", "client_cert", "client_key"):
+        path = getattr(cfg, key)
+        if path is not None and "$" not in str(path) and not Path(path).exists():
+            problems.append(f"graph.{key} {path} does not exist")
+    return problems
+
+
 def login(mailbox: Any, echo: Any) -> str:
     """``mailfiler login MAILBOX``: the device-code sign-in of one user."""
     from mailfiler.errors import UserError
@@ -207,4 +227,6 @@ BACKEND = Backend(
     location=_location,
     resolve=_resolve,
     identity=_identity,
+    check=_check,
+    noun="a Microsoft 365 mailbox",
 )
