@@ -278,13 +278,20 @@ async def test_device_code_sign_in_keeps_a_0600_cache_and_refreshes_silently(gra
     assert SECRET not in cache.read_text()
 
     s = GraphSource(settings(graph, user=None, sign_in=how))  # /me
+    other = GraphSource(settings(graph, user=None, sign_in=how))  # another process (the CLI) on the same cache
     try:
         graph.make_folder(UPN, "INBOX/Mine")
         assert "INBOX/Mine" in await s.list_folders()
         graph.identity.expire_tokens()  # the access token is refused: refreshed with the cached refresh token
         assert "INBOX/Mine" in await s.list_folders()
+        # the other one refreshes too (the fake rotates refresh tokens: the first one's is void now)
+        graph.identity.expire_tokens()
+        assert "INBOX/Mine" in await other.list_folders()
+        graph.identity.expire_tokens()
+        assert "INBOX/Mine" in await s.list_folders()  # it read the rotated token from the file
     finally:
         await s.close()
+        await other.close()
     assert stat.S_IMODE(os.stat(cache).st_mode) == 0o600
 
 

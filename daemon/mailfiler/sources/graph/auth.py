@@ -20,6 +20,8 @@ description, which hold neither.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -27,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,15 +98,44 @@ def _certificate_credential(cert_file: str, key_file: str | None) -> dict[str, s
 
 
 class TokenCacheFile:
-    """msal's serializable cache kept in a 0600 file, written atomically when it changed."""
+    """msal's serializable cache kept in a 0600 file, written atomically when it changed.
+
+    The daemon and the CLI (``folders list``...) may refresh the same user's tokens, and
+    the identity platform may rotate the refresh token on each use: every use reads the
+    file again under an exclusive lock (:meth:`locked`), so a process never refreshes
+    with a refresh token another one has already replaced."""
 
     def __init__(self, path: Path) -> None:
         import msal
 
         self.path = path
         self.cache = msal.SerializableTokenCache()
-        if path.exists():
-            self.cache.deserialize(path.read_text())
+        self._loaded: tuple[int, int] | None = None
+        self.reload()
+
+    def reload(self) -> None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return
+        if self._loaded != (st.st_mtime_ns, st.st_size):
+            self.cache.deserialize(self.path.read_text())
+            self._loaded = (st.st_mtime_ns, st.st_size)
+
+    @contextlib.contextmanager
+    def locked(self, *, reload: bool = True) -> Iterator[None]:
+        """Read the file again, use the cache, write it if it changed: one process at a time
+        (``reload=False``: what is in memory replaces the file, as after a new sign-in)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if reload:
+                self.reload()
+            yield
+            self.save()
+        finally:
+            os.close(fd)
 
     def save(self) -> None:
         if not self.cache.has_state_changed:
@@ -119,6 +150,8 @@ class TokenCacheFile:
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.path)
         self.cache.has_state_changed = False
+        st = self.path.stat()
+        self._loaded = (st.st_mtime_ns, st.st_size)
 
 
 def _refusal(result: dict[str, Any], what: str) -> Exception:
@@ -185,12 +218,14 @@ class Tokens:
             self.acquired += 1
             if self.sign_in.app_only:
                 return self._app.acquire_token_for_client(scopes=APP_SCOPES)  # type: ignore[no-any-return]
-            accounts = self._app.get_accounts()
-            if not accounts:
-                return {"error": "no_account", "error_description": "no signed-in user: run `mailfiler login`"}
-            result = self._app.acquire_token_silent_with_error(USER_SCOPES, account=accounts[0], force_refresh=force)
             assert self._cache is not None
-            self._cache.save()
+            with self._cache.locked():
+                accounts = self._app.get_accounts()
+                if not accounts:
+                    return {"error": "no_account", "error_description": "no signed-in user: run `mailfiler login`"}
+                result = self._app.acquire_token_silent_with_error(
+                    USER_SCOPES, account=accounts[0], force_refresh=force
+                )
             if result is None:
                 return {"error": "no_token", "error_description": "sign in again with `mailfiler login`"}
             return result  # type: ignore[no-any-return]
@@ -255,7 +290,8 @@ def device_login(sign_in: SignIn, show: Callable[[str], None], *, exit_after: fl
     if "access_token" not in result:
         raise _refusal(result, "device-code sign-in")
     cache.cache.has_state_changed = True
-    cache.save()
+    with cache.locked(reload=False):
+        pass  # the new sign-in replaces the file, under the lock the daemon takes too
     claims = result.get("id_token_claims") or {}
     return str(claims.get("preferred_username") or claims.get("name") or claims.get("oid") or "the user")
 
