@@ -108,3 +108,39 @@ def test_revoked_consent_shows_in_status_and_backs_off(graph: GraphFake, env: E2
     graph.identity.grant_consent(APP_ID)
     graph.deliver(UPN, CONTOSO, mail(4))
     env.wait_activity(mid(4), timeout=90)
+
+
+def test_expired_delta_links_and_throttling_lose_nothing_and_duplicate_nothing(graph: GraphFake, env: E2EEnv) -> None:
+    from tests.servers.graph import faults
+
+    graph_world(env, graph)
+    for n in range(20, 30):
+        graph.deliver(UPN, CONTOSO, mail(n))
+    daemon = env.start_daemon()
+    daemon.wait_event("watching")
+    env.wait_activities(lambda acts: len(acts) == 10, timeout=30, what="the backfill")
+
+    # every delta link Graph gave out is forgotten (the worker's cursors and the watcher's):
+    # the folder is listed again and diffed against the store; nothing is tracked twice
+    graph.expire_delta_tokens(UPN)
+    graph.deliver(UPN, CONTOSO, mail(30))
+    env.wait_activity(mid(30), timeout=15)
+
+    # throttled for a while: what arrives meanwhile is tracked after, and the daemon waits as told
+    counted: list[int] = []
+    record = graph.server.record
+
+    def counting(request: object) -> None:
+        counted.append(1)
+        record(request)  # type: ignore[arg-type]
+
+    graph.server.record = counting  # type: ignore[method-assign]
+    until = time.time() + 6
+    faults.throttle_until(graph, until, retry_after=2)
+    for n in range(31, 36):
+        graph.deliver(UPN, KUNDER, mail(n, frm="<sven@akesson.se>"))
+    acts = env.wait_activities(lambda acts: len(acts) == 16, timeout=40, what="mail that came while throttled")
+    during = len(counted)
+    assert during < 60, f"{during} requests while throttled for 6 s and catching up"
+    assert sorted(a["message_id"] for a in acts) == sorted(mid(n) for n in range(20, 36))
+    assert all(len(a["locations"]) == 1 for a in acts)
