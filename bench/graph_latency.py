@@ -243,6 +243,58 @@ def run_latency(graph: GraphFake, base: Path, n: int, warmup: int, pace: Pace, p
     return result
 
 
+def run_webhook(graph: GraphFake, base: Path, n: int, warmup: int, pace: Pace, seed: int) -> dict[str, Any]:
+    """The same deliveries with change notifications (polling 30-60 s apart: the safety net only).
+    Baseline: the fake's own notification delay (delivered -> its POST answered)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    graph.subscriptions.allow_http = True  # a reverse proxy's job in production
+    folders = [f for f, _ in FOLDERS]
+    cfg = write_graph_config(base, graph, folders, (30.0, 60.0))
+    data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+    data["mailboxes"][0]["graph"]["webhook"] = {"url": f"http://127.0.0.1:{port}/graph", "listen_port": port}
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    proc, reader = spawn(cfg)
+    drops: list[tuple[str, float, float]] = []  # message id, delivered at (monotonic, wall)
+
+    def deliver(k: int) -> None:
+        graph.deliver(UPN, folders[k % len(folders)], realistic_message(100_000 + k, seed=seed))
+        drops.append((message_id_for(100_000 + k, seed=seed), time.monotonic(), time.time()))
+
+    try:
+        if not reader.wait(lambda: reader.events.get("watching", 0) > 0 or proc.poll() is not None, 60):
+            raise RuntimeError(f"the daemon did not start watching: {reader.problems[-5:]}")
+        deadline = time.monotonic() + 20
+        while len(graph.subscriptions.items) < len(folders) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = len(graph.subscriptions.deliveries)
+        for k in range(warmup):
+            deliver(k)
+            mid = drops[-1][0]
+            if not reader.wait(lambda mid=mid: mid in reader.tracked, 20):
+                raise RuntimeError(f"warm-up message {mid} was not tracked: {reader.problems[-5:]}")
+        paced_drops(n, pace, lambda k: deliver(warmup + k))
+        wanted = {d[0] for d in drops}
+        reader.wait(lambda: wanted <= reader.tracked.keys(), 60)
+        time.sleep(0.5)
+    finally:
+        rc = stop(proc, reader)
+    created = [d for d in list(graph.subscriptions.deliveries)[first:] if d.change_type == "created"]
+    measured = drops[warmup:]
+    fake = [created[warmup + i].at - wall for i, (_, _, wall) in enumerate(measured) if warmup + i < len(created)]
+    daemon_lat = [reader.tracked[m] - t for m, t, _ in measured if m in reader.tracked]
+    return {
+        "fake_notification": summary(fake),
+        "mailfiler_tracked": summary(daemon_lat),
+        "missed": n - len(daemon_lat),
+        "subscriptions": len(folders),
+        "exit_code": rc,
+    }
+
+
 def run_idle(graph: GraphFake, base: Path, seconds: float) -> dict[str, Any]:
     """The default poll settings, nothing arriving: Graph requests per hour in the second half."""
     folders = [f for f, _ in FOLDERS]
@@ -278,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pace-ms", type=float, nargs=2, default=(100.0, 200.0), metavar=("LO", "HI"))
     ap.add_argument("--poll", type=float, nargs=2, default=(0.25, 1.0), metavar=("MIN", "MAX"))
     ap.add_argument("--idle", type=float, default=240.0, help="seconds of the idle run (0: skip)")
+    ap.add_argument("--webhook", action="store_true", help="also the same deliveries with change notifications")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -295,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
             (base / "latency").mkdir()
             out = run_latency(graph, base / "latency", args.drops, args.warmup, Pace(*args.pace_ms),
                               tuple(args.poll), args.seed)  # fmt: skip
+            if args.webhook:
+                (base / "webhook").mkdir()
+                out["webhook"] = run_webhook(graph, base / "webhook", args.drops, args.warmup, Pace(*args.pace_ms),
+                                             args.seed)  # fmt: skip
             if args.idle > 0:
                 (base / "idle").mkdir()
                 out["idle"] = run_idle(graph, base / "idle", args.idle)
@@ -325,6 +382,16 @@ def main(argv: list[str] | None = None) -> int:
     db = out["db"]
     print(f"  store: {db['activities']} activities for {db['expected']} deliveries; missed {out['missed']}")
     print(f"  Graph requests per second while mail arrives: {out['busy_requests_per_s']}")
+    if "webhook" in out:
+        w = out["webhook"]
+        for label, key in (
+            ("webhooks: the fake's notification delay", "fake_notification"),
+            ("webhooks: mailfiler delivered -> tracked", "mailfiler_tracked"),
+        ):
+            if w[key].get("n"):
+                x = w[key]
+                print(f"  {label:<46} {x['median']:>9.1f} {x['p90']:>9.1f} {x['p99']:>9.1f} {x['max']:>9.1f}")
+        print(f"  webhooks (polling 30-60 s apart): missed {w['missed']}, {w['subscriptions']} subscriptions")
     if "idle" in out:
         i = out["idle"]
         print(

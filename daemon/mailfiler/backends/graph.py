@@ -19,6 +19,13 @@ DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 DEFAULT_GRAPH = "https://graph.microsoft.com/v1.0"
 
 
+def _https(value: str, what: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme != "https" and not (parts.scheme == "http" and (parts.hostname or "") in LOOPBACK_HOSTS):
+        raise ValueError(f"{what} must be an https:// URL, not {value!r}")
+    return value.rstrip("/")
+
+
 class GraphPoll(Strict):
     """Adaptive delta polling: ``min`` seconds after a change, stretching to ``max`` when quiet."""
 
@@ -34,18 +41,25 @@ class GraphPoll(Strict):
         return self
 
 
+class GraphWebhook(Strict):
+    """Change notifications: Graph POSTs to ``url`` (public HTTPS, e.g. a reverse proxy),
+    which forwards to the local listener; polling goes on as the safety net."""
+
+    url: str = Field(min_length=1, description="The public https:// URL Graph sends notifications to.")
+    listen_host: str = Field(default="127.0.0.1", description="Where the local listener listens.")
+    listen_port: int = Field(default=8435, ge=1, le=65535)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _https(value, "webhook.url")
+
+
 class GraphCategories(Strict):
     """The Outlook categories that show tracking in Outlook."""
 
     tracked: str = Field(default="Tracked in CRM", min_length=1, max_length=255)
     failed: str = Field(default="Not tracked (see CRM)", min_length=1, max_length=255)
-
-
-def _https(value: str, what: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme != "https" and not (parts.scheme == "http" and (parts.hostname or "") in LOOPBACK_HOSTS):
-        raise ValueError(f"{what} must be an https:// URL, not {value!r}")
-    return value.rstrip("/")
 
 
 class Graph(Credentials):
@@ -72,6 +86,9 @@ class Graph(Credentials):
     ca_file: Path | None = Field(default=None, description="PEM file of the CA(s) to trust instead of the system's.")
     timeout: float = Field(default=60.0, gt=0, le=600, description="Seconds any one request may take.")
     poll: GraphPoll = Field(default_factory=GraphPoll)
+    webhook: GraphWebhook | None = Field(
+        default=None, description="Change notifications to a public HTTPS URL (default: delta polling only)."
+    )
     categories: GraphCategories | None = Field(
         default=None,
         description="Mark tracked and shunted mail with Outlook categories: true, or {tracked: NAME, failed: NAME}."
@@ -156,6 +173,8 @@ def graph_settings(cfg: Graph) -> Any:
         poll_min=cfg.poll.min,
         poll_max=cfg.poll.max,
         categories=cfg.category_names,
+        webhook_url=cfg.webhook.url if cfg.webhook else None,
+        webhook_listen=(cfg.webhook.listen_host, cfg.webhook.listen_port) if cfg.webhook else ("127.0.0.1", 8435),
     )
 
 

@@ -60,6 +60,10 @@ class GraphSettings:
     #: (tracked, failed) Outlook categories, or None: no marks
     categories: tuple[str, str] | None = None
     page_size: int = PAGE_SIZE
+    #: change notifications: the public HTTPS URL Graph POSTs to (None: polling only)
+    webhook_url: str | None = None
+    #: where the local listener behind that URL listens (host, port)
+    webhook_listen: tuple[str, int] = ("127.0.0.1", 8435)
 
 
 @dataclass

@@ -16,6 +16,9 @@ category), which are no change for mailfiler.  An expired link reads the
 folder again and a ``rescan`` asks the worker to diff it; a lost connection
 is retried with backoff a few times before the supervisor hears of it; a
 refused sign-in goes to the supervisor at once (status, backoff).
+
+With ``webhook_url`` (:mod:`.webhook`), a notification makes the watcher read
+the folders it names at once; polling goes on as the safety net.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ from typing import TYPE_CHECKING
 
 from mailfiler.errors import FolderMissing, LoginRefused, MailboxMissing, MailboxUnavailable, TlsCertificateRefused
 from mailfiler.sources.base import Change
-from mailfiler.sources.graph.client import DeltaExpired
+from mailfiler.sources.graph.client import DeltaExpired, GraphError
 
 if TYPE_CHECKING:
     from mailfiler.sources.graph.source import GraphSource
+    from mailfiler.sources.graph.webhook import Subscriptions
 
 log = logging.getLogger("mailfiler.graph")
 
@@ -51,9 +55,19 @@ class _Folder:
         self.known: set[str] = set()
 
 
-async def _sleep(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+async def _sleep(stop: asyncio.Event, seconds: float, subs: Subscriptions | None = None) -> set[str]:
+    """Wait ``seconds``, or until stopped, or until a notification names folders (returned)."""
+    if subs is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+        return set()
+    waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(subs.event.wait())}
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+    return subs.take()
 
 
 async def _start(source: GraphSource, state: _Folder) -> None:
@@ -90,36 +104,61 @@ async def _look_or_missing(source: GraphSource, state: _Folder) -> list[Change]:
         return []
 
 
+async def _subscribe(source: GraphSource, subs: Subscriptions, states: list[_Folder]) -> None:
+    """Subscribe to every folder (or renew); a failure only means polling alone for now."""
+    for state in states:
+        try:
+            await subs.ensure(state.name, await source.tree.resolve(state.name))
+        except (FolderMissing, GraphError, MailboxUnavailable) as exc:
+            log.info("graph webhook: no subscription for %r (%s); polling it", state.name, exc)
+
+
 async def poll(source: GraphSource, folders: Sequence[str], stop: asyncio.Event) -> AsyncIterator[list[Change]]:
+    settings = source.settings
     states = [_Folder(f) for f in dict.fromkeys(folders)]
-    low = max(source.settings.poll_min, len(states) / MAX_POLL_RATE)
-    high = max(source.settings.poll_max, low)
+    low = max(settings.poll_min, len(states) / MAX_POLL_RATE)
+    high = max(settings.poll_max, low)
     for state in states:  # the starting point: what is there now is no news
         with contextlib.suppress(FolderMissing):
             await _start(source, state)
+    subs: Subscriptions | None = None
+    if settings.webhook_url:
+        from mailfiler.sources.graph.webhook import Subscriptions
+
+        subs = Subscriptions(source.client, settings.webhook_url, *settings.webhook_listen)
+        await _subscribe(source, subs, states)
     interval = low
     failures = 0
-    while not stop.is_set():
-        started = time.monotonic()
-        batch: list[Change] = []
-        try:
-            # the folders side by side (the client keeps to the mailbox's 4 requests in flight)
-            for changes in await asyncio.gather(*(_look_or_missing(source, state) for state in states)):
-                batch.extend(changes)
-            failures = 0
-        except (LoginRefused, MailboxMissing, TlsCertificateRefused):
-            raise  # not transient: the supervisor shows it in status and backs off
-        except MailboxUnavailable as exc:
-            failures += 1
-            if failures > 3:
-                raise
-            wait = min(high, low * 2**failures)
-            log.info("graph: polling failed (%s); next try in %.1f s", exc, wait)
-            await _sleep(stop, wait)
-            continue
-        if batch:
-            interval = low
-            yield batch
-        else:
-            interval = min(high, interval * BACKOFF)
-        await _sleep(stop, max(0.0, interval - (time.monotonic() - started)))
+    woken: set[str] = set()
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            batch: list[Change] = []
+            # a notification: the folders it names now; else every folder at the polling pace
+            due = [s for s in states if s.name in woken] if woken else states
+            try:
+                # the folders side by side (the client keeps to the mailbox's 4 requests in flight)
+                for changes in await asyncio.gather(*(_look_or_missing(source, state) for state in due)):
+                    batch.extend(changes)
+                failures = 0
+                if subs is not None and not woken:
+                    await _subscribe(source, subs, states)
+            except (LoginRefused, MailboxMissing, TlsCertificateRefused):
+                raise  # not transient: the supervisor shows it in status and backs off
+            except MailboxUnavailable as exc:
+                failures += 1
+                if failures > 3:
+                    raise
+                wait = min(high, low * 2**failures)
+                log.info("graph: polling failed (%s); next try in %.1f s", exc, wait)
+                await _sleep(stop, wait)
+                continue
+            if batch:
+                interval = low
+                yield batch
+            elif not woken:
+                interval = min(high, interval * BACKOFF)
+            woken = await _sleep(stop, max(0.0, interval - (time.monotonic() - started)), subs)
+    finally:
+        if subs is not None:
+            await subs.close()
