@@ -68,6 +68,7 @@ BASE = {"tenant": "contoso.onmicrosoft.com", "client_id": APP_ID}
         ({**BASE, "user": UPN, "password_file": "s", "authority": "http://login.example.com"}, "https"),
         ({**BASE, "user": UPN, "password_file": "s", "poll": {"min": 10, "max": 5}}, "poll.max"),
         ({**BASE, "user": UPN, "password_file": "s", "colour": "blue"}, "colour"),
+        ({**BASE, "user": UPN, "password_file": "s", "webhook": {"url": "http://crm.example.com/g"}}, "https"),
     ],
 )
 def test_config_problems(tmp_path: Path, block: dict[str, Any], says: str) -> None:
