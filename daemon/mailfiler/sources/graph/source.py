@@ -181,8 +181,13 @@ class GraphSource(Source):
     async def list_messages(self, folder: str) -> Listing:
         try:
             ids, _, link = await self._round(folder, None)
-        except DeltaExpired as exc:  # a first round has no token to expire: Graph is confused
-            raise MailboxUnavailable(f"listing {folder!r}: {exc}") from exc
+        except DeltaExpired:
+            # a skip token of this very round expired between its pages: start it again, once
+            log.info("graph: listing %r: a page link expired; listing it again", folder)
+            try:
+                ids, _, link = await self._round(folder, None)
+            except DeltaExpired as exc:
+                raise MailboxUnavailable(f"listing {folder!r}: {exc}") from exc
         token = _final(link)
         self._remember(token, None, ids, 0)
         return Listing(folder, {sid: None for sid in ids}, token)
