@@ -131,3 +131,27 @@ def test_login_by_device_code_then_folders_through_me(graph: GraphFake, tmp_path
 def test_login_of_an_app_only_mailbox_needs_nothing(graph: GraphFake, tmp_path: Path) -> None:
     res = run(write(tmp_path, graph_block(graph, tmp_path)), "login", "adele")
     assert res.returncode != 0 and "app-only" in res.stderr
+
+
+def test_the_daemon_log_has_no_line_per_http_request() -> None:
+    import logging
+
+    from mailfiler.service.logsetup import setup_logging
+
+    root = logging.getLogger()
+    saved = (
+        list(root.handlers),
+        root.level,
+        {n: logging.getLogger(n).level for n in ("httpx", "httpcore", "msal", "peewee", "watchfiles")},
+    )
+    try:
+        setup_logging("plain", "info")
+        assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("msal").isEnabledFor(logging.INFO)
+        setup_logging("plain", "debug")
+        assert logging.getLogger("httpx").isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)

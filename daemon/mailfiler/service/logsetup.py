@@ -68,3 +68,7 @@ def setup_logging(fmt: str = "plain", level: str = "info") -> None:
     # peewee logs every query at DEBUG; keep it out unless asked for
     logging.getLogger("peewee").setLevel(logging.WARNING if level.lower() != "debug" else logging.DEBUG)
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    # httpx logs every request at INFO (a Graph or DAV URL per poll, delta and sync tokens in it);
+    # msal logs its token requests: both are kept for --log-level debug
+    for noisy in ("httpx", "httpcore", "msal"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if level.lower() != "debug" else logging.DEBUG)
