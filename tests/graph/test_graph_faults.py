@@ -195,6 +195,24 @@ async def test_batches_of_messages_fall_back_one_by_one(
     assert sum(1 for r in list(graph.server.requests) if r.operation == "GET message/$value") - singles == 45
 
 
+async def test_sizes_of_a_batch_hold_at_most_the_cache(
+    graph: GraphFake, src: GraphSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailfiler.sources.graph import reader
+
+    monkeypatch.setattr(reader, "CACHE_BYTES", 50_000)
+    monkeypatch.setattr(reader, "KEEP_MAX", 20_000)
+    big = {raw: None for raw in (realistic_message(i, with_attachment_every=1) for i in range(3))}
+    for raw in big:
+        graph.deliver(UPN, FOLDER, raw)
+    sent = {**fill(graph, 30), **big}
+    listing = await src.list_messages(FOLDER)
+    sizes = await src.sizes_of(FOLDER, listing.messages)
+    assert sorted(sizes.values()) == sorted(len(raw) for raw in sent)  # type: ignore[type-var]
+    assert src.reader._cached_bytes <= 50_000
+    assert set((await src.fetch_batch(FOLDER, listing.messages)).values()) == set(sent)
+
+
 async def test_a_30_mb_message_streams_and_is_not_kept(graph: GraphFake, src: GraphSource, tmp_path: Path) -> None:
     from tests.mailgen import large_attachment_message
 

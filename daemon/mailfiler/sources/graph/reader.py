@@ -31,7 +31,7 @@ import base64
 import binascii
 import collections
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
@@ -50,6 +50,9 @@ CACHE_SECONDS = 120.0
 ATTEMPTS = 3
 #: a $batch answer larger than this is not held: its messages are read one by one
 BATCH_BYTES = 8 * 1024 * 1024
+
+#: what :meth:`Reader.read_many` hands each message to: (id, size, bytes or None, error or None)
+Taker = Callable[[str, int, "bytes | None", "Exception | None"], None]
 
 
 def value_path(folder_id: str, source_id: str) -> str:
@@ -170,10 +173,12 @@ class Reader:
 
         return await self._stream(folder_id, source_id, sink)
 
-    async def read_many(self, folder_id: str, ids: list[str]) -> dict[str, bytes | Exception]:
-        """Several messages: through ``$batch``, 20 a request, and one by one what a
-        batch could not give.  Vanished messages are left out."""
-        out: dict[str, bytes | Exception] = {}
+    async def read_many(self, folder_id: str, ids: list[str], take: Taker, keep_max: int | None) -> None:
+        """Several messages: through ``$batch``, 20 a request, and one by one what a batch
+        could not give.  Each is handed to ``take(id, size, bytes or None, error or None)`` as
+        it comes, nothing is gathered here: the bytes when ``keep_max`` is None or the
+        message is no larger (else only its size: a message read for its size alone is
+        counted as it streams, never held).  Vanished messages are left out."""
         leftover: list[str] = []
 
         async def chunk_read(chunk: list[str]) -> None:
@@ -191,33 +196,41 @@ class Reader:
                 leftover.extend(chunk)
                 return
             for i, sid in enumerate(chunk):
-                answer = answers.get(str(i))
+                answer = answers.pop(str(i), None)
                 if answer is not None and answer.status == 404:
                     continue  # gone
                 if answer is not None and answer.status == 200 and isinstance(answer.body, str):
                     try:
-                        out[sid] = base64.b64decode(answer.body, validate=True)
-                        continue
+                        data = base64.b64decode(answer.body, validate=True)
                     except (binascii.Error, ValueError):
-                        pass
+                        data = None
+                    if data is not None:
+                        keep = keep_max is None or len(data) <= keep_max
+                        take(sid, len(data), data if keep else None, None)
+                        continue
                 if answer is not None and answer.status in (429, 503):
                     self.client.note_throttled(answer.headers)
                 leftover.append(sid)
 
+        async def single(sid: str) -> None:
+            try:
+                size, data = await self._read(folder_id, sid, keep_max)
+            except MessageVanished:
+                return
+            except MailboxUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the worker raises it again for this message alone
+                take(sid, 0, None, exc)
+                return
+            take(sid, size, data, None)
+
         chunks = [ids[i : i + BATCH_MAX] for i in range(0, len(ids), BATCH_MAX)]
         await _gather([chunk_read(c) for c in chunks])
         if leftover:
-            single = await self.many(folder_id, dict.fromkeys(leftover), self._whole)
-            out.update(single)  # type: ignore[arg-type]
-        return {sid: out[sid] for sid in ids if sid in out}
-
-    async def _whole(self, folder_id: str, source_id: str) -> bytes:
-        _, data = await self._read(folder_id, source_id, None)
-        assert data is not None
-        return data
+            await _gather([single(sid) for sid in leftover])
 
     async def sizes(self, folder_id: str, ids: list[str]) -> dict[str, int | Exception]:
-        """Sizes, reading the messages (kept for the fetch when small)."""
+        """Sizes, reading the messages (the small ones kept for the fetch, within the cache's budget)."""
         out: dict[str, int | Exception] = {}
         todo = []
         for sid in ids:
@@ -226,13 +239,14 @@ class Reader:
                 out[sid] = len(cached[1])
             else:
                 todo.append(sid)
-        for sid, got in (await self.read_many(folder_id, todo)).items():
-            if isinstance(got, bytes):
-                out[sid] = len(got)
-                if len(got) <= KEEP_MAX:
-                    self._put((folder_id, sid), got)
-            else:
-                out[sid] = got
+
+        def take(sid: str, size: int, data: bytes | None, error: Exception | None) -> None:
+            out[sid] = error if error is not None else size
+            if data is not None:
+                self._put((folder_id, sid), data)  # evicts the oldest beyond CACHE_BYTES
+
+        if todo:
+            await self.read_many(folder_id, todo, take, KEEP_MAX)
         return {sid: out[sid] for sid in ids if sid in out}
 
     async def fetch_many(self, folder_id: str, ids: list[str]) -> dict[str, bytes | Exception]:
@@ -244,28 +258,13 @@ class Reader:
                 out[sid] = data
             else:
                 todo.append(sid)
-        out.update(await self.read_many(folder_id, todo) if todo else {})
+
+        def take(sid: str, size: int, data: bytes | None, error: Exception | None) -> None:
+            out[sid] = error if error is not None else (data if data is not None else b"")
+
+        if todo:
+            await self.read_many(folder_id, todo, take, None)
         return {sid: out[sid] for sid in ids if sid in out}
-
-    async def many(
-        self, folder_id: str, ids: Mapping[str, object], read: Callable[[str, str], object]
-    ) -> dict[str, object]:
-        """``read(folder_id, id)`` for each id, up to the client's concurrency at a time:
-        the value, or the exception (a vanished message left out; MailboxUnavailable raised)."""
-        results: dict[str, object] = {}
-
-        async def one(sid: str) -> None:
-            try:
-                results[sid] = await read(folder_id, sid)  # type: ignore[misc]
-            except MessageVanished:
-                pass
-            except MailboxUnavailable:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the worker raises it again for this message alone
-                results[sid] = exc
-
-        await _gather([one(sid) for sid in ids])
-        return {sid: results[sid] for sid in ids if sid in results}
 
 
 async def _gather(coros: list[Any]) -> None:
