@@ -146,7 +146,11 @@ class FolderTree:
         if bound is not None and bound != fid:
             log.info("graph: the folder %r is a new folder now (the one tracked before is gone)", path)
         self._bound[key] = fid
-        self._spelling[fid] = "/".join(_split(path))
+        # the first path bound to a folder names it in listings (a tracked folder's, which the
+        # worker resolves first; a second name for it, met later, must not take over)
+        spelled = self._spelling.get(fid)
+        if spelled is None or self._bound.get(spelled.casefold()) != fid:
+            self._spelling[fid] = "/".join(_split(path))
         return fid
 
     def forget(self, path: str) -> None:
