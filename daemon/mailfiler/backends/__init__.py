@@ -32,6 +32,7 @@ BACKENDS: dict[str, str] = {
     "imap": "mailfiler.backends.imap",
     "memory": "mailfiler.backends.memory",
     "graph": "mailfiler.backends.graph",
+    "ews": "mailfiler.backends.ews",
 }
 
 
