@@ -71,6 +71,9 @@ def secret(value: str) -> SecretProvider:
 @pytest.fixture(scope="module")
 def ews_server() -> Iterator[EwsServer]:
     with EwsServer([{"smtp": "svc@example.com", "username": "svc", "password": "pw-svc", "impersonate": ["*"]}]) as server:
+        # a stream the client cut holds its slot (3 per account) until the server's next write:
+        # frequent heartbeats free the slots of the many short watches of the suite
+        server.hub.heartbeat = 0.5
         yield server
     close_connections()
 
