@@ -515,3 +515,17 @@ def test_malformed_mail_is_stored_and_fetched_byte_for_byte(server: EwsServer) -
     assert [g.mime_content for g in got] == list(corpus.values())
     assert got[-1].subject == "abc \ufffd\ufffd"
     assert len(list(acc.inbox.sync_items(only_fields=["subject", "body"]))) == len(corpus)
+
+
+def test_items_changed_after_a_page_boundary_are_still_creates_for_a_client_paging_through(server: EwsServer) -> None:
+    """Exchange keeps per client what it was told: an item created before the state of a page
+    boundary but changed after it is a Create on a later page, not an Update of an item the
+    client never saw (found by the EWS backend's crash tests: categories set on tracked mail)."""
+    ids = [server.deliver(ALICE, mime(n), "Inbox/Clients/Contoso") for n in range(20)]
+    for item_id in ids[:12]:
+        server.set_categories(item_id, ["Tracked in CRM"])
+    folder = account(server).inbox / "Clients" / "Contoso"
+    seen = list(folder.sync_items(max_changes_returned=7, only_fields=["message_id"]))
+    creates = [item.id for kind, item in seen if kind == "create"]
+    assert sorted(creates) == sorted(ids) and len(creates) == 20
+    assert list(folder.sync_items(sync_state=folder.item_sync_state)) == []

@@ -403,8 +403,8 @@ class Store:
         return seq
 
     def item_changes(self, folder: Folder, since: int) -> list[tuple[int, str, Item | str]]:
-        """Net changes to ``folder`` after sequence ``since``: (last seq, kind, item or deleted id),
-        kind Create/Update/Delete/ReadFlagChange, oldest last-change first."""
+        """Net changes to ``folder`` after sequence ``since``: (first seq, kind, item or deleted id),
+        kind Create/Update/Delete/ReadFlagChange, oldest first change first."""
         start = bisect.bisect_right(folder.log_seqs, since)
         first: dict[int, tuple[int, int, str, str]] = {}
         last: dict[int, tuple[int, int, str, str]] = {}
@@ -414,16 +414,21 @@ class Store:
             first.setdefault(key, entry)
             last[key] = entry
             only_read[key] = only_read.get(key, True) and entry[2] == "read"
+        # ordered by each item's first change since ``since`` (and a page's state is the first
+        # change of its last item): an item created before a page boundary and changed after it
+        # is still a Create for the client paging through, as with Exchange's per-client state;
+        # ordering by the last change made such items Updates the client was never told of
         changes: list[tuple[int, str, Item | str]] = []
         for key, last_entry in last.items():
             existed = first[key][2] != "add"
+            seq = first[key][0]
             item = folder.items.get(key)
             if item is not None and not existed:
-                changes.append((last_entry[0], "Create", item))
+                changes.append((seq, "Create", item))
             elif item is None and existed:
-                changes.append((last_entry[0], "Delete", last_entry[3]))
+                changes.append((seq, "Delete", last_entry[3]))
             elif item is not None:
-                changes.append((last_entry[0], "ReadFlagChange" if only_read[key] else "Update", item))
+                changes.append((seq, "ReadFlagChange" if only_read[key] else "Update", item))
         changes.sort(key=lambda change: change[0])
         return changes
 
