@@ -42,7 +42,9 @@ def exchange() -> Iterator[EwsServer]:
         yield server
 
 
-def ews_world(env: E2EEnv, server: EwsServer, *, password: str = "pw-svc", **ews: Any) -> None:
+def ews_world(
+    env: E2EEnv, server: EwsServer, *, password: str = "pw-svc", create_missing: bool = True, **ews: Any
+) -> None:
     secret = env.root / "ews.password"
     secret.write_text(password + "\n", encoding="utf-8")
     secret.chmod(0o600)
@@ -56,7 +58,8 @@ def ews_world(env: E2EEnv, server: EwsServer, *, password: str = "pw-svc", **ews
         "timeout": 10,
         **ews,
     }
-    spec = env.add_mailbox("alice", ALICE, [(KUNDER, "account:akesson"), (CONTOSO, "account:contoso")])
+    folders: list[tuple[str, str | None]] = [(KUNDER, "account:akesson"), (CONTOSO, "account:contoso")]
+    spec = env.add_mailbox("alice", ALICE, folders, create_missing_folders=create_missing)
     spec.extra = {"ews": config}
     env.write_config()
 
@@ -172,3 +175,26 @@ def test_folders_list_and_create_over_ews(exchange: EwsServer, env: E2EEnv) -> N
     res = env.cli("folders", "create")
     assert res.returncode == 0 and f"alice: created {CONTOSO}" in res.stdout
     assert exchange.folder_id(ALICE, fake(CONTOSO))
+
+
+def test_folder_moved_keeps_tracking_and_a_deleted_one_is_missing(exchange: EwsServer, env: E2EEnv) -> None:
+    ews_world(env, exchange, create_missing=False)
+    daemon = env.start_daemon()
+    daemon.wait_event("watching")
+    exchange.deliver(ALICE, mail(40, frm="<sven@akesson.se>"), fake(KUNDER))
+    env.wait_activity(mid(40), timeout=PUSH)
+
+    # moved within the Inbox in Outlook: still tracked by its id
+    exchange.create_folder(ALICE, "Inbox/Archive")
+    exchange.move_folder(ALICE, fake(CONTOSO), "Inbox/Archive")
+    exchange.deliver(ALICE, mail(41), "Inbox/Archive/Contoso")
+    assert env.wait_activity(mid(41), timeout=PUSH)["regarding"] == "account:contoso"
+
+    # deleted in Outlook: shown as missing, its tracked mail kept, the rest goes on
+    exchange.delete_folder(ALICE, fake(KUNDER))
+    env.wait_status(lambda s: env.folder_status(s, "alice", KUNDER)["state"] == "missing", timeout=PUSH,
+                    what="the deleted folder missing")  # fmt: skip
+    assert env.activity(mid(40)) is not None
+    exchange.deliver(ALICE, mail(42), "Inbox/Archive/Contoso")
+    env.wait_activity(mid(42), timeout=PUSH)
+    assert daemon.proc.poll() is None
