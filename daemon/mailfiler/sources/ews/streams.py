@@ -12,7 +12,7 @@ server; every later Subscribe of the group and its GetStreamingEvents replay it
 server (exchange.md, "Maintain affinity between a group of subscriptions").
 
 A group's stream carries a fixed list of subscription ids: a mailbox joining
-or leaving restarts it (after a short pause that gathers the joins of a
+restarts it (after a short pause that gathers the joins of a
 start-up).  Events Exchange has not yet sent stay queued on the subscription;
 one it sent as the old stream was cut may be lost, so every member is told to
 ``rescan`` (a catch-up from its sync state) after a restart."""
@@ -66,6 +66,7 @@ class Group:
     cookie: str | None = None
     members: dict[str, Member] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    first: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
     #: streams opened, for tests and benchmarks
     opened: int = 0
@@ -177,10 +178,18 @@ class StreamHub:
     async def join(self, client: EwsClient, subscribe: Callable[[], str]) -> Member:
         """Subscribe (``subscribe`` runs in the client's pool) with the affinity of a group; its member."""
         group = self._pick()
-        client.account.affinity_cookie = group.cookie
-        subscription = await client.run(subscribe)
+        # the group's first Subscribe learns its mailbox server's cookie; the others wait for
+        # it, or they would each land on their own mailbox's server
+        subscription: str | None = None
         if group.cookie is None:
-            group.cookie = client.account.affinity_cookie
+            async with group.first:
+                if group.cookie is None:
+                    client.account.affinity_cookie = None
+                    subscription = await client.run(subscribe)
+                    group.cookie = client.account.affinity_cookie
+        if subscription is None:
+            client.account.affinity_cookie = group.cookie
+            subscription = await client.run(subscribe)
         member = Member(subscription, client, group=group)
         if group not in self.groups:
             self.groups.append(group)
@@ -196,9 +205,12 @@ class StreamHub:
             return
         member.group = None
         group.members.pop(member.subscription, None)
-        group.changed.set()
-        if not group.members and group in self.groups:
-            self.groups.remove(group)
+        # a member leaving needs no new stream (its unsubscribed id just stays quiet), the
+        # last one ends the group's
+        if not group.members:
+            group.changed.set()
+            if group in self.groups:
+                self.groups.remove(group)
 
 
 _HUBS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], StreamHub]] = (
