@@ -198,3 +198,25 @@ def test_folder_moved_keeps_tracking_and_a_deleted_one_is_missing(exchange: EwsS
     exchange.deliver(ALICE, mail(42), "Inbox/Archive/Contoso")
     env.wait_activity(mid(42), timeout=PUSH)
     assert daemon.proc.poll() is None
+
+
+@pytest.mark.slow
+def test_throttling_for_a_minute_loses_nothing_and_does_not_hammer(exchange: EwsServer, env: E2EEnv) -> None:
+    env.expected_errors |= {"mailbox-error"}
+    ews_world(env, exchange)
+    daemon = env.start_daemon()
+    daemon.wait_event("watching")
+    before = len(exchange.requests)
+    exchange.throttle_for(60.0, back_off_ms=5000)
+    started = time.monotonic()
+    for n in range(5):
+        exchange.deliver(ALICE, mail(50 + n, frm="<sven@akesson.se>"), fake(KUNDER))
+        time.sleep(2.0)
+    env.wait_activities(lambda a: len(a) == 5, timeout=150)
+    assert time.monotonic() - started >= 55  # nothing got through while Exchange refused
+    # a minute of ErrorServerBusy asking for 5 s pauses: about one refused request per
+    # caller and pause, not a storm
+    refused = exchange.faults.fired["*"]
+    assert refused <= 60, refused
+    assert len(exchange.requests) - before < 200
+    assert daemon.proc.poll() is None

@@ -287,10 +287,9 @@ class EwsSource(Source):
 
     def _without(self, folder_id: str, name: str) -> set[str]:
         account = self.client.account
-        folder = fl.folder_by_id(account, folder_id)
-        return {
-            item.id for item in folder.all().only("categories") if name not in (getattr(item, "categories", None) or [])
-        }
+        query = fl.folder_by_id(account, folder_id).all().only("categories")
+        query.page_size = 500  # FindItem pages (Exchange's own limit is 1000)
+        return {item.id for item in query if name not in (getattr(item, "categories", None) or [])}
 
     async def unmarked(self, folder: str, state: MarkState) -> set[str] | None:
         if not self.marks:
