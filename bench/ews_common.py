@@ -36,7 +36,7 @@ def write_ews_config(base: Path, url: str, mailboxes: list[str], folders: list[s
     for n, address in enumerate(mailboxes):
         mb = dict(template, name=f"m{n}" if len(mailboxes) > 1 else template["name"], owner=address)
         mb["ews"] = {"url": url, "username": "svc", "password_file": str(secret), "auth": "ntlm",
-                     "impersonate": address, "version": "2016"}  # fmt: skip
+                     "impersonate": address, "version": "2016", "categories": True}  # fmt: skip
         out.append(mb)
     data["mailboxes"] = out
     cfg.write_text(

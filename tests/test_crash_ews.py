@@ -80,7 +80,7 @@ class EwsWorld(World):
         secret.write_text("pw-svc\n", encoding="utf-8")
         secret.chmod(0o600)
         ews = {"url": server.ews_url, "username": "svc", "password_file": str(secret), "auth": "ntlm",
-               "impersonate": ALICE, "version": "2016", "timeout": 30}  # fmt: skip
+               "impersonate": ALICE, "version": "2016", "timeout": 30, "categories": True}  # fmt: skip
         super().__init__(base, base / "unused-maildir", FOLDERS, None, {"ews": ews})
 
     def write_config(self, *, limits: dict[str, int] | None = None) -> None:

@@ -87,8 +87,8 @@ def ews_backend(server: EwsServer, *, impersonate: bool) -> Backend:
     else:
         settings = EwsSettings(url=server.ews_url, username=smtp, secret=secret("pw-user"), auth="basic",
                                mailbox=smtp, version="2016")  # fmt: skip
-    plain = EwsSettings(**{**settings.__dict__, "categories": None})
-    return Backend(EwsSource(plain), EwsAdmin(server, smtp), marking=lambda: EwsSource(settings))
+    marking = EwsSettings(**{**settings.__dict__, "categories": ("Tracked in CRM", "Not tracked (see CRM)")})
+    return Backend(EwsSource(settings), EwsAdmin(server, smtp), marking=lambda: EwsSource(marking))
 
 
 class EwsContract(SourceContract):

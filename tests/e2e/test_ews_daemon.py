@@ -56,6 +56,7 @@ def ews_world(
         "impersonate": ALICE,
         "version": "2016",
         "timeout": 10,
+        "categories": True,
         **ews,
     }
     folders: list[tuple[str, str | None]] = [(KUNDER, "account:akesson"), (CONTOSO, "account:contoso")]

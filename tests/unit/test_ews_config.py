@@ -24,7 +24,11 @@ def test_registered_and_defaults() -> None:
     assert cfg.auth == "ntlm" and cfg.address == "alice@example.com"
     settings = ews_settings(cfg)
     assert settings.impersonate and settings.mailbox == "alice@example.com"
-    assert settings.categories == ("Tracked in CRM", "Not tracked (see CRM)")
+    assert settings.categories is None  # the one write to a mailbox: off by default
+    assert ews_settings(ews(mailbox="a@example.com", categories=True)).categories == (
+        "Tracked in CRM",
+        "Not tracked (see CRM)",
+    )
     assert settings.version is None and settings.verify_tls
 
 

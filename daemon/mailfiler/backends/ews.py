@@ -47,9 +47,10 @@ class Ews(Credentials):
         default=4, ge=1, le=32, description="EWS requests in flight at once to this server (per login)."
     )
     categories: OutlookCategories | None = Field(
-        default_factory=OutlookCategories,
-        description="Outlook categories on tracked and shunted mail (default `Tracked in CRM` and "
-        "`Not tracked (see CRM)`): {tracked: NAME, failed: NAME}, or false for none.",
+        default=None,
+        description="Mark tracked mail with the Outlook category `Tracked in CRM` and shunted mail with "
+        "`Not tracked (see CRM)`: true, or {tracked: NAME, failed: NAME}.  The one write mailfiler makes "
+        "to a mailbox; off by default, as IMAP keywords and Graph categories are.",
     )
 
     @field_validator("categories", mode="before")

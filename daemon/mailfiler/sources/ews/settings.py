@@ -37,7 +37,7 @@ class EwsSettings:
     #: longest wait an ErrorServerBusy may ask for before the call gives up (ServerBusy)
     max_back_off: float = 60.0
     #: (tracked, failed) Outlook categories, or None: no marks
-    categories: tuple[str, str] | None = ("Tracked in CRM", "Not tracked (see CRM)")
+    categories: tuple[str, str] | None = None
     #: items per SyncFolderItems page (Exchange's maximum is 512)
     page_size: int = 200
     #: items per GetItem request when fetching MIME
