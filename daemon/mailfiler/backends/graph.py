@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from mailfiler.backends import Backend
 from mailfiler.config.base import LOOPBACK_HOSTS, Strict, resolve_path
+from mailfiler.config.categories import OutlookCategories, categories_switch
 from mailfiler.config.credentials import Credentials
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
@@ -55,13 +56,6 @@ class GraphWebhook(Strict):
         return _https(value, "webhook.url")
 
 
-class GraphCategories(Strict):
-    """The Outlook categories that show tracking in Outlook."""
-
-    tracked: str = Field(default="Tracked in CRM", min_length=1, max_length=255)
-    failed: str = Field(default="Not tracked (see CRM)", min_length=1, max_length=255)
-
-
 class Graph(Credentials):
     """A Microsoft 365 mailbox through Microsoft Graph.
 
@@ -89,7 +83,7 @@ class Graph(Credentials):
     webhook: GraphWebhook | None = Field(
         default=None, description="Change notifications to a public HTTPS URL (default: delta polling only)."
     )
-    categories: GraphCategories | None = Field(
+    categories: OutlookCategories | None = Field(
         default=None,
         description="Mark tracked and shunted mail with Outlook categories: true, or {tracked: NAME, failed: NAME}."
         "  Needs Mail.ReadWrite; off by default (Mail.Read is enough then).",
@@ -100,11 +94,7 @@ class Graph(Credentials):
     @field_validator("categories", mode="before")
     @classmethod
     def _categories_switch(cls, value: object) -> object:
-        if value is True:
-            return {}
-        if value is False:
-            return None
-        return value
+        return categories_switch(value)
 
     @field_validator("authority")
     @classmethod
