@@ -15,6 +15,7 @@ import click
 from mailfiler.cli.errors import EXIT_UNAVAILABLE, describe, handle_errors
 from mailfiler.cli.output import emit_json, json_option, table
 from mailfiler.errors import MailfilerError, NotFound, StoreError
+from mailfiler.util.text import plural
 
 _VERBS = {
     "create": "create rule",
@@ -126,7 +127,7 @@ def _print_mailbox(data: dict[str, Any]) -> None:
         actions = "; ".join(a["text"] for a in r["actions"]) or "-"
         rows.append((r["name"], r["where"], r["condition_text"], actions, "\n".join(marks)))
     table(
-        f"{name}: {len(rows)} rule(s) on the server ({data['backend']}: {scripts or 'no scripts'})",
+        f"{name}: {plural(len(rows), 'rule')} on the server ({data['backend']}: {scripts or 'no scripts'})",
         ["rule", "where", "when", "then", "marks"],
         rows,
     )

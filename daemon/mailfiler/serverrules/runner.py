@@ -31,6 +31,7 @@ from mailfiler.serverrules.model import Plan, Route, RulesBackend, RulesSnapshot
 from mailfiler.serverrules.sieve import SieveBackend
 from mailfiler.store.models import DaemonState, RecordAddress, utcnow
 from mailfiler.store.records import get_by_ref
+from mailfiler.util.text import plural
 
 log = logging.getLogger("mailfiler.serverrules")
 
@@ -381,11 +382,11 @@ class ServerRulesWatcher:
         new = s.snapshot.rules
         if old is None:
             log.info(
-                "server rules of %s: %d rule(s), %d into tracked folders, %d warning(s)",
+                "server rules of %s: %s, %d into tracked folders, %s",
                 name,
-                len(new),
+                plural(len(new), "rule"),
                 sum(1 for r in new if any(m["kind"] == "tracked" for m in r.marks)),
-                len(s.warnings) + len(s.snapshot.problems),
+                plural(len(s.warnings) + len(s.snapshot.problems), "warning"),
                 extra={"event": "server-rules-read", "mailbox": name, "rules": len(new)},
             )
             for warning in s.warnings + s.snapshot.problems:

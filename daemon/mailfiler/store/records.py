@@ -14,6 +14,7 @@ from mailfiler.errors import NotFound, RecordImportError
 from mailfiler.store import prepared
 from mailfiler.store.db import transaction
 from mailfiler.store.models import Record, RecordAddress, utcnow
+from mailfiler.util.text import plural
 
 #: precedence when one address matches records of several entity types:
 #: a CRM user first (the mailbox owner), then contact, account, lead, then
@@ -130,7 +131,8 @@ def read_records_file(path: Path) -> list[RecordInput]:
         if item:
             inputs.append(item)
     if problems:
-        raise RecordImportError(f"{len(problems)} problem(s) in {path}; nothing was imported", problems=problems)
+        what = plural(len(problems), "problem")
+        raise RecordImportError(f"{what} in {path}; nothing was imported", problems=problems)
     return inputs
 
 
@@ -153,7 +155,7 @@ def upsert_records(items: Sequence[RecordInput], *, known_entities: Iterable[str
         if i.entity not in known
     ]
     if problems:
-        raise RecordImportError(f"{len(problems)} problem(s); nothing was imported", problems=problems)
+        raise RecordImportError(f"{plural(len(problems), 'problem')}; nothing was imported", problems=problems)
     result = ImportResult()
     with transaction(Record._meta.database):
         by_ref: dict[str, Record] = {}

@@ -35,6 +35,7 @@ from mailfiler.store.models import Activity, AppointmentDetails, Mailbox, Record
 from mailfiler.sync import ical
 from mailfiler.sync.crm import AppointmentStore
 from mailfiler.sync.items import OVERRIDE_FIELDS, time_to_str
+from mailfiler.util.text import plural
 
 log = logging.getLogger("mailfiler.sync.invitations")
 
@@ -139,4 +140,4 @@ def _cancel(events: list, uid: str, existing: AppointmentDetails | None, store: 
     for ev in occurrences:
         exdates.add(time_to_str(ev["RECURRENCE-ID"].dt))
     store.write(aid, {"exdates": sorted(exdates)})
-    return InvitationOutcome(uid, "cancelled", aid, detail=f"{len(occurrences)} occurrence(s)")
+    return InvitationOutcome(uid, "cancelled", aid, detail=plural(len(occurrences), "occurrence"))

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from mailfiler.sources.base import MarkState
 from mailfiler.sources.graph.client import BATCH_MAX, GraphClient
+from mailfiler.util.text import plural
 
 log = logging.getLogger("mailfiler.graph")
 
@@ -97,7 +98,7 @@ async def set_category(
                     log.debug("graph: setting categories of %s: %s", sid, status)
         todo = retry
     if todo:
-        log.info("graph: %d message(s) kept changing and were not marked", len(todo))
+        log.info("graph: %s kept changing and were not marked", plural(len(todo), "message"))
     return done
 
 

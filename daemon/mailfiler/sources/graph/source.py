@@ -36,6 +36,7 @@ from mailfiler.sources.graph.auth import SignIn, Tokens
 from mailfiler.sources.graph.client import DeltaExpired, GraphClient, GraphError
 from mailfiler.sources.graph.folders import FolderTree
 from mailfiler.sources.graph.reader import Reader
+from mailfiler.util.text import plural
 
 log = logging.getLogger("mailfiler.graph")
 
@@ -256,7 +257,8 @@ class GraphSource(Source):
             folder_id = await self._folder_id(folder)
             return await set_category(self.client, folder_id, source_ids, state, self.settings.categories)
         except (MailboxUnavailable, FolderMissing, GraphError) as exc:
-            log.warning("graph: marking %d message(s) in %r as %s failed: %s", len(source_ids), folder, state, exc)
+            what = plural(len(source_ids), "message")
+            log.warning("graph: marking %s in %r as %s failed: %s", what, folder, state, exc)
             return 0
 
     async def unmarked(self, folder: str, state: MarkState) -> set[str] | None:
