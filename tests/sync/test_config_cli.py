@@ -154,6 +154,50 @@ def test_sync_contacts_appointments_and_status_commands(tmp_path: Path) -> None:
     assert out.returncode == 66 and "no mailbox 'nobody' with sync:" in out.stderr
 
 
+def test_sync_dry_run_shows_the_plan_and_does_nothing(tmp_path: Path) -> None:
+    cfg = write(tmp_path, """\
+        sync:
+          vdir: {contacts: dav/contacts, calendar: dav/calendar}
+          filters:
+            contacts: [{regarding: ["account:contoso"]}]
+        """)  # fmt: skip
+    cal = tmp_path / "dav" / "calendar"
+    cal.mkdir(parents=True)
+    event = (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\nBEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20240101T000000Z\r\n"
+        "DTSTART:20240618T100000Z\r\nDTEND:20240618T110000Z\r\nSUMMARY:{subject}\r\nCATEGORIES:Tracked\r\n"
+        "END:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    (cal / "m1.ics").write_text(event.format(uid="m1", subject="First"))
+    assert mf(cfg, "sync").returncode == 0
+    (cal / "m2.ics").write_text(event.format(uid="m2", subject="Second"))
+    [bob] = (tmp_path / "dav" / "contacts").glob("*.vcf")
+    bob.unlink()
+    (tmp_path / "dav" / "contacts" / "x.vcf").write_text(
+        "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:x\r\nFN:Mine\r\nN:;Mine;;;\r\nEND:VCARD\r\n"
+    )
+    db_file = next(tmp_path.rglob("*.db"))
+    before = (db_file.read_bytes(), sorted(p.name for p in (tmp_path / "dav").rglob("*")))
+
+    out = mf(cfg, "sync", "--dry-run", "--json")
+    assert out.returncode == 0, out.stderr
+    plans = {d["kind"]: d for d in json.loads(out.stdout)}
+    assert [(a["op"], a["href"]) for a in plans["calendar"]["actions"]] == [("create", "m2.ics")]
+    # the user deleted Bob's card (on_mailbox_delete: unlink), and x.vcf is their own
+    assert [(a["op"], a["href"], a["side"]) for a in plans["contacts"]["actions"]] == [
+        ("unlink", bob.name, "status"), ("ignore", "x.vcf", "status"),
+    ]  # fmt: skip
+    text = mf(cfg, "sync", "--dry-run").stdout
+    assert "none performed" in text and "m2.ics" in text and "tracked by the user" in text
+    assert (db_file.read_bytes(), sorted(p.name for p in (tmp_path / "dav").rglob("*"))) == before
+
+    out = mf(cfg, "sync", "--json")
+    results = {r["kind"]: r for r in json.loads(out.stdout)}
+    assert (results["calendar"]["created_crm"], results["contacts"]["unlinked"]) == (1, 1)
+    out = mf(cfg, "sync", "--dry-run", "--json")
+    assert all(d["actions"] == [] for d in json.loads(out.stdout))
+
+
 def test_help_teaches() -> None:
     out = subprocess.run([sys.executable, "-m", "mailfiler", "sync", "--help"], capture_output=True, text=True)
     assert out.returncode == 0

@@ -20,11 +20,16 @@ from mailfiler.errors import NotFound
     help="Go on when one side looks empty although items were synced there (the empty-side guard).",
 )
 @click.option("--shunted", is_flag=True, help="Only list the items kept aside as unreadable, with their reason.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Show what a sync would do, item by item, and do none of it (the store is read as it is).",
+)
 @json_option
 @wide_option
 @click.pass_obj
 @handle_errors
-def sync(obj, mailbox: str | None, force_delete: bool, shunted: bool, as_json: bool, wide: bool) -> None:
+def sync(obj, mailbox: str | None, force_delete: bool, shunted: bool, dry_run: bool, as_json: bool, wide: bool) -> None:
     """Sync CRM contacts and appointments with each mailbox's address book and calendar, once.
 
     \b
@@ -49,6 +54,9 @@ def sync(obj, mailbox: str | None, force_delete: bool, shunted: bool, as_json: b
     """
     if shunted:
         _list_shunted(obj, mailbox, as_json)
+        return
+    if dry_run:
+        _dry_run(obj, mailbox, force_delete, as_json, wide)
         return
     from mailfiler.service.runtime import manager_id, open_store, sync_config
     from mailfiler.sync.runner import sync_all
@@ -117,6 +125,37 @@ def _sync_table(data: list[dict], wide: bool) -> None:
         for d in data
     ]
     table("mailfiler sync", [*head, Col("changes"), Col("items", short=True)], rows, wide=False)
+
+
+def _dry_run(obj, mailbox: str | None, force_delete: bool, as_json: bool, wide: bool) -> None:
+    from mailfiler.service.runtime import open_store
+    from mailfiler.sync.preview import plan_all
+
+    loaded = obj.load()
+    names = [m.name for m in loaded.config.mailboxes if m.sync is not None]
+    if mailbox is not None and mailbox not in names:
+        raise NotFound(f"no mailbox {mailbox!r} with sync: in the config ({', '.join(names) or 'none has sync:'})")
+    db = open_store(loaded.config)
+    try:
+        data = asyncio.run(plan_all(db, loaded, mailbox=mailbox, force_delete=force_delete))
+    finally:
+        db.close()
+    if as_json:
+        emit_json(data)
+    else:
+        rows = [
+            (d["mailbox"], d["kind"], a["op"], a["side"], a.get("href") or a.get("name") or "", a["reason"])
+            for d in data
+            for a in d["actions"]
+        ]
+        columns = [Col("mailbox", short=True), Col("kind", short=True), Col("action", short=True),
+                   Col("writes", short=True), Col("item"), Col("why", drop=1)]  # fmt: skip
+        table(f"mailfiler sync --dry-run: {plural(len(rows), 'action')}, none performed", columns, rows, wide=wide)
+        for d in data:
+            for error in d["errors"]:
+                click.secho(f"{d['mailbox']} {d['kind']}: {error}", fg="red", err=True)
+    if any(d["state"] != "ok" for d in data):
+        sys.exit(1)
 
 
 def _list_shunted(obj, mailbox: str | None, as_json: bool) -> None:

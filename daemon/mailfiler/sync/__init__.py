@@ -13,7 +13,10 @@ The shape follows vdirsyncer:
 - :mod:`~mailfiler.sync.crm` reads and writes the same field dicts in the
   store; :mod:`~mailfiler.sync.filters` decides which CRM items a mailbox
   gets; :mod:`~mailfiler.sync.merge` is the per-field three-way merge.
-- :mod:`~mailfiler.sync.engine` compares both sides with the status table
-  (``SyncItem``) and commits each item alone; :mod:`~mailfiler.sync.runner`
-  builds it from the config for the CLI and the daemon.
+- :mod:`~mailfiler.sync.engine` reads both sides and the status table
+  (``SyncItem``); :mod:`~mailfiler.sync.plan` decides each item's action
+  from them without writing; :mod:`~mailfiler.sync.apply` performs the plan
+  and commits each item alone; :mod:`~mailfiler.sync.runner` builds the
+  engine from the config for the CLI and the daemon (and
+  :mod:`~mailfiler.sync.preview` for ``sync --dry-run``).
 """
