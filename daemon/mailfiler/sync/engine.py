@@ -269,7 +269,8 @@ class _CollectionSync:
             self.kind, self.coll.role, self.policy, self.engine.owner, crm_items, statuses, self.listing,
             elsewhere=self.elsewhere,
         )  # fmt: skip
-        resolved = await self._read(inputs, to_read(statuses, self.listing, shunted, crm_items, selected), shunted)
+        wanted = to_read(statuses, self.listing, shunted, crm_items, selected, inputs.crm_hashes)
+        resolved = await self._read(inputs, wanted, shunted)
         self.plan = plan_collection(inputs, selected)
         if self.engine.dry_run:
             return

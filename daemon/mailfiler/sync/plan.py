@@ -232,6 +232,15 @@ class Inputs:
     unreadable: dict[str, tuple[Fetched, Exception]] = field(default_factory=dict)
     #: CRM items this mailbox already has in another collection of the kind
     elsewhere: set[int] = field(default_factory=set)
+    #: content hashes of CRM items, by id, as computed (shared with :func:`to_read`)
+    crm_hashes: dict[int, str] = field(default_factory=dict)
+
+
+def _crm_hash(item: CrmItem, cache: dict[int, str]) -> str:
+    found = cache.get(item.id)
+    if found is None:
+        found = cache[item.id] = content_hash(item.fields)
+    return found
 
 
 def selection(
@@ -292,10 +301,12 @@ def to_read(
     shunted: dict[str, str],
     crm_items: dict[int, CrmItem],
     selected: set[int],
+    hashes: dict[int, str] | None = None,
 ) -> list[str]:
     """The hrefs whose content the plan needs: every item whose etag moved
     from the status (and is not shunted at that etag), then the linked copies
-    whose CRM item changed (their merge needs the user's fields)."""
+    whose CRM item changed (their merge needs the user's fields).  *hashes*
+    keeps the CRM items' content hashes for the planner (``Inputs.crm_hashes``)."""
     known = {s.href: s.etag for s in statuses if s.href is not None}
     wanted = [
         href
@@ -312,7 +323,7 @@ def to_read(
         item = crm_items.get(s.crm_id) if s.crm_id is not None else None
         if item is None or not (s.state == "tracked" or s.crm_id in selected):
             continue
-        if content_hash(item.fields) != s.crm_hash:
+        if _crm_hash(item, {} if hashes is None else hashes) != s.crm_hash:
             wanted.append(s.href)
     return wanted
 
@@ -402,7 +413,7 @@ class _Planner:
             self.add(Op.DELETE_COPY, "no longer selected by the sync filters",
                      status=status, item=item, pair=pair, resolution=resolution)  # fmt: skip
             return
-        crm_changed = content_hash(item.fields) != status.crm_hash
+        crm_changed = _crm_hash(item, i.crm_hashes) != status.crm_hash
         if not mbox_changed and not crm_changed:
             if i.listing[href] != status.etag:  # the same version (a weak tag turned strong) or touched
                 self.add(Op.TOUCH, "same content, new etag", status=status, href=href)
