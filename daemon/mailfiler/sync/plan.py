@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -203,7 +203,7 @@ class Plan:
             out[str(a.op)] += 1
         return dict(out)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Action]:
         return iter(self.actions)
 
     def __len__(self) -> int:
