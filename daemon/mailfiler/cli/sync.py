@@ -144,7 +144,7 @@ def _dry_run(obj, mailbox: str | None, force_delete: bool, as_json: bool, wide: 
         emit_json(data)
     else:
         rows = [
-            (d["mailbox"], d["kind"], a["op"], a["side"], a.get("href") or a.get("name") or "", a["reason"])
+            (d["mailbox"], d["kind"], a["op"], a["side"], a.get("name") or a.get("href") or "", a["reason"])
             for d in data
             for a in d["actions"]
         ]
