@@ -54,19 +54,26 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aioimaplib import aioimaplib as core
 
 from mailfiler.errors import FolderMissing, MailboxUnavailable
 from mailfiler.sources import imapproto as proto
 from mailfiler.sources.base import Change
-from mailfiler.sources.imapconn import ImapConnection
-
-if TYPE_CHECKING:
-    from mailfiler.sources.imap import ImapSource
+from mailfiler.sources.imapconn import ImapConnection, ImapSettings
 
 log = logging.getLogger("mailfiler.sources.imap")
+
+
+class ImapSource(Protocol):
+    """What the watchers use of :class:`mailfiler.sources.imap.ImapSource`: a
+    protocol, since that module imports this one."""
+
+    @property
+    def settings(self) -> ImapSettings: ...
+
+    def session(self) -> contextlib.AbstractAsyncContextManager[ImapConnection]: ...
 
 #: a listener asks for a sweep of every watched folder
 SWEEP_ALL = "*"

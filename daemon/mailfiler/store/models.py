@@ -18,6 +18,9 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+# Each model declares, as bare annotations, the attributes peewee makes itself: the
+# implicit primary key (``id: pw.AutoField[int]``) and each foreign key's column
+# (``mailbox_id: int``).  They only tell the type checker; peewee ignores annotations.
 class BaseModel(pw.Model):
     class Meta:
         database = database_proxy
@@ -25,6 +28,7 @@ class BaseModel(pw.Model):
 
 
 class SchemaVersion(BaseModel):
+    id: pw.AutoField[int]
     version = pw.IntegerField()
     applied_at = pw.DateTimeField(default=utcnow)
     description = pw.TextField(default="")
@@ -33,10 +37,12 @@ class SchemaVersion(BaseModel):
 class Record(BaseModel):
     """A CRM record of any entity type (account, contact, custom...)."""
 
+    id: pw.AutoField[int]
     entity = pw.CharField(max_length=64)
     key = pw.CharField(max_length=255)
     name = pw.TextField()
     parent = pw.ForeignKeyField("self", null=True, backref="children", on_delete="SET NULL")
+    parent_id: int | None
     created_at = pw.DateTimeField(default=utcnow)
     updated_at = pw.DateTimeField(default=utcnow)
 
@@ -51,7 +57,9 @@ class Record(BaseModel):
 class RecordAddress(BaseModel):
     """An e-mail address or a domain that identifies a record."""
 
+    id: pw.AutoField[int]
     record = pw.ForeignKeyField(Record, backref="addresses", on_delete="CASCADE")
+    record_id: int
     kind = pw.CharField(max_length=8)  # "email" | "domain"
     value = pw.CharField(max_length=320)  # lower-cased
 
@@ -60,6 +68,7 @@ class RecordAddress(BaseModel):
 
 
 class Mailbox(BaseModel):
+    id: pw.AutoField[int]
     name = pw.CharField(max_length=128, unique=True)
     #: "host:config path" whose config declares this mailbox: daemons sharing
     #: one PostgreSQL store retire only mailboxes they manage themselves
@@ -68,6 +77,7 @@ class Mailbox(BaseModel):
     backend = pw.CharField(max_length=16, default="maildir")
     location = pw.TextField(default="")
     owner_record = pw.ForeignKeyField(Record, null=True, on_delete="SET NULL")
+    owner_record_id: int | None
     active = pw.BooleanField(default=True)
     created_at = pw.DateTimeField(default=utcnow)
 
@@ -75,7 +85,9 @@ class Mailbox(BaseModel):
 class TrackedFolder(BaseModel):
     """A folder mapped to (optionally) the record it stands for."""
 
+    id: pw.AutoField[int]
     mailbox = pw.ForeignKeyField(Mailbox, backref="tracked_folders", on_delete="CASCADE")
+    mailbox_id: int
     folder = pw.TextField()
     regarding_ref = pw.CharField(max_length=320, null=True)  # "entity:key" as configured
     active = pw.BooleanField(default=True)
@@ -89,6 +101,7 @@ class TrackedFolder(BaseModel):
 class Activity(BaseModel):
     """An email activity: one per message, whatever holds it."""
 
+    id: pw.AutoField[int]
     message_id = pw.CharField(max_length=998, unique=True)
     synthetic_id = pw.BooleanField(default=False)
     kind = pw.CharField(max_length=16, default="email")
@@ -103,26 +116,33 @@ class Activity(BaseModel):
     in_reply_to = pw.TextField(null=True)
     references = pw.TextField(null=True)
     regarding = pw.ForeignKeyField(Record, null=True, backref="activities", on_delete="SET NULL")
+    regarding_id: int | None
     # how the regarding was decided: "folder", later "rule:NAME", "in-reply-to"...
     correlation = pw.CharField(max_length=255, null=True)
     correlation_folder = pw.ForeignKeyField(TrackedFolder, null=True, on_delete="SET NULL")
+    correlation_folder_id: int | None
     owner_mailbox = pw.ForeignKeyField(Mailbox, null=True, on_delete="SET NULL")
+    owner_mailbox_id: int | None
     parse_defects = pw.TextField(null=True)
     # schema 2: correlation and rule results
     #: normalised subject (no Re:/Fwd: prefixes, folded case and space) for smart matching
     subject_key = pw.CharField(max_length=255, null=True, index=True)
     #: the tracked activity this one was correlated to (In-Reply-To, References, token, smart)
     correlated_activity = pw.ForeignKeyField("self", null=True, backref="correlated", on_delete="SET NULL")
+    correlated_activity_id: int | None
     categories = pw.TextField(null=True)  # comma-separated, set by rules
     owner = pw.CharField(max_length=320, null=True)  # set by rules; default: the owner mailbox's user
 
 
 class ActivityParty(BaseModel):
+    id: pw.AutoField[int]
     activity = pw.ForeignKeyField(Activity, backref="parties", on_delete="CASCADE")
+    activity_id: int
     role = pw.CharField(max_length=8)  # from | sender | to | cc | bcc | reply_to
     address = pw.CharField(max_length=320)
     display_name = pw.TextField(default="")
     record = pw.ForeignKeyField(Record, null=True, on_delete="SET NULL")
+    record_id: int | None
 
     class Meta:
         indexes = ((("address",), False),)
@@ -149,12 +169,15 @@ class Blob(BaseModel):
 
 
 class Attachment(BaseModel):
+    id: pw.AutoField[int]
     activity = pw.ForeignKeyField(Activity, backref="attachments", on_delete="CASCADE")
+    activity_id: int
     position = pw.IntegerField()
     filename = pw.TextField(default="")
     content_type = pw.CharField(max_length=255)
     size = pw.BigIntegerField()
     blob = pw.ForeignKeyField(Blob, on_delete="RESTRICT")
+    blob_id: int
 
     class Meta:
         indexes = ((("activity", "position"), True),)
@@ -166,8 +189,11 @@ class Location(BaseModel):
     Rows are kept when the message leaves (``gone_at``) so the history of
     moves stays visible."""
 
+    id: pw.AutoField[int]
     activity = pw.ForeignKeyField(Activity, backref="locations", on_delete="CASCADE")
+    activity_id: int
     mailbox = pw.ForeignKeyField(Mailbox, on_delete="CASCADE")
+    mailbox_id: int
     folder = pw.TextField()
     source_id = pw.CharField(max_length=512)
     first_seen_at = pw.DateTimeField(default=utcnow)
@@ -184,7 +210,9 @@ class FolderCursor(BaseModel):
     UID, HIGHESTMODSEQ as JSON); Maildir needs none because its locations
     are the cursor."""
 
+    id: pw.AutoField[int]
     mailbox = pw.ForeignKeyField(Mailbox, on_delete="CASCADE")
+    mailbox_id: int
     folder = pw.TextField()
     token = pw.TextField(null=True)
     state = pw.CharField(max_length=16, default="new")  # new | syncing | ok | missing | error
@@ -204,7 +232,9 @@ class FolderCursor(BaseModel):
 class Shunt(BaseModel):
     """A message that could not be tracked, kept aside with its reason."""
 
+    id: pw.AutoField[int]
     mailbox = pw.ForeignKeyField(Mailbox, on_delete="CASCADE")
+    mailbox_id: int
     folder = pw.TextField()
     source_id = pw.CharField(max_length=512)
     message_id = pw.CharField(max_length=998, null=True)
@@ -229,7 +259,9 @@ class SeenMessage(BaseModel):
     it: existing mail is not tracked retroactively) or ``skipped`` (judged;
     ``reason`` says why).  The row goes when the message leaves the folder."""
 
+    id: pw.AutoField[int]
     mailbox = pw.ForeignKeyField(Mailbox, on_delete="CASCADE")
+    mailbox_id: int
     folder = pw.TextField()
     source_id = pw.CharField(max_length=512)
     message_id = pw.CharField(max_length=998, null=True)
@@ -263,6 +295,7 @@ class ContactDetails(BaseModel):
     The company is free text; ``Record.parent`` is the parent account."""
 
     record = pw.ForeignKeyField(Record, primary_key=True, backref="contact_details", on_delete="CASCADE")
+    record_id: int
     #: the vCard UID, kept so that the user's copy is recognised (None: derived from the key)
     uid = pw.CharField(max_length=255, null=True, unique=True)
     given_name = pw.TextField(default="")
@@ -279,7 +312,9 @@ class ContactDetails(BaseModel):
 
 
 class ContactPhone(BaseModel):
+    id: pw.AutoField[int]
     record = pw.ForeignKeyField(Record, backref="phones", on_delete="CASCADE")
+    record_id: int
     position = pw.IntegerField()
     kind = pw.CharField(max_length=32, default="")  # vCard TYPE: work, home, cell, ... (comma-separated)
     number = pw.CharField(max_length=64)
@@ -291,7 +326,9 @@ class ContactPhone(BaseModel):
 class PostalAddress(BaseModel):
     """A postal address of a record (a contact may have several)."""
 
+    id: pw.AutoField[int]
     record = pw.ForeignKeyField(Record, backref="postal_addresses", on_delete="CASCADE")
+    record_id: int
     position = pw.IntegerField()
     kind = pw.CharField(max_length=32, default="")  # work | home | ...
     po_box = pw.TextField(default="")
@@ -318,6 +355,7 @@ class AppointmentDetails(BaseModel):
     the UTC instants of the first occurrence, for sorting and ranges."""
 
     activity = pw.ForeignKeyField(Activity, primary_key=True, backref="appointment_details", on_delete="CASCADE")
+    activity_id: int
     uid = pw.CharField(max_length=255, unique=True)
     start = pw.CharField(max_length=80)
     end = pw.CharField(max_length=80, null=True)
@@ -341,7 +379,9 @@ class SyncCollection(BaseModel):
     select; ``tracked`` only brings the user's items into the CRM (the
     collection-level twin of a tracked folder)."""
 
+    id: pw.AutoField[int]
     mailbox = pw.ForeignKeyField(Mailbox, backref="sync_collections", on_delete="CASCADE")
+    mailbox_id: int
     kind = pw.CharField(max_length=16)  # contacts | calendar
     backend = pw.CharField(max_length=16)  # vdir | caldav | carddav
     location = pw.TextField()
@@ -369,13 +409,17 @@ class SyncItem(BaseModel):
     is the agreed content (JSON of the synced fields), the base of the
     three-way merge; the hashes say cheaply whether a side moved from it."""
 
+    id: pw.AutoField[int]
     collection = pw.ForeignKeyField(SyncCollection, backref="items_status", on_delete="CASCADE")
+    collection_id: int
     state = pw.CharField(max_length=16, default="linked")
     href = pw.CharField(max_length=512, null=True)
     etag = pw.CharField(max_length=255, null=True)
     uid = pw.CharField(max_length=255, null=True)
     record = pw.ForeignKeyField(Record, null=True, on_delete="SET NULL")
+    record_id: int | None
     activity = pw.ForeignKeyField(Activity, null=True, on_delete="SET NULL")
+    activity_id: int | None
     #: set on first link: a null record/activity with this set means the CRM item was deleted
     crm_id = pw.IntegerField(null=True)
     crm_hash = pw.CharField(max_length=64, null=True)
@@ -394,7 +438,9 @@ class SyncShunt(BaseModel):
     as a message.  The sync reads the item again when its etag changes and
     resolves the row when it parses or goes away."""
 
+    id: pw.AutoField[int]
     collection = pw.ForeignKeyField(SyncCollection, backref="shunts", on_delete="CASCADE")
+    collection_id: int
     href = pw.CharField(max_length=512)
     etag = pw.CharField(max_length=255, null=True)
     reason = pw.CharField(max_length=64)

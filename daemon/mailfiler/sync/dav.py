@@ -43,7 +43,6 @@ import logging
 import ssl
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -55,6 +54,7 @@ from mailfiler import __version__
 from mailfiler.errors import MailfilerError, SyncError
 from mailfiler.sync.davauth import BearerAuth, LoginAuth
 from mailfiler.sync.discovery import Discovery, discovered
+from mailfiler.sync.multistatus import Member, parse_multistatus
 from mailfiler.sync.target import (
     Changes,
     Fetched,
@@ -125,61 +125,6 @@ def _xml_headers(depth: str | None = None) -> dict[str, str]:
 
 def _props(*tags: str) -> str:
     return "<D:prop>" + "".join(f"<{t}/>" for t in tags) + "</D:prop>"
-
-
-@dataclass
-class _Member:
-    """One ``<D:response>`` of a multistatus."""
-
-    path: str  # unquoted URL path
-    status: int | None  # the response-level status, when given
-    props: dict[str, ET.Element] = field(default_factory=dict)  # found (200) properties
-
-    def text(self, clark: str) -> str | None:
-        el = self.props.get(clark)
-        return None if el is None else (el.text or "")
-
-    def is_collection(self) -> bool:
-        rt = self.props.get(f"{{{D}}}resourcetype")
-        return rt is not None and rt.find(f"{{{D}}}collection") is not None
-
-
-def _status_code(text: str | None) -> int | None:
-    # "HTTP/1.1 404 Not Found"
-    parts = (text or "").split()
-    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
-
-
-def _url_path(href: str) -> str:
-    return unquote(urlsplit(href.strip()).path)
-
-
-def parse_multistatus(content: bytes) -> tuple[list[_Member], str | None]:
-    """The responses of a 207 body and its ``DAV:sync-token`` (RFC 4918 §14.16, RFC 6578 §6.4).
-
-    Raises ValueError on a body that is not a multistatus."""
-    try:
-        root = ET.fromstring(content)  # expat >= 2.4.1 refuses entity-expansion bombs; no external entities
-    except ET.ParseError as exc:
-        raise ValueError(f"the reply is not XML ({exc})") from None
-    if root.tag != f"{{{D}}}multistatus":
-        raise ValueError(f"expected a DAV:multistatus, got {root.tag}")
-    members = []
-    for resp in root.findall(f"{{{D}}}response"):
-        href = resp.find(f"{{{D}}}href")
-        if href is None or not (href.text or "").strip():
-            continue
-        member = _Member(_url_path(href.text or ""), _status_code(resp.findtext(f"{{{D}}}status")))
-        for propstat in resp.findall(f"{{{D}}}propstat"):
-            code = _status_code(propstat.findtext(f"{{{D}}}status"))
-            prop = propstat.find(f"{{{D}}}prop")
-            if prop is None or (code is not None and not 200 <= code < 300):
-                continue
-            for el in prop:
-                member.props[el.tag] = el
-        members.append(member)
-    token = root.findtext(f"{{{D}}}sync-token")
-    return members, (token.strip() if token else None)
 
 
 def _http_date(text: str | None) -> dt.datetime | None:
@@ -399,7 +344,7 @@ class DavTarget(Discovery, Target):
         self._made = True
         log.info("made the %s %s", self.noun, self.url, extra={"event": "sync-collection-made", "collection": self.url})
 
-    def _multistatus(self, resp: httpx.Response, what: str) -> tuple[list[_Member], str | None]:
+    def _multistatus(self, resp: httpx.Response, what: str) -> tuple[list[Member], str | None]:
         if resp.status_code >= 500:
             raise self._unavailable(f"server error on {what} (HTTP {resp.status_code}){_reason(resp)}")
         if resp.status_code != 207:
@@ -409,7 +354,7 @@ class DavTarget(Discovery, Target):
         except ValueError as exc:
             raise self._unavailable(f"unreadable reply to {what}: {exc}") from None
 
-    async def _check_type(self, member: _Member) -> bool:
+    async def _check_type(self, member: Member) -> bool:
         """Whether the URL is a collection of the right kind; False when it was not,
         and :meth:`_discover` found one (the caller asks again)."""
         rt = member.props.get(f"{{{D}}}resourcetype")

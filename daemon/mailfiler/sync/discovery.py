@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 from mailfiler.errors import SyncTargetUnavailable
+from mailfiler.sync.multistatus import parse_multistatus
 
 log = logging.getLogger("mailfiler.sync.dav")
 
@@ -102,8 +103,6 @@ class Discovery:
 
     async def _href_prop(self, url: str, clark: str, tag: str) -> str | None:
         """The href inside property *tag* of *url* (Depth 0), redirects followed on the same server."""
-        from mailfiler.sync.dav import parse_multistatus  # dav imports this module
-
         headers = {"Content-Type": "application/xml; charset=utf-8", "Depth": "0"}
         for _ in range(MAX_REDIRECTS):
             resp = await self._send("PROPFIND", url, headers=headers, content=_propfind(tag), redirects=True)

@@ -18,26 +18,12 @@ can deadlock, which aborts one batch (raised: retry it message by message).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from mailfiler.store.db import transaction
 from mailfiler.tracking import bulk
-from mailfiler.tracking.context import FolderContext, MailboxContext
-from mailfiler.tracking.parse import ParsedMessage
+from mailfiler.tracking.batchitem import Item
 from mailfiler.tracking.pipeline import Outcome, Tracker
 from mailfiler.util import crashpoints
-
-
-@dataclass(frozen=True)
-class Item:
-    """One message to track, with what ``Tracker.track`` takes besides it."""
-
-    mailbox: MailboxContext
-    folder: FolderContext
-    source_id: str
-    msg: ParsedMessage
-    may_be_shunted: bool = True
-    token: str | None = None
 
 
 def _in_bulk(tracker: Tracker, items: Sequence[Item]) -> list[Outcome] | None:

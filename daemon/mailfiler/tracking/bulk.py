@@ -22,10 +22,10 @@ from mailfiler.store import prepared
 from mailfiler.store.blobs import BlobStore
 from mailfiler.store.models import Activity, ActivityParty, Attachment, Blob, Location, utcnow
 from mailfiler.tracking import txsql
+from mailfiler.tracking.batchitem import Item
 from mailfiler.tracking.correlate import subject_key
 
 if TYPE_CHECKING:
-    from mailfiler.tracking.batch import Item
     from mailfiler.tracking.pipeline import Outcome, Tracker
 
 #: a lookup or insert takes at most this many rows (bound parameters stay far below the limits)
