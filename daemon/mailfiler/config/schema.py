@@ -173,7 +173,7 @@ class AutoTrack(Strict):
     @field_validator("folders", "exclude")
     @classmethod
     def _patterns(cls, v: list[str]) -> list[str]:
-        from mailfiler.rules.patterns import PatternError, compile_folder
+        from mailfiler.util.patterns import PatternError, compile_folder
 
         for pattern in v:
             try:

@@ -10,13 +10,33 @@ from __future__ import annotations
 import email.header
 import email.parser
 import email.policy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
+from typing import Protocol
 
 from mailfiler.rules.patterns import BODY_CAP, HEADER_CAP
-from mailfiler.tracking.parse import Address, ParsedMessage, clean_text
+from mailfiler.util.mailvalues import Address, clean_text
 
 __all__ = ["Address", "Facts", "direction_of", "header_pairs"]
+
+
+class Parsed(Protocol):
+    """What :meth:`Facts.from_parsed` reads of a parsed message
+    (:class:`mailfiler.tracking.parse.ParsedMessage`; rules do not import tracking)."""
+
+    @property
+    def headers(self) -> Sequence[tuple[str, str]]: ...
+    @property
+    def addresses(self) -> Mapping[str, Sequence[Address]]: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def body_text(self) -> str: ...
+    @property
+    def attachments(self) -> Sized: ...
+    @property
+    def size(self) -> int: ...
+
 
 # A raw header value is cut to this before RFC 2047 decoding, so decoding
 # cost stays bounded too; the decoded value is then cut to HEADER_CAP.
@@ -60,7 +80,7 @@ class Facts:
     @classmethod
     def from_parsed(
         cls,
-        msg: ParsedMessage,
+        msg: Parsed,
         raw_headers: Iterable[tuple[str, object]] | None = None,
         *,
         mailbox: str,

@@ -23,9 +23,9 @@ from mailfiler.store import db as storedb
 from mailfiler.store.blobs import BlobStore
 from mailfiler.store.migrations import migrate
 from mailfiler.store.models import Mailbox, RecordAddress, TrackedFolder, utcnow
-from mailfiler.store.records import ENTITY_PRECEDENCE, RecordInput, ensure_user, get_by_ref, upsert_records
+from mailfiler.store.records import RecordInput, ensure_user, get_by_ref, upsert_records
 from mailfiler.tracking.autotrack import FolderFilter, NeverTrack
-from mailfiler.tracking.context import FolderContext, MailboxContext
+from mailfiler.tracking.context import FolderContext, MailboxContext, precedence
 from mailfiler.tracking.folders import relink_folder
 from mailfiler.tracking.parsepool import ParsePool, parse_workers
 from mailfiler.tracking.pipeline import Tracker
@@ -50,10 +50,6 @@ def open_store(config: Config) -> pw.Database:
     db = storedb.connect(config.database, password=password)
     migrate(db)
     return db
-
-
-def precedence(config: Config) -> list[str]:
-    return list(ENTITY_PRECEDENCE) + [e.name for e in config.entities]
 
 
 @dataclass

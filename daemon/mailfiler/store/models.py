@@ -8,6 +8,8 @@ new ones.  Times are stored as UTC.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
+from typing import Any, cast
 
 import peewee as pw
 
@@ -16,6 +18,12 @@ database_proxy = pw.DatabaseProxy()
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def with_aliases(query: Iterable[object]) -> Iterable[Any]:
+    """The rows of a query that selects aliased columns (``COUNT(...).alias("n")``):
+    the peewee stubs know only a model's own fields."""
+    return cast("Iterable[Any]", query)
 
 
 # Each model declares, as bare annotations, the attributes peewee makes itself: the
@@ -45,6 +53,9 @@ class Record(BaseModel):
     parent_id: int | None
     created_at = pw.DateTimeField(default=utcnow)
     updated_at = pw.DateTimeField(default=utcnow)
+    # backrefs (declared like id, see BaseModel)
+    addresses: pw.ModelSelect[RecordAddress]
+    children: pw.ModelSelect[Record]
 
     class Meta:
         indexes = ((("entity", "key"), True),)

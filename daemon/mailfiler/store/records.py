@@ -7,6 +7,7 @@ import io
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import yaml
 
@@ -236,7 +237,17 @@ def list_records(entity: str | None = None) -> list[Record]:
     return list(q)
 
 
-def record_json(rec: Record) -> dict[str, object]:
+class RecordJson(TypedDict):
+    ref: str
+    entity: str
+    key: str
+    name: str
+    parent: str | None
+    emails: list[str]
+    domains: list[str]
+
+
+def record_json(rec: Record) -> RecordJson:
     addrs = list(rec.addresses.order_by(RecordAddress.kind, RecordAddress.value))
     return {
         "ref": rec.ref,

@@ -22,6 +22,7 @@ from mailfiler.store.models import (
     Shunt,
     TrackedFolder,
     utcnow,
+    with_aliases,
 )
 from mailfiler.store.records import get_by_ref, require_record
 
@@ -103,7 +104,7 @@ def activities(
                 "correlated_to": correlated.get(a.correlated_activity_id) if a.correlated_activity_id else None,
                 "categories": a.categories.split(",") if a.categories else [],
                 "owner": a.owner,
-                "owner_mailbox": mailboxes.get(a.owner_mailbox_id),
+                "owner_mailbox": mailboxes.get(a.owner_mailbox_id) if a.owner_mailbox_id is not None else None,
                 "parties": parties[a.id],
                 "locations": locations[a.id],
                 "attachments": attachments[a.id],
@@ -148,23 +149,29 @@ def status() -> dict:
         daemons.append(info)
     tracked_counts = dict(
         ((r.mailbox_id, r.folder), r.n)
-        for r in Location.select(Location.mailbox, Location.folder, pw.fn.COUNT(Location.id).alias("n"))
-        .where(Location.gone_at.is_null())
-        .group_by(Location.mailbox, Location.folder)
+        for r in with_aliases(
+            Location.select(Location.mailbox, Location.folder, pw.fn.COUNT(Location.id).alias("n"))
+            .where(Location.gone_at.is_null())
+            .group_by(Location.mailbox, Location.folder)
+        )
     )
     shunt_counts = dict(
         ((r.mailbox_id, r.folder), r.n)
-        for r in Shunt.select(Shunt.mailbox, Shunt.folder, pw.fn.COUNT(Shunt.id).alias("n"))
-        .where(Shunt.resolved_at.is_null())
-        .group_by(Shunt.mailbox, Shunt.folder)
+        for r in with_aliases(
+            Shunt.select(Shunt.mailbox, Shunt.folder, pw.fn.COUNT(Shunt.id).alias("n"))
+            .where(Shunt.resolved_at.is_null())
+            .group_by(Shunt.mailbox, Shunt.folder)
+        )
     )
     cursors = {(c.mailbox_id, c.folder): c for c in FolderCursor.select()}
     # judged by auto-tracking and left alone (the baseline is not counted)
     skipped_counts = dict(
         ((r.mailbox_id, r.folder), r.n)
-        for r in SeenMessage.select(SeenMessage.mailbox, SeenMessage.folder, pw.fn.COUNT(SeenMessage.id).alias("n"))
-        .where(SeenMessage.verdict == "skipped")
-        .group_by(SeenMessage.mailbox, SeenMessage.folder)
+        for r in with_aliases(
+            SeenMessage.select(SeenMessage.mailbox, SeenMessage.folder, pw.fn.COUNT(SeenMessage.id).alias("n"))
+            .where(SeenMessage.verdict == "skipped")
+            .group_by(SeenMessage.mailbox, SeenMessage.folder)
+        )
     )
     mailboxes = []
     for mb in Mailbox.select().where(Mailbox.active).order_by(Mailbox.name):

@@ -15,8 +15,9 @@ import json
 import re
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import peewee as pw
 
@@ -52,6 +53,11 @@ class CrmItem:
     ref: str | None = None  # contact:KEY (contacts)
     regarding: str | None = None  # the parent (contacts) or the regarding (appointments), ENTITY:KEY
     parties: frozenset[str] = field(default_factory=frozenset)
+
+
+def _rows(query: Iterable[object]) -> list[tuple[Any, ...]]:
+    """A ``.tuples()`` query's rows (the peewee stubs type them as model objects)."""
+    return cast("list[tuple[Any, ...]]", list(query))
 
 
 @dataclass(frozen=True)
@@ -103,27 +109,27 @@ class ContactStore:
         contact = Record.entity == "contact"
         if ids is not None:
             contact &= Record.id.in_(ids)
-        records = list(
+        records = _rows(
             Record.select(Record.id, Record.key, Record.name, Record.parent, Record.updated_at)
             .where(contact)
             .order_by(Record.id)
             .tuples()
         )
-        details = list(
+        details = _rows(
             ContactDetails.select(
                 ContactDetails.record, ContactDetails.uid, ContactDetails.given_name, ContactDetails.family_name,
                 ContactDetails.additional_names, ContactDetails.prefix, ContactDetails.suffix, ContactDetails.job_title,
                 ContactDetails.notes, ContactDetails.company, ContactDetails.owner, ContactDetails.updated_at,
             ).join(Record).where(contact).order_by(ContactDetails.record).tuples()
         )  # fmt: skip
-        emails = list(
+        emails = _rows(
             RecordAddress.select(RecordAddress.record, RecordAddress.value)
             .join(Record)
             .where(contact & (RecordAddress.kind == "email"))
             .order_by(RecordAddress.record, RecordAddress.value)
             .tuples()
         )
-        phones = list(
+        phones = _rows(
             ContactPhone.select(ContactPhone.record, ContactPhone.kind, ContactPhone.number)
             .join(Record)
             .where(contact)
@@ -131,7 +137,7 @@ class ContactStore:
             .tuples()
         )
         columns = [getattr(PostalAddress, part) for part in ADDRESS_PARTS]
-        postal = list(
+        postal = _rows(
             PostalAddress.select(PostalAddress.record, *columns)
             .join(Record)
             .where(contact)
@@ -142,10 +148,12 @@ class ContactStore:
         parents = [
             row
             for chunk in _chunks(parent_ids)
-            for row in Record.select(Record.id, Record.entity, Record.key, Record.name)
-            .where(Record.id.in_(chunk))
-            .order_by(Record.id)
-            .tuples()
+            for row in _rows(
+                Record.select(Record.id, Record.entity, Record.key, Record.name)
+                .where(Record.id.in_(chunk))
+                .order_by(Record.id)
+                .tuples()
+            )
         ]
         return CrmRows((records, details, emails, phones, postal, parents))
 
@@ -293,13 +301,13 @@ class AppointmentStore:
         if ids is not None:
             appointment &= Activity.id.in_(ids)
         D = AppointmentDetails
-        rows = list(
+        rows = _rows(
             Activity.select(
                 Activity.id, Activity.subject, Activity.body_text, Activity.updated_at, Activity.owner,
                 Activity.regarding, D.uid, D.start, D.end, D.location, D.status, D.rrule, D.exdates, D.overrides,
             ).join(D).where(appointment).order_by(Activity.id).tuples()
         )  # fmt: skip
-        parties = list(
+        parties = _rows(
             ActivityParty.select(ActivityParty.activity, ActivityParty.role, ActivityParty.address,
                                  ActivityParty.display_name)
             .join(Activity).where(appointment).order_by(ActivityParty.id).tuples()
@@ -307,10 +315,12 @@ class AppointmentStore:
         refs = [
             row
             for chunk in _chunks(sorted({r[5] for r in rows if r[5]}))
-            for row in Record.select(Record.id, Record.entity, Record.key)
-            .where(Record.id.in_(chunk))
-            .order_by(Record.id)
-            .tuples()
+            for row in _rows(
+                Record.select(Record.id, Record.entity, Record.key)
+                .where(Record.id.in_(chunk))
+                .order_by(Record.id)
+                .tuples()
+            )
         ]
         return CrmRows((rows, parties, refs))
 
@@ -371,7 +381,9 @@ class AppointmentStore:
     def find_by_emails(self, emails: list[str]) -> list[int]:
         return []
 
-    def create(self, fields: Fields, *, uid: str, owner: str | None, mailbox: Mailbox, regarding: Record | None) -> int:
+    def create(
+        self, fields: Fields, *, uid: str, owner: str | None, mailbox: Mailbox | None, regarding: Record | None
+    ) -> int:
         organizer = (fields.get("organizer") or [""])[0]
         activity = Activity.create(
             message_id=f"appointment:{uid}"[:998],
@@ -441,7 +453,7 @@ class AppointmentStore:
         ActivityParty.delete().where(ActivityParty.activity == a).execute()
         resolved = resolve_addresses([w[1] for w in wanted], precedence=ENTITY_PRECEDENCE)
         for role, address, name in wanted:
-            records = resolved.get(address.lower()) or [None]
+            records: Sequence[Record | None] = resolved.get(address.lower()) or [None]
             for rec in records:
                 ActivityParty.create(activity=a, role=role, address=address.lower(), display_name=name, record=rec)
 

@@ -37,6 +37,7 @@ the next sync goes on from there).  A server error on one item's write is a
 from __future__ import annotations
 
 import asyncio
+import builtins
 import datetime as dt
 import email.utils
 import logging
@@ -394,7 +395,7 @@ class DavTarget(Discovery, Target):
                 items[name] = etag
         return items
 
-    async def get_multi(self, hrefs: Sequence[str]) -> list[Fetched]:
+    async def get_multi(self, hrefs: Sequence[str]) -> builtins.list[Fetched]:  # in this class, list is the method
         found: list[Fetched] = []
         spec = _KIND[self.kind]
         for start in range(0, len(hrefs), MULTIGET_BATCH):

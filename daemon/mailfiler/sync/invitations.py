@@ -27,6 +27,7 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import icalendar
 
@@ -36,6 +37,9 @@ from mailfiler.sync import ical
 from mailfiler.sync.crm import AppointmentStore
 from mailfiler.sync.items import OVERRIDE_FIELDS, time_to_str
 from mailfiler.util.text import plural
+
+if TYPE_CHECKING:
+    import datetime as dt
 
 log = logging.getLogger("mailfiler.sync.invitations")
 
@@ -117,7 +121,8 @@ def _occurrences(data: bytes, uid: str, existing: AppointmentDetails, store: App
     aid = existing.activity_id
     overrides = {o["recurrence_id"]: o for o in json.loads(existing.overrides or "[]")}
     for ev in icalendar.Calendar.from_ical(data).walk("VEVENT"):
-        rid = time_to_str(ev["RECURRENCE-ID"].dt)
+        # a DATE or DATE-TIME property (RFC 5545 §3.8.4.4); the stubs type any property's value
+        rid = time_to_str(cast("dt.date", cast("icalendar.prop.vDDDTypes", ev["RECURRENCE-ID"]).dt))
         # read the occurrence as an event of its own: the same fields as a master
         del ev["RECURRENCE-ID"]
         single = icalendar.Calendar()

@@ -4,6 +4,7 @@ engine's token path is tested before a CalDAV server brings real ones."""
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import itertools
 from collections.abc import Sequence
@@ -55,7 +56,7 @@ class MemoryTarget(Target):
     async def list(self) -> dict[str, str]:
         return {href: etag for href, (etag, _, _) in self.items.items()}
 
-    async def get_multi(self, hrefs: Sequence[str]) -> list[Fetched]:
+    async def get_multi(self, hrefs: Sequence[str]) -> builtins.list[Fetched]:  # in this class, list is the method
         return [Fetched(h, self.items[h][0], self.items[h][1], self.items[h][2]) for h in hrefs if h in self.items]
 
     async def upload(self, data: bytes, *, uid: str) -> tuple[str, str]:

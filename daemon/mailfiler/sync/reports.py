@@ -7,7 +7,7 @@ from typing import Any
 
 import peewee as pw
 
-from mailfiler.store.models import Mailbox, Record, SyncCollection, SyncItem, SyncShunt
+from mailfiler.store.models import Mailbox, Record, SyncCollection, SyncItem, SyncShunt, with_aliases
 from mailfiler.store.records import require_record
 from mailfiler.sync.crm import AppointmentStore, ContactStore
 
@@ -45,15 +45,19 @@ def status() -> list[dict[str, Any]]:
     """Per active sync collection: last sync, state, counts, last error."""
     shunted = dict(
         (r.collection_id, r.n)
-        for r in SyncShunt.select(SyncShunt.collection, pw.fn.COUNT(SyncShunt.id).alias("n"))
-        .where(SyncShunt.resolved_at.is_null())
-        .group_by(SyncShunt.collection)
+        for r in with_aliases(
+            SyncShunt.select(SyncShunt.collection, pw.fn.COUNT(SyncShunt.id).alias("n"))
+            .where(SyncShunt.resolved_at.is_null())
+            .group_by(SyncShunt.collection)
+        )
     )
     unlinked = dict(
         (r.collection_id, r.n)
-        for r in SyncItem.select(SyncItem.collection, pw.fn.COUNT(SyncItem.id).alias("n"))
-        .where(SyncItem.state == "unlinked")
-        .group_by(SyncItem.collection)
+        for r in with_aliases(
+            SyncItem.select(SyncItem.collection, pw.fn.COUNT(SyncItem.id).alias("n"))
+            .where(SyncItem.state == "unlinked")
+            .group_by(SyncItem.collection)
+        )
     )
     q = (
         SyncCollection.select(SyncCollection, Mailbox)

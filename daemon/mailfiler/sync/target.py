@@ -16,6 +16,7 @@ Every target passes the contract suite in ``tests/sync/target_contract.py``.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import hashlib
 import re
@@ -111,7 +112,7 @@ class Target(ABC):
         """Every item: href -> etag."""
 
     @abstractmethod
-    async def get_multi(self, hrefs: Sequence[str]) -> list[Fetched]:
+    async def get_multi(self, hrefs: Sequence[str]) -> builtins.list[Fetched]:  # in this class, list is the method
         """The items named; an item that vanished since ``list`` is left out."""
 
     async def get(self, href: str) -> Fetched:

@@ -14,6 +14,7 @@ one mtime tick is still seen.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as dt
 import os
@@ -78,7 +79,7 @@ class VdirTarget(Target):
             raise self._unavailable(exc) from exc
         return items
 
-    async def get_multi(self, hrefs: Sequence[str]) -> list[Fetched]:
+    async def get_multi(self, hrefs: Sequence[str]) -> builtins.list[Fetched]:  # in this class, list is the method
         found = []
         for href in hrefs:
             path = self._file(href)

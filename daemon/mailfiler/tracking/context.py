@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mailfiler.config.schema import Config
 from mailfiler.store.models import Mailbox, Record, TrackedFolder
+from mailfiler.store.records import ENTITY_PRECEDENCE
 from mailfiler.tracking.autotrack import NeverTrack
 
 
@@ -44,3 +46,8 @@ class FolderContext:
 
 def watched_folder(path: str) -> FolderContext:
     return FolderContext(row=None, path=path)
+
+
+def precedence(config: Config) -> list[str]:
+    """Entity types in the order an address resolves to them: the built-in ones, then the config's."""
+    return list(ENTITY_PRECEDENCE) + [e.name for e in config.entities]

@@ -29,18 +29,13 @@ from email.utils import _has_surrogates, _sanitize
 from mailfiler.errors import EmptyMessage, NotAMessage
 from mailfiler.tracking.fastmime import Declined, Entity, HeaderMessage, MimeKey, split_message
 from mailfiler.tracking.htmltext import html_to_text
+from mailfiler.util.mailvalues import Address, clean_text
 
 #: headers of which a real message has at least one
 _MAIL_HEADERS = {"from", "to", "cc", "subject", "date", "message-id", "received", "sender", "return-path"}
 _MSGID_RE = re.compile(r"<[^<>\s]+>")
 _ANGLE_ADDR_RE = re.compile(r"<([^<>\s@]{1,64}@[^<>\s@]{1,255})>")
 ADDRESS_ROLES = ("from", "to", "cc", "bcc")
-
-
-@dataclass
-class Address:
-    address: str
-    name: str = ""
 
 
 @dataclass
@@ -83,19 +78,6 @@ class ParsedMessage:
     def sender(self) -> str | None:
         found = self.addresses.get("from") or []
         return found[0].address if found else None
-
-
-def clean_text(value: str) -> str:
-    """Make a string storable anywhere: no lone surrogates (8-bit header
-    bytes decode to those), no NUL (PostgreSQL text rejects it)."""
-    if not value:
-        return ""
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return value.replace("\x00", "")
 
 
 # --------------------------------------------------------------------------- header values

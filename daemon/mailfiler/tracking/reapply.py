@@ -38,7 +38,6 @@ from mailfiler.backends import make_source
 from mailfiler.config.schema import Config
 from mailfiler.errors import MailfilerError, NotFound
 from mailfiler.rules import Decision, RegardingSpec, RuleSet
-from mailfiler.service.runtime import precedence
 from mailfiler.sources.base import Source
 from mailfiler.store.blobs import BlobStore
 from mailfiler.store.db import transaction
@@ -53,7 +52,7 @@ from mailfiler.store.models import (
     utcnow,
 )
 from mailfiler.store.records import get_by_ref
-from mailfiler.tracking.context import MailboxContext
+from mailfiler.tracking.context import MailboxContext, precedence
 from mailfiler.tracking.correlate import Match, correlate
 from mailfiler.tracking.parse import ADDRESS_ROLES, Address, AttachmentPart, ParsedMessage, parse_message
 from mailfiler.tracking.pipeline import Tracker
