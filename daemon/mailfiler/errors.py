@@ -5,28 +5,22 @@ carry typed keyword attributes (vdirsyncer's way) so that the single mapper
 in :mod:`mailfiler.cli.errors` can turn them into a message that says what
 to do, and log lines can carry the fields as structured data.
 
-Severity decides how far an error propagates (offlineimap's grading):
-``MESSAGE`` errors shunt one message, ``FOLDER`` errors park one folder,
-``MAILBOX`` errors park one mailbox, ``FATAL`` errors stop the daemon.
+How far an error reaches is told by its class, where it is caught: the
+worker shunts a message on :class:`MessageError`, drops a folder on
+:class:`FolderMissing`, and leaves a :class:`MailboxUnavailable` to the
+mailbox's supervisor, which reconnects with backoff; the sync shunts an item
+on :class:`SyncItemUnreadable`.  (A separate severity grade was dropped: nothing
+read it, and it could only drift from the classes.)
 """
 
 from __future__ import annotations
 
-import enum
 from typing import Any
-
-
-class Severity(enum.IntEnum):
-    MESSAGE = 10
-    FOLDER = 20
-    MAILBOX = 30
-    FATAL = 40
 
 
 class MailfilerError(Exception):
     """Base class.  ``str(err)`` is a complete sentence for a human."""
 
-    severity = Severity.FATAL
     #: short machine name, used as ``reason`` in shunts, status and JSON logs
     code = "error"
 
@@ -81,7 +75,6 @@ class StoreError(MailfilerError):
     """The CRM store could not be used."""
 
     code = "store-error"
-    severity = Severity.FATAL
 
 
 class StoreUnavailable(StoreError):
@@ -121,14 +114,12 @@ class SourceError(MailfilerError):
     """A mailbox backend failed."""
 
     code = "source-error"
-    severity = Severity.MAILBOX
 
 
 class FolderMissing(SourceError):
     """A tracked folder does not exist in the mailbox."""
 
     code = "folder-missing"
-    severity = Severity.FOLDER
 
 
 class MailboxUnavailable(SourceError):
@@ -136,7 +127,6 @@ class MailboxUnavailable(SourceError):
     with its own hint; a lost connection or an unexpected answer stays this."""
 
     code = "mailbox-unavailable"
-    severity = Severity.MAILBOX
 
 
 class LoginRefused(MailboxUnavailable):
@@ -195,7 +185,6 @@ class MessageError(MailfilerError):
     """One message cannot be tracked; it goes to the shunt with this reason."""
 
     code = "message-error"
-    severity = Severity.MESSAGE
 
 
 class EmptyMessage(MessageError):
@@ -239,7 +228,6 @@ class SyncError(MailfilerError):
     """Syncing one address book or calendar failed; the others go on."""
 
     code = "sync-error"
-    severity = Severity.FOLDER
 
 
 class SyncTargetUnavailable(SyncError):
@@ -280,7 +268,6 @@ class SyncItemUnreadable(SyncError):
     (``bad-vcard``, ``bad-icalendar``, ``empty-item``) and the rest goes on."""
 
     code = "sync-item-unreadable"
-    severity = Severity.MESSAGE
 
 
 # --- rules on the mail server (mailfiler.serverrules) -------------------------
@@ -290,7 +277,6 @@ class ServerRulesError(MailfilerError):
     """A mailbox's rules on its server could not be read or written; tracking goes on."""
 
     code = "server-rules-error"
-    severity = Severity.MAILBOX
 
 
 class ServerRulesUnavailable(ServerRulesError):

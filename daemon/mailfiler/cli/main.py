@@ -445,8 +445,8 @@ def config_check(obj: Context, as_json: bool) -> None:
     else:
         for warning in warnings:
             click.secho(f"warning: {warning}", fg="yellow", err=True)
-        mailboxes = plural(summary["mailboxes"], "mailbox", "mailboxes")
-        counts = f"{mailboxes}, {plural(summary['tracked_folders'], 'tracked folder')}"
+        mailboxes = plural(len(cfg.mailboxes), "mailbox", "mailboxes")
+        counts = f"{mailboxes}, {plural(sum(len(m.tracked_folders) for m in cfg.mailboxes), 'tracked folder')}"
         click.echo(f"{loaded.path}: OK ({counts})")
 
 

@@ -112,11 +112,12 @@ class SafeLoader(yaml.SafeLoader):
     with the alias's start mark keeps the content and moves the position.
     """
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             alias = copy.copy(super().compose_node(parent, index))
-            alias.start_mark = mark
+            if alias is not None:  # always: an alias names a node
+                alias.start_mark = mark
             return alias
         return super().compose_node(parent, index)
 

@@ -13,7 +13,7 @@ import difflib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -713,7 +713,7 @@ class _Checker:
                 out[f"fields_{k}"] = tuple(t for t in got if t is not None)
         return out if ok else None
 
-    def create_contact(self, path: KeyPath, value: Any) -> CreateContactAction | bool | None:
+    def create_contact(self, path: KeyPath, value: Any) -> CreateContactAction | Literal[False] | None:
         """The action, None for ``false``, False for a problem."""
         if isinstance(value, bool):
             return CreateContactAction() if value else None

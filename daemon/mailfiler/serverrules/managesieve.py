@@ -55,6 +55,9 @@ class SieveNo(ServerRulesError):
     """The server answered NO (or BYE) to a command; ``code`` is its response code."""
 
     code = "server-rules-refused"
+    # set from the keyword fields by MailfilerError
+    response_code: str | None
+    text: str
 
     def __init__(self, message: str, *, response_code: str | None, text: str) -> None:
         super().__init__(message, response_code=response_code, text=text)

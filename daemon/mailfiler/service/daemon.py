@@ -38,7 +38,7 @@ from mailfiler.store.db import redact
 from mailfiler.store.models import DaemonState, utcnow
 from mailfiler.sync.runner import sync_loop
 from mailfiler.tracking.folders import set_folder_state
-from mailfiler.tracking.parsepool import parse_workers
+from mailfiler.tracking.parsepool import ParsePool, parse_workers
 from mailfiler.util import retrypolicy
 from mailfiler.util.text import plural
 
@@ -278,11 +278,11 @@ class Daemon:
         progress_ctx = None
         if self.progress:
             from rich.console import Console
-            from rich.progress import Progress
+            from rich.progress import Progress, TaskID
 
             progress_ctx = Progress(console=Console(stderr=True), transient=True)
             progress_ctx.start()
-            tasks: dict[str, int] = {}
+            tasks: dict[str, TaskID] = {}
 
             def report(folder: str, done: int, total: int) -> None:
                 if folder not in tasks:
@@ -345,9 +345,10 @@ class Daemon:
         db = self.services.db
         self.loaded = new
         self.loaded_at = utcnow()
-        parser = self.services.parser
-        if parser.workers != parse_workers(new.config.limits.parse_processes):
-            await parser.close()
+        old = self.services.parser
+        parser: ParsePool | None = old  # kept unless its size changes
+        if old.workers != parse_workers(new.config.limits.parse_processes):
+            await old.close()
             parser = None
         self.services = build_services(db, new.config, manager=manager_id(new.path), rules=new_rules, parser=parser)
         self._start_mailboxes()

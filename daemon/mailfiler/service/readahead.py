@@ -188,8 +188,9 @@ class ReadAhead:
     async def _prepare(self, got: dict[str, bytes | Exception]) -> dict[str, ParsedMessage]:
         """Parse the batch in the helpers and write its large attachments (best effort)."""
         assert self.parser is not None
-        sids = [sid for sid, value in got.items() if isinstance(value, bytes)]
-        results = await self.parser.parse_many([got[sid] for sid in sids])
+        raws = [(sid, value) for sid, value in got.items() if isinstance(value, bytes)]
+        sids = [sid for sid, _ in raws]
+        results = await self.parser.parse_many([value for _, value in raws])
         parsed = {sid: msg for sid, msg in zip(sids, results, strict=True) if msg is not None}
         if self.blobs is not None and any(not inline(a.data) for msg in parsed.values() for a in msg.attachments):
             try:

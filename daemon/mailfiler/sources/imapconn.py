@@ -125,6 +125,9 @@ class _Protocol(core.IMAP4ClientProtocol):
 
     #: keep untagged responses nobody waits for (a watcher connection)
     keep_unsolicited = False
+    # set by aioimaplib's protocol (untyped), read below
+    incomplete_line: bytes
+    current_command: core.Command | None
 
     def data_received(self, d: bytes) -> None:
         # upstream formats every chunk for a debug line ("%s" % d) even when debug
@@ -720,8 +723,7 @@ class ImapConnection:
                 found[name] = status
         for wire, folder in names.items():
             # INBOX is case-insensitive; "*" and "%" in a name may match more: only exact names count
-            status = found.get(wire) or (found.get(proto.INBOX) if proto.is_inbox(folder) else None)
-            out[folder] = status
+            out[folder] = found.get(wire) or (found.get(proto.INBOX) if proto.is_inbox(folder) else None)
         return out
 
 

@@ -312,7 +312,12 @@ def parse_fetch(line: bytes) -> tuple[int, dict[str, Token]]:
     if fast is not None:
         return fast
     tokens = tokenize(line)
-    if len(tokens) < 3 or not isinstance(tokens[2], list) or (tokens[1] or b"").upper() != b"FETCH":
+    if (
+        len(tokens) < 3
+        or not isinstance(tokens[1], bytes)  # a list there is as bad a reply as a wrong word
+        or tokens[1].upper() != b"FETCH"
+        or not isinstance(tokens[2], list)
+    ):
         raise ParseError(f"bad FETCH response {line[:200]!r}")
     items = tokens[2]
     data: dict[str, Token] = {}

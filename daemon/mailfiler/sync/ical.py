@@ -141,7 +141,7 @@ def _fields(cal: icalendar.Calendar, default_uid: str) -> ParsedItem:
         ({"recurrence_id": _time(ev, "RECURRENCE-ID"), **_common(ev)} for ev in overrides),
         key=lambda o: o["recurrence_id"],
     )
-    categories = []
+    categories: list[str] = []
     for prop in _many(master.get("CATEGORIES")):
         categories.extend(str(c).strip() for c in getattr(prop, "cats", [prop]))
     modified = None

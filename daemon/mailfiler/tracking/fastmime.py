@@ -39,7 +39,8 @@ class HeaderMessage(Message):
         self._headers = headers  # what the feed parser's set_raw builds
         self._index: dict[str, list[tuple[str, str]]] | None = None  # built on first use
 
-    def get(self, name: str, failobj: object = None) -> object:
+    # Message.get's contract; the stubs spell it as overloads on the header type
+    def get(self, name: str, failobj: object = None) -> object:  # type: ignore[override]
         found = self.named(name.lower())
         return self.policy.header_fetch_parse(*found[0]) if found else failobj
 

@@ -21,10 +21,11 @@ import hashlib
 import quopri
 import re
 from dataclasses import dataclass, field
-from email import _encoded_words as _ew
+from email import _encoded_words as _ew  # type: ignore[attr-defined]  # private: not in the stubs
 from email._policybase import Compat32
 from email.message import Message
-from email.utils import _has_surrogates, _sanitize
+from email.utils import _has_surrogates, _sanitize  # type: ignore[attr-defined]  # private: not in the stubs
+from typing import cast
 
 from mailfiler.errors import EmptyMessage, NotAMessage
 from mailfiler.tracking.fastmime import Declined, Entity, HeaderMessage, MimeKey, split_message
@@ -228,7 +229,8 @@ def default_header_str(name: str, value: str) -> str:
     if lname == "message-id":
         if _SIMPLE_MSGID.fullmatch(value):
             return value
-    elif lname not in _DEFAULT.header_factory.registry or lname == "subject":
+    # header_factory is a HeaderRegistry; the stubs call it a Callable
+    elif lname not in _DEFAULT.header_factory.registry or lname == "subject":  # type: ignore[attr-defined]
         fast = _unstructured_str(value)
     if fast is not None:
         return fast
@@ -308,7 +310,7 @@ _POLICY = _Policy()
 def _raw_header(msg: Message, name: str) -> str | None:
     # the parsed header object can raise on hostile input; fall back to the
     # raw folded value stored by the feed parser
-    for key, value in msg._headers:  # noqa: SLF001 - documented fallback path
+    for key, value in msg._headers:  # type: ignore[attr-defined]  # noqa: SLF001 - documented fallback path
         if key.lower() == name:
             return value if isinstance(value, str) else str(value)
     return None
@@ -321,7 +323,7 @@ MAX_HEADER_VALUE = 8192
 
 def _raw_headers(msg: Message) -> list[tuple[str, str]]:
     out = []
-    for name, value in msg._headers[:MAX_HEADERS]:  # noqa: SLF001 - raw values, no re-parsing
+    for name, value in msg._headers[:MAX_HEADERS]:  # type: ignore[attr-defined]  # noqa: SLF001 - raw values, no re-parsing
         text = " ".join(str(value).split())[:MAX_HEADER_VALUE]
         out.append((clean_text(str(name))[:200], clean_text(text)))
     return out
@@ -345,7 +347,7 @@ def _header(msg: Message, name: str, defects: list[str]) -> str | None:
 def _named(msg: Message, lname: str) -> list[tuple[str, str]]:
     if isinstance(msg, HeaderMessage):
         return msg.named(lname)  # the fast path's index
-    return [(k, v) for k, v in msg._headers if k.lower() == lname]  # noqa: SLF001 - raw values
+    return [(k, v) for k, v in msg._headers if k.lower() == lname]  # type: ignore[attr-defined]  # noqa: SLF001 - raw values
 
 
 def _addresses(msg: Message, name: str, defects: list[str]) -> list[Address]:
@@ -355,14 +357,14 @@ def _addresses(msg: Message, name: str, defects: list[str]) -> list[Address]:
             pairs.extend(_address_pairs(key, str(value)))
     except Exception as exc:  # noqa: BLE001
         defects.append(f"header {name}: {type(exc).__name__}")
-        raw = [v for k, v in msg._headers if k.lower() == name]  # noqa: SLF001
+        raw = [v for k, v in msg._headers if k.lower() == name]  # type: ignore[attr-defined]  # noqa: SLF001
         pairs = email.utils.getaddresses([str(v) for v in raw])
     result = _valid_addresses(pairs)
     if not result:
         # the header parser can drop every address without raising (a stray
         # "(" in 8-bit garbage opens a comment); the lenient parser may still
         # find them
-        raw = [str(v) for k, v in msg._headers if k.lower() == name]  # noqa: SLF001
+        raw = [str(v) for k, v in msg._headers if k.lower() == name]  # type: ignore[attr-defined]  # noqa: SLF001
         if any("@" in v for v in raw):
             result = _valid_addresses(email.utils.getaddresses(raw))
             if not result:
@@ -410,11 +412,14 @@ def _date(msg: Message, defects: list[str]) -> dt.datetime | None:
 def _part_text(part: Message, defects: list[str]) -> str:
     try:
         # what policy.default's get_content() does with a text part
-        content = part.get_payload(decode=True).decode(part.get_param("charset", "ASCII"), errors="replace")
+        # decode=True gives a leaf part's bytes; a charset given as an RFC 2231 tuple fails here, as it should
+        content = cast(bytes, part.get_payload(decode=True)).decode(
+            cast(str, part.get_param("charset", "ASCII")), errors="replace"
+        )
         return clean_text(content)
     except Exception as exc:  # noqa: BLE001 - unknown charset, broken transfer encoding...
         defects.append(f"text part: {type(exc).__name__}")
-        payload = part.get_payload(decode=True) or b""
+        payload = cast("bytes | None", part.get_payload(decode=True)) or b""
         charset = part.get_content_charset() or "utf-8"
         try:
             return clean_text(payload.decode(charset, "replace"))
@@ -472,7 +477,7 @@ def parse_with_feedparser(raw: bytes) -> ParsedMessage:
     if not raw or raw.isspace():  # not raw.strip(): a copy of the whole message
         raise EmptyMessage("the message file is empty")
     msg = email.message_from_bytes(raw, policy=_POLICY)
-    keys = {k.lower() for k, _ in msg._headers}  # noqa: SLF001
+    keys = {k.lower() for k, _ in msg._headers}  # type: ignore[attr-defined]  # noqa: SLF001
     if not keys & _MAIL_HEADERS:
         raise NotAMessage("the file has no mail header block (no From, To, Subject, Date or Message-ID)")
     defects: list[str] = [type(d).__name__ for d in getattr(msg, "defects", [])]
@@ -679,7 +684,7 @@ def fast_parse(raw: bytes) -> ParsedMessage | None:
         if root is None:
             return None
         msg = root.msg
-        if not {k.lower() for k, _ in msg._headers} & _MAIL_HEADERS:  # noqa: SLF001
+        if not {k.lower() for k, _ in msg._headers} & _MAIL_HEADERS:  # type: ignore[attr-defined]  # noqa: SLF001
             return None
         body = _fast_body(root)
         defects: list[str] = []

@@ -409,7 +409,8 @@ class _Reapplier:
 
 
 def _ref(activity: Activity) -> str | None:
-    return activity.regarding.ref if activity.regarding_id is not None else None
+    regarding = activity.regarding if activity.regarding_id is not None else None
+    return regarding.ref if regarding is not None else None
 
 
 def _join(notes: list[str]) -> str:
