@@ -104,6 +104,26 @@ else
     say "ruff check passed"
 fi
 
+# ---------------------------------------------------------------- import contract and types
+# The layer contract (.importlinter) and mypy (mypy.ini) on the package, from the
+# repository root where their configs are: like ruff, a failure fails an otherwise
+# green run, but the tests still run.  Both cache (a warm run takes about a second).
+contract_rc=0
+contract_out=$("$VENV/bin/lint-imports" --no-logo .importlinter </dev/null 2>&1) || contract_rc=$?
+if [ "$contract_rc" -ne 0 ]; then
+    echo "$contract_out" >&2
+    say "import contract broken (exit $contract_rc); running the tests anyway"
+else
+    say "import contract kept"
+fi
+mypy_rc=0
+"$VENV/bin/mypy" </dev/null || mypy_rc=$?
+if [ "$mypy_rc" -ne 0 ]; then
+    say "mypy failed (exit $mypy_rc); running the tests anyway"
+else
+    say "mypy passed"
+fi
+
 # ---------------------------------------------------------------- tests
 pytest_rc=0
 "$VENV/bin/python" -m pytest "$@" </dev/null || pytest_rc=$?
@@ -115,6 +135,14 @@ if [ "$pytest_rc" -eq 5 ]; then
 fi
 if [ "$pytest_rc" -eq 0 ] && [ "$ruff_rc" -ne 0 ]; then
     echo "test.sh: FAILED: the tests passed but ruff check did not (see above; 'ruff check --fix' fixes many)." >&2
+    exit 1
+fi
+if [ "$pytest_rc" -eq 0 ] && [ "$contract_rc" -ne 0 ]; then
+    echo "test.sh: FAILED: the tests passed but the import contract is broken (see above; .importlinter says the layers)." >&2
+    exit 1
+fi
+if [ "$pytest_rc" -eq 0 ] && [ "$mypy_rc" -ne 0 ]; then
+    echo "test.sh: FAILED: the tests passed but mypy did not (see above; mypy.ini says what is checked)." >&2
     exit 1
 fi
 exit "$pytest_rc"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -20,7 +21,7 @@ def records() -> None:
 @json_option
 @click.pass_obj
 @handle_errors
-def import_(obj, file: Path, as_json: bool) -> None:
+def import_(obj: Any, file: Path, as_json: bool) -> None:
     """Load records from a CSV or YAML FILE (create or update by entity+key).
 
     \b
@@ -54,7 +55,7 @@ def import_(obj, file: Path, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 @handle_errors
-def list_(obj, entity: str | None, as_json: bool) -> None:
+def list_(obj: Any, entity: str | None, as_json: bool) -> None:
     """List records with their addresses and parent."""
     from mailfiler.store.records import list_records, record_json
 

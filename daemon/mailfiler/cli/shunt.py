@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -26,7 +27,7 @@ def shunt() -> None:
 @json_option
 @click.pass_obj
 @handle_errors
-def list_(obj, include_resolved: bool, as_json: bool) -> None:
+def list_(obj: Any, include_resolved: bool, as_json: bool) -> None:
     """List shunted messages with their reason."""
     from mailfiler.store import reports
 
@@ -49,7 +50,7 @@ def list_(obj, include_resolved: bool, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 @handle_errors
-def retry(obj, ids: tuple[int, ...], retry_all: bool, as_json: bool) -> None:
+def retry(obj: Any, ids: tuple[int, ...], retry_all: bool, as_json: bool) -> None:
     """Track shunted messages again: give IDs (from `shunt list`) or --all.
 
     Exits 0 when every retried message was tracked, 1 otherwise.

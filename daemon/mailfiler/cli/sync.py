@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 import click
 
@@ -29,7 +30,9 @@ from mailfiler.errors import NotFound
 @wide_option
 @click.pass_obj
 @handle_errors
-def sync(obj, mailbox: str | None, force_delete: bool, shunted: bool, dry_run: bool, as_json: bool, wide: bool) -> None:
+def sync(
+    obj: Any, mailbox: str | None, force_delete: bool, shunted: bool, dry_run: bool, as_json: bool, wide: bool
+) -> None:
     """Sync CRM contacts and appointments with each mailbox's address book and calendar, once.
 
     \b
@@ -127,7 +130,7 @@ def _sync_table(data: list[dict], wide: bool) -> None:
     table("mailfiler sync", [*head, Col("changes"), Col("items", short=True)], rows, wide=False)
 
 
-def _dry_run(obj, mailbox: str | None, force_delete: bool, as_json: bool, wide: bool) -> None:
+def _dry_run(obj: Any, mailbox: str | None, force_delete: bool, as_json: bool, wide: bool) -> None:
     from mailfiler.service.runtime import open_store
     from mailfiler.sync.preview import plan_all
 
@@ -158,7 +161,7 @@ def _dry_run(obj, mailbox: str | None, force_delete: bool, as_json: bool, wide: 
         sys.exit(1)
 
 
-def _list_shunted(obj, mailbox: str | None, as_json: bool) -> None:
+def _list_shunted(obj: Any, mailbox: str | None, as_json: bool) -> None:
     from mailfiler.sync import reports
 
     obj.open_store_for_reading()
@@ -183,7 +186,7 @@ def contacts() -> None:
 @json_option
 @click.pass_obj
 @handle_errors
-def contacts_list(obj, owner: str | None, as_json: bool) -> None:
+def contacts_list(obj: Any, owner: str | None, as_json: bool) -> None:
     """List contacts; --json gives every field."""
     from mailfiler.sync import reports
 
@@ -210,7 +213,7 @@ def appointments() -> None:
 @json_option
 @click.pass_obj
 @handle_errors
-def appointments_list(obj, regarding: str | None, as_json: bool) -> None:
+def appointments_list(obj: Any, regarding: str | None, as_json: bool) -> None:
     """List appointments by start; --json gives every field, recurrence included.
 
     Times keep their zone: 2024-03-31T09:00:00[Europe/Stockholm]; a date alone

@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import time
+from typing import TextIO
 
 #: LogRecord attributes that are not user fields
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -48,12 +49,12 @@ class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is now, so that the backfill
     progress bar (which redirects stderr) prints log lines above itself."""
 
-    @property  # type: ignore[override]
-    def stream(self):
+    @property
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, _value) -> None:
+    def stream(self, _value: object) -> None:
         pass
 
 

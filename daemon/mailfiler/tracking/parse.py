@@ -20,6 +20,7 @@ import email.utils
 import hashlib
 import quopri
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import _encoded_words as _ew  # type: ignore[attr-defined]  # private: not in the stubs
 from email._policybase import Compat32
@@ -442,7 +443,7 @@ def _filename(part: Message, defects: list[str]) -> str:
         return ""
 
 
-def _walk_parts(msg: Message, defects: list[str]):
+def _walk_parts(msg: Message, defects: list[str]) -> Iterator[Message]:
     try:
         yield from msg.walk()
     except RecursionError:
@@ -500,7 +501,7 @@ def parse_with_feedparser(raw: bytes) -> ParsedMessage:
             continue
         is_body = ctype in ("text/plain", "text/html") and disposition != "attachment" and not filename
         if not is_body:
-            data = part.get_payload(decode=True) or b""
+            data = cast("bytes | None", part.get_payload(decode=True)) or b""  # a leaf: bytes
             # the content type comes from an untrusted header: NUL and stray
             # bytes must not reach the store, and the column is varchar(255)
             attachments.append(AttachmentPart(filename, clean_text(ctype)[:255], data))
@@ -684,7 +685,7 @@ def fast_parse(raw: bytes) -> ParsedMessage | None:
         if root is None:
             return None
         msg = root.msg
-        if not {k.lower() for k, _ in msg._headers} & _MAIL_HEADERS:  # type: ignore[attr-defined]  # noqa: SLF001
+        if not {k.lower() for k, _ in msg._headers} & _MAIL_HEADERS:  # noqa: SLF001
             return None
         body = _fast_body(root)
         defects: list[str] = []
