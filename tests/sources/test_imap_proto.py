@@ -93,6 +93,13 @@ def test_parse_fetch_with_sections_literals_and_nil() -> None:
     assert proto.body_of(proto.parse_fetch(b"3 FETCH (UID 9 BODY[] NIL)")[1]) is None
 
 
+@pytest.mark.parametrize("line", [b"1 (FETCH) (UID 1)", b"1 NIL (UID 1)", b"1 STORE (UID 1)", b"1 FETCH UID"])
+def test_parse_fetch_refuses_a_reply_that_is_not_a_fetch(line: bytes) -> None:
+    # a list where the word FETCH goes raised AttributeError before: a bad reply is a ParseError
+    with pytest.raises(proto.ParseError):
+        proto.parse_fetch(line)
+
+
 def _tokenized_fetch(line: bytes) -> tuple[int, dict]:
     tokens = proto.tokenize(line)
     items = tokens[2]
