@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mailfiler.sources.base import Source
-    from mailfiler.sync.engine import Collection
 
 #: kind -> the module holding its ``BACKEND``.  The one line a new backend adds.
 BACKENDS: dict[str, str] = {
@@ -40,7 +39,7 @@ def _no_identity(value: Any, base_dir: Path) -> Hashable | None:
     return None
 
 
-def _no_targets(mailbox: Any, base_dir: Path) -> list[Collection]:
+def _no_targets(mailbox: Any, base_dir: Path) -> list[Any]:
     return []
 
 
@@ -83,8 +82,10 @@ class Backend:
     #: from the raw (unvalidated) value: what two mailboxes must not share (e.g. a
     #: Maildir's resolved path), or None; raise ValueError for a problem at the key
     identity: Callable[[Any, Path], Hashable | None] = _no_identity
-    #: sync targets (contacts, calendar) the backend brings itself, besides ``sync:``
-    targets: Callable[[Any, Path], list[Collection]] = _no_targets
+    #: sync targets (contacts, calendar) the backend brings itself, besides ``sync:``: a list
+    #: of ``mailfiler.sync.engine.Collection``, not named here since sync sits above the
+    #: registry (the import contract, .importlinter)
+    targets: Callable[[Any, Path], list[Any]] = _no_targets
     #: what ``config check`` finds wrong on this machine with a valid config (a
     #: Maildir root that does not exist): one sentence each; the daemon starts anyway
     check: Callable[[Any], list[str]] = _no_problems

@@ -171,7 +171,7 @@ class MemorySource(Source):
             return None
         if gen != f.generation or seen > len(f.expunged):
             return None
-        added = {f"{gen}:{n}": None for n in sorted(f.messages) if n > last}
+        added: dict[str, str | None] = {f"{gen}:{n}": None for n in sorted(f.messages) if n > last}
         gone = frozenset(f"{gen}:{n}" for n in f.expunged[seen:] if n <= last)
         top = max([last, *(n for n in f.messages if n > last)])
         return Delta(folder, added, gone, token=self._token(f, top))
@@ -198,7 +198,7 @@ class MemorySource(Source):
     async def fetch(self, folder: str, source_id: str, hint: str | None = None) -> bytes:
         return self._message(folder, source_id)
 
-    async def watch(self, folders: Sequence[str], stop: asyncio.Event) -> AsyncIterator[list[Change]]:  # type: ignore[override]
+    async def watch(self, folders: Sequence[str], stop: asyncio.Event) -> AsyncIterator[list[Change]]:
         queue: asyncio.Queue[Change] = asyncio.Queue()
         self.box.listeners.add(queue)
         wanted = set(folders)

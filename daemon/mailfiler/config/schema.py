@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, create_model, field_validator, model_validator
 
@@ -481,16 +481,17 @@ class MailboxBase(Strict):
         return v.strip().lower()
 
 
-#: a mailbox config: the common keys plus one optional key per registered backend
-Mailbox = create_model(
-    "Mailbox",
-    __base__=MailboxBase,
-    __module__=__name__,
-    **{
-        kind: (b.config | None, Field(default=None, description=b.description))  # type: ignore[call-overload]
-        for kind, b in registry().items()
-    },
-)
+if TYPE_CHECKING:
+    # the type checker sees the common keys; a backend's own key is read as backend_config
+    Mailbox = MailboxBase
+else:
+    #: a mailbox config: the common keys plus one optional key per registered backend
+    Mailbox = create_model(
+        "Mailbox",
+        __base__=MailboxBase,
+        __module__=__name__,
+        **{kind: (b.config | None, Field(default=None, description=b.description)) for kind, b in registry().items()},
+    )
 
 
 class EntityType(Strict):

@@ -402,8 +402,9 @@ class ImapConnection:
         if response.result != "OK":
             text = _text(response)
             reason = login_failure_reason(response.result, text)
-            if reason == "auth-failed" and hasattr(s.secret, "invalidate"):
-                s.secret.invalidate()  # an OAuth2 token the server no longer takes: ask for a new one
+            invalidate = getattr(s.secret, "invalidate", None)
+            if reason == "auth-failed" and invalidate is not None:
+                invalidate()  # an OAuth2 token the server no longer takes: ask for a new one
             raise (LoginRefused if reason == "auth-failed" else ServerBusy)(
                 f"IMAP login as {s.username} on {s.host}:{s.port} failed: {text or response.result}",
                 host=s.host,

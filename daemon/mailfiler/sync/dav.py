@@ -226,7 +226,7 @@ class DavTarget(Discovery, Target):
         self._create = create
         if self.client is not None:
             return
-        auth = None
+        auth: LoginAuth | BearerAuth | None = None
         safe = self.url.startswith("https://") or urlsplit(self.url).hostname in _LOOPBACK
         if self.username is not None:
             # a password command may take a while: not on the event loop
