@@ -217,7 +217,7 @@ class Tokens:
                 self._app = self._make_app()
             self.acquired += 1
             if self.sign_in.app_only:
-                return self._app.acquire_token_for_client(scopes=APP_SCOPES)  # type: ignore[no-any-return]
+                return self._app.acquire_token_for_client(scopes=APP_SCOPES)
             assert self._cache is not None
             with self._cache.locked():
                 accounts = self._app.get_accounts()
@@ -228,7 +228,7 @@ class Tokens:
                 )
             if result is None:
                 return {"error": "no_token", "error_description": "sign in again with `mailfiler login`"}
-            return result  # type: ignore[no-any-return]
+            return result
 
     async def __call__(self, refused: str | None = None) -> str:
         """A valid access token; ``refused``: the token Graph just refused (a new one is

@@ -28,17 +28,41 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from mailfiler.errors import FolderMissing, LoginRefused, MailboxMissing, MailboxUnavailable, TlsCertificateRefused
 from mailfiler.sources.base import Change
-from mailfiler.sources.graph.client import DeltaExpired, GraphError
+from mailfiler.sources.graph.client import DeltaExpired, GraphClient, GraphError
+from mailfiler.sources.graph.folders import FolderTree
 
 if TYPE_CHECKING:
-    from mailfiler.sources.graph.source import GraphSource
     from mailfiler.sources.graph.webhook import Subscriptions
 
 log = logging.getLogger("mailfiler.graph")
+
+
+class _Settings(Protocol):
+    @property
+    def poll_min(self) -> float: ...
+    @property
+    def poll_max(self) -> float: ...
+    @property
+    def webhook_url(self) -> str | None: ...
+    @property
+    def webhook_listen(self) -> tuple[str, int]: ...
+
+
+class GraphSource(Protocol):
+    """What the watcher uses of :class:`mailfiler.sources.graph.source.GraphSource`:
+    a protocol, since that module imports this one."""
+
+    @property
+    def settings(self) -> _Settings: ...
+    @property
+    def client(self) -> GraphClient: ...
+    @property
+    def tree(self) -> FolderTree: ...
+    async def folder_round(self, folder: str, link: str | None) -> tuple[list[str], set[str], str]: ...
 
 #: how much a quiet round stretches the interval
 BACKOFF = 1.5
