@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
 
 from exchangelib.folders import FolderCollection
 from exchangelib.properties import CopiedEvent, CreatedEvent, DeletedEvent, MovedEvent
@@ -30,12 +30,19 @@ from exchangelib.properties import CopiedEvent, CreatedEvent, DeletedEvent, Move
 from mailfiler.errors import LoginRefused, MailboxMissing, MailboxUnavailable, TlsCertificateRefused
 from mailfiler.sources.base import Change
 from mailfiler.sources.ews import folders as fl
+from mailfiler.sources.ews.client import EwsClient
 from mailfiler.sources.ews.streams import RECONNECT_PAUSES, Member, hub_for
 
-if TYPE_CHECKING:
-    from mailfiler.sources.ews.source import EwsSource
-
 log = logging.getLogger("mailfiler.sources.ews")
+
+
+class EwsSource(Protocol):
+    """What the watcher uses of :class:`mailfiler.sources.ews.source.EwsSource`:
+    a protocol, since that module imports this one."""
+
+    @property
+    def client(self) -> EwsClient: ...
+    async def folder_ids(self, folders: Sequence[str]) -> dict[str, str]: ...
 
 _FATAL = (LoginRefused, TlsCertificateRefused, MailboxMissing)
 
