@@ -16,6 +16,7 @@ CRM store, with the sync's safety rules:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -204,7 +205,7 @@ class Applier:
     async def apply(self, plan: Plan) -> None:
         for action in plan:
             if action.stage in ("items", "upload"):
-                await self.guarded(self._what(action), lambda a=action: self.perform(a))
+                await self.guarded(self._what(action), functools.partial(self.perform, action))
             else:  # reading's keep-aside and the status cleanup: as much a part of the pass as reading
                 await self.perform(action)
 

@@ -55,7 +55,7 @@ class CrmItem:
     parties: frozenset[str] = field(default_factory=frozenset)
 
 
-def _rows(query: Iterable[object]) -> list[tuple[Any, ...]]:
+def tuple_rows(query: Iterable[object]) -> list[tuple[Any, ...]]:
     """A ``.tuples()`` query's rows (the peewee stubs type them as model objects)."""
     return cast("list[tuple[Any, ...]]", list(query))
 
@@ -109,27 +109,27 @@ class ContactStore:
         contact = Record.entity == "contact"
         if ids is not None:
             contact &= Record.id.in_(ids)
-        records = _rows(
+        records = tuple_rows(
             Record.select(Record.id, Record.key, Record.name, Record.parent, Record.updated_at)
             .where(contact)
             .order_by(Record.id)
             .tuples()
         )
-        details = _rows(
+        details = tuple_rows(
             ContactDetails.select(
                 ContactDetails.record, ContactDetails.uid, ContactDetails.given_name, ContactDetails.family_name,
                 ContactDetails.additional_names, ContactDetails.prefix, ContactDetails.suffix, ContactDetails.job_title,
                 ContactDetails.notes, ContactDetails.company, ContactDetails.owner, ContactDetails.updated_at,
             ).join(Record).where(contact).order_by(ContactDetails.record).tuples()
         )  # fmt: skip
-        emails = _rows(
+        emails = tuple_rows(
             RecordAddress.select(RecordAddress.record, RecordAddress.value)
             .join(Record)
             .where(contact & (RecordAddress.kind == "email"))
             .order_by(RecordAddress.record, RecordAddress.value)
             .tuples()
         )
-        phones = _rows(
+        phones = tuple_rows(
             ContactPhone.select(ContactPhone.record, ContactPhone.kind, ContactPhone.number)
             .join(Record)
             .where(contact)
@@ -137,7 +137,7 @@ class ContactStore:
             .tuples()
         )
         columns = [getattr(PostalAddress, part) for part in ADDRESS_PARTS]
-        postal = _rows(
+        postal = tuple_rows(
             PostalAddress.select(PostalAddress.record, *columns)
             .join(Record)
             .where(contact)
@@ -148,7 +148,7 @@ class ContactStore:
         parents = [
             row
             for chunk in _chunks(parent_ids)
-            for row in _rows(
+            for row in tuple_rows(
                 Record.select(Record.id, Record.entity, Record.key, Record.name)
                 .where(Record.id.in_(chunk))
                 .order_by(Record.id)
@@ -301,13 +301,13 @@ class AppointmentStore:
         if ids is not None:
             appointment &= Activity.id.in_(ids)
         D = AppointmentDetails
-        rows = _rows(
+        rows = tuple_rows(
             Activity.select(
                 Activity.id, Activity.subject, Activity.body_text, Activity.updated_at, Activity.owner,
                 Activity.regarding, D.uid, D.start, D.end, D.location, D.status, D.rrule, D.exdates, D.overrides,
             ).join(D).where(appointment).order_by(Activity.id).tuples()
         )  # fmt: skip
-        parties = _rows(
+        parties = tuple_rows(
             ActivityParty.select(ActivityParty.activity, ActivityParty.role, ActivityParty.address,
                                  ActivityParty.display_name)
             .join(Activity).where(appointment).order_by(ActivityParty.id).tuples()
@@ -315,7 +315,7 @@ class AppointmentStore:
         refs = [
             row
             for chunk in _chunks(sorted({r[5] for r in rows if r[5]}))
-            for row in _rows(
+            for row in tuple_rows(
                 Record.select(Record.id, Record.entity, Record.key)
                 .where(Record.id.in_(chunk))
                 .order_by(Record.id)
@@ -461,4 +461,4 @@ class AppointmentStore:
         Activity.delete().where(Activity.id == activity_id).execute()
 
 
-STORES = {"contacts": ContactStore, "calendar": AppointmentStore}
+STORES: dict[str, type[ContactStore | AppointmentStore]] = {"contacts": ContactStore, "calendar": AppointmentStore}

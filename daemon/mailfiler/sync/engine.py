@@ -32,7 +32,7 @@ from mailfiler.errors import SyncItemUnreadable, SyncSideEmpty, SyncTargetUnavai
 from mailfiler.store.db import transaction
 from mailfiler.store.models import Mailbox, SyncCollection, SyncItem, SyncShunt, utcnow
 from mailfiler.sync.apply import CODECS, Applier, Collection, Result
-from mailfiler.sync.crm import STORES, CrmRows
+from mailfiler.sync.crm import STORES, CrmRows, tuple_rows
 from mailfiler.sync.plan import (
     LINKED,
     Inputs,
@@ -199,7 +199,7 @@ class _CollectionSync:
         columns = (SyncItem.id, SyncItem.state, SyncItem.href, SyncItem.etag, SyncItem.uid, link,
                    SyncItem.crm_hash, SyncItem.mbox_hash, SyncItem.base)  # fmt: skip
         q = SyncItem.select(*columns).where(SyncItem.collection == self.row).order_by(SyncItem.id)
-        return [Status(*row) for row in q.tuples()]
+        return [Status(*row) for row in tuple_rows(q.tuples())]
 
     # -- the run ---------------------------------------------------------------------
 
@@ -327,11 +327,13 @@ class _CollectionSync:
     def _known(self) -> dict[str, str]:
         """href -> etag as the status knows the user's side (shunted items at their shunted etag)."""
         known: dict[str, str] = dict(
-            SyncItem.select(SyncItem.href, SyncItem.etag)
-            .where((SyncItem.collection == self.row) & SyncItem.href.is_null(False))
-            .tuples()
+            tuple_rows(
+                SyncItem.select(SyncItem.href, SyncItem.etag)
+                .where((SyncItem.collection == self.row) & SyncItem.href.is_null(False))
+                .tuples()
+            )
         )
-        for href, etag in (
+        for href, etag in tuple_rows(
             SyncShunt.select(SyncShunt.href, SyncShunt.etag)
             .where((SyncShunt.collection == self.row) & SyncShunt.resolved_at.is_null())
             .tuples()

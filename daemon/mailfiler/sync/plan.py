@@ -364,9 +364,9 @@ class _Planner:
             if status.state in LINKED and status.href is not None:
                 self.linked(status)
         for href in sorted(i.listing):
-            status = by_href.get(href)
-            if status is None or (status.state == "ignored" and href in i.parsed):
-                self.new_on_mailbox(href, status)
+            known = by_href.get(href)
+            if known is None or (known.state == "ignored" and href in i.parsed):
+                self.new_on_mailbox(href, known)
         for status in i.statuses:
             if status.state == "ignored" and status.href not in i.listing:
                 self.add(Op.FORGET, "the user's own item is gone", stage="cleanup", status=status)
