@@ -35,6 +35,13 @@ class BaseModel(pw.Model):
         legacy_table_names = False
 
 
+def delete_from(model: type[BaseModel]) -> pw.ModelDelete:
+    """``model.delete()``, built as peewee builds it.  types-peewee 4.5.1.20260909 is
+    served in two builds under one version: one types ``Model.delete`` on ``Self``, which
+    mypy rejects when reached through the class ("ambiguous"); this checks under both."""
+    return pw.ModelDelete(model)
+
+
 class SchemaVersion(BaseModel):
     id: pw.AutoField[int]
     version = pw.IntegerField()

@@ -37,7 +37,7 @@ from mailfiler.errors import (
     SyncTargetUnavailable,
 )
 from mailfiler.store.db import transaction
-from mailfiler.store.models import Mailbox, Record, SyncCollection, SyncItem, SyncShunt, utcnow
+from mailfiler.store.models import Mailbox, Record, SyncCollection, SyncItem, SyncShunt, delete_from, utcnow
 from mailfiler.store.records import get_by_ref
 from mailfiler.sync import ical, vcard
 from mailfiler.sync.crm import CrmItem
@@ -104,7 +104,7 @@ class Result:
 
 
 def _drop(status: Status) -> None:
-    SyncItem.delete().where(SyncItem.id == status.id).execute()
+    delete_from(SyncItem).where(SyncItem.id == status.id).execute()
 
 
 class Applier:
@@ -415,7 +415,7 @@ class Applier:
         mbox_fields = self.codec.parse(data).fields
         base = {k: item.fields[k] for k in write}
         with transaction(self.db):
-            SyncItem.delete().where(
+            delete_from(SyncItem).where(
                 (SyncItem.collection == self.row) & (SyncItem.href == href)
             ).execute()  # a stale ignored row
             SyncItem.create(

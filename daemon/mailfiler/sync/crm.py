@@ -31,6 +31,7 @@ from mailfiler.store.models import (
     PostalAddress,
     Record,
     RecordAddress,
+    delete_from,
     utcnow,
 )
 from mailfiler.store.records import ENTITY_PRECEDENCE, resolve_addresses
@@ -258,11 +259,11 @@ class ContactStore:
             for value in sorted(wanted - set(have)):
                 RecordAddress.create(record=rec, kind="email", value=value)
         if "phones" in changed:
-            ContactPhone.delete().where(ContactPhone.record == rec).execute()
+            delete_from(ContactPhone).where(ContactPhone.record == rec).execute()
             for i, (kind, number) in enumerate(changed["phones"] or []):
                 ContactPhone.create(record=rec, position=i, kind=kind[:32], number=number[:64])
         if "addresses" in changed:
-            PostalAddress.delete().where(PostalAddress.record == rec).execute()
+            delete_from(PostalAddress).where(PostalAddress.record == rec).execute()
             for i, item in enumerate(changed["addresses"] or []):
                 PostalAddress.create(record=rec, position=i, **{p: item.get(p, "") for p in ADDRESS_PARTS})
         rec.updated_at = d.updated_at = now
@@ -280,7 +281,7 @@ class ContactStore:
         return found[0] if len(found) == 1 else None
 
     def delete(self, record_id: int) -> None:
-        Record.delete().where(Record.id == record_id).execute()
+        delete_from(Record).where(Record.id == record_id).execute()
 
 
 class AppointmentStore:
@@ -450,7 +451,7 @@ class AppointmentStore:
             ]
         for address, name, role in attendees:
             wanted.append((_ROLE_TO_PARTY.get(role, "to"), address, name))
-        ActivityParty.delete().where(ActivityParty.activity == a).execute()
+        delete_from(ActivityParty).where(ActivityParty.activity == a).execute()
         resolved = resolve_addresses([w[1] for w in wanted], precedence=ENTITY_PRECEDENCE)
         for role, address, name in wanted:
             records: Sequence[Record | None] = resolved.get(address.lower()) or [None]
@@ -458,7 +459,7 @@ class AppointmentStore:
                 ActivityParty.create(activity=a, role=role, address=address.lower(), display_name=name, record=rec)
 
     def delete(self, activity_id: int) -> None:
-        Activity.delete().where(Activity.id == activity_id).execute()
+        delete_from(Activity).where(Activity.id == activity_id).execute()
 
 
 STORES: dict[str, type[ContactStore | AppointmentStore]] = {"contacts": ContactStore, "calendar": AppointmentStore}

@@ -17,6 +17,7 @@ from mailfiler.store.models import (
     SeenMessage,
     Shunt,
     TrackedFolder,
+    delete_from,
     utcnow,
 )
 
@@ -124,7 +125,7 @@ def forget_seen(db: pw.Database, mailbox: Mailbox, folder: str, source_ids: Iter
     with transaction(db):
         for start in range(0, len(ids), 500):
             count += (
-                SeenMessage.delete()
+                delete_from(SeenMessage)
                 .where(
                     (SeenMessage.mailbox == mailbox)
                     & (SeenMessage.folder == folder)
