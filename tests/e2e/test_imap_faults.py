@@ -351,6 +351,11 @@ def test_a_kicked_session_reconnects(user: ImapUser, env: E2EEnv) -> None:
     imap_world(env, user)
     create_folders(user)
     daemon = start(env)
+    # pushed mail tracked first: the watch sessions are logged in, so the kick reaches them
+    # (kicked before they log in, there is nothing to kick and nothing to notice)
+    with user.client() as admin:
+        admin.append(UNFILED, crlf(mail(29)))
+    env.wait_activity(mid(29))
     since = daemon.mark()
     user.kick()  # doveadm kick: "* BYE" on every session of the user
     error = daemon.wait_event("mailbox-error", since=since, timeout=15)
