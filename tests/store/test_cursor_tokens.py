@@ -20,9 +20,10 @@ from mailfiler.service.runtime import MailboxRuntime, Services, build_services
 from mailfiler.service.worker import MailboxWorker
 from mailfiler.sources.base import Delta, Listing, MarkState
 from mailfiler.store import models as m
-from mailfiler.tracking import bulk, pipeline
+from mailfiler.tracking import pipeline
 from mailfiler.tracking.folders import folder_token
 from mailfiler.tracking.parse import parse_message
+from mailfiler.tracking.writer import Writer
 from tests.store.helpers import Store, mailbox_config, make_message
 
 FOLDER = "Kunder/Contoso"
@@ -366,15 +367,15 @@ async def test_a_message_its_batch_cannot_store_is_handled_alone(
         return original(self, mailbox, folder, source_id, msg, **kw)
 
     monkeypatch.setattr(pipeline.Tracker, "track", track)
-    real_bulk = bulk.track
+    real_bulk = Writer.apply_batch
 
-    def bulk_track(tracker, items):  # type: ignore[no-untyped-def]
+    def bulk_track(self, plans, blob_ids):  # type: ignore[no-untyped-def]
         # the store refuses that row in a bulk write too (the whole batch then goes one by one)
-        if any(item.source_id == source.sid(3) for item in items):
+        if any(plan.source_id == source.sid(3) for plan in plans):
             raise RuntimeError("the store refused this row")
-        return real_bulk(tracker, items)
+        return real_bulk(self, plans, blob_ids)
 
-    monkeypatch.setattr(bulk, "track", bulk_track)
+    monkeypatch.setattr(Writer, "apply_batch", bulk_track)
     result = await MailboxWorker(rt, services).scan_folder(FOLDER)
     assert (result.new, result.shunted) == (7, 1)
     assert committed_uids(rt) == {1, 2, 4, 5, 6, 7, 8}

@@ -1,12 +1,16 @@
 """Track several messages in one transaction: one commit (and on SQLite one
 write-lock round) for a batch instead of one per message.
 
-Each message runs in its own savepoint (``Tracker.track``'s transaction
-nests as one), so a message that fails rolls back only its own rows, its
-cursor count and its token.  The batch then stops there: the messages
-before it commit, the failed one reports its exception, the ones after it
-are not tried (None), so the committed token never passes a message that is
-neither committed nor handled by the caller (shunted, retried).
+The batch is planned first (reads only).  When the plans allow it
+(:func:`~mailfiler.tracking.writer.batchable`: the backfill's common case,
+new mail in one tracked folder) the writer applies them in batch mode, in a
+savepoint.  Otherwise each message is planned and applied in its own
+savepoint (``Tracker.track``'s transaction nests as one), so a message that
+fails rolls back only its own rows, its cursor count and its token.  The
+batch then stops there: the messages before it commit, the failed one
+reports its exception, the ones after it are not tried (None), so the
+committed token never passes a message that is neither committed nor
+handled by the caller (shunted, retried).
 
 Results hold only once :func:`track_batch` returns: if the final commit
 fails it raises, and nothing of the batch is in the store.  On SQLite the
@@ -20,20 +24,45 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mailfiler.store.db import transaction
-from mailfiler.tracking import bulk
 from mailfiler.tracking.batchitem import Item
-from mailfiler.tracking.pipeline import Outcome, Tracker
+from mailfiler.tracking.pipeline import Tracker
+from mailfiler.tracking.writer import Outcome, batchable
 from mailfiler.util import crashpoints
+
+__all__ = ["Item", "may_batch", "track_batch"]
+
+
+def may_batch(items: Sequence[Item]) -> bool:
+    """Worth planning for batch mode: one tracked folder, distinct messages, none
+    that may be in the shunt (the plans then decide, see ``batchable``)."""
+    if len(items) < 2:
+        return False
+    first = items[0]
+    if not first.folder.tracked:
+        return False
+    ids = set()
+    for item in items:
+        if item.folder is not first.folder or item.mailbox is not first.mailbox or item.may_be_shunted:
+            return False
+        ids.add(item.msg.message_id)
+    return len(ids) == len(items)
 
 
 def _in_bulk(tracker: Tracker, items: Sequence[Item]) -> list[Outcome] | None:
-    """The batch written in bulk when it is the backfill's common case
-    (:mod:`mailfiler.tracking.bulk`), in a savepoint; None: message by message."""
-    if not bulk.eligible(items) or not bulk.fresh(tracker, items):
+    """The batch planned, and written in batch mode when the plans allow it,
+    in a savepoint; None: message by message."""
+    if not may_batch(items):
         return None
     try:
         with tracker.db.atomic():  # a savepoint: a failure leaves the batch as it was
-            return bulk.track(tracker, items)
+            plans = [
+                tracker.plan(i.mailbox, i.folder, i.source_id, i.msg, token=i.token, may_be_shunted=i.may_be_shunted)
+                for i in items
+            ]
+            if not batchable(plans, tracker.correlation):
+                return None
+            blob_ids = [[tracker.blobs.put_part(a) for a in p.msg.attachments] for p in plans]
+            return tracker.apply_batch(plans, blob_ids)
     except Exception:  # noqa: BLE001 - another daemon tracked one meanwhile, the store or disk refused:
         # message by message, each meets its own error
         return None

@@ -1,6 +1,5 @@
 """One message of a batch (:mod:`mailfiler.tracking.batch`), in a module of its
-own so that the bulk writer (:mod:`mailfiler.tracking.bulk`), which batch calls,
-can name it without importing batch."""
+own so that modules batch calls can name it without importing batch."""
 
 from __future__ import annotations
 
