@@ -138,11 +138,14 @@ async def raw_one_by_one(user: ImapUser) -> tuple[float, int]:
 # -- mailfiler ----------------------------------------------------------------------------------
 
 
-def run_cli(work: Path, user: ImapUser) -> dict[str, Any]:
+def run_cli(work: Path, user: ImapUser, code: Path | None = None) -> dict[str, Any]:
+    """``mailfiler once`` on a fresh store; ``code``: another tree's ``daemon`` to run instead (--base)."""
     base = Path(tempfile.mkdtemp(prefix="cli-", dir=work))
     cfg = write_imap_config(base, user, [FOLDER], writer="bench/imap_backfill.py")
     cmd = [sys.executable, "-m", "mailfiler", "--config", str(cfg), "--log-format", "json", "once", "--json"]
     env = {k: v for k, v in os.environ.items() if k not in ("MAILFILER_CONFIG", "MAILFILER_CRASH_AT")}
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     with open(base / "stderr.log", "wb") as err:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env, check=False)
@@ -150,17 +153,21 @@ def run_cli(work: Path, user: ImapUser) -> dict[str, Any]:
     if proc.returncode != 0:
         raise RuntimeError(f"mailfiler once failed ({proc.returncode}): {(base / 'stderr.log').read_text()[-2000:]}")
     results = [r for rs in json.loads(proc.stdout).values() for r in rs]
-    stamps = []
+    # (time, messages): a ``tracked`` line per message, or a backfill batch's summary line
+    stamps: list[tuple[float, int]] = []
     with open(base / "stderr.log", encoding="utf-8") as fh:
         for line in fh:
-            if '"tracked"' in line:
+            if '"tracked"' in line or '"batch-committed"' in line:
                 rec = json.loads(line)
                 if rec.get("event") == "tracked":
-                    stamps.append(ts_to_epoch(rec["ts"]))
-    span = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
+                    stamps.append((ts_to_epoch(rec["ts"]), 1))
+                elif rec.get("event") == "batch-committed":
+                    stamps.append((ts_to_epoch(rec["ts"]), int(rec.get("tracked", 0))))
+    span = stamps[-1][0] - stamps[0][0] if len(stamps) > 1 else 0.0
+    after_first = sum(n for _, n in stamps[1:])
     out = {
         "seconds": elapsed,
-        "inside_msgs_per_s": (len(stamps) - 1) / span if span > 0 else None,
+        "inside_msgs_per_s": after_first / span if span > 0 else None,
         "outside_scan_s": elapsed - span,
         "new": sum(r["new"] for r in results),
         "shunted": sum(r["shunted"] for r in results),
@@ -293,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each variant (default 1)")
     ap.add_argument("--inprocess", action="store_true", help="also one in-process scan with a time breakdown")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    ap.add_argument(
+        "--base",
+        type=Path,
+        help="also run the mailfiler of another tree's daemon/ (PYTHONPATH) in each repeat, paired, alternating order",
+    )
     args = ap.parse_args(argv)
 
     t_start = time.monotonic()
@@ -328,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         one_by_one: list[float] = []
         fixed: list[float] = []
         cli_runs: list[dict[str, Any]] = []
+        base_runs: list[dict[str, Any]] = []
         for r in range(args.repeat):
             seconds, n, size, bodies = asyncio.run(raw_batched(user, keep=True))
             batched.append(seconds)
@@ -339,7 +352,13 @@ def main(argv: list[str] | None = None) -> int:
             del bodies
             one_by_one.append(asyncio.run(raw_one_by_one(user))[0])
             fixed.append(asyncio.run(raw_batched(user, keep=False, fixed=True))[0])
+            if args.base is not None and r % 2 == 0:  # paired, in alternating order
+                base_runs.append(run_cli(work, user, args.base))
             cli_runs.append(run_cli(work, user))
+            if args.base is not None and r % 2 == 1:
+                base_runs.append(run_cli(work, user, args.base))
+            if not args.json and base_runs:
+                print(f"run {r + 1}: base mailfiler {args.count / base_runs[-1]['seconds']:.0f}/s", flush=True)
             if not args.json:
                 c = cli_runs[-1]
                 print(
@@ -354,6 +373,16 @@ def main(argv: list[str] | None = None) -> int:
         out["raw_batched_fixed"] = rate(args.count, fixed)
         out["mailfiler_once"] = rate(args.count, [c["seconds"] for c in cli_runs])
         out["mailfiler_once"]["last_run"] = cli_runs[-1]
+        if base_runs:
+            out["mailfiler_base"] = rate(args.count, [c["seconds"] for c in base_runs])
+            out["mailfiler_base"]["ratio_vs_raw_batched"] = round(
+                out["mailfiler_base"]["median_msgs_per_s"] / out["raw_batched"]["median_msgs_per_s"], 4
+            )
+            out["mailfiler_vs_base"] = round(
+                out["mailfiler_once"]["median_msgs_per_s"] / out["mailfiler_base"]["median_msgs_per_s"], 4
+            )
+            base_inside = [c["inside_msgs_per_s"] for c in base_runs if c["inside_msgs_per_s"]]
+            out["mailfiler_base_inside"] = round(statistics.median(base_inside), 1) if base_inside else None
         inside = [c["inside_msgs_per_s"] for c in cli_runs if c["inside_msgs_per_s"]]
         out["mailfiler_inside"] = {"median_msgs_per_s": round(statistics.median(inside), 1) if inside else None}
         raw_rate = out["raw_batched"]["median_msgs_per_s"]
@@ -384,7 +413,10 @@ def main(argv: list[str] | None = None) -> int:
         ("raw_one_by_one", "raw 1-by-1 (RFC822.SIZE, then BODY.PEEK[])"),
         ("raw_batched_fixed", "raw batched, mailfiler's aioimaplib fixes"),
         ("mailfiler_once", "mailfiler once (CLI, wall clock)"),
+        ("mailfiler_base", "mailfiler once, --base tree"),
     ):
+        if key not in out:
+            continue
         v = out[key]
         ratio = f"  = {v['ratio_vs_raw_batched']:.1%} of raw batched" if "ratio_vs_raw_batched" in v else ""
         print(f"  {label:<46} {v['median_msgs_per_s']:>8.0f} msgs/s  ({v['median_s']:.2f} s){ratio}")
@@ -411,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         for name, secs in ip["parts_s"].items():
             print(f"    {name:<28} {secs:>8.2f} s  {secs / ip['seconds']:>6.1%}  ({ip['calls'][name]} calls)")
+    if "mailfiler_vs_base" in out:
+        vs, inside = out["mailfiler_vs_base"], out["mailfiler_base_inside"]
+        print(f"  this tree / base tree: {vs:.3f} (base tree inside the scan: {inside}/s)")
     verdict = "MET" if out["target_met"] else "NOT MET"
     print(f"target: mailfiler once >= {TARGET_RATIO:.0%} of the raw batched rate: {verdict}")
     print(f"wall time {out['wall_s']} s")
