@@ -209,3 +209,39 @@ def test_without_a_store_correlation_is_not_tried(tmp_path: Path, rules: RuleSet
     }
     assert result["verdict"]["reason"] == "policy replies: not a reply to tracked mail"
     assert not (tmp_path / "none.db").exists()
+
+
+def test_rules_test_and_the_daemon_agree_on_a_corpus(store: Store, tmp_path: Path, rules: RuleSet) -> None:
+    """A corpus (threads, rule hits, a rule that creates its record, mail nothing decides)
+    through ``rules test`` and then through the daemon's tracker, message by message, in a
+    tracked folder without a regarding and in the Inbox: the same regarding and method
+    (both ask the one planner)."""
+    from mailfiler.tracking.context import watched_folder
+    from mailfiler.tracking.parse import parse_message
+    from tests.mailgen import realistic_message
+
+    cfg = _config(store, tmp_path)
+    rt = sync_config(store.db, cfg)["alice"]
+    tracker = store.tracker(cfg)
+    tracker.rules = rules
+    _track_root(store, cfg)
+    corpus = [realistic_message(i, domain_pool=("contoso.com", "fabrikam.com", "example.org")) for i in range(24)]
+    corpus += [_reply(), _reply("bob@contoso.com").replace(b"<reply@f>", b"<reply2@f>")]
+    compared = 0
+    for i, raw in enumerate(corpus):
+        for folder in ("Unfiled", None):
+            if folder is None and i % 2:
+                continue
+            verdict = _test(cfg, rules, raw, folder=folder)["verdict"]
+            if not verdict["tracked"]:
+                continue
+            fctx = rt.folders[folder] if folder is not None else watched_folder("INBOX")
+            assert tracker.track(rt.ctx, fctx, f"c{i}-{folder}", parse_message(raw)).event == "tracked"
+            act = m.Activity.get(m.Activity.message_id == parse_message(raw).message_id)
+            stored = (act.regarding.ref if act.regarding_id else None, act.correlation)
+            assert (verdict["regarding"], verdict["correlation"]) == stored, (i, folder, verdict)
+            compared += 1
+            break
+    assert compared >= 20
+    methods = {a.correlation for a in m.Activity.select()}
+    assert {"rule:contoso-domains", "folder"} <= methods and methods & {"in-reply-to", "references"}

@@ -183,6 +183,7 @@ def rules_test_result(
             rule=store.rule_regarding(decision),
             folder_record=store.record_exists(tracked.regarding) if tracked and tracked.regarding else None,
             correlation=store.correlation(msg, cfg.correlation),
+            planned=store.planned(cfg, ruleset, mb, folder, msg, owners, decision) if mb is not None else None,
         )
     data = decision.to_dict()
     data["regarding_text"] = decision.regarding.describe() if decision.regarding else None
@@ -273,6 +274,8 @@ class _Seen:
     #: whether the tracked folder's regarding record exists; None: not asked or unknown
     folder_record: bool | None
     correlation: dict[str, Any]
+    #: (regarding, method) as the daemon's planner decides them; None: the store was not read
+    planned: tuple[str | None, str | None] | None = None
 
 
 def _no_store(cfg: Config) -> Path | None:
@@ -448,6 +451,48 @@ class _StoreReader:
 
         return self._ask(ask, _RuleRegarding(spec.ref or spec.describe(), rule))
 
+    def planned(
+        self, cfg: Config, ruleset: Any, mb: Any, folder: str | None, msg: Any, owners: frozenset[str], decision: Any
+    ) -> tuple[str | None, str | None] | None:
+        """(regarding, method) of the message as new mail, from the daemon's own
+        planner (:class:`~mailfiler.tracking.plan.Planner`), writing nothing: a
+        record a rule would create is named, not created."""
+        from mailfiler.service.runtime import precedence
+        from mailfiler.store.models import Mailbox, TrackedFolder
+        from mailfiler.store.records import get_by_ref
+        from mailfiler.tracking.context import FolderContext, MailboxContext
+        from mailfiler.tracking.plan import Judgement, Planner
+        from mailfiler.tracking.reapply import planned_ref
+
+        if self.db is None:
+            return None
+        db = self.db
+
+        def ask() -> tuple[str | None, str | None]:
+            planner = Planner(
+                db,
+                precedence=precedence(cfg),
+                ambiguous=cfg.tracking.ambiguous_addresses,
+                correlation=cfg.correlation,
+                rules=ruleset,
+            )
+            row = Mailbox.get_or_none(Mailbox.name == mb.name) or Mailbox(name=mb.name, owner=mb.owner)
+            ctx = MailboxContext(row=row, owner_addresses=owners)
+            tracked = _tracked_folder(mb, folder)
+            if tracked is not None:
+                # unsaved: the planner reads its name and regarding, never its id
+                frow = TrackedFolder(mailbox=row, folder=tracked.folder, regarding_ref=tracked.regarding)
+                record = get_by_ref(tracked.regarding) if tracked.regarding else None
+                fctx = FolderContext(row=frow, regarding=record)
+            else:
+                fctx = FolderContext(row=None, path=folder or "INBOX")
+            # the rules' decision as shown above (the same facts), so the two cannot differ
+            reg = planner.plan_new(ctx, fctx, msg, Judgement(decision=decision)).regarding
+            ref = reg.record.ref if reg.record is not None else planned_ref(reg.create) if reg.create else None
+            return ref, reg.method if ref is not None else None
+
+        return self._ask(ask, None)
+
     def correlation(self, msg: Any, settings: Any) -> dict[str, Any]:
         """What correlation finds: the method and the activity, or nulls."""
         from mailfiler.tracking.correlate import correlate
@@ -468,6 +513,12 @@ class _StoreReader:
 
 
 # -- the final answer -------------------------------------------------------------------
+
+
+def _decided(seen: _Seen) -> tuple[str | None, str | None]:
+    """(regarding, method) when the folder's record does not decide: the daemon's
+    planner's answer when the store was read, else what the rules alone say."""
+    return seen.planned if seen.planned is not None else _by_rule_or_thread(seen)
 
 
 def _by_rule_or_thread(seen: _Seen) -> tuple[str | None, str | None]:
@@ -527,13 +578,13 @@ def _verdict(mb: Any, tracked: Any, seen: _Seen, auto: dict[str, Any] | None) ->
         assert auto is not None  # computed for every message outside tracked folders
         if not auto["track"]:
             return _answer(False, None, None, auto["reason"], [])
-        return _answer(True, *_by_rule_or_thread(seen), auto["reason"], notes)
+        return _answer(True, *_decided(seen), auto["reason"], notes)
     reason = f"{tracked.folder} is a tracked folder: mail filed there is always tracked"
     if tracked.regarding and seen.folder_record is not False:
         return _answer(True, tracked.regarding, "folder", reason, [])
     if tracked.regarding:
         notes.insert(0, f"the folder's record {tracked.regarding} does not exist yet: the rules and the thread decide")
-    return _answer(True, *_by_rule_or_thread(seen), reason, notes)
+    return _answer(True, *_decided(seen), reason, notes)
 
 
 def _answer(tracked: bool, regarding: str | None, method: str | None, reason: str, notes: list[str]) -> dict[str, Any]:

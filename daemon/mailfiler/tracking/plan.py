@@ -230,6 +230,15 @@ class Planner:
             self._plan_relink(plan)
         return plan
 
+    def plan_new(
+        self, mailbox: MailboxContext, folder: FolderContext, msg: ParsedMessage, judgement: Judgement | None = None
+    ) -> MessagePlan:
+        """The plan for ``msg`` as new mail in ``folder``, tracked already or not:
+        the regarding ``rules test`` shows (the daemon's own decision)."""
+        plan = MessagePlan(mailbox, folder, "", msg, "create")
+        self._plan_new(plan, judgement)
+        return plan
+
     def _plan_new(self, plan: MessagePlan, judgement: Judgement | None) -> None:
         folder, msg = plan.folder, plan.msg
         # the folder's record wins (as in Dynamics); a folder without one lets
