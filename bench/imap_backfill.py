@@ -225,6 +225,7 @@ def run_inprocess(work: Path, user: ImapUser) -> dict[str, Any]:
     import logging
 
     from mailfiler.config.loader import load_config
+    from mailfiler.service import backfill as backfill_module
     from mailfiler.service import worker as worker_module
     from mailfiler.service.runtime import build_services, open_store
     from mailfiler.service.worker import MailboxWorker
@@ -241,7 +242,7 @@ def run_inprocess(work: Path, user: ImapUser) -> dict[str, Any]:
         if hasattr(ImapSource, attr):
             timers.wrap(ImapSource, attr, f"imap.{attr}")
     timers.wrap(worker_module, "parse_message", "parse_message")
-    timers.wrap(worker_module, "track_batch", "track_batch")  # a commit of up to 50 messages
+    timers.wrap(backfill_module, "track_batch", "track_batch")  # a commit of up to 50 messages
     timers.wrap(Tracker, "track", "Tracker.track")  # inside a batch, when not written in bulk
 
     helpers: dict[str, int] = {}

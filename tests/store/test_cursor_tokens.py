@@ -15,7 +15,7 @@ import pytest
 
 from mailfiler.backends.memory import MemoryMailbox, MemorySource
 from mailfiler.errors import MessageVanished
-from mailfiler.service import worker as worker_module
+from mailfiler.service import backfill as worker_module
 from mailfiler.service.runtime import MailboxRuntime, Services, build_services
 from mailfiler.service.worker import MailboxWorker
 from mailfiler.sources.base import Delta, Listing, MarkState
