@@ -410,6 +410,40 @@ async def test_a_new_uidvalidity_with_a_stored_token(
     assert [c.split(" ", 1)[0] for c in commands.sent] == ["EXAMINE"]
 
 
+async def test_a_new_uidvalidity_reads_known_mail_by_its_headers_only(
+    mode: str, world: World, imap_user: ImapUser, commands: Commands
+) -> None:
+    """After a new UIDVALIDITY the mail the store knows is re-identified from its header
+    sections (``BODY.PEEK[HEADER]``), never read whole; only the message the store does
+    not know (new mail) is.  The result is what reading everything whole gave: every
+    known message located again, the new one tracked, nothing twice."""
+    imap_user.create_folder(TRACKED)
+    raws = [offer(i) for i in range(4)]
+    with imap_user.client() as admin:
+        for raw in raws:
+            admin.append(TRACKED, raw)
+    worker = await world.start()
+    await worker.scan_folder(TRACKED)
+    imap_user.server.doveadm("mailbox", "delete", "-s", "-u", imap_user.name, TRACKED)
+    time.sleep(1.1)  # Dovecot's UIDVALIDITY is a clock: never the same within a second
+    imap_user.create_folder(TRACKED)
+    with imap_user.client() as admin:
+        for raw in [*raws, offer(9)]:
+            admin.append(TRACKED, raw)
+    worker = await world.start()
+    commands.clear()
+    result = await worker.scan_folder(TRACKED)
+    assert (result.gone, result.new) == (4, 5)
+    assert m.Activity.select().count() == 5 and m.Location.select().count() == 9
+    fetches = commands.named("UID FETCH")
+    assert [c for c in fetches if "BODY.PEEK[HEADER]" in c] == ["UID FETCH 1:5 (UID BODY.PEEK[HEADER])"]
+    # read whole: only UID 5, the new message
+    assert [c.split(" ")[2] for c in fetches if "BODY.PEEK[]" in c] == ["5"]
+    new = world.cursor(TRACKED)
+    assert new is not None and {s.split(":")[0] for s in world.live(TRACKED)} == {str(new.uidvalidity)}
+    assert len(world.live(TRACKED)) == 5
+
+
 # --------------------------------------------------------------------------- keywords
 
 

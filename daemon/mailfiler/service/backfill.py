@@ -163,7 +163,7 @@ class Backfill:
                 outcome = await self.process(folder, sid, hints[sid], token=step, read=read, parsed=parsed)
                 if outcome.event in NOT_DONE:
                     advancing = False
-                _count(result, outcome)
+                count_outcome(result, outcome)
                 self._progress(folder, done, len(todo))
                 # let signals, the watchdog, other mailboxes and the read-ahead run
                 await asyncio.sleep(0)
@@ -214,6 +214,9 @@ class Backfill:
         gone = present - set(listing.messages)
         result.gone = mark_gone(self.services.db, self.mailbox, folder, gone)
         todo = todo_of(listing, known)
+        if self._was_renumbered(gone, set(listing.messages)):  # type: ignore[attr-defined]
+            # the same mail under new ids: what the store knows is found by its headers
+            todo = await self._reidentify(folder, todo, listing.messages, result)  # type: ignore[attr-defined]
         complete = await self._process_all(folder, todo, listing.messages, result, token=listing.token)
         if not self.should_stop():
             with transaction(self.services.db):
@@ -223,7 +226,7 @@ class Backfill:
         return result
 
 
-def _count(result: ScanResult, outcome: Outcome) -> None:
+def count_outcome(result: ScanResult, outcome: Outcome) -> None:
     if outcome.event == "shunted":
         result.shunted += 1
     elif outcome.event == "skipped":
@@ -313,7 +316,7 @@ class _Commits:
             for i, (pending, res) in enumerate(zip(todo, results, strict=True)):
                 if isinstance(res, Outcome):
                     worker._done(self.folder, pending.source_id, res, pending.parsed, in_batch=True)  # noqa: SLF001
-                    _count(self.result, res)
+                    count_outcome(self.result, res)
                     committed[res.event] = committed.get(res.event, 0) + 1
                     continue
                 # this one failed (or the batch did): alone, as without batches; then the rest
@@ -324,7 +327,7 @@ class _Commits:
                 )
                 if outcome.event in NOT_DONE:
                     self.complete = False
-                _count(self.result, outcome)
+                count_outcome(self.result, outcome)
                 return todo[i + 1 :]
             return []
         finally:

@@ -152,7 +152,9 @@ class Watch:
         )
         self._renumbered.add(folder)
         try:
-            await self._process_all(folder, todo, listing.messages, result, token=None)
+            # from the headers; what they cannot settle is read whole (and not judged either)
+            whole = await self._reidentify(folder, todo, listing.messages, result)  # type: ignore[attr-defined]
+            await self._process_all(folder, whole, listing.messages, result, token=None)
         finally:
             self._renumbered.discard(folder)
         if self.should_stop():

@@ -37,6 +37,7 @@ from mailfiler.service.backfill import COMMIT_BATCH, KEEP_RAW_BYTES, NOT_DONE, B
 from mailfiler.service.marks import Marks
 from mailfiler.service.pushed import Pushed
 from mailfiler.service.readahead import NOT_READ, ReadAhead, too_large
+from mailfiler.service.reidentify import RENUMBERED, Reidentify
 from mailfiler.service.runtime import MailboxRuntime, Services
 from mailfiler.service.watch import Watch
 from mailfiler.sources.base import MarkState
@@ -52,9 +53,9 @@ log = logging.getLogger("mailfiler.worker")
 STORE_RETRIES = 5
 
 
-class MailboxWorker(Backfill, Watch, Pushed, Marks):
+class MailboxWorker(Backfill, Watch, Reidentify, Pushed, Marks):
     """One mailbox's work, by job: backfill and catch-up (:mod:`.backfill`),
-    watched folders (:mod:`.watch`), pushed changes (:mod:`.pushed`), marks
+    watched folders (:mod:`.watch`), renumbered ids (:mod:`.reidentify`), pushed changes (:mod:`.pushed`), marks
     (:mod:`.marks`); here the scan's entry and one message's processing."""
 
     def __init__(self, rt: MailboxRuntime, services: Services, *, should_stop: Callable[[], bool] = lambda: False):
@@ -153,8 +154,7 @@ class MailboxWorker(Backfill, Watch, Pushed, Marks):
             if parsed is None:
                 parsed = parse_message(raw)
             if folder in self._renumbered and not fctx.tracked and not self._tracked_already(parsed):
-                reason = "in the folder before its message ids were renumbered (a new UIDVALIDITY)"
-                outcome = self.services.tracker.note_seen(self.rt.ctx, fctx, source_id, parsed, reason, token)
+                outcome = self.services.tracker.note_seen(self.rt.ctx, fctx, source_id, parsed, RENUMBERED, token)
             else:
                 outcome = await self._track_with_retries(fctx, folder, source_id, parsed, token)
         except MessageVanished:

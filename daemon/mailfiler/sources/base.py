@@ -150,6 +150,12 @@ class Source(abc.ABC):
         The caller bounds the batch (count and bytes, from :meth:`sizes_of`)."""
         return await _each(self.fetch, folder, items)
 
+    async def fetch_headers(self, folder: str, items: Mapping[str, str | None]) -> dict[str, bytes | Exception]:
+        """The header sections of several messages (enough to find their
+        Message-ID and parties), as :meth:`fetch_batch` hands out whole ones;
+        those that are gone are left out.  By default the whole messages."""
+        return await self.fetch_batch(folder, items)
+
     @abc.abstractmethod
     def watch(self, folders: Sequence[str], stop: asyncio.Event) -> AsyncIterator[list[Change]]:
         """Yield batches of changes in ``folders`` until ``stop`` is set."""

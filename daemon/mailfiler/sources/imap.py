@@ -31,11 +31,10 @@
   it, an unchanged UIDNEXT and message count mean nothing happened, and
   otherwise one ``UID SEARCH ALL`` says what came and (by counting) whether
   anything went.  A new UIDVALIDITY makes the token useless: the folder is
-  listed in full and its messages re-identified by Message-ID.  (Each is
-  read whole for that, in batches: the tracker takes a parsed message.
-  Reading only ``BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]`` for those whose
-  Message-ID the store knows would need a "relocate" entry point in
-  :mod:`mailfiler.tracking`.)
+  listed in full and its messages re-identified by Message-ID, from their
+  header sections only (:meth:`ImapSource.fetch_headers`,
+  ``BODY.PEEK[HEADER]``): a message the store knows gets its new location,
+  and only mail the store does not know is read whole.
 * **Connections:** one command connection (list, fetch, and the watcher's
   diffs), opened by :meth:`ImapSource.open` and re-made after a failure;
   ``watch()`` adds its listeners (:mod:`~mailfiler.sources.imapwatch`).
@@ -465,8 +464,8 @@ class ImapSource(Source):
             for sid, body in (await self._bodies(folder, sids)).items():
                 yield sid, body
 
-    async def _bodies(self, folder: str, source_ids: Sequence[str]) -> dict[str, bytes]:
-        """One ``UID FETCH (BODY.PEEK[])`` of at most 400 messages: those still there."""
+    async def _bodies(self, folder: str, source_ids: Sequence[str], section: str = "") -> dict[str, bytes]:
+        """One ``UID FETCH (BODY.PEEK[section])`` of at most 400 messages: those still there."""
         async with self.session() as conn:
             try:
                 uids = {await self._select(conn, folder, sid): sid for sid in source_ids}
@@ -475,8 +474,8 @@ class ImapSource(Source):
             if not uids:
                 return {}
             timeout = self.settings.timeout * BODY_TIMEOUT_FACTOR
-            got = await conn.uid_fetch(proto.uid_set(uids), "(UID BODY.PEEK[])", timeout=timeout)
-        bodies = {proto.fetch_uid(d): proto.body_of(d) for d in got}
+            got = await conn.uid_fetch(proto.uid_set(uids), f"(UID BODY.PEEK[{section}])", timeout=timeout)
+        bodies = {proto.fetch_uid(d): proto.body_of(d, section) for d in got}
         return {sid: body for uid, sid in uids.items() if (body := bodies.get(uid)) is not None}
 
     # -- reading ahead (Source API): one round trip per batch instead of two per message
@@ -492,6 +491,15 @@ class ImapSource(Source):
         sids = list(items)
         for start in range(0, len(sids), proto.FETCH_BATCH):
             out.update(await self._bodies(folder, sids[start : start + proto.FETCH_BATCH]))
+        return out
+
+    async def fetch_headers(self, folder: str, items: Mapping[str, str | None]) -> dict[str, bytes | Exception]:
+        """``UID FETCH (BODY.PEEK[HEADER])`` in batches: a message's header
+        section only (re-identifying mail after a new UIDVALIDITY)."""
+        out: dict[str, bytes | Exception] = {}
+        sids = list(items)
+        for start in range(0, len(sids), proto.FETCH_BATCH):
+            out.update(await self._bodies(folder, sids[start : start + proto.FETCH_BATCH], section="HEADER"))
         return out
 
     async def _uidvalidity(self, conn: ImapConnection, folder: str) -> int:

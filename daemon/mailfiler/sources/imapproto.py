@@ -332,13 +332,14 @@ def fetch_uid(data: dict[str, Token]) -> int | None:
     return int(uid) if isinstance(uid, bytes) else None
 
 
-def body_of(data: dict[str, Token]) -> bytes | None:
-    """The ``BODY[]`` (or ``BODY[]<n>``) item of a FETCH response; None without
-    one, or when it is NIL: Dovecot answers ``BODY[] NIL`` (and a tagged ``OK
-    [EXPUNGEISSUED]``) for a message another session expunged, which is gone,
-    not empty."""
+def body_of(data: dict[str, Token], section: str = "") -> bytes | None:
+    """The ``BODY[section]`` (or ``BODY[section]<n>``) item of a FETCH response;
+    None without one, or when it is NIL: Dovecot answers ``BODY[] NIL`` (and a
+    tagged ``OK [EXPUNGEISSUED]``) for a message another session expunged, which
+    is gone, not empty."""
+    name = f"BODY[{section}]"
     for key, value in data.items():
-        if key == "BODY[]" or key.startswith("BODY[]<"):
+        if key.upper() == name or key.upper().startswith(name + "<"):
             return value if isinstance(value, bytes) else None
     return None
 
