@@ -19,6 +19,7 @@ from mailfiler.errors import (
 )
 from mailfiler.service.readahead import NOT_READ, batch_bytes, put_large_attachments
 from mailfiler.service.runtime import MailboxRuntime, Services
+from mailfiler.service.storewriter import BACKFILL, writer_for
 from mailfiler.sources.base import Listing
 from mailfiler.store.blobs import INLINE_MAX
 from mailfiler.store.db import transaction
@@ -308,7 +309,9 @@ class _Commits:
             return []
         items = [Item(rt.ctx, fctx, p.source_id, p.parsed, may_be_shunted=False, token=p.token) for p in todo]
         try:
-            results = track_batch(worker.services.tracker, items)
+            tracker = worker.services.tracker
+            # on the store's writer thread: the event loop (pushes, reads ahead) goes on meanwhile
+            results = await writer_for(worker.services.db).run(BACKFILL, lambda: track_batch(tracker, items))
         except pw.DatabaseError:  # the commit failed (busy or restarting store): each alone, with its retries
             results = [None] * len(todo)
         committed: dict[str, int] = {}

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from mailfiler.errors import MailboxUnavailable
 from mailfiler.service.backfill import ScanResult, count_outcome
 from mailfiler.service.runtime import MailboxRuntime, Services
+from mailfiler.service.storewriter import PUSH, writer_for
 from mailfiler.tracking.context import FolderContext
 from mailfiler.tracking.parse import ParsedMessage, parse_message
 from mailfiler.tracking.pipeline import Outcome
@@ -77,7 +78,10 @@ class Reidentify:
             if known:
                 outcome = await self._track_with_retries(fctx, folder, sid, msg, None)  # type: ignore[attr-defined]
             else:
-                outcome = self.services.tracker.note_seen(self.rt.ctx, fctx, sid, msg, RENUMBERED, None)
+                tracker, ctx = self.services.tracker, self.rt.ctx
+                outcome = await writer_for(self.services.db).run(
+                    PUSH, lambda: tracker.note_seen(ctx, fctx, sid, msg, RENUMBERED, None)
+                )
         except MailboxUnavailable:
             raise
         except Exception:

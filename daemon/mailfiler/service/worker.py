@@ -39,6 +39,7 @@ from mailfiler.service.pushed import Pushed
 from mailfiler.service.readahead import NOT_READ, ReadAhead, too_large
 from mailfiler.service.reidentify import RENUMBERED, Reidentify
 from mailfiler.service.runtime import MailboxRuntime, Services
+from mailfiler.service.storewriter import PUSH, writer_for
 from mailfiler.service.watch import Watch
 from mailfiler.sources.base import MarkState
 from mailfiler.tracking import txsql
@@ -154,7 +155,10 @@ class MailboxWorker(Backfill, Watch, Reidentify, Pushed, Marks):
             if parsed is None:
                 parsed = parse_message(raw)
             if folder in self._renumbered and not fctx.tracked and not self._tracked_already(parsed):
-                outcome = self.services.tracker.note_seen(self.rt.ctx, fctx, source_id, parsed, RENUMBERED, token)
+                tracker, ctx, seen = self.services.tracker, self.rt.ctx, parsed
+                outcome = await writer_for(self.services.db).run(
+                    PUSH, lambda: tracker.note_seen(ctx, fctx, source_id, seen, RENUMBERED, token)
+                )
             else:
                 outcome = await self._track_with_retries(fctx, folder, source_id, parsed, token)
         except MessageVanished:
@@ -190,15 +194,20 @@ class MailboxWorker(Backfill, Watch, Reidentify, Pushed, Marks):
         return txsql.activity_id(self.services.db, parsed.message_id) is not None
 
     async def _track_with_retries(self, fctx, folder: str, source_id: str, parsed, token: str | None = None) -> Outcome:
-        """Track, retrying a busy or restarting store; the wait between tries
-        yields the event loop (pushes, signals, the watchdog and other mailboxes go on)."""
+        """Track, retrying a busy or restarting store; neither the write nor the wait
+        between tries blocks the event loop (pushes, signals, the watchdog and other
+        mailboxes go on)."""
+        tracker, ctx = self.services.tracker, self.rt.ctx
+
+        def track() -> Outcome:
+            return tracker.track(ctx, fctx, source_id, parsed, may_be_shunted=False, token=token)
+
         delay = 0.05
         for attempt in range(STORE_RETRIES):
             try:
-                # process() only sees locations that are not in the shunt
-                return self.services.tracker.track(
-                    self.rt.ctx, fctx, source_id, parsed, may_be_shunted=False, token=token
-                )
+                # process() only sees locations that are not in the shunt; the write runs on the
+                # store's writer thread, before any backfill batch waiting there (storewriter.PUSH)
+                return await writer_for(self.services.db).run(PUSH, track)
             except pw.OperationalError:
                 if attempt == STORE_RETRIES - 1:
                     raise
