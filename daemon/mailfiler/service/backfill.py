@@ -74,7 +74,7 @@ class Backfill:
     should_stop: Callable[[], bool]
     progress: Callable[[str, int, int], None] | None
 
-    async def _catch_up(self, folder: str, kind: str) -> ScanResult | None:
+    async def _catch_up(self, folder: str, kind: str, *, backfill: bool = True) -> ScanResult | None:
         """Apply the changes since the folder's token; None when there is no
         usable token (then the caller lists the folder in full)."""
         mb = self.mailbox
@@ -112,7 +112,7 @@ class Backfill:
                 save_token(mb, folder, delta.token)
         known = known_among(mb, folder, delta.added) if delta.added else set()
         todo = [sid for sid in delta.added if sid not in known]
-        complete = await self._process_all(folder, todo, delta.added, result, token=delta.token)
+        complete = await self._process_all(folder, todo, delta.added, result, token=delta.token, backfill=backfill)
         if not self.should_stop():
             with transaction(db):
                 if complete and delta.added:
@@ -121,7 +121,14 @@ class Backfill:
         return result
 
     async def _process_all(
-        self, folder: str, todo: list[str], hints: dict[str, str | None], result: ScanResult, *, token: str | None
+        self,
+        folder: str,
+        todo: list[str],
+        hints: dict[str, str | None],
+        result: ScanResult,
+        *,
+        token: str | None,
+        backfill: bool = True,
     ) -> bool:
         """Process ``todo`` in order.  With the backend's ``token``, each message
         carries its own cursor token; a message that vanished before it could
@@ -137,7 +144,7 @@ class Backfill:
         advancing = token is not None
         source = self.rt.source
         fctx = self.rt.context(folder)
-        commits = _Commits(self, folder, result) if fctx is not None and fctx.tracked else None
+        commits = _Commits(self, folder, result, quiet=backfill) if fctx is not None and fctx.tracked else None
         ahead = self._read_ahead(folder, todo, hints)
         stopped = False
         read: bytes | Exception | object | None = None
@@ -272,7 +279,10 @@ class _Commits:
     shunted with its reason), and the rest of the batch is committed after
     it; so is a batch whose commit failed on a busy store."""
 
-    def __init__(self, worker: MailboxWorker, folder: str, result: ScanResult) -> None:
+    def __init__(self, worker: MailboxWorker, folder: str, result: ScanResult, *, quiet: bool = True) -> None:
+        #: a backfill's batch logs a summary line, its messages' lines at debug;
+        #: a catch-up after a push (pushed mail) logs each message at info
+        self.quiet = quiet
         self.worker, self.folder, self.result = worker, folder, result
         self.pending: list[_Pending] = []
         self.nbytes = 0
@@ -318,7 +328,7 @@ class _Commits:
         try:
             for i, (pending, res) in enumerate(zip(todo, results, strict=True)):
                 if isinstance(res, Outcome):
-                    worker._done(self.folder, pending.source_id, res, pending.parsed, in_batch=True)  # noqa: SLF001
+                    worker._done(self.folder, pending.source_id, res, pending.parsed, in_batch=self.quiet)  # noqa: SLF001
                     count_outcome(self.result, res)
                     committed[res.event] = committed.get(res.event, 0) + 1
                     continue
@@ -338,7 +348,7 @@ class _Commits:
 
     def _summary(self, committed: dict[str, int]) -> None:
         """The batch's line at info: what it committed, by outcome."""
-        if not any(n for event, n in committed.items() if event != "known"):
+        if not self.quiet or not any(n for event, n in committed.items() if event != "known"):
             return
         rt = self.worker.rt
         n = sum(committed.values())

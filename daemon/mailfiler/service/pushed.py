@@ -74,7 +74,7 @@ class Pushed:
                 continue
             # a push is applied as it comes; a catch-up from the folder's token then
             # moves the token past it (and picks up anything the push left out)
-            if await self._catch_up(folder, fctx.kind) is None:
+            if await self._catch_up(folder, fctx.kind, backfill=False) is None:
                 set_folder_state(self.mailbox, folder, "ok", synced=True, kind=fctx.kind)
 
     async def _process_pushed(self, folder: str, todo: list[Change]) -> None:
