@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mailfiler.store.db import transaction
+from mailfiler.tracking import txsql
 from mailfiler.tracking.batchitem import Item
 from mailfiler.tracking.pipeline import Tracker
 from mailfiler.tracking.writer import Outcome, batchable
@@ -53,10 +54,17 @@ def _in_bulk(tracker: Tracker, items: Sequence[Item]) -> list[Outcome] | None:
     in a savepoint; None: message by message."""
     if not may_batch(items):
         return None
+    first = items[0]
     try:
         with tracker.db.atomic():  # a savepoint: a failure leaves the batch as it was
+            # known mail goes message by message: two statements tell, not one per message
+            mids, sids = [i.msg.message_id for i in items], [i.source_id for i in items]
+            if not txsql.none_known(tracker.db, first.mailbox.row.id, first.folder.name, mids, sids):
+                return None
+            # every address of the batch resolved in one go (the batch's cache)
+            tracker.resolve_all({a.address for i in items for addrs in i.msg.addresses.values() for a in addrs})
             plans = [
-                tracker.plan(i.mailbox, i.folder, i.source_id, i.msg, token=i.token, may_be_shunted=i.may_be_shunted)
+                tracker.plan(i.mailbox, i.folder, i.source_id, i.msg, token=i.token, may_be_shunted=False, new=True)
                 for i in items
             ]
             if not batchable(plans, tracker.correlation):

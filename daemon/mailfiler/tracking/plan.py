@@ -102,9 +102,12 @@ class MessagePlan:
     sighting: str = "located"
     detail: str = ""
 
-    @property
-    def outgoing(self) -> bool:
-        return self.msg.sender is not None and self.msg.sender in self.mailbox.owner_addresses
+    #: sent by the mailbox's owner (set from the message)
+    outgoing: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        sender = self.msg.sender
+        self.outgoing = sender is not None and sender in self.mailbox.owner_addresses
 
     @property
     def creates_records(self) -> bool:
@@ -185,6 +188,10 @@ class Planner:
             cache.update(resolve_addresses(missing, precedence=self.precedence, ambiguous=self.ambiguous))
         return {a: cache[a] for a in wanted}
 
+    def resolve_all(self, addresses: Iterable[str]) -> None:
+        """Resolve ``addresses`` into the batch's cache in one go (inside :meth:`resolve_cache`)."""
+        self._resolve(addresses)
+
     def _records_changed(self) -> None:
         if self._resolved is not None:
             self._resolved.clear()
@@ -201,15 +208,21 @@ class Planner:
         token: str | None = None,
         may_be_shunted: bool = True,
         judgement: Judgement | None = None,
+        new: bool = False,
     ) -> MessagePlan:
         """The plan for one message as the store is now (the caller's
-        transaction, when there is one, makes it hold until it is applied)."""
+        transaction, when there is one, makes it hold until it is applied).
+        ``new``: the caller knows that neither the message nor its location is
+        in the store (:func:`~mailfiler.tracking.txsql.none_known`, for a batch)."""
         plan = MessagePlan(mailbox, folder, source_id, msg, "create", token=token, may_be_shunted=may_be_shunted)
         if judgement is not None and judgement.verdict is not None and not judgement.verdict.track:
             plan.action, plan.reason = "skip", judgement.verdict.reason
             return plan
         if judgement is not None and judgement.verdict is not None:
             plan.reason = judgement.verdict.reason
+        if new:
+            self._plan_new(plan, judgement)
+            return plan
         seen = txsql.lookup(self.db, mailbox.row.id, folder.name, source_id, msg.message_id)
         plan.location_id = seen.location_id
         plan.activity_id = seen.activity_id
