@@ -17,7 +17,7 @@ from mailfiler.errors import (
     FolderMissing,
     MailboxUnavailable,
 )
-from mailfiler.service.readahead import NOT_READ, batch_bytes, put_large_attachments
+from mailfiler.service.readahead import NOT_READ, ReadAhead, batch_bytes, put_large_attachments
 from mailfiler.service.runtime import MailboxRuntime, Services
 from mailfiler.service.storewriter import BACKFILL, writer_for
 from mailfiler.sources.base import Listing
@@ -144,8 +144,13 @@ class Backfill:
         advancing = token is not None
         source = self.rt.source
         fctx = self.rt.context(folder)
-        commits = _Commits(self, folder, result, quiet=backfill) if fctx is not None and fctx.tracked else None
+        # a backfill (a scan with a batch or more to track) logs a line per batch;
+        # a few messages (a catch-up, a small folder) keep their lines
+        quiet = backfill and len(todo) >= COMMIT_BATCH
         ahead = self._read_ahead(folder, todo, hints)
+        commits = (
+            _Commits(self, folder, result, quiet=quiet, ahead=ahead) if fctx is not None and fctx.tracked else None
+        )
         stopped = False
         read: bytes | Exception | object | None = None
         parsed: ParsedMessage | None = None
@@ -279,7 +284,17 @@ class _Commits:
     shunted with its reason), and the rest of the batch is committed after
     it; so is a batch whose commit failed on a busy store."""
 
-    def __init__(self, worker: MailboxWorker, folder: str, result: ScanResult, *, quiet: bool = True) -> None:
+    def __init__(
+        self,
+        worker: MailboxWorker,
+        folder: str,
+        result: ScanResult,
+        *,
+        quiet: bool = True,
+        ahead: ReadAhead | None = None,
+    ) -> None:
+        #: the scan's read-ahead: a commit in flight counts against its budget
+        self.ahead = ahead
         #: a backfill's batch logs a summary line, its messages' lines at debug;
         #: a catch-up after a push (pushed mail) logs each message at info
         self.quiet = quiet
@@ -321,7 +336,16 @@ class _Commits:
         try:
             tracker = worker.services.tracker
             # on the store's writer thread: the event loop (pushes, reads ahead) goes on meanwhile
-            results = await writer_for(worker.services.db).run(BACKFILL, lambda: track_batch(tracker, items))
+            # no new reading ahead while the batch commits (as when a commit blocked the
+            # event loop): the mail in memory stays what the budget allows
+            held = self.ahead.max_held if self.ahead is not None else 0
+            if self.ahead is not None:
+                self.ahead.hold(held)
+            try:
+                results = await writer_for(worker.services.db).run(BACKFILL, lambda: track_batch(tracker, items))
+            finally:
+                if self.ahead is not None:
+                    self.ahead.unhold(held)
         except pw.DatabaseError:  # the commit failed (busy or restarting store): each alone, with its retries
             results = [None] * len(todo)
         committed: dict[str, int] = {}

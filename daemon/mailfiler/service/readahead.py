@@ -154,6 +154,16 @@ class ReadAhead:
             await self._released.wait()
         self._held += nbytes
 
+    def hold(self, nbytes: int) -> None:
+        """Count ``nbytes`` against what may be held, until :meth:`unhold` (the
+        consumer's commit on the store's writer thread holds the whole budget:
+        no new batch is read meanwhile, as when a commit blocked the event loop)."""
+        self._held += nbytes
+
+    def unhold(self, nbytes: int) -> None:
+        self._held -= nbytes
+        self._released.set()
+
     def _release(self, batch: _Batch) -> None:
         self._held -= batch.nbytes
         batch.nbytes = 0
