@@ -9,7 +9,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import peewee as pw
 
@@ -59,9 +58,6 @@ class ScanResult:
     shunted: int = 0
     missing: bool = False
 
-
-if TYPE_CHECKING:
-    from mailfiler.service.worker import MailboxWorker
 
 log = logging.getLogger("mailfiler.worker")
 
@@ -286,7 +282,7 @@ class _Commits:
 
     def __init__(
         self,
-        worker: MailboxWorker,
+        worker: Backfill,  # the MailboxWorker it is part of (process, _done)
         folder: str,
         result: ScanResult,
         *,
