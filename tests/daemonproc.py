@@ -492,6 +492,32 @@ def quick_check(world: World) -> None:
     assert not shunted, "a crash must never shunt a message"
 
 
+def kill_at_commit_points(
+    world: World, order: Sequence[tuple[str, str]], positions: Sequence[int], total: int
+) -> None:
+    """Run ``once`` killed just before, then just after, the commit that holds each
+    message position (1-based, in ``order``; a scan commits COMMIT_BATCH messages at a
+    time, see crash_plan), resuming each time from what the last kill left: every kill
+    leaves exactly the batches before it, a sound store and no shunt.  The crash tests
+    of every backend share it."""
+    done = runs = 0
+    for position in positions:
+        for point in ("before_commit", "after_commit"):
+            if position <= done:
+                break  # committed with an earlier position's batch
+            k, before, after = crash_plan(order, done, position)
+            committed = before if point == "before_commit" else after
+            spec = f"{point}:{k}"
+            res = cli(world.config, "once", env={"MAILFILER_CRASH_AT": spec}, timeout=240)
+            runs += 1
+            assert res.returncode == -signal.SIGKILL, f"MAILFILER_CRASH_AT={spec}: " + describe(res)
+            got = committed_count(world)
+            assert got == committed, f"MAILFILER_CRASH_AT={spec} (position {position}): {got} messages committed"
+            quick_check(world)
+            done = committed
+    assert done == total and runs >= 16
+
+
 # --------------------------------------------------------------------------- the crash corpus
 
 #: the crash tests' corpus (Maildir and IMAP): three tracked folders, two with a regarding

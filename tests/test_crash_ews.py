@@ -32,8 +32,8 @@ from tests.daemonproc import (
     cli,
     cli_json,
     committed_count,
-    crash_plan,
     describe,
+    kill_at_commit_points,
     query,
     quick_check,
     snapshot,
@@ -139,22 +139,8 @@ def test_crash_at_many_commit_points_converges(
 ) -> None:
     world = EwsWorld(tmp_path / "crash", server)
     total = len(reference["order"])
-    done = runs = 0
-    for position in crash_positions(corpus, reference["order"], reference["snapshot"]):
-        for point in ("before_commit", "after_commit"):
-            if position <= done:
-                break
-            k, before, after = crash_plan(reference["order"], done, position)
-            committed = before if point == "before_commit" else after
-            spec = f"{point}:{k}"
-            res = cli(world.config, "once", env={"MAILFILER_CRASH_AT": spec}, timeout=240)
-            runs += 1
-            assert res.returncode == -signal.SIGKILL, f"MAILFILER_CRASH_AT={spec}: " + describe(res)
-            got = committed_count(world)
-            assert got == committed, f"MAILFILER_CRASH_AT={spec} (position {position}): {got} messages committed"
-            quick_check(world)
-            done = committed
-    assert done == total and runs >= 16
+    positions = crash_positions(corpus, reference["order"], reference["snapshot"])
+    kill_at_commit_points(world, reference["order"], positions, total)
     res = cli(world.config, "once", "--json", timeout=240)
     assert res.returncode == 0, describe(res)
     assert_converged(world, corpus)

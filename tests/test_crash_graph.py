@@ -34,8 +34,8 @@ from tests.daemonproc import (
     cli,
     cli_json,
     committed_count,
-    crash_plan,
     describe,
+    kill_at_commit_points,
     query,
     quick_check,
     snapshot,
@@ -137,23 +137,8 @@ def _assert_untouched(corpus: Corpus) -> None:
 def test_crash_at_many_commit_points_converges(corpus: Corpus, reference: dict[str, Any], tmp_path: Path) -> None:
     world = GraphWorld(tmp_path / "crash", corpus.graph)
     total = len(reference["order"])
-    done = 0
-    runs = 0
-    for position in crash_positions(corpus, reference["order"], reference["snapshot"]):  # type: ignore[arg-type]
-        for point in ("before_commit", "after_commit"):
-            if position <= done:
-                break
-            k, before, after = crash_plan(reference["order"], done, position)
-            committed = before if point == "before_commit" else after
-            spec = f"{point}:{k}"
-            res = cli(world.config, "once", env={"MAILFILER_CRASH_AT": spec}, timeout=240)
-            runs += 1
-            assert res.returncode == -signal.SIGKILL, f"MAILFILER_CRASH_AT={spec}: " + describe(res)
-            got = committed_count(world)
-            assert got == committed, f"MAILFILER_CRASH_AT={spec} (position {position}): {got} messages committed"
-            quick_check(world)
-            done = committed
-    assert done == total and runs >= 16
+    positions = crash_positions(corpus, reference["order"], reference["snapshot"])  # type: ignore[arg-type]
+    kill_at_commit_points(world, reference["order"], positions, total)
 
     res = cli(world.config, "once", "--json", timeout=240)
     assert res.returncode == 0, describe(res)

@@ -41,8 +41,8 @@ from tests.daemonproc import (
     cli,
     cli_json,
     committed_count,
-    crash_plan,
     describe,
+    kill_at_commit_points,
     open_db,
     query,
     quick_check,
@@ -218,27 +218,9 @@ def crash_positions(corpus: Corpus) -> list[int]:
 def test_crash_at_every_commit_point_converges(corpus: Corpus, reference: dict[str, Any], tmp_path: Path) -> None:
     world = World(tmp_path / "crash", corpus.maildir, FOLDERS)
     total = len(corpus.files)
-    done = 0
-    runs = 0
     positions = crash_positions(corpus)
     order = run_order(corpus)
-    for position in positions:
-        # die just before the commit that holds message `position`, then just after it
-        # (a scan commits COMMIT_BATCH messages at a time: see daemonproc.crash_plan)
-        for point in ("before_commit", "after_commit"):
-            if position <= done:
-                break  # committed with an earlier position's batch
-            k, before, after = crash_plan(order, done, position)
-            committed = before if point == "before_commit" else after
-            spec = f"{point}:{k}"
-            res = cli(world.config, "once", env={"MAILFILER_CRASH_AT": spec}, timeout=240)
-            runs += 1
-            assert res.returncode == -signal.SIGKILL, f"MAILFILER_CRASH_AT={spec}: " + describe(res)
-            got = committed_count(world)
-            assert got == committed, f"MAILFILER_CRASH_AT={spec} (position {position}): {got} messages committed"
-            quick_check(world)
-            done = committed
-    assert done == total and runs >= 16
+    kill_at_commit_points(world, order, positions, total)
 
     res = cli(world.config, "once", "--json", timeout=240)
     assert res.returncode == 0, describe(res)
