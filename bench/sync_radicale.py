@@ -49,6 +49,7 @@ import httpx  # noqa: E402
 from sync_vdir import seed  # noqa: E402
 
 from mailfiler.config.schema import SyncFilter  # noqa: E402
+from mailfiler.sources.target import href_for  # noqa: E402
 from mailfiler.store import db as storedb  # noqa: E402
 from mailfiler.store.migrations import migrate  # noqa: E402
 from mailfiler.store.models import SyncCollection  # noqa: E402
@@ -58,7 +59,6 @@ from mailfiler.sync.dav import CalDavTarget, CardDavTarget  # noqa: E402
 from mailfiler.sync.engine import Collection, Policy, SyncEngine  # noqa: E402
 from mailfiler.sync.items import APPOINTMENT_FIELDS, CONTACT_FIELDS  # noqa: E402
 from mailfiler.sync.state import SyncState  # noqa: E402
-from mailfiler.sync.target import href_for  # noqa: E402
 from tests.servers.radicale import DavUser, FaultTransport, RadicaleServer, start_radicale  # noqa: E402
 
 

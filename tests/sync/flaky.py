@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from mailfiler.errors import SyncError
-from mailfiler.sync.target import Changes, Fetched, Target
+from mailfiler.sources.target import Changes, Fetched, Target
 
 
 class FlakyTarget(Target):

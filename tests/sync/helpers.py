@@ -9,13 +9,13 @@ from typing import Any
 import peewee as pw
 
 from mailfiler.config.schema import SyncFilter
+from mailfiler.sources.target import Target
 from mailfiler.store.models import Mailbox, Record
 from mailfiler.store.records import ensure_user
 from mailfiler.sync import ical, vcard
 from mailfiler.sync.crm import AppointmentStore, ContactStore
 from mailfiler.sync.engine import Collection, Policy, Result, SyncEngine
 from mailfiler.sync.items import empty_fields
-from mailfiler.sync.target import Target
 from mailfiler.sync.vdir import VdirTarget
 
 OWNER = "anna@example.com"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from mailfiler.errors import SyncItemExists, SyncItemNotFound, SyncPreconditionFailed
-from mailfiler.sync.target import Target
+from mailfiler.sources.target import Target
 
 CARD = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:{uid}\r\nFN:{name}\r\nN:;{name};;;\r\nEND:VCARD\r\n"
 EVENT = (

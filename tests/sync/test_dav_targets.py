@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from mailfiler.errors import SyncError, SyncItemNotFound, SyncTargetUnavailable
+from mailfiler.sources.target import Target
 from mailfiler.sync.dav import CalDavTarget, CardDavTarget, DavTarget, parse_multistatus
-from mailfiler.sync.target import Target
 from tests.servers.radicale import DavUser, FaultTransport, dav_user, http_error, radicale, start_radicale
 from tests.sync.target_contract import TargetContract, item, kind
 

@@ -17,6 +17,7 @@ import pytest
 
 from mailfiler.config.schema import SyncFilter
 from mailfiler.errors import SyncItemUnreadable, SyncSideEmpty
+from mailfiler.sources.target import Fetched
 from mailfiler.sync.crm import CrmItem
 from mailfiler.sync.items import Fields, ParsedItem, content_hash
 from mailfiler.sync.plan import (
@@ -31,7 +32,6 @@ from mailfiler.sync.plan import (
     selection,
     to_read,
 )
-from mailfiler.sync.target import Fetched
 
 OWNER = "anna@example.com"
 T0 = dt.datetime(2024, 3, 1, 9, 0)

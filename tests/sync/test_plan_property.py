@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailfiler.config.schema import SyncFilter
+from mailfiler.sources.target import Fetched
 from mailfiler.sync.crm import CrmItem
 from mailfiler.sync.items import Fields, ParsedItem, content_hash
 from mailfiler.sync.plan import (
@@ -35,7 +36,6 @@ from mailfiler.sync.plan import (
     selection,
     to_read,
 )
-from mailfiler.sync.target import Fetched
 
 OWNER = "anna@example.com"
 OTHER = "erik@example.com"

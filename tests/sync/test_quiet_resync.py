@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from mailfiler.config.schema import SyncFilter
+from mailfiler.sources.target import Changes
 from mailfiler.store.models import Activity, ContactDetails, Record, SyncCollection
 from mailfiler.sync.memory import MemoryTarget
 from mailfiler.sync.state import SyncState
-from mailfiler.sync.target import Changes
 from tests.store.helpers import Store
 from tests.sync.flaky import FlakyTarget, nth
 from tests.sync.helpers import Rig, crm_appointment, crm_contact, crm_contacts, make_mailbox, policy

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mailfiler.errors import SyncTargetUnavailable
+from mailfiler.sources.target import Target
 from mailfiler.sync.memory import MemoryTarget
-from mailfiler.sync.target import Target
 from mailfiler.sync.vdir import VdirTarget
 from tests.sync.target_contract import TargetContract, item, kind
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mailfiler.sources.base import Source
+    from mailfiler.sources.target import Target
 
 #: kind -> the module holding its ``BACKEND``.  The one line a new backend adds.
 BACKENDS: dict[str, str] = {
@@ -39,7 +40,7 @@ def _no_identity(value: Any, base_dir: Path) -> Hashable | None:
     return None
 
 
-def _no_targets(mailbox: Any, base_dir: Path) -> list[Any]:
+def _no_targets(mailbox: Any, base_dir: Path) -> list[Target]:
     return []
 
 
@@ -82,10 +83,9 @@ class Backend:
     #: from the raw (unvalidated) value: what two mailboxes must not share (e.g. a
     #: Maildir's resolved path), or None; raise ValueError for a problem at the key
     identity: Callable[[Any, Path], Hashable | None] = _no_identity
-    #: sync targets (contacts, calendar) the backend brings itself, besides ``sync:``: a list
-    #: of ``mailfiler.sync.engine.Collection``, not named here since sync sits above the
-    #: registry (the import contract, .importlinter)
-    targets: Callable[[Any, Path], list[Any]] = _no_targets
+    #: sync targets (contacts, calendar) the backend brings itself, besides ``sync:``; the
+    #: engine syncs each as a main collection, under the mailbox's ``sync:`` policies
+    targets: Callable[[Any, Path], list[Target]] = _no_targets
     #: what ``config check`` finds wrong on this machine with a valid config (a
     #: Maildir root that does not exist): one sentence each; the daemon starts anyway
     check: Callable[[Any], list[str]] = _no_problems

@@ -3,10 +3,11 @@ calendar, and the user's changes back into the CRM (issue 5).
 
 The shape follows vdirsyncer:
 
-- :mod:`~mailfiler.sync.target` is the storage abstraction: one collection
+- :mod:`~mailfiler.sources.target` is the storage abstraction: one collection
   (an address book or a calendar) listed with etags, read, and written with
   etag guards; :mod:`~mailfiler.sync.vdir` and :mod:`~mailfiler.sync.memory`
-  implement it, CalDAV/CardDAV come next.
+  implement it, :mod:`~mailfiler.sync.dav` for CalDAV/CardDAV; a mailbox
+  backend may bring its own (see ``Backend.targets``).
 - :mod:`~mailfiler.sync.vcard` and :mod:`~mailfiler.sync.ical` turn items
   into plain field dicts and back, merging into the user's item so that
   properties mailfiler does not manage survive.

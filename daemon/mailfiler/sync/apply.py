@@ -36,6 +36,7 @@ from mailfiler.errors import (
     SyncPreconditionFailed,
     SyncTargetUnavailable,
 )
+from mailfiler.sources.target import Fetched, Target, href_for
 from mailfiler.store.db import transaction
 from mailfiler.store.models import Mailbox, Record, SyncCollection, SyncItem, SyncShunt, delete_from, utcnow
 from mailfiler.store.records import get_by_ref
@@ -44,7 +45,6 @@ from mailfiler.sync.crm import CrmItem
 from mailfiler.sync.items import ParsedItem, content_hash
 from mailfiler.sync.merge import Merged, creatable
 from mailfiler.sync.plan import BY_EMAIL, Action, Op, Pair, Plan, Policy, Resolution, Status, resolve
-from mailfiler.sync.target import Fetched, Target, href_for
 from mailfiler.util.fsio import atomic_write
 
 log = logging.getLogger("mailfiler.sync")

@@ -1,7 +1,7 @@
 """CalDAV and CardDAV targets: one calendar or address book on a server
 (Radicale, Nextcloud, Fastmail, ...), as vdirsyncer's ``DAVStorage``.
 
-What each :class:`~mailfiler.sync.target.Target` call costs on the wire:
+What each :class:`~mailfiler.sources.target.Target` call costs on the wire:
 
 ==================  ======================================================
 ``list``            one ``PROPFIND`` Depth 1 (``getetag``, ``resourcetype``)
@@ -53,10 +53,7 @@ import httpx
 
 from mailfiler import __version__
 from mailfiler.errors import MailfilerError, SyncError
-from mailfiler.sync.davauth import BearerAuth, LoginAuth
-from mailfiler.sync.discovery import Discovery, discovered
-from mailfiler.sync.multistatus import Member, parse_multistatus
-from mailfiler.sync.target import (
+from mailfiler.sources.target import (
     Changes,
     Fetched,
     SyncItemExists,
@@ -66,6 +63,9 @@ from mailfiler.sync.target import (
     Target,
     href_for,
 )
+from mailfiler.sync.davauth import BearerAuth, LoginAuth
+from mailfiler.sync.discovery import Discovery, discovered
+from mailfiler.sync.multistatus import Member, parse_multistatus
 from mailfiler.util.secrets import SecretUnavailable, load_client_cert
 
 log = logging.getLogger("mailfiler.sync.dav")

@@ -29,6 +29,7 @@ import peewee as pw
 
 from mailfiler import __version__
 from mailfiler.errors import SyncItemUnreadable, SyncSideEmpty, SyncTargetUnavailable
+from mailfiler.sources.target import Changes, Fetched, etag_key
 from mailfiler.store.db import transaction
 from mailfiler.store.models import Mailbox, SyncCollection, SyncItem, SyncShunt, utcnow
 from mailfiler.sync.apply import CODECS, Applier, Collection, Result
@@ -46,7 +47,6 @@ from mailfiler.sync.plan import (
     to_read,
 )
 from mailfiler.sync.state import SyncState, changes_are_ours, listing_is_known
-from mailfiler.sync.target import Changes, Fetched, etag_key
 
 log = logging.getLogger("mailfiler.sync")
 

@@ -9,7 +9,7 @@ import datetime as dt
 import itertools
 from collections.abc import Sequence
 
-from mailfiler.sync.target import (
+from mailfiler.sources.target import (
     Changes,
     Fetched,
     SyncItemExists,

@@ -45,11 +45,11 @@ from typing import Any
 
 from mailfiler.config.schema import SyncFilter
 from mailfiler.errors import SyncSideEmpty
+from mailfiler.sources.target import Fetched, etag_key
 from mailfiler.sync.crm import CrmItem
 from mailfiler.sync.filters import matches
 from mailfiler.sync.items import Fields, ParsedItem, content_hash
 from mailfiler.sync.merge import Merged, merge
-from mailfiler.sync.target import Fetched, etag_key
 
 #: status states of an item with a copy on both sides: ``linked`` came from the CRM
 #: through the sync filters; ``tracked`` was brought in by the user (a category, a

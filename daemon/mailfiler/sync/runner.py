@@ -20,10 +20,10 @@ from mailfiler.config.loader import LoadedConfig
 from mailfiler.config.schema import Mailbox as MailboxConfig
 from mailfiler.config.schema import Sync, SyncDav
 from mailfiler.errors import SyncTargetUnavailable
+from mailfiler.sources.target import Target
 from mailfiler.store.db import transaction
 from mailfiler.store.models import Mailbox, SyncCollection
 from mailfiler.sync.engine import Collection, Policy, Result, SyncEngine
-from mailfiler.sync.target import Target
 from mailfiler.sync.vdir import VdirTarget
 from mailfiler.util.retrypolicy import Backoff
 from mailfiler.util.secrets import SecretUnavailable
@@ -140,7 +140,9 @@ async def sync_mailbox(
     assert mb.sync is not None
     row = Mailbox.get(Mailbox.name == mb.name)
     # the backend's own targets (an Exchange address book, say) sync under the same policies
-    colls = collections(mb.sync, loaded.path.parent) + backend_of(mb).targets(mb, loaded.path.parent)
+    colls = collections(mb.sync, loaded.path.parent) + [
+        Collection(target) for target in backend_of(mb).targets(mb, loaded.path.parent)
+    ]
     with transaction(db):
         # a collection taken out of the config no longer counts (status, "linked elsewhere")
         locations = [c.target.location for c in colls]

@@ -26,7 +26,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mailfiler.sync.target import Changes, etag_key
+from mailfiler.sources.target import Changes, etag_key
 
 #: bump when what the digest covers changes meaning (a stored state then simply misses once)
 FORMAT = 1

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from mailfiler.sync.target import (
+from mailfiler.sources.target import (
     Fetched,
     SyncItemExists,
     SyncItemNotFound,

@@ -1,6 +1,10 @@
 """The sync target abstraction: one collection (an address book or a
 calendar) on the user's side, as vdirsyncer's ``Storage``.
 
+It sits with the sources, below the sync engine, because a mailbox backend
+brings collections of its own (an Exchange contacts folder, a Graph
+calendar) from its own package, which may not import sync (.importlinter).
+
 An item is named by its ``href`` and versioned by an opaque ``etag`` that
 changes whenever its content does.  Every write names the etag it expects
 (``update`` and ``delete``), so an item the user changed while a sync ran
