@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mailfiler.sources.base import Source
+    from mailfiler.sources.inboxrules import RulesBackend
     from mailfiler.sources.target import Target
 
 #: kind -> the module holding its ``BACKEND``.  The one line a new backend adds.
@@ -93,9 +94,11 @@ class Backend:
     noun: str = "this mailbox"
     #: the mailbox's folders ("/"-separated); default: open a Source and list
     list_folders: Callable[[Any], Awaitable[list[str]]] | None = None
-    #: the login a ManageSieve server of this mailbox takes (host, username, secret,
-    #: TLS: an ``ImapSettings``), when its inbox rules are Sieve scripts; None: no Sieve
-    sieve_login: Callable[[Any], Any] | None = None
+    #: the mailbox's inbox rules on its server (issue 20): (mailbox, the folder hierarchy
+    #: separator its opened Source reports, or None) -> a RulesBackend that reads them and
+    #: writes mailfiler's own (Sieve over ManageSieve, EWS inbox rules, Graph messageRules);
+    #: None: the mailbox has no rules on a server
+    server_rules: Callable[[Any, str | None], RulesBackend] | None = None
 
     async def folders(self, mailbox: Any) -> list[str]:
         if self.list_folders is not None:

@@ -16,6 +16,8 @@ from mailfiler.config.credentials import SECRET_KEYS, Credentials
 
 if TYPE_CHECKING:
     from mailfiler.sources.imap import ImapSettings
+    from mailfiler.sources.sieve.backend import SieveBackend
+    from mailfiler.sources.sieve.managesieve import SieveSettings
 
 _IMAP_KEYWORD = re.compile(r"^[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|~]+$")
 
@@ -141,6 +143,44 @@ def _location(mailbox: Any) -> str:
     return f"imap://{cfg.username}@{cfg.host}:{cfg.effective_port}"
 
 
+def sieve_settings(mailbox: Any) -> SieveSettings:
+    """The ManageSieve login of the mailbox: the imap: one, on the server_rules.managesieve port and TLS."""
+    from mailfiler.config.schema import ServerRules
+    from mailfiler.errors import ServerRulesUnsupported
+    from mailfiler.sources.sieve.managesieve import SieveSettings
+
+    imap = imap_settings(mailbox.backend_config)
+    ms = (mailbox.server_rules or ServerRules()).managesieve
+    host = ms.host or imap.host
+    if ms.tls == "none" and host.lower() not in LOOPBACK_HOSTS:
+        raise ServerRulesUnsupported(
+            f"mailbox {mailbox.name}: server_rules.managesieve.tls: none sends the password in clear text;"
+            f" allowed only for a loopback host, not {host}"
+        )
+    return SieveSettings(
+        host=host,
+        port=ms.port,
+        username=imap.username,
+        secret=imap.secret,
+        password=imap.password,
+        mechanism="xoauth2" if imap.mechanism == "xoauth2" else "plain",
+        tls=ms.tls,
+        ca_file=imap.ca_file,
+        verify_tls=imap.verify_tls,
+        timeout=imap.timeout,
+        connect_timeout=imap.connect_timeout,
+    )
+
+
+def _server_rules(mailbox: Any, separator: str | None) -> SieveBackend:
+    """Sieve scripts over ManageSieve; mailfiler's rules in a script of their own (server_rules.script)."""
+    from mailfiler.config.schema import ServerRules
+    from mailfiler.sources.sieve.backend import SieveBackend
+
+    script = (mailbox.server_rules or ServerRules()).script
+    return SieveBackend(sieve_settings(mailbox), script=script, separator=separator)
+
+
 BACKEND = Backend(
     kind="imap",
     config=Imap,
@@ -149,5 +189,5 @@ BACKEND = Backend(
     source=_source,
     location=_location,
     resolve=_resolve,
-    sieve_login=lambda mailbox: imap_settings(mailbox.backend_config),
+    server_rules=_server_rules,
 )

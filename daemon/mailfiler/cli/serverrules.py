@@ -43,7 +43,7 @@ def _mailboxes(cfg: Any, name: str | None) -> list[Any]:
             raise NotFound(f"no mailbox named {name!r} in the config (mailboxes: {known})")
         backend_for(chosen[0])  # a Maildir: say so now
         return chosen
-    return [mb for mb in cfg.mailboxes if backend_of(mb).sieve_login is not None]
+    return [mb for mb in cfg.mailboxes if backend_of(mb).server_rules is not None]
 
 
 def _open_store(obj: Any) -> bool:

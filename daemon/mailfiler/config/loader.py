@@ -318,7 +318,7 @@ def _cross_checks(data: dict[str, Any], built: Builder, base_dir: Path) -> list[
                     folders[folder] = here
             check_ref(("mailboxes", i, "tracked_folders", j, "regarding"), tf.get("regarding"))
             backends = [b for kind, b in registry().items() if kind in mb]
-            if tf.get("route") is not None and len(backends) == 1 and backends[0].sieve_login is None:
+            if tf.get("route") is not None and len(backends) == 1 and backends[0].server_rules is None:
                 where = ("mailboxes", i, "tracked_folders", j, "route")
                 add(where, f"route: writes a rule on a mail server; {backends[0].noun} has none")
 

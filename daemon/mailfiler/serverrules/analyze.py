@@ -16,7 +16,7 @@ import fnmatch
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from mailfiler.serverrules.model import Condition, ServerRule
+from mailfiler.sources.inboxrules import Condition, ServerRule
 
 #: the fields that say who sent a message
 SENDER_FIELDS = frozenset({"from", "sender", "envelope:from", "return-path"})

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailfiler.backends import backend_of, make_source
-from mailfiler.config.base import LOOPBACK_HOSTS
 from mailfiler.config.loader import LoadedConfig
 from mailfiler.config.schema import Mailbox as MailboxConfig
 from mailfiler.config.schema import RecordSeed
@@ -26,9 +25,7 @@ from mailfiler.config.schema import ServerRules as ServerRulesConfig
 from mailfiler.errors import MailfilerError, ServerRulesUnsupported
 from mailfiler.rules.patterns import compile_folder
 from mailfiler.serverrules import analyze
-from mailfiler.serverrules.managesieve import SieveSettings
-from mailfiler.serverrules.model import Plan, Route, RulesBackend, RulesSnapshot, ServerRule
-from mailfiler.serverrules.sieve import SieveBackend
+from mailfiler.sources.inboxrules import Plan, Route, RulesBackend, RulesSnapshot, ServerRule
 from mailfiler.store.models import DaemonState, RecordAddress, utcnow
 from mailfiler.store.records import get_by_ref
 from mailfiler.util.text import plural
@@ -61,42 +58,23 @@ def settings_of(mb: MailboxConfig) -> ServerRulesConfig:
 
 def watched(mb: MailboxConfig) -> bool:
     """Whether the daemon reads this mailbox's server rules: asked for, or needed for a route."""
-    return backend_of(mb).sieve_login is not None and (
+    return backend_of(mb).server_rules is not None and (
         mb.server_rules is not None or any(tf.route for tf in mb.tracked_folders)
     )
 
 
-def sieve_settings(mb: MailboxConfig) -> SieveSettings:
-    login = backend_of(mb).sieve_login
-    assert login is not None
-    imap = login(mb)
-    ms = settings_of(mb).managesieve
-    host = ms.host or imap.host
-    if ms.tls == "none" and host.lower() not in LOOPBACK_HOSTS:
-        raise ServerRulesUnsupported(
-            f"mailbox {mb.name}: server_rules.managesieve.tls: none sends the password in clear text;"
-            f" allowed only for a loopback host, not {host}"
-        )
-    return SieveSettings(
-        host=host,
-        port=ms.port,
-        username=imap.username,
-        secret=imap.secret,
-        password=imap.password,
-        mechanism="xoauth2" if imap.mechanism == "xoauth2" else "plain",
-        tls=ms.tls,
-        ca_file=imap.ca_file,
-        verify_tls=imap.verify_tls,
-        timeout=imap.timeout,
-        connect_timeout=imap.connect_timeout,
-    )
-
-
 def backend_for(mb: MailboxConfig, separator: str | None = "/") -> RulesBackend:
-    """The mailbox's rules backend.  Exchange (EWS) and Graph backends go here when those mailboxes exist."""
-    if backend_of(mb).sieve_login is None:
+    """The mailbox's rules backend, as its backend's registry entry makes it (``Backend.server_rules``)."""
+    make = backend_of(mb).server_rules
+    if make is None:
         raise ServerRulesUnsupported(f"mailbox {mb.name} ({mb.backend}:) has no rules on a server")
-    return SieveBackend(sieve_settings(mb), script=settings_of(mb).script, separator=separator)
+    return make(mb, separator)
+
+
+def sieve_settings(mb: MailboxConfig) -> Any:
+    """The login the mailbox's rules backend connects with (an IMAP mailbox's ManageSieve
+    login): its ``settings``, for the callers of the earlier name."""
+    return getattr(backend_for(mb), "settings", None)
 
 
 def owners_of(mb: MailboxConfig, seeds: list[RecordSeed] | None = None, *, store: bool = True) -> list[analyze.Owner]:
@@ -140,8 +118,8 @@ def _trash(mb: MailboxConfig) -> Callable[[str], bool]:
     return trash
 
 
-async def _imap_folders(mb: MailboxConfig) -> tuple[set[str], str | None]:
-    """The folders on the IMAP server and its hierarchy separator."""
+async def _folders(mb: MailboxConfig) -> tuple[set[str], str | None]:
+    """The folders on the server and their hierarchy separator (an IMAP server's; None elsewhere)."""
     source = make_source(mb)
     await source.open()
     try:
@@ -179,7 +157,7 @@ class Survey:
 async def survey(mb: MailboxConfig, seeds: list[RecordSeed] | None = None, *, with_store: bool = True) -> Survey:
     """Read the mailbox's rules and mark them against the records of the store
     (``with_store``: it is open) and of the config (``seeds``)."""
-    present, separator = await _imap_folders(mb)
+    present, separator = await _folders(mb)
     backend = backend_for(mb, separator)
     snapshot = await backend.read()
     notes = []
@@ -198,7 +176,7 @@ async def survey(mb: MailboxConfig, seeds: list[RecordSeed] | None = None, *, wi
 
 async def plan(mb: MailboxConfig, *, separator: str | None = None) -> tuple[RulesBackend, Plan]:
     if separator is None:
-        _, separator = await _imap_folders(mb)
+        _, separator = await _folders(mb)
     backend = backend_for(mb, separator)
     result = await backend.plan(routes_of(mb))
     result.mailbox = mb.name
@@ -293,7 +271,7 @@ class ServerRulesWatcher:
         wanted = {
             mb.name: mb
             for mb in loaded.config.mailboxes
-            if watched(mb) or (backend_of(mb).sieve_login is not None and self._has_own_rules(mb.name))
+            if watched(mb) or (backend_of(mb).server_rules is not None and self._has_own_rules(mb.name))
         }
         for name in list(self.state):
             if name not in wanted:
