@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -15,6 +15,9 @@ from mailfiler.backends import Backend
 from mailfiler.config.base import LOOPBACK_HOSTS, resolve_path
 from mailfiler.config.categories import OutlookCategories, categories_switch
 from mailfiler.config.credentials import Credentials
+
+if TYPE_CHECKING:
+    from mailfiler.sources.ews.rules import EwsRules
 
 _SMTP = re.compile(r"^[^@\s]+@[^@\s]+$")
 _BUILD = re.compile(r"^15\.\d+\.\d+\.\d+$")
@@ -150,6 +153,13 @@ def _location(mailbox: Any) -> str:
     return f"ews://{cfg.address}@{urlsplit(cfg.url).netloc}{how}"
 
 
+def _server_rules(mailbox: Any, separator: str | None) -> EwsRules:
+    """GetInboxRules/UpdateInboxRules (sources/ews/rules.py)."""
+    from mailfiler.sources.ews.rules import EwsRules
+
+    return EwsRules(ews_settings(mailbox.backend_config))
+
+
 BACKEND = Backend(
     kind="ews",
     config=Ews,
@@ -158,4 +168,5 @@ BACKEND = Backend(
     source=_source,
     location=_location,
     resolve=_resolve,
+    server_rules=_server_rules,
 )

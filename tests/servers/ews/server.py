@@ -217,7 +217,19 @@ class EwsServer(FakeServer):
         """Mail arrives (transport delivery or an inbox rule): a new item; returns its id."""
         with self.store.lock:
             target = self.store.folder_by_path(user, folder)
+            moved = rules.delivery_folder(self.store, user, mime) if target.distinguished == "inbox" else None
+            if moved is not None and moved in self.store.mailbox(user).folders:
+                target = self.store.mailbox(user).folders[moved]  # an inbox rule's MoveToFolder
             return self.store.add_item(user, target, mime=mime, is_read=is_read, new_mail=True).id
+
+    def set_outlook_rule_blob(self, user: str, exists: bool = True) -> None:
+        """Outlook saves (or loses) its client-side rules in the mailbox's rule blob."""
+        with self.store.lock:
+            rules.set_blob(self.store, user, exists)
+
+    def outlook_rule_blob(self, user: str) -> bool:
+        with self.store.lock:
+            return rules.has_blob(self.store, user)
 
     def item(self, item_id: str) -> Item:
         with self.store.lock:
