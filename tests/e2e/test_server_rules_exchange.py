@@ -13,14 +13,20 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.harness import E2EEnv, locations
+from tests.e2e.harness import E2EEnv, locations, wait_for
 from tests.e2e.test_autotrack_daemon import mail, mid
+from tests.graph.helpers import UPN, tenant
+from tests.graph.world import graph_block
 from tests.servers.ews import EwsServer
 from tests.servers.ews.soap import PREFIXES
+from tests.servers.graph import GraphFake
+from tests.servers.graph import rules as graph_rules
+from tests.servers.tls import Tls, make_tls
 
 ALICE = "alice@example.com"
 CONTOSO = "INBOX/Clients/Contoso"
@@ -162,13 +168,12 @@ def test_ews_rules_listed_marked_and_mailfilers_own_kept_in_step(exchange: EwsSe
     assert exchange.outlook_rule_blob(ALICE)
 
 
-def test_ews_rule_written_by_mailfiler_files_a_delivery_that_the_daemon_tracks(
-    exchange: EwsServer, env: E2EEnv
-) -> None:
+def test_ews_rule_written_by_the_daemon_files_a_delivery_that_it_tracks(exchange: EwsServer, env: E2EEnv) -> None:
     ews_world(env, exchange)
-    env.cli("rules", "server", "apply")
     daemon = env.start_daemon()
     daemon.wait_event("watching")
+    wait_for(lambda: OWN in rules_on(exchange), timeout=20, what="the daemon writing mailfiler's rule")
+    assert exchange.outlook_rule_blob(ALICE) is False  # none to begin with: nothing to keep
     item = exchange.deliver(ALICE, mail(1, frm="Bob <bob@sales.contoso.com>", subject="Offer"))  # to the Inbox
     assert exchange.item(item).folder.id == exchange.folder_id(ALICE, fake(CONTOSO))  # the fake ran the rule
     act = env.wait_activity(mid(1), timeout=10)
@@ -176,3 +181,91 @@ def test_ews_rule_written_by_mailfiler_files_a_delivery_that_the_daemon_tracks(
     # mail from elsewhere stays in the Inbox
     other = exchange.deliver(ALICE, mail(2, frm="Eve <eve@example.org>"))
     assert exchange.item(other).folder.id == exchange.folder_id(ALICE, "Inbox")
+    [row] = env.wait_status(lambda s: bool(s["server_rules"]), what="server rules in status")["server_rules"]
+    assert (row["backend"], row["rules"], row["owned"], row["into_tracked"]) == ("ews", 1, 1, 1)
+
+
+# -- Graph ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def graph_tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    return make_tls(Path(tmp_path_factory.mktemp("graph-tls")))
+
+
+@pytest.fixture
+def graph(graph_tls: Tls) -> Iterator[GraphFake]:
+    with GraphFake(graph_tls) as fake:
+        tenant(fake, [CONTOSO, OTHER, "INBOX/Old"])
+        yield fake
+
+
+def graph_world(env: E2EEnv, graph: GraphFake, route: dict[str, Any] | None = ROUTE) -> None:
+    spec = env.add_mailbox("adele", UPN, [(CONTOSO, "account:contoso"), (OTHER, None)])
+    if route is not None:
+        spec.folders[0]["route"] = route
+    spec.extra = {"graph": graph_block(graph, env.root), "server_rules": {"interval": 300}}
+    env.write_config()
+
+
+def graph_rules_on(graph: GraphFake) -> dict[str, dict[str, Any]]:
+    return {r["displayName"]: dict(r) for r in graph_rules.rules_of(graph.mailbox(UPN))}
+
+
+def test_graph_rules_listed_marked_and_mailfilers_own_kept_in_step(graph: GraphFake, env: E2EEnv) -> None:
+    graph_world(env, graph)
+    box = graph.mailbox(UPN)
+    old = graph.folder(UPN, "INBOX/Old").id
+    for body in (
+        {"displayName": "Contoso orders to its folder", "sequence": 1,
+         "conditions": {"senderContains": ["@contoso.com"], "subjectContains": ["order"]},
+         "actions": {"moveToFolder": graph.folder(UPN, CONTOSO).id, "stopProcessingRules": True}},
+        {"displayName": "Old stuff", "sequence": 2, "conditions": {"subjectContains": ["archive"]},
+         "actions": {"moveToFolder": old}},
+        {"displayName": "Copy Contoso to my phone", "sequence": 3, "conditions": {"senderContains": ["contoso.com"]},
+         "actions": {"forwardTo": [{"emailAddress": {"name": "Me", "address": "me@phone.example"}}]}},
+        {"displayName": "Set by the admin", "sequence": 4, "isReadOnly": True,
+         "conditions": {"fromAddresses": [{"emailAddress": {"address": "ceo@example.com"}}]},
+         "actions": {"markImportance": "high"}},
+    ):  # fmt: skip
+        graph_rules.add_rule(box, body)
+    graph.delete_folder(UPN, "INBOX/Old")
+    theirs = graph_rules_on(graph)
+
+    [data] = json.loads(env.cli("rules", "server", "--json").stdout)
+    assert data["backend"] == "graph"
+    marks = {r["name"]: [m["kind"] for m in r["marks"]] for r in data["rules"]}
+    assert marks == {
+        "Contoso orders to its folder": ["tracked"],
+        "Old stuff": ["missing-folder"],
+        "Copy Contoso to my phone": ["past-tracking"],
+        "Set by the admin": [],
+    }
+    assert "rule 'Old stuff' is in error on the server" in " ".join(data["problems"])
+    admin = next(r for r in data["rules"] if r["name"] == "Set by the admin")
+    assert admin["condition_text"] == 'from "ceo@example.com"'
+    assert admin["conditions"]["part"] == "all" and admin["conditions"]["values"] == ["ceo@example.com"]
+
+    dry = env.cli("rules", "server", "apply", "--dry-run")
+    assert f"adele: would create rule {OWN}" in dry.stdout
+    assert graph_rules_on(graph) == theirs
+
+    env.cli("rules", "server", "apply")
+    after = graph_rules_on(graph)
+    assert {n: r for n, r in after.items() if n != OWN} == theirs  # the user's rules untouched
+    own = after[OWN]
+    assert own["sequence"] == 5 and own["isEnabled"] is True
+    assert own["conditions"] == {"senderContains": ["@CONTOSO.COM", ".CONTOSO.COM"]}  # Graph upper-cases
+    assert own["actions"] == {"moveToFolder": graph.folder(UPN, CONTOSO).id}
+    assert "adele: mailfiler's rules are in step with the config" in env.cli("rules", "server", "apply").stdout
+
+    # the route changes: only mailfiler's rule is patched; it goes: only mailfiler's rule is deleted
+    graph_world(env, graph, route={"from_addresses": ["bob@contoso.com"], "to_addresses": ["sales@example.com"]})
+    assert f"adele: update rule {OWN}" in env.cli("rules", "server", "apply").stdout
+    own = graph_rules_on(graph)[OWN]
+    assert own["conditions"] == {"fromAddresses": [{"emailAddress": {"address": "bob@contoso.com"}}],
+                                 "sentToAddresses": [{"emailAddress": {"address": "sales@example.com"}}]}  # fmt: skip
+    assert {n: r for n, r in graph_rules_on(graph).items() if n != OWN} == theirs
+    graph_world(env, graph, route=None)
+    assert f"adele: delete rule {OWN}" in env.cli("rules", "server", "apply").stdout
+    assert graph_rules_on(graph) == theirs

@@ -6,7 +6,7 @@ imported only when a Graph mailbox is opened)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -15,6 +15,9 @@ from mailfiler.backends import Backend
 from mailfiler.config.base import LOOPBACK_HOSTS, Strict, resolve_path
 from mailfiler.config.categories import OutlookCategories, categories_switch
 from mailfiler.config.credentials import Credentials
+
+if TYPE_CHECKING:
+    from mailfiler.sources.graph.rules import GraphRules
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 DEFAULT_GRAPH = "https://graph.microsoft.com/v1.0"
@@ -228,6 +231,13 @@ def login(mailbox: Any, echo: Any) -> str:
     return str(device_login(sign_in(cfg), echo))
 
 
+def _server_rules(mailbox: Any, separator: str | None) -> GraphRules:
+    """Graph messageRules (sources/graph/rules.py)."""
+    from mailfiler.sources.graph.rules import GraphRules
+
+    return GraphRules(graph_settings(mailbox.backend_config))
+
+
 BACKEND = Backend(
     kind="graph",
     config=Graph,
@@ -238,4 +248,5 @@ BACKEND = Backend(
     identity=_identity,
     check=_check,
     noun="a Microsoft 365 mailbox",
+    server_rules=_server_rules,
 )

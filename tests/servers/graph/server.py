@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
 
-from tests.servers.graph import calendar, contacts, mail
+from tests.servers.graph import calendar, contacts, mail, rules
 from tests.servers.graph.batch import run_batch
 from tests.servers.graph.calendar import Calendar, Event
 from tests.servers.graph.identity import Identity
@@ -32,6 +32,7 @@ M = r"(?:/mailFolders/(?P<f>[^/]+))?/messages/(?P<m>[^/]+)"
 C = r"(?:/contactFolders/(?P<f>[^/]+))?/contacts"
 #: (method, pattern after /me or /users/{id}, handler, operation name)
 USER_ROUTES: list[tuple[str, str, Callable[..., Response], str]] = [
+    *rules.ROUTES,
     ("GET", r"", lambda c: _user_json(c), "GET user"),
     ("GET", r"/mailFolders", lambda c: mail.list_folders(c, None), "GET mailFolders"),
     ("GET", r"/mailFolders/delta", lambda c: mail.folders_delta(c), "GET mailFolders/delta"),
