@@ -139,6 +139,9 @@ def test_ews_rules_listed_marked_and_mailfilers_own_kept_in_step(exchange: EwsSe
     ]
     assert forward["condition_text"] == 'sender contains "contoso.com"'
 
+    text = env.cli("rules", "server").stdout
+    assert "on the server (ews)" in text and "MISSING FOLDER" in text and "PAST TRACKING" in text
+
     dry = env.cli("rules", "server", "apply", "--dry-run")
     assert f"alice: would create rule {OWN}" in dry.stdout
     assert 'when sender contains "@contoso.com" or ".contoso.com": move to INBOX/Clients/Contoso' in dry.stdout

@@ -61,7 +61,8 @@ def _open_store(obj: Any) -> bool:
 @json_option
 @click.pass_context
 def server(ctx: click.Context, mailbox: str | None, as_json: bool) -> None:
-    """The inbox rules on the mail server (Sieve over ManageSieve, RFC 5804).
+    """The inbox rules on the mail server (Sieve over ManageSieve, Exchange's
+    inbox rules over EWS, Microsoft 365's over Graph).
 
     Lists each rule with its conditions and actions, read from the server
     now, and marks those that move or copy mail into a tracked folder
@@ -127,7 +128,8 @@ def _print_mailbox(data: dict[str, Any]) -> None:
         actions = "; ".join(a["text"] for a in r["actions"]) or "-"
         rows.append((r["name"], r["where"], r["condition_text"], actions, "\n".join(marks)))
     table(
-        f"{name}: {plural(len(rows), 'rule')} on the server ({data['backend']}: {scripts or 'no scripts'})",
+        # Sieve names its scripts; Exchange's rules are one list
+        f"{name}: {plural(len(rows), 'rule')} on the server ({data['backend']}{': ' + scripts if scripts else ''})",
         ["rule", "where", "when", "then", "marks"],
         rows,
     )
@@ -148,10 +150,12 @@ def _print_mailbox(data: dict[str, Any]) -> None:
 def apply(obj: Any, mailbox: str | None, dry_run: bool, as_json: bool) -> None:
     """Bring mailfiler's rules on the server in step with the route: of the
     tracked folders: create, update and delete its named rules (one per
-    tracked folder with a route).  They live in a script of their own that
-    the active script includes; the first apply adds that include.  Your
-    own rules are never changed.  A broken script is reported, not
-    overwritten.  The daemon does the same on its interval.
+    tracked folder with a route, named "mailfiler: FOLDER").  On Sieve they
+    live in a script of their own that the active script includes (the
+    first apply adds that include); on Exchange and Microsoft 365 they are
+    inbox rules found by their names.  Your own rules are never changed.  A
+    broken script is reported, not overwritten.  The daemon does the same
+    on its interval.
     """
     from mailfiler.serverrules.runner import plan, routes_of
 
