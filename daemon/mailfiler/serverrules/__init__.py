@@ -1,9 +1,13 @@
-"""Inbox rules on the mail server (issue 20).
+"""Inbox rules on the mail server (issue 20), whatever the backend.
 
-``model`` holds the backend-neutral terms (rules, conditions, actions, routes,
-plans) and the :class:`~mailfiler.sources.inboxrules.RulesBackend` protocol;
-``sieve`` implements it over ManageSieve (``managesieve``), reading scripts
-with ``sieveparse``/``sieveread`` and writing mailfiler's own with
-``sievewrite``; ``analyze`` marks rules against tracking; ``runner`` ties them
-to the config, the CLI (``mailfiler rules server``) and the daemon.
+The backend-neutral terms (rules, conditions, actions, routes, plans) and the
+:class:`~mailfiler.sources.inboxrules.RulesBackend` protocol live in
+:mod:`mailfiler.sources.inboxrules`, below the backend registry; each backend
+makes its own through ``Backend.server_rules`` (Sieve over ManageSieve in
+:mod:`mailfiler.sources.sieve`, EWS in :mod:`mailfiler.sources.ews.rules`,
+Graph in :mod:`mailfiler.sources.graph.rules`).  Here ``analyze`` marks rules
+against tracking and ``runner`` ties them to the config, the CLI
+(``mailfiler rules server``), ``status`` and the daemon.  ``model``,
+``managesieve``, ``sieve``, ``sieveparse``, ``sieveread`` and ``sievewrite``
+re-export the modules that moved.
 """
