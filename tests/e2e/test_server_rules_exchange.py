@@ -11,6 +11,9 @@ delivery: the daemon then tracks the message in the folder it was moved to."""
 from __future__ import annotations
 
 import json
+import sqlite3
+import statistics
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +37,7 @@ OTHER = "INBOX/Clients/Fabrikam"
 ROUTE = {"from_domains": ["contoso.com"]}
 OWN = f"mailfiler: {CONTOSO}"
 M, T = PREFIXES["m"], PREFIXES["t"]
+N_LATENCY = 30
 
 
 def fake(folder: str) -> str:
@@ -171,7 +175,9 @@ def test_ews_rules_listed_marked_and_mailfilers_own_kept_in_step(exchange: EwsSe
     assert exchange.outlook_rule_blob(ALICE)
 
 
-def test_ews_rule_written_by_the_daemon_files_a_delivery_that_it_tracks(exchange: EwsServer, env: E2EEnv) -> None:
+def test_ews_rule_written_by_the_daemon_files_a_delivery_that_it_tracks(
+    exchange: EwsServer, env: E2EEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
     ews_world(env, exchange)
     daemon = env.start_daemon()
     daemon.wait_event("watching")
@@ -186,6 +192,24 @@ def test_ews_rule_written_by_the_daemon_files_a_delivery_that_it_tracks(exchange
     assert exchange.item(other).folder.id == exchange.folder_id(ALICE, "Inbox")
     [row] = env.wait_status(lambda s: bool(s["server_rules"]), what="server rules in status")["server_rules"]
     assert (row["backend"], row["rules"], row["owned"], row["into_tracked"]) == ("ews", 1, 1, 1)
+
+    # the drop-to-tracked latency of mail the rule files: the fake's streaming push, then the daemon's catch-up
+    latencies = []
+    with sqlite3.connect(f"file:{env.db_path}?mode=ro", uri=True, timeout=5) as db:
+        for n in range(10, 10 + N_LATENCY):
+            exchange.deliver(ALICE, mail(n, frm="Bob <bob@contoso.com>", subject=f"Quote {n}"))
+            t0 = time.monotonic()
+            while not db.execute("SELECT 1 FROM activity WHERE message_id = ?", (mid(n),)).fetchone():
+                assert time.monotonic() < t0 + 30, f"message {n} not tracked within 30 s\n{daemon.log_tail()}"
+                time.sleep(0.005)
+            latencies.append(time.monotonic() - t0)
+    latencies.sort()
+    median = statistics.median(latencies)
+    with capsys.disabled():
+        print(f"\nEWS rule-filed drop-to-tracked latency over {N_LATENCY} deliveries (fake Exchange): median"
+              f" {median * 1000:.0f} ms, p90 {latencies[int(0.9 * N_LATENCY)] * 1000:.0f} ms,"
+              f" max {latencies[-1] * 1000:.0f} ms")  # fmt: skip
+    assert median < 1.5, latencies
 
 
 # -- Graph ---------------------------------------------------------------------------------
