@@ -169,6 +169,13 @@ def test_ews_rules_listed_marked_and_mailfilers_own_kept_in_step(exchange: EwsSe
     after = rules_on(exchange)
     assert [s.text for s in after[OWN].find(f".//{{{T}}}ContainsSubjectStrings")] == ["invoice"]  # type: ignore[union-attr]
     assert {n: ET.tostring(r) for n, r in after.items() if n != OWN} == theirs
+    # the user turns mailfiler's rule off in Outlook; the route then goes (Exchange deletes no disabled rule)
+    own = rules_on(exchange)[OWN]
+    own.find(f"{{{T}}}IsEnabled").text = "false"  # type: ignore[union-attr]
+    set_op = f"<t:SetRuleOperation>{ET.tostring(own, encoding='unicode')}</t:SetRuleOperation>"
+    ews_call(exchange, f"<m:UpdateInboxRules><m:RemoveOutlookRuleBlob>false</m:RemoveOutlookRuleBlob>"
+                       f"<m:Operations>{set_op}</m:Operations></m:UpdateInboxRules>")  # fmt: skip
+    assert rules_on(exchange)[OWN].findtext(f"{{{T}}}IsEnabled") == "false"
     ews_world(env, exchange, route=None)
     assert f"alice: delete rule {OWN}" in env.cli("rules", "server", "apply").stdout
     assert {n: ET.tostring(r) for n, r in rules_on(exchange).items()} == theirs

@@ -252,12 +252,12 @@ def plan(backend: str, found: list[Found], routes: list[Route], folder_ids: dict
                 ops.append(Op("update", name, first.id, first.sequence, conditions, folder_id))
                 result.changes.append(Change("update", name, _detail(route, conditions)))
         for extra in have[1:]:  # a second rule by the same name: the first one stands
-            ops.append(Op("delete", name, extra.id))
+            ops.append(Op("delete", name, extra.id, extra.sequence))
             result.changes.append(Change("delete", name, "a second rule by this name"))
     for name, have in mine.items():
         if name not in wanted:
             for f in have:
-                ops.append(Op("delete", name, f.id))
+                ops.append(Op("delete", name, f.id, f.sequence))
                 result.changes.append(Change("delete", name, "its tracked folder or route is gone from the config"))
     result.payload = {"ops": [asdict(o) for o in ops], "base": digest([f for f in found if f.owned])}
     return result

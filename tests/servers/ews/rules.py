@@ -1,6 +1,7 @@
 """Inbox rules: GetInboxRules and UpdateInboxRules (create, set, delete), stored per mailbox.
 
-The fake stores the rules and answers them back.  It keeps one flag for Outlook's rule blob
+The fake stores the rules and answers them back; like Exchange, it does not find a disabled
+rule to delete (ErrorItemNotFound: a client enables it first).  It keeps one flag for Outlook's rule blob
 (the client-side rules Outlook keeps in the mailbox): GetInboxRules answers it as
 OutlookRuleBlobExists, and an UpdateInboxRules with RemoveOutlookRuleBlob true deletes it, as
 Exchange does.  On delivery into the Inbox (``EwsServer.deliver``) it runs the enabled rules
@@ -61,6 +62,10 @@ def update_inbox_rules(ctx: Context, request: ET.Element) -> ET.Element:
                 kind = local(operation)
                 if kind == "DeleteRuleOperation":
                     rule_id = (operation.findtext(q("t:RuleId")) or "").strip()
+                    # Exchange does not find a disabled rule to delete (exchangelib's Rule.delete enables it first)
+                    if any((r.findtext(q("t:RuleId")) or "").strip() == rule_id
+                           and (r.findtext(q("t:IsEnabled")) or "").strip() == "false" for r in rules):  # fmt: skip
+                        raise EwsError("ErrorItemNotFound", "The specified object was not found in the store.")
                     _remove(rules, rule_id)
                     continue
                 rule = copy.deepcopy(operation.find(q("t:Rule")))

@@ -125,13 +125,19 @@ def _rule(op: o.Op) -> Rule:
     )
 
 
-def _write(account: Account, ops: list[o.Op]) -> None:
+def _write(account: Account, ops: list[o.Op], disabled: set[str]) -> None:
     for op in ops:
         if op.op == "create":
             CreateInboxRule(account=account).get(rule=_rule(op), remove_outlook_rule_blob=False)
         elif op.op == "update":
             SetInboxRule(account=account).get(rule=_rule(op), remove_outlook_rule_blob=False)
         else:
+            if op.rule_id in disabled:
+                # Exchange answers ErrorItemNotFound to the delete of a disabled rule (exchangelib's
+                # Rule.delete works around it the same way): enable it, doing nothing, first
+                idle = Rule(id=op.rule_id, display_name=op.name, priority=op.sequence or 1, is_enabled=True,
+                            actions=Actions(stop_processing_rules=True))  # fmt: skip
+                SetInboxRule(account=account).get(rule=idle, remove_outlook_rule_blob=False)
             DeleteInboxRule(account=account).get(rule=Rule(id=op.rule_id), remove_outlook_rule_blob=False)
 
 
@@ -180,7 +186,8 @@ class EwsRules:
         if o.digest([f for f in found if f.owned]) != plan.payload.get("base"):
             raise ServerRulesChanged(f"{self.settings.mailbox}: mailfiler's inbox rules changed since the plan")
         # not retried on a dropped connection: a create that went through would be made twice
-        await self.client.run(_write, self.client.account, ops, retry_drop=False)
+        disabled = {f.id for f in found if not f.enabled}
+        await self.client.run(_write, self.client.account, ops, disabled, retry_drop=False)
         log.debug("wrote %d inbox rule changes to %s", len(ops), self.settings.mailbox)
 
 
