@@ -303,3 +303,19 @@ def test_graph_rules_listed_marked_and_mailfilers_own_kept_in_step(graph: GraphF
     graph_world(env, graph, route=None)
     assert f"adele: delete rule {OWN}" in env.cli("rules", "server", "apply").stdout
     assert graph_rules_on(graph) == theirs
+
+
+def test_graph_rules_kept_in_step_by_the_daemon(graph: GraphFake, env: E2EEnv) -> None:
+    graph_world(env, graph)
+    graph_rules.add_rule(graph.mailbox(UPN), {"displayName": "Mine", "sequence": 1, "actions": {"markAsRead": True}})
+    daemon = env.start_daemon()
+    daemon.wait_event("server-rules-applied", timeout=30)
+    assert set(graph_rules_on(graph)) == {"Mine", OWN}
+    [row] = env.wait_status(lambda s: bool(s["server_rules"]), what="server rules in status")["server_rules"]
+    assert (row["backend"], row["rules"], row["owned"], row["into_tracked"]) == ("graph", 2, 1, 1)
+
+    # the route goes from the config: the daemon deletes mailfiler's rule, the user's stays
+    since = daemon.mark()
+    graph_world(env, graph, route=None)
+    daemon.wait_event("server-rules-applied", since=since, timeout=30)
+    assert set(graph_rules_on(graph)) == {"Mine"}
