@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mailfiler.serverrules.managesieve import ManageSieve, SieveSettings
+from mailfiler.sources.sieve.managesieve import ManageSieve, SieveSettings
 from tests.e2e.harness import E2EEnv
 from tests.servers.dovecot import ImapUser, require_sieve
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from mailfiler.backends.imap import sieve_settings
 from mailfiler.config import load_config
 from mailfiler.errors import ServerRulesUnsupported
-from mailfiler.serverrules.runner import routes_of, sieve_settings, watched
+from mailfiler.serverrules.runner import routes_of, watched
 from tests.test_config import problems, write
 
 IMAP = """\

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from mailfiler.errors import ServerRulesError, ServerRulesUnavailable, ServerRulesUnsupported
-from mailfiler.serverrules.managesieve import ManageSieve, SieveSettings
+from mailfiler.sources.sieve.managesieve import ManageSieve, SieveSettings
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 CAPS = b'"IMPLEMENTATION" "fake"\r\n"SASL" "PLAIN"\r\n"SIEVE" "fileinto include"\r\n"VERSION" "1.0"\r\n'

@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 import pytest
 
 from mailfiler.errors import ServerRulesBroken, ServerRulesUnavailable, ServerRulesUnsupported
-from mailfiler.serverrules.managesieve import ManageSieve, SieveNo, SieveSettings
-from mailfiler.serverrules.model import Route
-from mailfiler.serverrules.sieve import SieveBackend
-from mailfiler.serverrules.sievewrite import is_ours
+from mailfiler.sources.inboxrules import Route
+from mailfiler.sources.sieve.backend import SieveBackend
+from mailfiler.sources.sieve.managesieve import ManageSieve, SieveNo, SieveSettings
+from mailfiler.sources.sieve.sievewrite import is_ours
 from tests.servers.dovecot import DovecotServer, ImapUser, require_sieve, start_dovecot
 
 pytestmark = pytest.mark.dovecot

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from mailfiler.serverrules import analyze
-from mailfiler.serverrules import sievewrite as w
-from mailfiler.serverrules.model import Route
-from mailfiler.serverrules.sieveparse import SieveSyntaxError, Tag, parse
-from mailfiler.serverrules.sieveread import includes, read_rules
+from mailfiler.sources.inboxrules import Route
+from mailfiler.sources.sieve import sievewrite as w
+from mailfiler.sources.sieve.sieveparse import SieveSyntaxError, Tag, parse
+from mailfiler.sources.sieve.sieveread import includes, read_rules
 
 # A Roundcube-style script with extensions sievelib's parser refuses (include,
 # duplicate, relational with a comparator), comments, a text: block and nesting.

@@ -7,7 +7,5 @@ makes its own through ``Backend.server_rules`` (Sieve over ManageSieve in
 :mod:`mailfiler.sources.sieve`, EWS in :mod:`mailfiler.sources.ews.rules`,
 Graph in :mod:`mailfiler.sources.graph.rules`).  Here ``analyze`` marks rules
 against tracking and ``runner`` ties them to the config, the CLI
-(``mailfiler rules server``), ``status`` and the daemon.  ``model``,
-``managesieve``, ``sieve``, ``sieveparse``, ``sieveread`` and ``sievewrite``
-re-export the modules that moved.
+(``mailfiler rules server``), ``status`` and the daemon.
 """

@@ -71,12 +71,6 @@ def backend_for(mb: MailboxConfig, separator: str | None = "/") -> RulesBackend:
     return make(mb, separator)
 
 
-def sieve_settings(mb: MailboxConfig) -> Any:
-    """The login the mailbox's rules backend connects with (an IMAP mailbox's ManageSieve
-    login): its ``settings``, for the callers of the earlier name."""
-    return getattr(backend_for(mb), "settings", None)
-
-
 def owners_of(mb: MailboxConfig, seeds: list[RecordSeed] | None = None, *, store: bool = True) -> list[analyze.Owner]:
     """The records of the mailbox's tracked folders with their domains and addresses:
     a record's own, and its direct children's addresses (an account's contacts).
