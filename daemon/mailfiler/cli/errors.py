@@ -48,7 +48,12 @@ _HINTS: list[tuple[type[e.MailfilerError], int, str]] = [
      " `mailfiler folders create`"),
     (e.ServerRulesBroken, EXIT_DATAERR, "fix or remove the script on the server (any Sieve editor), then apply again"),
     (e.ServerRulesUnsupported, EXIT_UNAVAILABLE, "README, Inbox rules on the server, says what it needs"),
-    (e.ServerRulesUnavailable, EXIT_UNAVAILABLE, "check server_rules.managesieve in the config and the server's login"),
+    (
+        e.ServerRulesUnavailable,
+        EXIT_UNAVAILABLE,
+        "check the mailbox's login and its server_rules: settings"
+        " (IMAP: the ManageSieve port and TLS; Microsoft 365: the MailboxSettings.ReadWrite permission)",
+    ),
     (e.ServerRulesChanged, EXIT_UNAVAILABLE, "someone changed the script meanwhile; run the command again"),
     (e.MailboxUnavailable, EXIT_UNAVAILABLE, "the connection failed; mailfiler retries with backoff (see the log)"),
     (e.UserError, EXIT_DATAERR, ""),
