@@ -51,3 +51,22 @@ def tenant(graph: GraphFake, folders: list[str] = ()) -> GraphFake:  # type: ign
     graph.add_user(UPN, "Adele Vance", list(folders))
     graph.identity.register_app(APP_ID, secret=SECRET, public=True)
     return graph
+
+
+def connection(graph: GraphFake, **overrides: Any) -> Any:
+    """The shared Graph client of a mailbox's sync-back targets."""
+    from mailfiler.sources.graph.targets import GraphConnection
+
+    return GraphConnection(settings(graph, **overrides))
+
+
+def sync_target(graph: GraphFake, kind: str, *, conn: Any = None, **window: Any) -> Any:
+    """A sync-back target of the test user (not opened); calendar ``window`` as (days back, days ahead)."""
+    from mailfiler.sources.graph.contacts import GraphContacts
+
+    conn = conn or connection(graph)
+    if kind == "contacts":
+        return GraphContacts(conn, f"graph://{UPN}/contacts")
+    from mailfiler.sources.graph.calendar import GraphCalendar
+
+    return GraphCalendar(conn, f"graph://{UPN}/calendar", **window)

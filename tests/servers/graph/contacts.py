@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.servers.graph import delta
+from tests.servers.graph import delta, extprops
 from tests.servers.graph.mail import check_if_match
 from tests.servers.graph.model import Contact, GraphError
 from tests.servers.graph.odata import Ctx, collection_page, json_response, read_json, select, select_list
@@ -18,6 +18,7 @@ WRITABLE = {
     "jobTitle", "officeLocation", "businessAddress", "homeAddress", "otherAddress", "birthday",
     "personalNotes", "categories", "imAddresses", "spouseName", "children", "manager", "assistantName",
     "businessHomePage", "profession", "generation", "yomiGivenName", "yomiSurname", "yomiCompanyName",
+    "singleValueExtendedProperties",
 }  # fmt: skip
 
 
@@ -56,8 +57,13 @@ def contact_json(ctx: Ctx, contact: Contact) -> dict[str, Any]:
         "homeAddress": {},
         "businessAddress": {},
         "otherAddress": {},
-        **{k: v for k, v in fields.items() if k != "displayName"},
+        **{k: v for k, v in fields.items() if k not in ("displayName", extprops.KEY)},
     }
+
+
+def shown(ctx: Ctx, contact: Contact, sel: list[str] | None) -> dict[str, Any]:
+    """A contact as answered: ``$select`` applied, our extended properties when ``$expand`` asks."""
+    return {**select(contact_json(ctx, contact), sel), **extprops.expanded(ctx.request, contact.fields.get(extprops.KEY))}
 
 
 def _fields(ctx: Ctx) -> dict[str, Any]:
@@ -65,7 +71,10 @@ def _fields(ctx: Ctx) -> dict[str, Any]:
     unknown = sorted(k for k in body if k not in WRITABLE and not k.startswith("@"))
     if unknown:
         raise GraphError(400, "RequestBodyRead", f"The property '{unknown[0]}' does not exist on type 'microsoft.graph.contact'.")
-    return {k: v for k, v in body.items() if k in WRITABLE}
+    fields = {k: v for k, v in body.items() if k in WRITABLE}
+    if extprops.KEY in fields:
+        fields[extprops.KEY] = extprops.merged(None, fields[extprops.KEY])
+    return fields
 
 
 def _folder(ctx: Ctx, ref: str | None) -> None:
@@ -78,7 +87,8 @@ def list_contacts(ctx: Ctx, folder: str | None) -> Response:
     mailbox = ctx.need_mailbox()
     with mailbox.tenant.lock:
         sel = select_list(ctx.request)
-        items = [select(contact_json(ctx, c), sel) for c in sorted(mailbox.contacts.values(), key=lambda c: c.key)]
+        items = [shown(ctx, c, sel) for c in sorted(mailbox.contacts.values(), key=lambda c: c.key)
+                 if extprops.matches(ctx.request, c.fields.get(extprops.KEY))]  # fmt: skip
     return collection_page(ctx, items, "contacts", "Collection(contact)")
 
 
@@ -86,7 +96,7 @@ def get_contact(ctx: Ctx, ref: str) -> Response:
     mailbox = ctx.need_mailbox()
     with mailbox.tenant.lock:
         contact = mailbox.contact(ref)
-        item = select(contact_json(ctx, contact), select_list(ctx.request))
+        item = shown(ctx, contact, select_list(ctx.request))
     return json_response({"@odata.context": f"{ctx.base}/$metadata#contacts/$entity", **item}, headers={"ETag": contact.etag})
 
 
@@ -96,7 +106,7 @@ def create_contact(ctx: Ctx, folder: str | None) -> Response:
     fields = _fields(ctx)
     with mailbox.tenant.lock:
         contact = mailbox.add_contact(fields)
-        item = contact_json(ctx, contact)
+        item = shown(ctx, contact, None)
     return json_response({"@odata.context": f"{ctx.base}/$metadata#contacts/$entity", **item}, 201, {"ETag": contact.etag})
 
 
@@ -106,8 +116,10 @@ def patch_contact(ctx: Ctx, ref: str) -> Response:
     with mailbox.tenant.lock:
         contact = mailbox.contact(ref)
         check_if_match(ctx, contact.etag)
+        if extprops.KEY in fields:  # a PATCH adds or replaces properties by id, keeping the others
+            fields[extprops.KEY] = extprops.merged(contact.fields.get(extprops.KEY), fields[extprops.KEY])
         mailbox.edit_contact(contact, fields)
-        item = contact_json(ctx, contact)
+        item = shown(ctx, contact, None)
     return json_response({"@odata.context": f"{ctx.base}/$metadata#contacts/$entity", **item}, headers={"ETag": contact.etag})
 
 

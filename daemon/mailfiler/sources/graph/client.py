@@ -150,6 +150,10 @@ class GraphClient:
 
     # -- one request ---------------------------------------------------------------
 
+    async def wait_turn(self) -> None:
+        """Until a Retry-After the client met has passed."""
+        await self._wait_turn()
+
     async def _wait_turn(self) -> None:
         delay = self._not_before - time.monotonic()
         if delay > 0:

@@ -64,6 +64,7 @@ class GraphSource(Protocol):
     def tree(self) -> FolderTree: ...
     async def folder_round(self, folder: str, link: str | None) -> tuple[list[str], set[str], str]: ...
 
+
 #: how much a quiet round stretches the interval
 BACKOFF = 1.5
 #: the watcher's own requests per second per mailbox at most, however many folders and however
