@@ -23,10 +23,10 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from tests.servers.graph import delta
+from tests.servers.graph import delta, extprops
 from tests.servers.graph.mail import check_if_match
 from tests.servers.graph.model import GraphError, Mailbox, new_change_key, new_id, now_iso
-from tests.servers.graph.odata import Ctx, collection_page, json_response, one, read_json
+from tests.servers.graph.odata import Ctx, collection_page, json_response, one, read_json, select, select_list
 from tests.servers.httpfake import Response
 
 DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
@@ -280,6 +280,14 @@ def event_json(ctx: Ctx, event: Event, original: str | None = None) -> dict[str,
     return item
 
 
+def shown(ctx: Ctx, event: Event, original: str | None = None, sel: list[str] | None = None) -> dict[str, Any]:
+    """An event as answered: ``$select`` applied, our extended properties when ``$expand`` asks."""
+    item = select(event_json(ctx, event, original), sel)
+    if original is None:
+        item.update(extprops.expanded(ctx.request, event.fields.get(extprops.KEY)))
+    return item
+
+
 def calendar_of(ctx: Ctx) -> Calendar:
     mailbox = ctx.need_mailbox()
     if mailbox.events is None:
@@ -322,19 +330,46 @@ def calendar_view_delta(ctx: Ctx) -> Any:
                        start=start_round, render=lambda entry, _sel: entry)  # fmt: skip
 
 
+def list_events(ctx: Ctx) -> Response:
+    """``GET /events``: single events and series masters (never occurrences), oldest first."""
+    cal_ = calendar_of(ctx)
+    sel = select_list(ctx.request)
+    with ctx.need_mailbox().tenant.lock:
+        events = [e for e in sorted(cal_.events.values(), key=lambda e: (e.start, e.id))
+                  if extprops.matches(ctx.request, e.fields.get(extprops.KEY))]  # fmt: skip
+        items = [shown(ctx, e, None, sel) for e in events]
+    return collection_page(ctx, items, "events", "Collection(event)")
+
+
+def event_instances(ctx: Ctx, ref: str) -> Response:
+    """``GET /events/{id}/instances``: a series' occurrences and exceptions in the window."""
+    cal_ = calendar_of(ctx)
+    start, end = _window(ctx)
+    sel = select_list(ctx.request)
+    with ctx.need_mailbox().tenant.lock:
+        event, original = cal_.find(ref)
+        if original is not None or event.recurrence is None:
+            items = []
+        else:
+            items = [select(i, sel) for i in cal_.instances(ctx, start, end) if i.get("seriesMasterId") == event.id]
+    return collection_page(ctx, items, f"events/{ref}/instances", "Collection(event)")
+
+
 def get_event(ctx: Ctx, ref: str) -> Response:
     cal_ = calendar_of(ctx)
     with ctx.need_mailbox().tenant.lock:
         event, original = cal_.find(ref)
-        item = event_json(ctx, event, original)
+        item = shown(ctx, event, original, select_list(ctx.request))
     return json_response({"@odata.context": f"{ctx.base}/$metadata#events/$entity", **item}, headers={"ETag": item["@odata.etag"]})
 
 
 def create_event(ctx: Ctx) -> Response:
     cal_ = calendar_of(ctx)
     body = read_json(ctx.request)
+    if extprops.KEY in body:
+        body[extprops.KEY] = extprops.merged(None, body[extprops.KEY])
     with ctx.need_mailbox().tenant.lock:
-        item = event_json(ctx, cal_.add(body))
+        item = shown(ctx, cal_.add(body))
     return json_response({"@odata.context": f"{ctx.base}/$metadata#events/$entity", **item}, 201, {"ETag": item["@odata.etag"]})
 
 
@@ -344,6 +379,9 @@ def patch_event(ctx: Ctx, ref: str) -> Response:
     with ctx.need_mailbox().tenant.lock:
         event, original = cal_.find(ref)
         check_if_match(ctx, event_json(ctx, event, original)["@odata.etag"])
+        if extprops.KEY in body:  # a PATCH adds or replaces properties by id, keeping the others
+            old = event.fields.get(extprops.KEY) if original is None else None
+            body[extprops.KEY] = extprops.merged(old, body[extprops.KEY])
         if original is None:
             cal_.edit(event, body)
         else:
@@ -356,6 +394,7 @@ def delete_event(ctx: Ctx, ref: str) -> Response:
     cal_ = calendar_of(ctx)
     with ctx.need_mailbox().tenant.lock:
         event, original = cal_.find(ref)
+        check_if_match(ctx, event_json(ctx, event, original)["@odata.etag"])
         if original is None:
             cal_.delete(event)
         else:

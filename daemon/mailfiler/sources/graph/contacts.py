@@ -190,15 +190,16 @@ def _write_group(card: Any, group: str, item: dict[str, Any]) -> None:
                 line.params = dict(before.params) if before is not None else {"TYPE": [kind]}
     elif group == "org":
         _replace(card, "org")
-        parts = [x for x in (_s(item.get("companyName")), _s(item.get("department")))]
-        if parts[0] or parts[1]:
-            card.add("org").value = parts if parts[1] else parts[:1]
+        org = [_s(item.get("companyName")), _s(item.get("department"))]
+        if org[0] or org[1]:
+            card.add("org").value = org if org[1] else org[:1]
     elif group == "title":
         _set(card, "title", _s(item.get("jobTitle")))
     elif group == "adr":
         _replace(card, "adr")
         for slot, kind in _ADDRESS_SLOTS:
-            value = item.get(slot) if isinstance(item.get(slot), dict) else {}
+            raw = item.get(slot)
+            value = raw if isinstance(raw, dict) else {}
             parts = {k: _s(value.get(k)) for k in _ADDRESS_KEYS}
             if any(parts.values()):
                 line = card.add("adr")

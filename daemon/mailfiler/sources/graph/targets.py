@@ -190,45 +190,52 @@ class GraphTarget(Target):
             raise self.unavailable(str(exc)) from exc
         return items
 
-    async def fetch_items(self, hrefs: Sequence[str], query: str) -> dict[str, dict[str, Any]]:
-        """href -> the item's JSON (with our properties), by $batch; items that are gone are left out."""
-        out: dict[str, dict[str, Any]] = {}
-        wanted = []
-        for href in hrefs:
-            try:
-                wanted.append((href, self.item_path(href)))
-            except SyncItemNotFound:
-                continue
-        for start in range(0, len(wanted), BATCH_MAX):
-            chunk = dict(wanted[start : start + BATCH_MAX])
-            pending = {str(i): href for i, href in enumerate(chunk)}
-            for _attempt in range(5):
+    async def batch_get(self, paths: dict[str, str]) -> dict[str, dict[str, Any] | None]:
+        """Mailbox-relative GETs by $batch (20 a round trip): key -> the answer, None for a 404.
+        A sub-request Graph throttled is asked again after its Retry-After."""
+        out: dict[str, dict[str, Any] | None] = {}
+        keys = list(paths)
+        for start in range(0, len(keys), BATCH_MAX):
+            pending = keys[start : start + BATCH_MAX]
+            for _attempt in range(6):
                 requests = [
-                    {"id": key, "method": "GET", "url": self.client.mailbox_path + chunk[href] + query}
-                    for key, href in pending.items()
+                    {"id": str(i), "method": "GET", "url": self.client.mailbox_path + paths[key]}
+                    for i, key in enumerate(pending)
                 ]
                 try:
                     answers = await self.client.batch(requests)
                 except (LoginRefused, MailboxUnavailable) as exc:
                     raise self.unavailable(str(exc)) from exc
-                retry = {}
-                for key, href in pending.items():
-                    answer = answers.get(key)
+                retry = []
+                for i, key in enumerate(pending):
+                    answer = answers.get(str(i))
                     if answer is None or answer.status in (429, 503) or answer.status >= 500:
                         if answer is not None:
                             self.client.note_throttled(answer.headers)
-                        retry[key] = href
+                        retry.append(key)
                     elif answer.status == 200 and isinstance(answer.body, dict):
-                        out[href] = answer.body
-                    elif answer.status != 404:
-                        raise self.unavailable(f"reading {href} failed: HTTP {answer.status}")
+                        out[key] = answer.body
+                    elif answer.status == 404:
+                        out[key] = None
+                    else:
+                        raise self.unavailable(f"GET {paths[key].split('?')[0]} failed: HTTP {answer.status}")
                 pending = retry
                 if not pending:
                     break
                 await self.client.wait_turn()
             if pending:
-                raise self.unavailable(f"Graph kept refusing to read {len(pending)} items")
+                raise self.unavailable(f"Graph kept refusing {len(pending)} reads")
         return out
+
+    async def fetch_items(self, hrefs: Sequence[str], query: str) -> dict[str, dict[str, Any]]:
+        """href -> the item's JSON (with our properties), by $batch; items that are gone are left out."""
+        paths = {}
+        for href in hrefs:
+            try:
+                paths[href] = self.item_path(href) + query
+            except SyncItemNotFound:
+                continue
+        return {href: body for href, body in (await self.batch_get(paths)).items() if body is not None}
 
     # -- writing -----------------------------------------------------------------------
 
