@@ -59,6 +59,24 @@ class GraphWebhook(Strict):
         return _https(value, "webhook.url")
 
 
+class GraphWindow(Strict):
+    """The span of the calendar that sync-back compares occurrence by occurrence (Graph's
+    calendar view): changes to events wholly outside it are seen at the next full listing."""
+
+    days_back: int = Field(default=30, ge=0, le=3650, description="Days before today.")
+    days_ahead: int = Field(default=365, ge=1, le=3650, description="Days after today.")
+
+
+class GraphSyncBack(Strict):
+    """Sync-back into the mailbox itself: CRM contacts and appointments to the user's Outlook
+    contacts and calendar and back, under the mailbox's ``sync:`` policies.  Needs the
+    Contacts.ReadWrite and Calendars.ReadWrite permissions."""
+
+    contacts: bool = Field(default=False, description="Sync the default contacts folder.")
+    calendar: bool = Field(default=False, description="Sync the primary calendar.")
+    calendar_window: GraphWindow = Field(default_factory=GraphWindow)
+
+
 class Graph(Credentials):
     """A Microsoft 365 mailbox through Microsoft Graph.
 
@@ -90,6 +108,11 @@ class Graph(Credentials):
         default=None,
         description="Mark tracked and shunted mail with Outlook categories: true, or {tracked: NAME, failed: NAME}."
         "  Needs Mail.ReadWrite; off by default (Mail.Read is enough then).",
+    )
+    sync_back: GraphSyncBack | None = Field(
+        default=None,
+        description="Sync CRM contacts and appointments into the mailbox's Outlook contacts and calendar"
+        " ({contacts: true, calendar: true}); off by default.",
     )
 
     secret_key_names: ClassVar[tuple[str, ...]] = ("password_file", "password_command", "oauth2_token_command")
@@ -138,7 +161,9 @@ class Graph(Credentials):
 
 def sign_in(cfg: Graph) -> Any:
     """How the mailbox signs in; the secret is read at each sign-in, never held here."""
-    from mailfiler.sources.graph.auth import SignIn
+    from mailfiler.sources.graph.auth import SYNC_BACK_SCOPES, SignIn
+
+    back = cfg.sync_back is not None and (cfg.sync_back.contacts or cfg.sync_back.calendar)
 
     secret = cfg.provider(f"graph sign-in of app {cfg.client_id}") if cfg.secret_keys() else None
     return SignIn(
@@ -151,6 +176,7 @@ def sign_in(cfg: Graph) -> Any:
         cache_file=cfg.token_cache,
         ca_file=str(cfg.ca_file) if cfg.ca_file else None,
         timeout=min(cfg.timeout, 60.0),
+        extra_scopes=SYNC_BACK_SCOPES if back else (),
     )
 
 
@@ -200,6 +226,29 @@ def _identity(value: Any, base_dir: Path) -> Any:
     return ("graph", value["tenant"].lower(), user.lower() if isinstance(user, str) else value.get("token_cache"))
 
 
+def _targets(mailbox: Any, base_dir: Path) -> list[Any]:
+    """The mailbox's contacts and calendar, when ``sync_back`` asks for them (one Graph client for both)."""
+    cfg: Graph = mailbox.backend_config
+    back = cfg.sync_back
+    if back is None or not (back.contacts or back.calendar):
+        return []
+    from mailfiler.sources.graph.calendar import GraphCalendar
+    from mailfiler.sources.graph.contacts import GraphContacts
+    from mailfiler.sources.graph.targets import GraphConnection
+
+    connection = GraphConnection(graph_settings(cfg))
+    where = _location(mailbox)
+    out: list[Any] = []
+    if back.contacts:
+        out.append(GraphContacts(connection, f"{where}/contacts"))
+    if back.calendar:
+        window = back.calendar_window
+        out.append(
+            GraphCalendar(connection, f"{where}/calendar", days_back=window.days_back, days_ahead=window.days_ahead)
+        )
+    return out
+
+
 def _check(mailbox: Any) -> list[str]:
     """What config check finds wrong here: a device-code mailbox not signed in yet (or its
     token cache readable by others), a CA or certificate file that is not there."""
@@ -208,6 +257,12 @@ def _check(mailbox: Any) -> list[str]:
 
     cfg: Graph = mailbox.backend_config
     problems = []
+    back = cfg.sync_back
+    if back is not None and (back.contacts or back.calendar) and getattr(mailbox, "sync", None) is None:
+        problems.append(
+            f"{mailbox.name}: graph.sync_back syncs under the mailbox's sync: policies; add a sync: block"
+            " (e.g. sync: {filters: {contacts: [{all: true}], appointments: [{all: true}]}})"
+        )
     if not cfg.app_only and cfg.token_cache is not None:
         if not cfg.token_cache.exists():
             problems.append(f"{mailbox.name} is not signed in yet: run `mailfiler login {mailbox.name}`")
@@ -246,6 +301,7 @@ BACKEND = Backend(
     location=_location,
     resolve=_resolve,
     identity=_identity,
+    targets=_targets,
     check=_check,
     noun="a Microsoft 365 mailbox",
     server_rules=_server_rules,

@@ -42,6 +42,8 @@ DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 APP_SCOPES = ["https://graph.microsoft.com/.default"]
 #: delegated scopes of a device-code sign-in (msal adds openid, profile, offline_access)
 USER_SCOPES = ["https://graph.microsoft.com/Mail.ReadWrite"]
+#: what sync-back adds to them (the contacts and the calendar of the user)
+SYNC_BACK_SCOPES = ("https://graph.microsoft.com/Contacts.ReadWrite", "https://graph.microsoft.com/Calendars.ReadWrite")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,12 @@ class SignIn:
     cache_file: Path | None = None
     ca_file: str | None = None
     timeout: float = 30.0
+    #: device code: delegated scopes besides Mail.ReadWrite (sync-back's)
+    extra_scopes: tuple[str, ...] = ()
+
+    @property
+    def user_scopes(self) -> list[str]:
+        return USER_SCOPES + list(self.extra_scopes)
 
     @property
     def app_only(self) -> bool:
@@ -224,7 +232,7 @@ class Tokens:
                 if not accounts:
                     return {"error": "no_account", "error_description": "no signed-in user: run `mailfiler login`"}
                 result = self._app.acquire_token_silent_with_error(
-                    USER_SCOPES, account=accounts[0], force_refresh=force
+                    self.sign_in.user_scopes, account=accounts[0], force_refresh=force
                 )
             if result is None:
                 return {"error": "no_token", "error_description": "sign in again with `mailfiler login`"}
@@ -279,7 +287,7 @@ def device_login(sign_in: SignIn, show: Callable[[str], None], *, exit_after: fl
             http_client=_http_session(sign_in),
             instance_discovery=False,
         )
-        flow = app.initiate_device_flow(scopes=USER_SCOPES)
+        flow = app.initiate_device_flow(scopes=sign_in.user_scopes)
     except Exception as exc:
         raise _network_error(exc, "device-code sign-in") from exc
     if "user_code" not in flow:
