@@ -122,7 +122,19 @@ def to_graph(card: Any) -> dict[str, Any]:
         if any(values):
             body[slot] = dict(zip(_ADDRESS_KEYS, values, strict=True))
     body["personalNotes"] = "\n".join(_s(line.value) for line in c.get("note", []))
+    body["categories"] = card_categories(card)
     return body
+
+
+def card_categories(card: Any) -> list[str]:
+    """CATEGORIES, which Outlook shows as the contact's categories (a sync's ``category`` tracks by it)."""
+    out: list[str] = []
+    for line in card.contents.get("categories", []):
+        value = line.value
+        for cat in value if isinstance(value, list) else str(value).split(","):
+            if _s(cat) and _s(cat) not in out:
+                out.append(_s(cat))
+    return out
 
 
 def sigs(item: dict[str, Any]) -> dict[str, str]:
@@ -141,6 +153,7 @@ def sigs(item: dict[str, Any]) -> dict[str, str]:
         "title": digest(_s(item.get("jobTitle"))),
         "adr": digest([address(item.get(slot)) for slot, _ in _ADDRESS_SLOTS]),
         "note": digest(_s(item.get("personalNotes"))),
+        "categories": digest(sorted(_s(c) for c in item.get("categories") or [])),
     }  # fmt: skip
 
 
@@ -211,6 +224,11 @@ def _write_group(card: Any, group: str, item: dict[str, Any]) -> None:
                     line.params["TYPE"] = [kind]
     elif group == "note":
         _set(card, "note", _s(item.get("personalNotes")))
+    elif group == "categories":
+        _replace(card, "categories")
+        cats = [_s(c) for c in item.get("categories") or [] if _s(c)]
+        if cats:
+            card.add("categories").value = cats
 
 
 def from_graph(item: dict[str, Any]) -> bytes:

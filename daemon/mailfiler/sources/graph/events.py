@@ -262,6 +262,7 @@ def occurrence_sig(exceptions: list[dict[str, Any]], cancelled: list[dt.datetime
 
 def sigs(item: dict[str, Any], occurrences: str) -> dict[str, str]:
     return {
+        "categories": digest(sorted(str(c).strip() for c in item.get("categories") or [])),
         "main": digest(main_sig(item)),
         "attendees": digest(attendees_sig(item)),
         "recurrence": digest(normal_recurrence(item.get("recurrence"))),
@@ -288,6 +289,11 @@ class Written:
         master: Any = masters[0]
         self.uid = str(master.get("UID", "")).strip() or None
         self.body = event_body(master)
+        cats: list[str] = []
+        props = master.get("CATEGORIES")
+        for prop in props if isinstance(props, list) else [props] if props is not None else []:
+            cats.extend(str(c).strip() for c in getattr(prop, "cats", [prop]) if str(c).strip())
+        self.body["categories"] = list(dict.fromkeys(cats))
         start = master["DTSTART"].dt
         self.first = _aware(start).astimezone(start.tzinfo) if isinstance(start, dt.datetime) else _aware(start)
         rules = master.get("RRULE")
@@ -389,6 +395,11 @@ class Shown:
             master.pop("STATUS", None)
             if status:
                 master.add("status", status)
+        if old.get("categories") != now["categories"]:
+            master.pop("CATEGORIES", None)
+            cats = [str(c).strip() for c in self.master.get("categories") or [] if str(c).strip()]
+            if cats:
+                master.add("categories", cats)
         if old.get("attendees") != now["attendees"]:
             self._attendees(master)
         if old.get("recurrence") != now["recurrence"]:
