@@ -351,7 +351,9 @@ def event_instances(ctx: Ctx, ref: str) -> Response:
         if original is not None or event.recurrence is None:
             items = []
         else:
-            items = [select(i, sel) for i in cal_.instances(ctx, start, end) if i.get("seriesMasterId") == event.id]
+            # as documented, instances come without the @odata.type that delta entries carry
+            items = [{k: v for k, v in select(i, sel).items() if k != "@odata.type"}
+                     for i in cal_.instances(ctx, start, end) if i.get("seriesMasterId") == event.id]  # fmt: skip
     return collection_page(ctx, items, f"events/{ref}/instances", "Collection(event)")
 
 

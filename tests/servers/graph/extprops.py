@@ -51,5 +51,6 @@ def matches(request: Request, props: list[dict[str, Any]] | None) -> bool:
     m = _FILTER.match(flt.strip())
     if m is None:
         raise GraphError(400, "BadRequest", f"This fake filters only on an extended property's value, not {flt!r}.")
-    prop, value = m.group(2).replace("''", "'").lower(), m.group(3).replace("''", "'")
-    return any(p["id"].lower() == prop and p["value"] == value for p in props or [])
+    value = m.group(3).replace("''", "'")
+    # the property's name compares case-sensitively, its value case-insensitively (as documented)
+    return any(p["id"] == m.group(2).replace("''", "'") and p["value"].lower() == value.lower() for p in props or [])

@@ -3,10 +3,13 @@ Graph's contact JSON to vCard and back (vobject).
 
 On the wire: ``list`` pages ``GET /contacts`` (ids, etags and our UID);
 ``changes_since`` follows the ``contacts/delta`` link; ``get_multi`` is one
-``$batch`` per 20 contacts; ``upload`` is ``POST /contacts`` after asking
-whether a contact with the UID is there already (a sync that died between
+``$batch`` per 20 contacts; ``upload`` is ``POST /contacts`` after making
+sure no contact with the UID is there already (a sync that died between
 the upload and its commit must not make a second one); ``update`` and
-``delete`` are ``PATCH``/``DELETE`` with ``If-Match``.
+``delete`` are ``PATCH``/``DELETE`` with ``If-Match``.  (Graph filters on an
+extended property's string value only for messages and events, so for
+contacts "is there one with this UID" is answered by a listing, once a
+session.)
 
 Graph holds at most three e-mail addresses, two business and two home
 numbers and one mobile; a card with more keeps the rest in our copy of its
@@ -272,6 +275,13 @@ class GraphContacts(GraphTarget):
         items = await self._pages(self.collection + query)
         self.remember_uids(items)
         return {self.href(i["id"]): str(i.get("@odata.etag") or "") for i in items}
+
+    async def find_uid(self, uid: str) -> str | None:
+        # Graph documents $filter on a string extended property's value for messages and
+        # events only: contacts are listed (once a session, with their UIDs) instead
+        if self._uids is None:
+            await self.list()
+        return await super().find_uid(uid)
 
     async def changes_since(self, token: str | None) -> Changes | None:
         found = await self.delta(token, "/contacts/delta?$select=id")

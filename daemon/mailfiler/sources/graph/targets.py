@@ -245,8 +245,10 @@ class GraphTarget(Target):
             return self._uids.get(uid)
         value = uid.replace("'", "''")
         flt = f"singleValueExtendedProperties/Any(ep: ep/id eq '{UID_PROP}' and ep/value eq '{value}')"
-        body, _ = await self.call("GET", f"{self.collection}?$filter={quote(flt)}&$select=id&$top=1")
-        found = (body or {}).get("value") or []
+        expand = quote(f"singleValueExtendedProperties($filter=id eq '{UID_PROP}')")
+        body, _ = await self.call("GET", f"{self.collection}?$filter={quote(flt)}&$select=id&$expand={expand}")
+        # Graph compares the value case-insensitively: the UID itself is compared here
+        found = [i for i in (body or {}).get("value") or [] if Stash.of(i).uid == uid]
         return self.href(found[0]["id"]) if found else None
 
     def remember_uids(self, items: builtins.list[dict[str, Any]]) -> None:
