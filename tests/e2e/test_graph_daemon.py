@@ -144,3 +144,26 @@ def test_expired_delta_links_and_throttling_lose_nothing_and_duplicate_nothing(g
     assert during < 60, f"{during} requests while throttled for 6 s and catching up"
     assert sorted(a["message_id"] for a in acts) == sorted(mid(n) for n in range(20, 36))
     assert all(len(a["locations"]) == 1 for a in acts)
+
+
+def test_a_folder_renamed_while_the_daemon_was_stopped_stays_tracked(graph: GraphFake, env: E2EEnv) -> None:
+    graph_world(env, graph)
+    daemon = env.start_daemon()
+    daemon.wait_event("watching")
+    graph.deliver(UPN, KUNDER, mail(5, frm="<sven@akesson.se>", subject="Offert"))
+    env.wait_activity(mid(5), timeout=10)
+    rc, _ = daemon.terminate()
+    assert rc == 0
+
+    # while it is stopped the user renames the folder in Outlook, and mail arrives there
+    graph.rename_folder(UPN, KUNDER, "Åkesson & Söner AB")
+    graph.deliver(UPN, "INBOX/Kunder/Åkesson & Söner AB", mail(6, frm="<sven@akesson.se>", subject="Faktura"))
+    daemon = env.start_daemon()
+    daemon.wait_event("watching")
+    act = env.wait_activity(mid(6), timeout=15)
+    assert locations(act) == [("adele", KUNDER)] and act["regarding"] == "account:akesson"
+    # tracked by its id, not missing: no folder error, and new mail keeps coming in
+    graph.deliver(UPN, "INBOX/Kunder/Åkesson & Söner AB", mail(7, frm="<sven@akesson.se>", subject="Påminnelse"))
+    act = env.wait_activity(mid(7), timeout=10)
+    assert locations(act) == [("adele", KUNDER)]
+    assert not daemon.events("folder-missing") and not daemon.events("folder-error")

@@ -37,7 +37,7 @@ from mailfiler.service.worker import MailboxWorker
 from mailfiler.store.db import redact
 from mailfiler.store.models import DaemonState, utcnow
 from mailfiler.sync.runner import sync_loop
-from mailfiler.tracking.folders import set_folder_state
+from mailfiler.tracking.folders import folder_token, set_folder_state
 from mailfiler.tracking.parsepool import ParsePool, parse_workers
 from mailfiler.util import retrypolicy
 from mailfiler.util.text import plural
@@ -186,6 +186,8 @@ class Daemon:
         assert self.services is not None
         source = rt.source
         await source.open(create=rt.create_missing)
+        tokens = {f: t for f in rt.folders if (t := folder_token(rt.ctx.row, f, kind="tracked")) is not None}
+        await source.resume(tokens)
         connected()  # healthy from here: a failure after retry.healthy_after starts the backoff afresh
         worker = MailboxWorker(rt, self.services, should_stop=stop.is_set)
         self.workers[rt.name] = worker

@@ -111,6 +111,12 @@ class Source(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
+    async def resume(self, tokens: Mapping[str, str]) -> None:  # noqa: B027 - optional hook
+        """Called after ``open``, before anything else, with the cursor tokens the store holds
+        for the tracked folders (folder -> token).  A backend whose tokens name a folder by
+        id binds the configured names to those ids here, so a folder renamed while the
+        daemon was stopped is still the folder tracked, not a missing one."""
+
     @abc.abstractmethod
     async def list_folders(self) -> list[str]:
         """Every folder in the mailbox, with "/" as separator."""

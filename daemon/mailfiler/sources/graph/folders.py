@@ -16,7 +16,12 @@ id while that folder exists: when the user renames ``Clients/Acme`` to
 folder, and the listing still shows it (and its subfolders) under the
 configured path, so that it does not look like a new folder to watch.
 Only when the folder is gone is the path looked up again (and is
-:class:`FolderMissing` if nothing has that name).
+:class:`FolderMissing` if nothing has that name).  The binding outlives a
+restart too: a folder's cursor token is a delta link that names the folder
+by id, and at start (``GraphSource.resume``) :meth:`FolderTree.adopt` binds
+the configured path to that id again, so a folder renamed while the daemon
+was stopped is still the one
+tracked (as long as it exists; else the path is looked up by name).
 """
 
 from __future__ import annotations
@@ -136,6 +141,8 @@ class FolderTree:
         fid = self._lookup(path)
         if fid is None or (bound is not None and bound not in self.folders):
             await self.refresh()  # renamed, made or removed since the last look
+            # read again: another task may have bound the path meanwhile (adopt, from a token)
+            bound = self._bound.get(key, bound)
             if bound is not None and bound in self.folders:
                 return bound
             fid = self._lookup(path)
@@ -152,6 +159,25 @@ class FolderTree:
         if spelled is None or self._bound.get(spelled.casefold()) != fid:
             self._spelling[fid] = "/".join(_split(path))
         return fid
+
+    async def adopt(self, path: str, fid: str) -> bool:
+        """Bind ``path`` to the folder ``fid`` (from a cursor token) when that folder still
+        exists and the path is not bound already; True when the path reads that folder now."""
+        key = "/".join(_split(path)).casefold()
+        if self._bound.get(key) == fid:
+            return True
+        if key in self._bound and self._bound[key] in self.folders:
+            return False
+        if fid not in self.folders:
+            await self.refresh()
+        if fid not in self.folders and fid != self.inbox_id:
+            return False
+        now = self.path_of(fid)
+        if now is not None and now.casefold() != key:
+            log.info("graph: the tracked folder %r is called %r in the mailbox now; still tracked by its id", path, now)
+        self._bound[key] = fid
+        self._spelling[fid] = "/".join(_split(path))
+        return True
 
     def forget(self, path: str) -> None:
         """The folder behind ``path`` answered 404: look it up again next time."""

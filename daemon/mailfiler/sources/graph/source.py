@@ -25,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from mailfiler.errors import FolderMissing, MailboxUnavailable
 from mailfiler.sources.base import Change, Delta, Listing, MarkState, Source
@@ -80,6 +81,18 @@ def _final(link: str) -> str:
     return FINAL + link
 
 
+_FOLDER_IN_LINK = re.compile(r"/mailFolders(?:/|\(')([^/'()?]+)(?:'\))?/messages/delta", re.IGNORECASE)
+
+
+def _folder_of(link: str | None) -> str | None:
+    """The folder id a message delta link is for (``/mailFolders/{id}/messages/delta``, or
+    ``/mailFolders('{id}')/...`` as Graph writes its links); None when it names none."""
+    if not link:
+        return None
+    m = _FOLDER_IN_LINK.search(unquote(link))
+    return m.group(1) if m else None
+
+
 def _parse(token: str) -> tuple[str | None, int, str | None] | None:
     """(base link or None, messages to leave out, the id expected last among them)."""
     if token.startswith(FINAL):
@@ -115,6 +128,14 @@ class GraphSource(Source):
 
     async def close(self) -> None:
         await self.client.aclose()
+
+    async def resume(self, tokens: Mapping[str, str]) -> None:
+        """Bind each tracked folder's path to the folder its token's delta link names."""
+        for folder, token in tokens.items():
+            parsed = _parse(token)
+            folder_id = _folder_of(parsed[0]) if parsed is not None else None
+            if folder_id is not None:
+                await self.tree.adopt(folder, folder_id)
 
     # -- folders -----------------------------------------------------------------------
 
