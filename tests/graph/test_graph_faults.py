@@ -326,3 +326,15 @@ def test_sign_in_describes_no_secret() -> None:
     from mailfiler.sources.graph.auth import describe
 
     assert "hush" not in describe(how)
+
+
+async def test_a_source_closed_after_a_failure_opens_again(graph: GraphFake) -> None:
+    """The daemon closes a mailbox's source when its run fails and opens the same one to retry."""
+    s = source(graph)
+    await s.open()
+    await s.close()
+    await s.open()
+    try:
+        assert FOLDER in await s.list_folders()
+    finally:
+        await s.close()

@@ -142,6 +142,10 @@ class GraphClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    @property
+    def closed(self) -> bool:
+        return self._http.is_closed
+
     def url(self, path: str) -> str:
         """A mailbox-relative path (``/mailFolders``) or a full URL (a nextLink) as a URL."""
         if path.startswith("https://") or path.startswith("http://"):

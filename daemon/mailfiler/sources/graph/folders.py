@@ -20,8 +20,8 @@ Only when the folder is gone is the path looked up again (and is
 restart too: a folder's cursor token is a delta link that names the folder
 by id, and at start (``GraphSource.resume``) :meth:`FolderTree.adopt` binds
 the configured path to that id again, so a folder renamed while the daemon
-was stopped is still the one
-tracked (as long as it exists; else the path is looked up by name).
+was stopped is still the one tracked (as long as it exists; else the path
+is looked up by name).
 """
 
 from __future__ import annotations

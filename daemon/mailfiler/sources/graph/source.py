@@ -113,17 +113,24 @@ class GraphSource(Source):
         self.settings = settings
         who = settings.user or "the signed-in user"
         self.tokens = tokens or Tokens(settings.sign_in, f"graph sign-in for {who}")
+        self._connect()
+        self._rounds: OrderedDict[str, _Round] = OrderedDict()
+
+    def _connect(self) -> None:
+        settings = self.settings
         path = f"/users/{quote(settings.user, safe='@.')}" if settings.user else "/me"
         self.client = GraphClient(
             settings.graph_root, path, self.tokens, ca_file=settings.ca_file, timeout=settings.timeout
         )
         self.tree = FolderTree(self.client)
         self.reader = Reader(self.client)
-        self._rounds: OrderedDict[str, _Round] = OrderedDict()
 
     # -- connection ------------------------------------------------------------------
 
     async def open(self, *, create: bool = False) -> None:
+        if self.client.closed:
+            # the daemon opens a mailbox's source again after a failure closed it
+            self._connect()
         await self.tree.refresh()
 
     async def close(self) -> None:
