@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from pydantic import Field
 from mailfiler.backends import Backend
 from mailfiler.config.base import Strict, resolve_path
 from mailfiler.errors import FolderMissing, MailboxUnavailable, MessageVanished
-from mailfiler.sources.base import Change, Delta, Listing, MarkState, Source
+from mailfiler.sources.base import Change, Delta, Listing, MarkState, Source, TagChange, TagDelta, TagQuery
 
 _generations = itertools.count(1)
 
@@ -39,6 +39,11 @@ class _Folder:
     #: ids in the order they were removed (the token counts how many it has seen)
     expunged: list[int] = field(default_factory=list)
     marks: dict[int, set[str]] = field(default_factory=dict)
+    #: the user's tags (IMAP keywords, Outlook categories) and each message's
+    #: modification sequence (CONDSTORE's MODSEQ): the last change of its tags
+    tags: dict[int, set[str]] = field(default_factory=dict)
+    modseqs: dict[int, int] = field(default_factory=dict)
+    modseq: int = 1
 
 
 class MemoryMailbox:
@@ -71,6 +76,8 @@ class MemoryMailbox:
         f = self.folder(folder)
         n, f.next_id = f.next_id, f.next_id + 1
         f.messages[n] = bytes(data)
+        f.modseq += 1
+        f.modseqs[n] = f.modseq
         sid = f"{f.generation}:{n}"
         self._emit(Change("added", folder, sid))
         return sid
@@ -82,17 +89,44 @@ class MemoryMailbox:
             raise MessageVanished(f"{folder}: no message {source_id}", folder=folder, source_id=source_id)
         f.expunged.append(n)
         f.marks.pop(n, None)
+        f.tags.pop(n, None)
+        f.modseqs.pop(n, None)
+        f.modseq += 1
         self._emit(Change("gone", folder, source_id))
         return f.messages.pop(n)
 
     def move(self, folder: str, source_id: str, dest: str) -> str:
+        """Move a message, with its tags (as IMAP MOVE keeps keywords)."""
         self.folder(dest)
-        return self.put(dest, self.remove(folder, source_id))
+        f = self.folder(folder)
+        n = _number(f, source_id)
+        tags = set(f.tags.get(n, set())) if n is not None else set()
+        sid = self.put(dest, self.remove(folder, source_id))
+        if tags:
+            self.tag(dest, sid, *tags)
+        return sid
+
+    def tag(self, folder: str, source_id: str, *tags: str, remove: bool = False) -> None:
+        """Add (or ``remove``) tags on a message, as a mail client does."""
+        f = self.folder(folder)
+        n = _number(f, source_id)
+        if n is None or n not in f.messages:
+            raise MessageVanished(f"{folder}: no message {source_id}", folder=folder, source_id=source_id)
+        have = f.tags.setdefault(n, set())
+        if remove:
+            have.difference_update(tags)
+        else:
+            have.update(tags)
+        f.modseq += 1
+        f.modseqs[n] = f.modseq
+        self._emit(Change("tags", "*"))
 
     def renumber(self, folder: str) -> None:
         """A new generation (IMAP: a new UIDVALIDITY): every id changes."""
         f = self.folder(folder)
-        self.folders[folder] = _Folder(messages=dict(f.messages), next_id=f.next_id)
+        self.folders[folder] = _Folder(
+            messages=dict(f.messages), next_id=f.next_id, tags=dict(f.tags), modseqs=dict(f.modseqs), modseq=f.modseq
+        )
         self._emit(Change("rescan", folder))
 
 
@@ -214,7 +248,7 @@ class MemorySource(Source):
                 batch = [getting.result()]
                 while not queue.empty():
                     batch.append(queue.get_nowait())
-                batch = [c for c in batch if c.folder in wanted]
+                batch = [c for c in batch if c.folder in wanted or c.kind == "tags"]
                 if batch:
                     yield batch
         finally:
@@ -241,6 +275,38 @@ class MemorySource(Source):
             return None
         f = self.box.folder(folder)
         return {f"{f.generation}:{n}" for n in f.messages if state not in f.marks.get(n, set())}
+
+    # -- tags (CONDSTORE's model: a modification sequence per folder) ---------------
+
+    @property
+    def tags(self) -> bool:
+        return True
+
+    async def tag_changes(self, cursors: Mapping[str, str | None], query: TagQuery) -> AsyncIterator[TagDelta]:
+        """Per folder, the messages changed since the cursor ``"GEN:MODSEQ"`` that
+        carry a matching tag (every one in the query's untrack folders); with no
+        cursor, every such message."""
+        self._check()
+        for name in sorted(self.box.folders):
+            f = self.box.folders[name]
+            gen, _, seq = (cursors.get(name) or "").partition(":")
+            since = int(seq) if gen == str(f.generation) and seq.isdigit() else None
+            if since is not None and since >= f.modseq:
+                continue
+            every = name in query.every_message_in
+            hits = sorted(
+                (f.modseqs.get(n, 0), n, query.matching(f.tags.get(n, ())))
+                for n in f.messages
+                if since is None or f.modseqs.get(n, 0) > since
+            )
+            hits = [h for h in hits if every or h[2]]
+            token = f"{f.generation}:{f.modseq}"
+            changes = []
+            for i, (_, n, tags) in enumerate(hits):
+                # each change covers those before it: up to just below the next one's modseq
+                after = f"{f.generation}:{hits[i + 1][0] - 1}" if i + 1 < len(hits) and since is not None else None
+                changes.append(TagChange(f"{f.generation}:{n}", tags, token if i + 1 == len(hits) else after))
+            yield TagDelta(name, changes, token)
 
 
 class MemoryConfig(Strict):

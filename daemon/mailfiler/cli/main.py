@@ -373,6 +373,8 @@ def activities(
         sender = next((p["address"] for p in a["parties"] if p["role"] == "from"), "")
         held = ", ".join(f"{loc['mailbox']}/{loc['folder']}" for loc in a["locations"])
         where = held or ("(moved out)" if a["kind"] == "email" else "-")
+        if a.get("untracked"):
+            where = f"(untracked: {a['untracked']['reason']})"
         rows.append(
             (
                 a["id"],

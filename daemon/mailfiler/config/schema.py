@@ -183,6 +183,56 @@ class AutoTrack(Strict):
         return v
 
 
+def _tag_name(v: str) -> str:
+    if not v or any(c.isspace() or ord(c) < 32 for c in v) or any(c in v for c in '(){%*"\\]'):
+        raise ValueError(f'{v!r} cannot be a tag: one word, no spaces and none of ( ) {{ % * " \\ ]')
+    return v
+
+
+TagName = Annotated[str, AfterValidator(_tag_name)]
+
+
+class TrackTags(Strict):
+    """Track by tag (issue 20): the Track button without an add-in.  Any message
+    the user tags is tracked wherever it is (IMAP: a keyword, as Thunderbird's
+    tags are; EWS and Graph: an Outlook category)."""
+
+    tag: TagName = Field(
+        default="CRM", description="The tag that tracks a message; the rules and correlation decide its regarding."
+    )
+    set_regarding_prefix: TagName | None = Field(
+        default="CRM:",
+        description="Tags that start with it name the regarding record (CRM:account:contoso), as Set Regarding"
+        " does; null: off.",
+    )
+    untrack_tag: TagName | None = Field(
+        default="CRM-untrack",
+        description="The tag that untracks a message (only for the mailbox that tracked it); removing the tag"
+        " never does.  null: off.",
+    )
+    untrack_folder: str | None = Field(
+        default=None, description="A folder whose messages are untracked (only for the mailbox that tracked them)."
+    )
+    interval: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="Seconds between tag passes besides those a pushed flag change starts (the server does not"
+        " always push one).",
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> TrackTags:
+        prefix = (self.set_regarding_prefix or "").lower()
+        names = [n for n in (self.tag, self.untrack_tag) if n]
+        if self.untrack_tag and self.untrack_tag.lower() == self.tag.lower():
+            raise ValueError(f"tag and untrack_tag are both {self.tag!r}")
+        for name in names:
+            if prefix and name.lower().startswith(prefix):
+                raise ValueError(f"{name!r} starts with set_regarding_prefix {self.set_regarding_prefix!r}")
+        return self
+
+
 # --- sync-back of contacts and appointments (mailfiler.sync) -----------------------
 
 SyncDirection = Literal["both", "to_mailbox", "from_mailbox", "none"]
@@ -437,6 +487,20 @@ class MailboxBase(Strict):
         default=None, description="Inbox rules on the server (default settings when a tracked folder has a route:)."
     )
     retry: Retry = Field(default_factory=Retry, description="Reconnects and sync retries: capped, jittered backoff.")
+    track_tags: TrackTags | None = Field(
+        default=None,
+        description="Track any message the user tags (true, or {tag: CRM, set_regarding_prefix: 'CRM:',"
+        " untrack_tag: CRM-untrack, untrack_folder: Untrack}); off by default.",
+    )
+
+    @field_validator("track_tags", mode="before")
+    @classmethod
+    def _track_tags_switch(cls, value: object) -> object:
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
 
     @model_validator(mode="after")
     def _one_backend(self) -> MailboxBase:

@@ -228,10 +228,16 @@ class Daemon:
             # folders to diff once more after a watcher restart (see below)
             catch_up: list[str] = []
             catch_up_at = float("inf")
+            # track by tag: a pass now (tags set while no daemon ran), then on pushes and on its interval
+            tagging = rt.tags is not None and source.tags
+            next_tags = time.monotonic() if tagging else float("inf")
             while not stop.is_set():
+                if time.monotonic() >= next_tags:
+                    await worker.tag_pass()
+                    next_tags = time.monotonic() + rt.tag_interval
                 get = asyncio.create_task(queue.get())
                 stopper = asyncio.create_task(stop.wait())
-                timeout = max(0.0, min(next_discovery, catch_up_at) - time.monotonic())
+                timeout = max(0.0, min(next_discovery, catch_up_at, next_tags) - time.monotonic())
                 done, _ = await asyncio.wait(
                     {get, stopper, pump_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -467,6 +473,8 @@ async def run_once(loaded: LoadedConfig, *, progress: bool = False) -> dict[str,
             worker = MailboxWorker(rt, services)
             await worker.discover(at_start=True)
             summary[name] = [await worker.scan_folder(folder) for folder in [*rt.folders, *rt.watched]]
+            if rt.tags is not None and rt.source.tags:
+                await worker.tag_pass()
             await rt.source.close()
     finally:
         await services.parser.close()

@@ -29,6 +29,10 @@ class Pushed:
     should_stop: Callable[[], bool]
 
     async def handle(self, changes: list[Change]) -> None:
+        if any(c.kind == "tags" for c in changes):
+            # a flag change somewhere in the mailbox: the tag pass finds which (service/tags.py)
+            await self.tag_pass()  # type: ignore[attr-defined]
+            changes = [c for c in changes if c.kind != "tags"]
         i = 0
         while i < len(changes):
             change = changes[i]

@@ -16,6 +16,7 @@ import peewee as pw
 from mailfiler.backends import make_source
 from mailfiler.config.credentials import config_secret_warnings
 from mailfiler.config.schema import Config
+from mailfiler.config.schema import Mailbox as MailboxConfig
 from mailfiler.rules import RuleSet, load_rules
 from mailfiler.service.readahead import batch_bytes
 from mailfiler.sources.base import Source
@@ -30,6 +31,7 @@ from mailfiler.tracking.folders import relink_folder
 from mailfiler.tracking.parsepool import ParsePool, parse_workers
 from mailfiler.tracking.pipeline import Tracker
 from mailfiler.tracking.shunt import ShuntStore
+from mailfiler.tracking.tags import TagSettings
 from mailfiler.util.retrypolicy import RetryPolicy
 from mailfiler.util.secrets import read_secret
 from mailfiler.util.text import plural
@@ -64,6 +66,9 @@ class MailboxRuntime:
     watched: dict[str, FolderContext] = field(default_factory=dict)
     #: how the supervisor retries it after a mailbox-wide failure (config: retry:)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: track by tag (config: track_tags:), None when off; seconds between unpushed tag passes
+    tags: TagSettings | None = None
+    tag_interval: float = 60.0
 
     def context(self, folder: str) -> FolderContext | None:
         """The tracked or watched folder's context, or None."""
@@ -195,8 +200,17 @@ def sync_config(db: pw.Database, config: Config, *, manager: str | None = None) 
                 create_missing=mbc.create_missing_folders,
                 auto_folders=FolderFilter(mbc.auto_track),
                 retry=mbc.retry.policy(),
+                tags=_tag_settings(mbc),
+                tag_interval=mbc.track_tags.interval if mbc.track_tags else 60.0,
             )
     return runtimes
+
+
+def _tag_settings(mbc: MailboxConfig) -> TagSettings | None:
+    tt = mbc.track_tags
+    if tt is None:
+        return None
+    return TagSettings(tt.tag, tt.set_regarding_prefix, tt.untrack_tag, tt.untrack_folder)
 
 
 def load_ruleset(config: Config) -> RuleSet | None:

@@ -40,6 +40,7 @@ from mailfiler.service.readahead import NOT_READ, ReadAhead, too_large
 from mailfiler.service.reidentify import RENUMBERED, Reidentify
 from mailfiler.service.runtime import MailboxRuntime, Services
 from mailfiler.service.storewriter import PUSH, writer_for
+from mailfiler.service.tags import Tags
 from mailfiler.service.watch import Watch
 from mailfiler.sources.base import MarkState
 from mailfiler.tracking import txsql
@@ -54,10 +55,10 @@ log = logging.getLogger("mailfiler.worker")
 STORE_RETRIES = 5
 
 
-class MailboxWorker(Backfill, Watch, Reidentify, Pushed, Marks):
+class MailboxWorker(Backfill, Watch, Reidentify, Pushed, Marks, Tags):
     """One mailbox's work, by job: backfill and catch-up (:mod:`.backfill`),
     watched folders (:mod:`.watch`), renumbered ids (:mod:`.reidentify`), pushed changes (:mod:`.pushed`), marks
-    (:mod:`.marks`); here the scan's entry and one message's processing."""
+    (:mod:`.marks`), tags (:mod:`.tags`); here the scan's entry and one message's processing."""
 
     def __init__(self, rt: MailboxRuntime, services: Services, *, should_stop: Callable[[], bool] = lambda: False):
         self.rt = rt

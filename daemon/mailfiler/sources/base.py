@@ -32,19 +32,28 @@ defaults call :meth:`Source.size` and :meth:`Source.fetch` per message.
 their mail client (IMAP keywords ``$Tracked``/``$TrackFailed``, opt-in):
 :meth:`Source.mark`.  It is the one write a backend may make to a mailbox,
 never required for tracking, and a failure is reported, never raised.
+
+**Tags** (optional; issue 20, "track by tag").  A backend that can tell
+which messages carry a tag (IMAP keywords; Outlook categories on EWS and
+Graph) says so with :attr:`Source.tags` and implements
+:meth:`Source.tag_changes`: for every folder whose tags may have changed
+since its tag cursor, the messages whose matching tags changed, each with
+the cursor to commit with it (the same rule as :meth:`Source.message_token`:
+it covers this change and those before it, never one after).  A folder
+without a cursor reports every message that carries a matching tag now.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from mailfiler.errors import MailboxUnavailable, MessageVanished
 
-ChangeKind = Literal["added", "gone", "rescan"]
+ChangeKind = Literal["added", "gone", "rescan", "tags"]
 #: what a mark says about a message: tracked, or kept aside in the shunt
 MarkState = Literal["tracked", "failed"]
 T = TypeVar("T")
@@ -55,7 +64,8 @@ class Change:
     """One change seen by a push watcher.
 
     ``rescan`` asks for a full diff of the folder (a folder appeared, or the
-    watcher lost events)."""
+    watcher lost events).  ``tags``: tags may have changed somewhere in the
+    mailbox (a flag change was pushed): a tag pass is due (folder ``*``)."""
 
     kind: ChangeKind
     folder: str
@@ -96,6 +106,48 @@ class Delta:
     @property
     def empty(self) -> bool:
         return not self.added and not self.gone and self.present is None
+
+
+@dataclass(frozen=True)
+class TagQuery:
+    """What a tag pass looks for: tags named exactly (compared without regard
+    to case, as IMAP compares keywords) and tags that start with a prefix
+    (``CRM:`` for ``CRM:account:contoso``).  In the folders of
+    ``every_message_in`` (the untrack folder) each new or changed message is
+    reported, tags or not."""
+
+    names: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+    every_message_in: frozenset[str] = frozenset()
+
+    def matches(self, tag: str) -> bool:
+        low = tag.lower()
+        return low in {n.lower() for n in self.names} or any(low.startswith(p.lower()) for p in self.prefixes)
+
+    def matching(self, tags: Iterable[str]) -> frozenset[str]:
+        return frozenset(t for t in tags if self.matches(t))
+
+
+@dataclass(frozen=True)
+class TagChange:
+    """A message whose matching tags changed (or, in a folder without a
+    cursor, that carries one): ``tags`` are the ones it carries now that the
+    query matches (empty: a tag was removed).  ``token``: the folder's tag
+    cursor to commit with it, or None to commit none."""
+
+    source_id: str
+    tags: frozenset[str]
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class TagDelta:
+    """A folder's tag changes since its cursor, in the order to apply them;
+    ``token`` is its tag cursor once all of them are applied."""
+
+    folder: str
+    changes: list[TagChange]
+    token: str | None = None
 
 
 class Source(abc.ABC):
@@ -205,6 +257,23 @@ class Source(abc.ABC):
         a commit and its mark leaves some; the worker marks those it holds
         again).  None when marks are off or the backend cannot tell."""
         return None
+
+    # -- tags (optional) -----------------------------------------------------------------
+
+    @property
+    def tags(self) -> bool:
+        """True when :meth:`tag_changes` is implemented."""
+        return False
+
+    def tag_changes(self, cursors: Mapping[str, str | None], query: TagQuery) -> AsyncIterator[TagDelta]:
+        """A :class:`TagDelta` for every folder of the mailbox whose tags may
+        have changed since its cursor in ``cursors`` (folder -> tag cursor; a
+        folder not in it has none, and then every message carrying a tag the
+        query matches is reported).  Folders where nothing changed yield
+        nothing, and an idle pass should cost a command or two whatever the
+        mailbox holds.  Raise :class:`~mailfiler.errors.MailboxUnavailable` for
+        a failed connection."""
+        raise NotImplementedError(f"{self.backend or type(self).__name__} has no tags")
 
     async def copy_raw(self, folder: str, source_id: str, hint: str | None, dest: str) -> bool:
         """Stream a message to a file without holding it in memory (for

@@ -79,6 +79,11 @@ def _v6_error_codes(db: pw.Database) -> None:
     _add_columns(db, m.FolderCursor, ["error_code"])
 
 
+def _v7_track_by_tag(db: pw.Database) -> None:
+    db.create_tables([m.TagCursor], safe=True)
+    _add_columns(db, m.Activity, ["untracked_at", "untracked_reason"])
+
+
 MIGRATIONS: dict[int, tuple[str, Callable[[pw.Database], None]]] = {
     1: ("initial schema", _v1_initial),
     2: ("correlation: subject key, correlated activity, categories, owner", _v2_correlation),
@@ -86,6 +91,7 @@ MIGRATIONS: dict[int, tuple[str, Callable[[pw.Database], None]]] = {
     4: ("sync-back: contact and appointment details, sync collections, status and shunt", _v4_sync_back),
     5: ("attachments up to 128 KiB stored in the database", _v5_inline_blobs),
     6: ("folder errors keep their code (login refused, server unreachable...)", _v6_error_codes),
+    7: ("track by tag: tag cursors per folder, untracked activities", _v7_track_by_tag),
 }
 LATEST = max(MIGRATIONS)
 

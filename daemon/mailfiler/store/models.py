@@ -150,6 +150,10 @@ class Activity(BaseModel):
     correlated_activity_id: int | None
     categories = pw.TextField(null=True)  # comma-separated, set by rules
     owner = pw.CharField(max_length=320, null=True)  # set by rules; default: the owner mailbox's user
+    # schema 7: untracked by its owner (a tag or the untrack folder: issue 20); the row stays
+    untracked_at = pw.DateTimeField(null=True)
+    #: why, as `activities` shows it ("untrack tag CRM-untrack in Archive")
+    untracked_reason = pw.TextField(null=True)
 
 
 class ActivityParty(BaseModel):
@@ -242,6 +246,23 @@ class FolderCursor(BaseModel):
     updated_at = pw.DateTimeField(default=utcnow)
     #: tracked (a tracked folder) | watched (auto-tracking reads it) | unwatched (no longer)
     kind = pw.CharField(max_length=16, default="tracked")
+
+    class Meta:
+        indexes = ((("mailbox", "folder"), True),)
+
+
+class TagCursor(BaseModel):
+    """A folder's tag cursor (issue 20: track by tag), committed with the
+    tracking it covers: the backend's opaque token (IMAP: UIDVALIDITY and the
+    HIGHESTMODSEQ whose flag changes are handled).  One row per folder a tag
+    pass has looked at, any folder of the mailbox, tracked or not."""
+
+    id: pw.AutoField[int]
+    mailbox = pw.ForeignKeyField(Mailbox, on_delete="CASCADE")
+    mailbox_id: int
+    folder = pw.TextField()
+    token = pw.TextField(null=True)
+    updated_at = pw.DateTimeField(default=utcnow)
 
     class Meta:
         indexes = ((("mailbox", "folder"), True),)
@@ -485,6 +506,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     Attachment,
     Location,
     FolderCursor,
+    TagCursor,
     Shunt,
     SeenMessage,
     DaemonState,

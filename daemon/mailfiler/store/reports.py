@@ -109,6 +109,10 @@ def activities(
                 "locations": locations[a.id],
                 "attachments": attachments[a.id],
                 "defects": a.parse_defects.split(", ") if a.parse_defects else [],
+                # untracked by its owner (track by tag): when and why; None while tracked
+                "untracked": (
+                    {"at": _iso(a.untracked_at), "reason": a.untracked_reason} if a.untracked_at is not None else None
+                ),
             }
         )
     return out

@@ -29,6 +29,9 @@ class FolderContext:
     regarding: Record | None = None
     #: the folder's path when there is no row
     path: str = ""
+    #: a message the user tagged (track by tag): tracked wherever it is, and
+    #: ``regarding`` (when set) comes from the tag, as Set Regarding sets it
+    tagged: bool = False
 
     @property
     def name(self) -> str:
@@ -36,16 +39,28 @@ class FolderContext:
 
     @property
     def tracked(self) -> bool:
-        """A tracked folder (mail filed there is always tracked), not a watched one."""
-        return self.row is not None
+        """Mail here is always tracked: a tracked folder, or a tagged message; not a watched folder."""
+        return self.row is not None or self.tagged
 
     @property
     def kind(self) -> str:
-        return "tracked" if self.row is not None else "watched"
+        if self.row is not None:
+            return "tracked"
+        return "tagged" if self.tagged else "watched"
+
+    @property
+    def method(self) -> str:
+        """How ``regarding`` was decided, as the activity records it."""
+        return "tag" if self.row is None and self.tagged else "folder"
 
 
 def watched_folder(path: str) -> FolderContext:
     return FolderContext(row=None, path=path)
+
+
+def tagged_message(path: str, regarding: Record | None = None) -> FolderContext:
+    """The context of a tagged message in ``path``, a folder neither tracked nor watched."""
+    return FolderContext(row=None, regarding=regarding, path=path, tagged=True)
 
 
 def precedence(config: Config) -> list[str]:

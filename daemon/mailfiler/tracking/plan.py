@@ -239,6 +239,10 @@ class Planner:
         else:
             plan.action = "sighting"
             plan.activity = txsql.activity(self.db, seen.activity_id)
+            if plan.activity.untracked_at is not None and not folder.tracked:
+                # its owner untracked it: only filing it or tagging it tracks it again, never a sighting
+                plan.action, plan.reason = "skip", f"untracked: {plan.activity.untracked_reason or 'by its owner'}"
+                return plan
             plan.parties = self.party_links(msg, txsql.parties(self.db, seen.activity_id))
             self._plan_relink(plan)
         return plan
@@ -258,7 +262,7 @@ class Planner:
         # the rules decide, then correlation
         reg = plan.regarding
         if folder.regarding is not None:
-            reg.record, reg.method = folder.regarding, "folder"
+            reg.record, reg.method = folder.regarding, folder.method
         elif self.rules is not None or (judgement is not None and judgement.decision is not None):
             if judgement is not None and judgement.decision is not None:
                 decision = judgement.decision

@@ -160,6 +160,11 @@ class Writer:
             activity = plan.activity
             assert activity is not None
             self._add_parties(activity, plan.msg, links=plan.parties)
+            if activity.untracked_at is not None:
+                # filed into a tracked folder or tagged again: tracked again (the planner skips any other sighting)
+                Activity.update(untracked_at=None, untracked_reason=None, updated_at=now).where(
+                    Activity.id == activity.id
+                ).execute()
             outcome = self._relink(activity, plan, now)
         if plan.location_id is None:
             txsql.insert_location(self.db, activity.id, plan.mailbox.row.id, plan.folder.name, plan.source_id, now)
@@ -167,8 +172,8 @@ class Writer:
             txsql.reattach_location(self.db, plan.location_id, activity.id)
         if plan.may_be_shunted:
             txsql.resolve_shunt(self.db, plan.mailbox.row.id, plan.folder.name, plan.source_id, now)
-        if not plan.folder.tracked:
-            # judged before (skipped, then the thread got tracked): no longer "seen"
+        if plan.folder.row is None:
+            # judged before (skipped, then the thread got tracked or tagged): no longer "seen"
             txsql.forget_seen(self.db, plan.mailbox.row.id, plan.folder.name, plan.source_id)
         self._bump_cursor(plan.mailbox.row, plan.folder, now, plan.token)
         return outcome
@@ -235,7 +240,7 @@ class Writer:
         target = plan.folder.regarding
         assert target is not None
         activity.regarding = target
-        activity.correlation = "folder"
+        activity.correlation = plan.folder.method
         activity.correlation_folder = plan.folder.row
         activity.updated_at = now
         activity.save()
@@ -275,13 +280,17 @@ class Writer:
             activity.save()
 
     def _bump_cursor(self, mailbox: Any, folder: FolderContext, now: dt.datetime, token: str | None = None) -> None:
-        """Count one message and advance the token, in the message's transaction."""
+        """Count one message and advance the token, in the message's transaction.
+        A tagged message's folder has no folder cursor: its tag cursor is the tag pass's."""
+        if folder.kind == "tagged":
+            return
         txsql.bump_cursor(self.db, mailbox.id, folder.name, folder.kind, now, token, count=True)
 
     def _save_token(self, plan: MessagePlan, now: dt.datetime) -> None:
         """Advance the cursor token without counting a message (one known already)."""
         f = plan.folder
-        txsql.bump_cursor(self.db, plan.mailbox.row.id, f.name, f.kind, now, plan.token, count=False)
+        if f.kind != "tagged":
+            txsql.bump_cursor(self.db, plan.mailbox.row.id, f.name, f.kind, now, plan.token, count=False)
 
     # -- batch mode -----------------------------------------------------------------
 
