@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from mailfiler.errors import FolderMissing, MessageVanished
-from mailfiler.sources.base import Change, Listing, Source
+from mailfiler.sources.base import Change, Listing, Source, TagDelta, TagQuery
 from tests.mailgen import realistic_message
 
 __all__ = [
@@ -78,6 +78,11 @@ class MailboxAdmin(abc.ABC):
     @abc.abstractmethod
     async def flag(self, msg: AdminMessage, flags: str = "S") -> AdminMessage:
         """Add flags (Maildir letters: S seen, F flagged, R replied) to a message."""
+
+    async def tag(self, msg: AdminMessage, *tags: str, remove: bool = False) -> None:
+        """Add (or ``remove``) tags on a message, as a mail client does (IMAP
+        keywords, Outlook categories).  Only for a backend with tags."""
+        raise NotImplementedError("this backend's admin has no tags")
 
     @abc.abstractmethod
     async def snapshot(self) -> object:
@@ -467,6 +472,60 @@ class SourceContract:
             assert await source.fetch("INBOX", sid) == message_bytes(60)
         finally:
             await marker.close()
+
+    # ------------------------------------------------------------------ tags (track by tag)
+
+    async def _tag_pass(self, source: Source, cursors: dict[str, str | None], query: TagQuery) -> dict[str, dict]:
+        """One pass: folder -> {source_id: its tags, lower-cased}; ``cursors`` advanced."""
+        out: dict[str, dict] = {}
+        async for delta in source.tag_changes(cursors, query):
+            assert isinstance(delta, TagDelta)
+            if delta.changes:
+                # the last change's cursor is the folder's: committed with it, nothing is left over
+                assert delta.changes[-1].token == delta.token
+                out[delta.folder] = {c.source_id: {t.lower() for t in c.tags} for c in delta.changes}
+            if delta.token is not None:
+                cursors[delta.folder] = delta.token
+        return out
+
+    async def test_tag_changes(self, source: Source, admin: MailboxAdmin) -> None:
+        """Tags (keywords, categories) are matched without regard to case, as IMAP
+        does (a server may keep the case a keyword was first given in).  A
+        message whose flags changed otherwise may be reported again with the
+        tags it has (CONDSTORE cannot tell): the consumer finds it done."""
+        if not source.tags:  # tags are optional
+            return
+        query = TagQuery(frozenset({"CRM", "CRM-untrack"}), ("CRM:",), frozenset({"Untrack"}))
+        await admin.create_folder("Archive")
+        await admin.create_folder("Untrack")
+        one, sid_one = await put_and_identify(source, admin, "Archive", message_bytes(70))
+        two, sid_two = await put_and_identify(source, admin, "INBOX", message_bytes(71))
+        three, sid_three = await put_and_identify(source, admin, "INBOX", message_bytes(72))
+        await admin.tag(one, "CRM")
+        await admin.tag(two, "CRM:account:contoso", "Privat")
+        cursors: dict[str, str | None] = {}
+        # no cursor yet: every message carrying a wanted tag, with those tags only
+        first = await self._tag_pass(source, cursors, query)
+        assert first == {"Archive": {sid_one: {"crm"}}, "INBOX": {sid_two: {"crm:account:contoso"}}}
+        # nothing changed: nothing to do
+        assert await self._tag_pass(source, cursors, query) == {}
+        # a tag set, and a flag that is no tag: the tagged message (the other at most again, as it is)
+        await admin.tag(three, "crm")
+        await admin.flag(one, "S")
+        got = await self._tag_pass(source, cursors, query)
+        assert got["INBOX"] == {sid_three: {"crm"}}
+        assert got.get("Archive", {sid_one: {"crm"}}) == {sid_one: {"crm"}}
+        # a tag removed is no change worth reporting; the untrack tag is
+        await admin.tag(three, "crm", remove=True)
+        await admin.tag(two, "CRM-untrack")
+        got = await self._tag_pass(source, cursors, query)
+        assert got == {"INBOX": {sid_two: {"crm:account:contoso", "crm-untrack"}}}
+        # in the untrack folder every message that comes counts, tagged or not
+        before = set((await source.list_messages("Untrack")).messages)
+        await admin.move(three, "Untrack")
+        moved = set((await source.list_messages("Untrack")).messages) - before
+        got = await self._tag_pass(source, cursors, query)
+        assert got == {"Untrack": {moved.pop(): set()}}
 
     # ------------------------------------------------------------------ watch
 

@@ -47,6 +47,11 @@ class ImapAdmin(MailboxAdmin):
         self.client.store(msg.folder, int(msg.ref), flags)  # type: ignore[call-overload]
         return msg
 
+    async def tag(self, msg: AdminMessage, *tags: str, remove: bool = False) -> None:
+        self.client.select(msg.folder)
+        op = "-FLAGS" if remove else "+FLAGS"
+        self.client._ok(self.client.imap.uid("STORE", str(msg.ref), op, f"({' '.join(tags)})"), "STORE keywords")
+
     async def snapshot(self) -> object:
         return self.client.snapshot()
 

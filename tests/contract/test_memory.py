@@ -34,6 +34,9 @@ class MemoryAdmin(MailboxAdmin):
     async def flag(self, msg: AdminMessage, flags: str = "S") -> AdminMessage:
         return msg  # flags are not kept: a flag change is no change
 
+    async def tag(self, msg: AdminMessage, *tags: str, remove: bool = False) -> None:
+        self.box.tag(msg.folder, str(msg.ref), *tags, remove=remove)
+
     async def snapshot(self) -> object:
         return {
             name: (f.generation, dict(f.messages), list(f.expunged), {k: set(v) for k, v in f.marks.items()})

@@ -124,9 +124,13 @@ def imap_settings(cfg: Imap) -> ImapSettings:
 
 
 def _source(mailbox: Any) -> Any:
+    import dataclasses
+
     from mailfiler.sources.imap import ImapSource
 
-    return ImapSource(imap_settings(mailbox.backend_config))
+    settings = imap_settings(mailbox.backend_config)
+    # track by tag: a flag change is pushed (NOTIFY FlagChange) to start a tag pass
+    return ImapSource(dataclasses.replace(settings, flag_changes=mailbox.track_tags is not None))
 
 
 def _resolve(cfg: Imap, base_dir: Path) -> Imap:

@@ -65,8 +65,8 @@ from dataclasses import dataclass
 
 from mailfiler.errors import FolderMissing, MessageVanished, SourceError
 from mailfiler.sources import imapproto as proto
-from mailfiler.sources import imapwatch
-from mailfiler.sources.base import Change, Delta, Listing, MarkState, Source
+from mailfiler.sources import imaptags, imapwatch
+from mailfiler.sources.base import Change, Delta, Listing, MarkState, Source, TagDelta, TagQuery
 from mailfiler.sources.imapconn import ImapConnection, ImapSettings, TlsMode
 
 __all__ = ["Cursor", "ImapSettings", "ImapSource", "TlsMode"]
@@ -137,6 +137,8 @@ class ImapSource(Source):
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         #: folders whose keyword refusal was logged already
         self._mark_warned: set[str] = set()
+        #: without CONDSTORE: folder -> (UIDVALIDITY, uid -> keywords) as the last tag pass saw them
+        self.tag_seen: dict[str, tuple[int, dict[int, frozenset[str]]]] = {}
 
     def __repr__(self) -> str:
         return f"ImapSource({self.settings.where()}, tls={self.settings.tls})"
@@ -231,7 +233,11 @@ class ImapSource(Source):
 
     async def list_folders(self) -> list[str]:
         async with self.session() as conn:
-            entries = await self._list(conn, '"*"')
+            return await self.list_folders_on(conn)
+
+    async def list_folders_on(self, conn: ImapConnection) -> list[str]:
+        """:meth:`list_folders` on a connection the caller holds."""
+        entries = await self._list(conn, '"*"')
         names = {proto.folder_from_wire(e.name, e.separator or conn.separator) for e in entries if e.selectable}
         return sorted(names)
 
@@ -573,6 +579,18 @@ class ImapSource(Source):
             return
         self._mark_warned.add(folder)
         log.warning(text, extra={"event": "mark-refused", "folder": folder})
+
+    # -- tags (track by tag: sources/imaptags.py) ------------------------------------------
+
+    @property
+    def tags(self) -> bool:
+        return True
+
+    async def tag_changes(self, cursors: Mapping[str, str | None], query: TagQuery) -> AsyncIterator[TagDelta]:
+        """Keywords changed since each folder's tag cursor: CONDSTORE's ``CHANGEDSINCE``
+        where offered, a keyword search otherwise (:mod:`~mailfiler.sources.imaptags`)."""
+        async for delta in imaptags.tag_changes(self, cursors, query):
+            yield delta
 
     # -- push --------------------------------------------------------------------------
 

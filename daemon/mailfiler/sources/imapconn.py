@@ -105,6 +105,10 @@ class ImapSettings:
     #: (tracked, failed) IMAP keywords to mark messages with, e.g. ("$Tracked",
     #: "$TrackFailed"); None (the default) never writes to the mailbox
     keywords: tuple[str, str] | None = None
+    #: track by tag is on: NOTIFY also subscribes to flag changes (a tag set pushes a pass)
+    flag_changes: bool = False
+    #: tag passes use CONDSTORE where offered (False: the search every pass, as without it)
+    tag_condstore: bool = True
 
     def where(self) -> str:
         return f"{self.username}@{self.host}:{self.port}"
@@ -281,6 +285,8 @@ class ImapConnection:
         self.uidvalidity: int | None = None
         #: PERMANENTFLAGS of the folder selected read-write (None: not known)
         self.permanent_flags: frozenset[str] | None = None
+        #: the selected folder's FLAGS: every keyword defined in it (track by tag's prefix form)
+        self.mailbox_flags: frozenset[str] | None = None
         #: ENABLE QRESYNC done: EXAMINE can ask for VANISHED (EARLIER)
         self.qresync = False
         self.broken = False
@@ -616,6 +622,7 @@ class ImapConnection:
             if codes.get(key, "").isdigit():
                 info[key] = int(codes[key])
         vanished = proto.parse_vanished(lines[:-1]) if params else []
+        self.mailbox_flags = _flags_line(lines)
         # aioimaplib sends EXAMINE as a "simple command" and leaves its state at
         # AUTH, so UID FETCH/SEARCH would be refused: it is SELECTED now
         self.client.protocol.state = core.SELECTED
@@ -726,6 +733,14 @@ class ImapConnection:
             # INBOX is case-insensitive; "*" and "%" in a name may match more: only exact names count
             out[folder] = found.get(wire) or (found.get(proto.INBOX) if proto.is_inbox(folder) else None)
         return out
+
+
+def _flags_line(lines: Sequence[bytes | bytearray]) -> frozenset[str] | None:
+    """The flags and keywords an EXAMINE's or SELECT's ``FLAGS (...)`` line defines."""
+    for line in lines:
+        if isinstance(line, bytes) and line[:7].upper() == b"FLAGS (":
+            return proto.parse_flag_list(line[6:].decode("ascii", "replace"))
+    return None
 
 
 def connect_error(exc: BaseException, s: ImapSettings) -> MailboxUnavailable:

@@ -77,6 +77,8 @@ class ImapSource(Protocol):
 
 #: a listener asks for a sweep of every watched folder
 SWEEP_ALL = "*"
+#: a listener saw a change that may be a flag change (track by tag: a tag pass is due)
+TAGS = "#tags"
 #: connections per mailbox, the command connection included, whatever max_idle
 #: says: Dovecot allows 10 per user and IP, and the user's clients need some
 MAX_CONNECTIONS = 5
@@ -229,11 +231,13 @@ class Listener:
         self.conn = conn
         await conn.examine(self.folder or proto.INBOX)
         if self.folder is None:
+            # track by tag: flag changes too (RFC 5465 wants MessageNew and MessageExpunge with FlagChange)
+            flags = " FlagChange" if self.settings.flag_changes else ""
             command = conn.command(
                 "NOTIFY",
                 "SET",
-                "(selected (MessageNew MessageExpunge))",
-                "(personal (MessageNew MessageExpunge MailboxName))",
+                f"(selected (MessageNew MessageExpunge{flags}))",
+                f"(personal (MessageNew MessageExpunge MailboxName{flags}))",
             )
             response = await conn.execute(command)
             if response.result != "OK":
@@ -277,8 +281,12 @@ class Listener:
                 folder = self.names.get(name)
                 if folder is not None:
                     touched.add(folder)
+                if self.settings.flag_changes:
+                    touched.add(TAGS)  # any folder: a tag may be set anywhere
             elif upper == b"VANISHED" or rest.split(b" ", 1)[0].upper() in _SELECTED_EVENTS:
                 touched.add(self.folder or proto.INBOX)
+                if self.settings.flag_changes and rest.split(b" ", 1)[0].upper() == b"FETCH":
+                    touched.add(TAGS)
             elif upper == b"LIST":
                 touched.add(SWEEP_ALL)
         if touched:
@@ -358,6 +366,8 @@ async def watch(source: ImapSource, folders: Sequence[str], stop: asyncio.Event)
             if now >= next_poll:
                 next_poll = now + poll_every
             changes: list[Change] = []
+            if TAGS in touched:
+                changes.append(Change("tags", "*"))
             for folder in wanted:
                 if folder in touched and folder not in sweep:
                     changes.extend(await differ.check(folder))
