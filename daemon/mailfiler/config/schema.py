@@ -214,7 +214,7 @@ class TrackTags(Strict):
         default=None, description="A folder whose messages are untracked (only for the mailbox that tracked them)."
     )
     interval: float = Field(
-        default=60.0,
+        default=10.0,
         gt=0,
         le=86400,
         description="Seconds between tag passes besides those a pushed flag change starts (the server does not"

@@ -68,7 +68,7 @@ class MailboxRuntime:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     #: track by tag (config: track_tags:), None when off; seconds between unpushed tag passes
     tags: TagSettings | None = None
-    tag_interval: float = 60.0
+    tag_interval: float = 10.0
 
     def context(self, folder: str) -> FolderContext | None:
         """The tracked or watched folder's context, or None."""
@@ -201,7 +201,7 @@ def sync_config(db: pw.Database, config: Config, *, manager: str | None = None) 
                 auto_folders=FolderFilter(mbc.auto_track),
                 retry=mbc.retry.policy(),
                 tags=_tag_settings(mbc),
-                tag_interval=mbc.track_tags.interval if mbc.track_tags else 60.0,
+                tag_interval=mbc.track_tags.interval if mbc.track_tags else 10.0,
             )
     return runtimes
 

@@ -229,9 +229,14 @@ class Listener:
         purpose = f"IDLE on {self.folder}" if self.folder else "NOTIFY"
         conn = await ImapConnection.connect(self.settings, purpose=purpose, keep_unsolicited=True)
         self.conn = conn
+        if self.folder is None and self.settings.flag_changes and "CONDSTORE" in conn.capabilities:
+            # before the EXAMINE (ENABLE is for the authenticated state); see the NOTIFY SET below
+            await conn.simple("ENABLE", "CONDSTORE")
         await conn.examine(self.folder or proto.INBOX)
         if self.folder is None:
-            # track by tag: flag changes too (RFC 5465 wants MessageNew and MessageExpunge with FlagChange)
+            # track by tag: flag changes too (RFC 5465 wants MessageNew and MessageExpunge with FlagChange).
+            # Dovecot pushes a flag change in another folder reliably only as a new HIGHESTMODSEQ
+            # (STATUS (HIGHESTMODSEQ n)): without CONDSTORE enabled it mostly sends nothing
             flags = " FlagChange" if self.settings.flag_changes else ""
             command = conn.command(
                 "NOTIFY",
