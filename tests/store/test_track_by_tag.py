@@ -168,6 +168,15 @@ async def test_untrack_by_tag_and_by_folder(world, box: MemoryMailbox) -> None:
     assert activity(1).untracked_at is None and places(1) == {("alice", "Archive")}
 
 
+async def test_untrack_in_a_tracked_folder_is_refused(world, box: MemoryMailbox) -> None:
+    _rt, _, worker = world
+    sid = box.put(TRACKED, mail(1))
+    await worker.scan_folder(TRACKED)
+    box.tag(TRACKED, sid, "CRM-untrack")
+    assert await worker.tag_pass() == {"untrack-refused": 1}
+    assert activity(1).untracked_at is None and places(1) == {("alice", TRACKED)}
+
+
 async def test_an_untracked_message_stays_untracked_when_seen_again(world, box: MemoryMailbox) -> None:
     rt, _, worker = world
     sid = box.put("Archive", mail(1))

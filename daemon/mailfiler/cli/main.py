@@ -360,7 +360,11 @@ def _print_sync_status(data: dict, wide: bool) -> None:
 def activities(
     obj: Context, regarding: str | None, mailbox: str | None, kind: str, limit: int | None, as_json: bool, wide: bool
 ) -> None:
-    """The tracked e-mail activities (--kind for appointments)."""
+    """The tracked e-mail activities (--kind for appointments).
+
+    An activity its owner untracked (track by tag: the untrack tag or the
+    untrack folder, config `track_tags:`) stays listed: `where` says
+    "(untracked: WHY)", and --json gives {"untracked": {"at", "reason"}}."""
     from mailfiler.store import reports
 
     obj.open_store_for_reading()

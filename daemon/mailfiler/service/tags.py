@@ -114,6 +114,19 @@ class Tags:
                 extra={"event": "tag-ambiguous", "mailbox": self.rt.name, "folder": folder},
             )
         known = located_activity(self.rt.ctx.row.id, folder, sid)
+        if decision.action == "untrack" and folder in self.rt.folders:
+            # a tracked folder tracks what is filed there (as in Dynamics): untracking it there
+            # would last only until the folder is next listed; moving it out is the way
+            log.warning(
+                "not untracked: %s is in the tracked folder %s/%s; move it out of the folder (or into %s)",
+                label_at(self.mailbox, folder, sid),  # type: ignore[attr-defined]
+                self.rt.name,
+                folder,
+                settings.untrack_folder or "a folder that is not tracked",
+                extra={"event": "untrack-refused", "mailbox": self.rt.name, "folder": folder},
+            )
+            await self._commit(folder, token, None)
+            return "untrack-refused"
         if decision.action == "untrack":
             return await self._untrack(folder, sid, token, known, decision)
         record = None
