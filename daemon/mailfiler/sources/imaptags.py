@@ -7,7 +7,8 @@ keyword such as ``CRM``), for track by tag (issue 20;
   LIST-STATUS) and, only in a folder whose HIGHESTMODSEQ moved past its tag
   cursor, an EXAMINE and one ``UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE
   cursor)``: the messages whose flags changed since, with their MODSEQ.  An
-  idle pass costs one command whatever the mailbox holds.  Every flag change
+  idle pass costs that command (and an EXAMINE of the folder the connection
+  has selected) whatever the mailbox holds.  Every flag change
   moves HIGHESTMODSEQ (\\Seen, mailfiler's own ``$Tracked`` marks), so the
   changes are filtered by the query; mailfiler's mark keywords never match.
 * **Each change's cursor** is just below the next change's MODSEQ (the last
@@ -87,7 +88,7 @@ async def tag_changes(
         cursor = TagCursor.decode(cursors.get(folder))
         uv, top = status.get("UIDVALIDITY", 0), status.get("HIGHESTMODSEQ")
         if condstore and cursor is not None and cursor.uidvalidity == uv and cursor.modseq == top and top is not None:
-            continue  # nothing changed: the idle pass's whole cost is the one LIST-STATUS
+            continue  # nothing changed: the listing was all this folder cost
         seen: Seen | None = None
         delta: TagDelta | None
         try:
