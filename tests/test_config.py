@@ -451,3 +451,22 @@ def test_postgres_url_is_untouched(tmp_path: Path) -> None:
 )
 def test_sqlite_path(url: str, expected: Path | None) -> None:
     assert sqlite_path(url) == expected
+
+
+# --- track by tag (issue 20) ----------------------------------------------------------
+
+
+def test_track_tags(tmp_path: Path) -> None:
+    loaded = load_config(write(tmp_path, BASE + "    track_tags: true\n"))
+    tags = loaded.config.mailboxes[0].track_tags
+    assert tags is not None
+    assert (tags.tag, tags.set_regarding_prefix, tags.untrack_tag) == ("CRM", "CRM:", "CRM-untrack")
+    assert load_config(write(tmp_path, BASE + "    track_tags: false\n")).config.mailboxes[0].track_tags is None
+    got = only(tmp_path, BASE + "    track_tags: {tag: CRM, untrack_tag: crm}\n")
+    assert got[0] == 10 and "both 'CRM'" in got[2]
+    got = only(tmp_path, BASE + "    track_tags: {untrack_tag: 'CRM:off'}\n")
+    assert "starts with set_regarding_prefix" in got[2]
+    got = only(tmp_path, BASE + "    track_tags: {tag: 'two words'}\n")
+    assert "cannot be a tag" in got[2]
+    got = only(tmp_path, BASE + "    track_tags: {untrack_folder: Tracked/Contoso}\n")
+    assert got[0] == 10 and "is a tracked folder of this mailbox (line 8)" in got[2]

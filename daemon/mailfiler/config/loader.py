@@ -321,6 +321,15 @@ def _cross_checks(data: dict[str, Any], built: Builder, base_dir: Path) -> list[
             if tf.get("route") is not None and len(backends) == 1 and backends[0].server_rules is None:
                 where = ("mailboxes", i, "tracked_folders", j, "route")
                 add(where, f"route: writes a rule on a mail server; {backends[0].noun} has none")
+        tags = mb.get("track_tags")
+        untrack = tags.get("untrack_folder") if isinstance(tags, dict) else None
+        if isinstance(untrack, str) and untrack.strip() in folders:
+            # a tracked folder tracks what is filed there: it cannot untrack it too
+            first_line = line_of(folders[untrack.strip()])
+            add(
+                ("mailboxes", i, "track_tags", "untrack_folder"),
+                f"{untrack!r} is a tracked folder of this mailbox (line {first_line}); the untrack folder must not be",
+            )
 
     for i, rec in _items(data.get("records")):
         entity = rec.get("entity")
