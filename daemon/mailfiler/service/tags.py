@@ -50,6 +50,7 @@ from mailfiler.tracking.tags import (
     tag_cursors,
     untrack,
 )
+from mailfiler.util import crashpoints
 
 log = logging.getLogger("mailfiler.worker")
 
@@ -90,9 +91,11 @@ class Tags:
         db, mailbox_id = self.services.db, self.rt.ctx.row.id
 
         def tx() -> Any:
+            crashpoints.point("before_commit")  # the kill-at-every-commit tests (tests/test_crash_tags.py)
             with transaction(db):
                 out = write() if write is not None else None
                 save_tag_cursor(mailbox_id, folder, token)
+            crashpoints.point("after_commit")
             return out
 
         return await writer_for(db).run(PUSH, tx)
