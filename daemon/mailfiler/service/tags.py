@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from mailfiler.errors import MailboxUnavailable, MessageError, MessageVanished, ProcessingFailed
+from mailfiler.errors import MailboxUnavailable, MessageError, MessageVanished, ProcessingFailed, SourceError
 from mailfiler.service.readahead import too_large
 from mailfiler.service.runtime import MailboxRuntime, Services
 from mailfiler.service.storewriter import PUSH, writer_for
@@ -69,20 +69,35 @@ class Tags:
         done: dict[str, int] = {}
         if settings is None or not source.tags:
             return done
+        try:
+            await self._tag_pass(done)
+        except MailboxUnavailable:
+            raise
+        except SourceError as exc:  # the tags only: tracking by folder goes on
+            log.warning(
+                "tag pass in %s failed: %s",
+                self.rt.name,
+                exc,
+                extra={"event": "tag-pass-failed", "mailbox": self.rt.name},
+            )
+        await self.flush_marks()  # type: ignore[attr-defined]
+        return done
+
+    async def _tag_pass(self, done: dict[str, int]) -> None:
+        settings, source = self.rt.tags, self.rt.source
+        assert settings is not None
         mailbox = self.mailbox  # type: ignore[attr-defined]
         query = settings.query
         async for delta in source.tag_changes(tag_cursors(mailbox), query):
             for change in delta.changes:
                 if self.should_stop():
-                    return done
+                    return
                 event = await self._apply_tag(settings, delta.folder, change)
                 done[event] = done.get(event, 0) + 1
                 await asyncio.sleep(0)
             last = delta.changes[-1].token if delta.changes else None
             if delta.token is not None and last != delta.token:
                 await self._commit(delta.folder, delta.token, None)
-        await self.flush_marks()  # type: ignore[attr-defined]
-        return done
 
     async def _commit(self, folder: str, token: str | None, write: Callable[[], Any] | None) -> Any:
         """Run ``write`` (may be None) and advance the folder's tag cursor, in one transaction."""

@@ -27,14 +27,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from mailfiler.errors import FolderMissing
+from mailfiler.errors import FolderMissing, MailboxUnavailable, SourceError
 from mailfiler.sources import imapproto as proto
 from mailfiler.sources.base import TagChange, TagDelta, TagQuery
 from mailfiler.sources.imapconn import ImapConnection, ImapSettings
+
+log = logging.getLogger("mailfiler.sources.imap")
 
 #: what a pass remembers of a folder without CONDSTORE: (UIDVALIDITY, uid -> keywords)
 Seen = tuple[int, dict[int, frozenset[str]]]
@@ -99,6 +102,13 @@ async def tag_changes(
                     delta, seen = await _search(source, conn, folder, query, condstore)
         except FolderMissing:
             continue  # deleted since the listing
+        except MailboxUnavailable:
+            raise
+        except SourceError as exc:  # one folder the server will not show (rights, a broken index)
+            log.warning(
+                "tag pass: skipping %s: %s", folder, exc, extra={"event": "tag-folder-failed", "folder": folder}
+            )
+            continue
         if delta is not None:
             yield delta
         if seen is not None:
