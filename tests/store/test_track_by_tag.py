@@ -4,6 +4,7 @@ The IMAP keywords are tested against Dovecot in tests/e2e/test_imap_tags.py."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,24 @@ async def test_a_new_generation_is_looked_at_afresh(world, box: MemoryMailbox) -
     assert await worker.tag_pass() == {"located": 1}  # re-identified by its Message-ID
     assert m.Activity.select().count() == 1
     assert cursor(rt, "Archive").startswith(f"{box.folders['Archive'].generation}:")  # type: ignore[union-attr]
+
+
+async def test_a_shunted_tagged_message_is_retried_as_tagged(world, box: MemoryMailbox) -> None:
+    _rt, services, worker = world
+    sid = box.put("Archive", mail(1))
+    box.tag("Archive", sid, "CRM")
+    services.max_message_bytes = 100
+    assert await worker.tag_pass() == {"shunted": 1}
+    row = m.Shunt.get()
+    assert (row.folder, row.reason) == ("Archive", "too-large") and row.detail.startswith("tagged: ")
+    services.max_message_bytes = 1_000_000
+    from mailfiler.service.retry import retry
+
+    def retry_all() -> list[dict]:
+        try:
+            return retry(services, None)  # as `mailfiler shunt retry`, off the event loop
+        finally:
+            services.db.close()  # this thread's connection
+
+    assert [r["result"] for r in await asyncio.to_thread(retry_all)] == ["tracked"]
+    assert places(1) == {("alice", "Archive")}

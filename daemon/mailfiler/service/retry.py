@@ -10,9 +10,10 @@ from mailfiler.errors import MessageError, MessageTooLarge, NotFound, Processing
 from mailfiler.service.runtime import Services
 from mailfiler.store.models import Mailbox, Shunt, TrackedFolder
 from mailfiler.store.records import get_by_ref
-from mailfiler.tracking.context import FolderContext, MailboxContext, watched_folder
+from mailfiler.tracking.context import FolderContext, MailboxContext, tagged_message, watched_folder
 from mailfiler.tracking.labels import message_label
 from mailfiler.tracking.parse import parse_message
+from mailfiler.tracking.tags import TAGGED_SHUNT
 
 log = logging.getLogger("mailfiler.shunt")
 
@@ -21,6 +22,9 @@ def _contexts(services: Services, row: Shunt) -> tuple[MailboxContext, FolderCon
     rt = services.mailboxes.get(row.mailbox.name)
     if rt is not None and row.folder in rt.folders:
         return rt.ctx, rt.folders[row.folder]
+    if rt is not None and (row.detail or "").startswith(TAGGED_SHUNT):
+        # shunted by track by tag: the user asked for it to be tracked, wherever it is
+        return rt.ctx, tagged_message(row.folder)
     if rt is not None and rt.auto_folders(row.folder):
         # shunted in a folder auto-tracking watches: judged as it would have been
         return rt.ctx, watched_folder(row.folder)
@@ -76,6 +80,8 @@ def retry(services: Services, ids: list[int] | None) -> list[dict]:
                 detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             # the kept copy is already there: do not write a second one
             keep_raw = None if row.raw_path else raw
+            if fctx.kind == "tagged":
+                detail = TAGGED_SHUNT + detail  # and the next retry tracks it as tagged too
             services.shunts.keep(row.mailbox, row.folder, row.source_id, reason=code, detail=detail, raw=keep_raw)
             results.append({"id": row.id, "result": "failed", "reason": code, "detail": detail})
             continue

@@ -38,6 +38,7 @@ from mailfiler.tracking.labels import label_at
 from mailfiler.tracking.parse import ParsedMessage, parse_message
 from mailfiler.tracking.pipeline import Outcome
 from mailfiler.tracking.tags import (
+    TAGGED_SHUNT,
     Decision,
     TagOutcome,
     TagSettings,
@@ -197,12 +198,12 @@ class Tags:
         except MailboxUnavailable:
             raise
         except MessageError as exc:
-            await self._shunt(folder, sid, None, raw, exc.code, str(exc))  # type: ignore[attr-defined]
+            await self._shunt(folder, sid, None, raw, exc.code, TAGGED_SHUNT + str(exc))  # type: ignore[attr-defined]
             await self._commit(folder, token, None)
             return "shunted"
         except Exception as exc:  # noqa: BLE001 - one message's failure ends in the shunt, as in process()
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            await self._shunt(folder, sid, None, raw, ProcessingFailed.code, detail)  # type: ignore[attr-defined]
+            await self._shunt(folder, sid, None, raw, ProcessingFailed.code, TAGGED_SHUNT + detail)  # type: ignore[attr-defined]
             await self._commit(folder, token, None)
             return "shunted"
         self._done(folder, sid, outcome, parsed)  # type: ignore[attr-defined]

@@ -29,6 +29,8 @@ from mailfiler.store.models import Activity, Location, Mailbox, Record, TagCurso
 from mailfiler.store.records import get_by_ref
 
 TagAction = Literal["track", "regard", "untrack", "none"]
+#: a shunted tagged message's detail starts with this: `shunt retry` tracks it as tagged
+TAGGED_SHUNT = "tagged: "
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,7 @@ def set_regarding(activity_id: int, record: Record, folder_regarding: Record | N
 
 
 __all__ = [
+    "TAGGED_SHUNT",
     "Decision",
     "TagAction",
     "TagOutcome",
