@@ -50,8 +50,19 @@ MESSAGE_DEFAULT = [
 OTHER_DEFAULT = ["ItemId", "ItemClass", "Subject", "Start", "End", "Location", "FileAs", "DisplayName", "GivenName", "Surname"]
 # indexed FieldURIs name an entry of a container element
 INDEXED = {"EmailAddress": "EmailAddresses", "PhoneNumber": "PhoneNumbers", "ImAddress": "ImAddresses", "PhysicalAddress": "PhysicalAddresses"}
+# boolean item properties a client may set
+BOOLEANS = {
+    "IsAllDayEvent", "ReminderIsSet", "IsResponseRequested", "AllowNewTimeProposal", "IsOnlineMeeting",
+    "IsReadReceiptRequested", "IsDeliveryReceiptRequested", "IsDraft",
+}  # fmt: skip
 FOLDER_DEFAULT = ["FolderId", "DisplayName", "TotalCount", "ChildFolderCount", "UnreadCount"]
 FOLDER_ALL = ["FolderId", "ParentFolderId", "FolderClass", "DisplayName", "TotalCount", "ChildFolderCount", "UnreadCount"]
+
+
+def extended_key(uri: ET.Element) -> str:
+    """The name an extended property is kept under: its ExtendedFieldURI's identity."""
+    parts = [uri.get(a) or "" for a in ("DistinguishedPropertySetId", "PropertySetId", "PropertyTag", "PropertyName", "PropertyId")]
+    return "ExtendedProperty:" + "|".join(parts)
 
 
 def field_name(uri: str) -> str:
@@ -77,6 +88,9 @@ class Shape:
         extra = elem.find(q("t:AdditionalProperties"))
         if extra is not None:
             for uri in extra:
+                if uri.tag == q("t:ExtendedFieldURI"):
+                    shape.extra.add(extended_key(uri))
+                    continue
                 name = field_name(uri.get("FieldURI") or "")
                 if name:
                     shape.extra.add(name)
@@ -186,7 +200,8 @@ def item_properties(item: Item, wanted: set[str] | None, mime: bool) -> dict[str
                 sub(headers, "t:InternetMessageHeader", header_value, HeaderName=header_name)
             props["InternetMessageHeaders"] = headers
     for name, value in item.fields.items():
-        if want(name):
+        # extended properties only when named (AllProperties does not give them, as in Exchange)
+        if want(name) and (not name.startswith("ExtendedProperty:") or (wanted is not None and name in wanted)):
             props[name] = copy.deepcopy(value)
     return props
 
@@ -201,7 +216,7 @@ def item_element(item: Item, shape: Shape) -> ET.Element:
         wanted = set(MESSAGE_DEFAULT if item.tag == "Message" else OTHER_DEFAULT) | shape.extra
     props = item_properties(item, wanted, shape.mime)
     elem = el(f"t:{item.tag}")
-    for name in sorted(props, key=lambda n: _RANK.get(n, len(_RANK))):
+    for name in sorted(props, key=lambda n: _RANK.get(n.partition(":")[0], len(_RANK))):
         elem.append(props[name])
     return elem
 
@@ -244,6 +259,10 @@ def merge_field(item: Item, value: ET.Element) -> None:
         item.categories = [s.text or "" for s in value]
     elif name in ("ItemId", "MimeContent", "ParentFolderId"):
         return
+    elif name == "ExtendedProperty":
+        uri = value.find(q("t:ExtendedFieldURI"))
+        if uri is not None:
+            item.fields[extended_key(uri)] = copy.deepcopy(value)
     elif name in INDEXED.values() and name in item.fields:
         existing = item.fields[name]
         for entry in value:
@@ -252,11 +271,16 @@ def merge_field(item: Item, value: ET.Element) -> None:
             existing.append(copy.deepcopy(entry))
     else:
         item.fields[name] = copy.deepcopy(value)
+        if name in BOOLEANS and (value.text or "").strip() in ("0", "1"):
+            # xs:boolean allows 0/1 (exchangelib sends them); Exchange answers true/false
+            item.fields[name].text = "true" if value.text.strip() == "1" else "false"
 
 
 def delete_field(item: Item, uri: ET.Element) -> None:
     name = field_name(uri.get("FieldURI") or "")
-    if name == "Categories":
+    if uri.tag == q("t:ExtendedFieldURI"):
+        item.fields.pop(extended_key(uri), None)
+    elif name == "Categories":
         item.categories = []
     elif uri.tag == q("t:IndexedFieldURI") and name in item.fields:
         container = item.fields[name]

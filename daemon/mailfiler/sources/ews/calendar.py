@@ -1,0 +1,243 @@
+"""The mailbox's Exchange calendar as a sync target: iCalendar <-> EWS CalendarItem.
+
+What Exchange holds of an event: the summary, start and end (a time zone
+each, by its Windows name; all day as dates), location, description,
+required and optional attendees and the recurrence rule (daily, weekly,
+monthly by day or by weekday, yearly; ended by a date, a count or never).
+The organizer, the changed and cancelled occurrences and everything else
+stay in the kept copy (see ``target.py``); ``recurrence.py`` maps the rule."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import icalendar
+from exchangelib import CalendarItem, EWSDate, EWSDateTime, EWSTimeZone
+from exchangelib.errors import UnknownTimeZone
+from exchangelib.properties import Attendee, Mailbox
+
+from mailfiler.sources.ews.recurrence import from_rrule, to_rrule
+from mailfiler.sources.ews.settings import EwsSettings
+from mailfiler.sources.ews.target import EwsItemTarget, canon, plain_utc
+
+PRODID = "-//mailfiler//sync-back ews//EN"
+_MANAGED = ("SUMMARY", "DTSTART", "DTEND", "DURATION", "LOCATION", "DESCRIPTION", "ATTENDEE", "RRULE")
+_OPTIONAL = {"OPT-PARTICIPANT", "NON-PARTICIPANT"}
+
+
+def read_calendar(data: bytes) -> tuple[Any, Any]:
+    """The calendar and its master VEVENT."""
+    try:
+        cal = icalendar.Calendar.from_ical(data.decode("utf-8", "replace"))
+    except Exception as exc:  # icalendar raises several types on broken input
+        raise ValueError(f"broken iCalendar: {exc}") from exc
+    masters = [e for e in cal.walk("VEVENT") if "RECURRENCE-ID" not in e]
+    if not masters:
+        raise ValueError("the item holds no master VEVENT")
+    return cal, masters[0]
+
+
+def _zone(value: dt.datetime) -> EWSTimeZone:
+    tz = value.tzinfo
+    key = getattr(tz, "key", None) or getattr(tz, "zone", None)
+    if key:
+        try:
+            return EWSTimeZone(key)
+        except (UnknownTimeZone, ValueError):  # a zone exchangelib cannot map to a Windows name
+            pass
+    return EWSTimeZone("UTC")
+
+
+def _ews_time(value: dt.date | dt.datetime) -> EWSDate | EWSDateTime:
+    if not isinstance(value, dt.datetime):
+        return EWSDate(value.year, value.month, value.day)
+    if value.tzinfo is None:  # a floating time: read as UTC (the kept copy keeps it floating)
+        value = value.replace(tzinfo=dt.UTC)
+    zone = _zone(value)
+    local = value.astimezone(zone)
+    return EWSDateTime(local.year, local.month, local.day, local.hour, local.minute, local.second, tzinfo=zone)
+
+
+def _address(value: Any) -> tuple[str, str]:
+    text = str(value).strip()
+    if text.lower().startswith("mailto:"):
+        text = text[7:]
+    return text.strip(), str(getattr(value, "params", {}).get("CN", "")).strip()
+
+
+def event_values(data: bytes) -> dict[str, Any]:
+    """exchangelib CalendarItem fields for an iCalendar item."""
+    _, ev = read_calendar(data)
+    values: dict[str, Any] = {name: None for name in CalendarTarget.fields}
+    start_prop = ev.get("DTSTART")
+    if start_prop is None:
+        raise ValueError("the event has no DTSTART")
+    start = start_prop.dt
+    if ev.get("DTEND") is not None:
+        end = ev["DTEND"].dt
+    elif ev.get("DURATION") is not None:
+        end = start + ev["DURATION"].dt
+    else:
+        end = start if isinstance(start, dt.datetime) else start + dt.timedelta(days=1)
+    all_day = not isinstance(start, dt.datetime)
+    values["is_all_day"] = all_day
+    values["start"], values["end"] = _ews_time(start), _ews_time(end)
+    values["subject"] = str(ev.get("SUMMARY", "")).strip() or None
+    values["location"] = str(ev.get("LOCATION", "")).strip() or None
+    values["body"] = str(ev.get("DESCRIPTION", "")).strip() or None
+    required: list[Attendee] = []
+    optional: list[Attendee] = []
+    for att in _as_list(ev.get("ATTENDEE")):
+        address, name = _address(att)
+        if address:
+            who = Attendee(mailbox=Mailbox(email_address=address, name=name or None), response_type="Unknown")
+            (optional if str(att.params.get("ROLE", "")).upper() in _OPTIONAL else required).append(who)
+    values["required_attendees"] = required or None
+    values["optional_attendees"] = optional or None
+    rules = _as_list(ev.get("RRULE"))
+    values["recurrence"] = from_rrule(rules[0], start) if rules else None
+    return values
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _ical_time(value: Any, zone: Any, all_day: bool) -> dt.date | dt.datetime:
+    if isinstance(value, dt.datetime):
+        value = plain_utc(value) if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+        value = value.astimezone(zone if zone is not None else dt.UTC)
+    if all_day or not isinstance(value, dt.datetime):
+        return dt.date(value.year, value.month, value.day)
+    return value
+
+
+def _kept_zone(ev: Any | None, ms_id: str | None) -> Any:
+    """The kept copy's zone when it is the one Exchange has (Europe/Stockholm, not the
+    Europe/Berlin exchangelib names "W. Europe Standard Time" by); else Exchange's."""
+    if ev is not None and ev.get("DTSTART") is not None:
+        kept = ev["DTSTART"].dt
+        if isinstance(kept, dt.datetime) and kept.tzinfo is not None and _zone(kept).ms_id == ms_id:
+            return kept.tzinfo
+    if ms_id is None:
+        return None
+    try:
+        return EWSTimeZone.from_ms_id(ms_id)
+    except (UnknownTimeZone, ValueError):  # a Windows zone exchangelib does not know: UTC
+        return dt.UTC
+
+
+def render_event(values: dict[str, Any], kept: bytes | None, uid: str, zones: tuple[str | None, str | None]) -> bytes:
+    """An iCalendar item of an event's Exchange fields, on top of the kept copy."""
+    if kept is not None:
+        cal, ev = read_calendar(kept)
+    else:
+        cal, ev = icalendar.Calendar(), icalendar.Event()
+        cal.add("prodid", PRODID)
+        cal.add("version", "2.0")
+        ev.add("uid", uid)
+        ev.add("dtstamp", dt.datetime.now(dt.UTC).replace(microsecond=0))
+        cal.add_component(ev)
+    old = ev.copy() if kept is not None else None
+    for name in _MANAGED:
+        while name in ev:
+            del ev[name]
+    all_day = bool(values.get("is_all_day"))
+    if values.get("start") is not None:
+        ev.add("dtstart", _ical_time(values["start"], _kept_zone(old, zones[0]), all_day))
+    if values.get("end") is not None:
+        ev.add("dtend", _ical_time(values["end"], _kept_zone(old, zones[1]), all_day))
+    for prop, name in (("summary", "subject"), ("location", "location"), ("description", "body")):
+        if values.get(name):
+            ev.add(prop, str(values[name]))
+    for role, key in (("REQ-PARTICIPANT", "required_attendees"), ("OPT-PARTICIPANT", "optional_attendees")):
+        for who in values.get(key) or []:
+            params = {"ROLE": role}
+            if who.mailbox.name:
+                params["CN"] = who.mailbox.name
+            ev.add("attendee", f"mailto:{who.mailbox.email_address}", parameters=params)
+    if values.get("recurrence") is not None:
+        rule = to_rrule(values["recurrence"], all_day=all_day)
+        if rule is not None:
+            ev.add("rrule", icalendar.vRecur.from_ical(rule))
+    return cal.to_ical()
+
+
+class CalendarTarget(EwsItemTarget):
+    """The mailbox's Calendar (or a calendar of that name below it)."""
+
+    item_cls = CalendarItem
+    fields = (
+        "subject",
+        "start",
+        "end",
+        "is_all_day",
+        "location",
+        "body",
+        "required_attendees",
+        "optional_attendees",
+        "recurrence",
+    )
+    distinguished = "calendar"
+    folder_class = "IPF.Appointment"
+
+    def __init__(self, settings: EwsSettings, folder: str | None = None) -> None:
+        super().__init__("calendar", settings, folder)
+
+    def uid_of(self, data: bytes) -> str:
+        _, ev = read_calendar(data)
+        uid = str(ev.get("UID", "")).strip()
+        if not uid:
+            raise ValueError("the event has no UID")
+        return uid
+
+    def to_values(self, data: bytes) -> dict[str, Any]:
+        values = event_values(data)
+        values["uid"] = self.uid_of(data)
+        return values
+
+    def snapshot(self, values: dict[str, Any]) -> Any:
+        zones = [_ms_id(values.get(k)) for k in ("start", "end")]
+        if values.get("is_all_day"):
+            zones = [None, None]
+        return (super().snapshot(values), tuple(zones))
+
+    def read_values(self, item: Any) -> dict[str, Any]:
+        values = super().read_values(item)
+        if item.is_all_day:  # exchangelib answers midnight instants in the item's zone
+            for key, zone in (("start", _zone_of(item, "start")), ("end", _zone_of(item, "end"))):
+                if isinstance(values[key], dt.datetime):
+                    local = values[key].astimezone(zone) if zone is not None else values[key]
+                    values[key] = EWSDate(local.year, local.month, local.day)
+        else:
+            for key, zone in (("start", _zone_of(item, "start")), ("end", _zone_of(item, "end"))):
+                if isinstance(values[key], dt.datetime) and zone is not None:
+                    values[key] = values[key].astimezone(zone)
+        return values
+
+    def render(self, values: dict[str, Any], kept: bytes | None, uid: str) -> bytes:
+        return render_event(values, kept, uid, (_ms_id(values.get("start")), _ms_id(values.get("end"))))
+
+    def extra_only(self, only: list[str]) -> list[str]:
+        return [*only, "uid", "_start_timezone", "_end_timezone"]
+
+    def update_fields(self, item: Any, names: list[str]) -> list[str]:
+        return [n for n in names if n != "uid"]
+
+
+def _zone_of(item: Any, which: str) -> Any:
+    # exchangelib keeps StartTimeZone / EndTimeZone as private fields of CalendarItem
+    return getattr(item, f"_{which}_timezone", None)
+
+
+def _ms_id(value: Any) -> str | None:
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        tz = value.tzinfo
+        return str(getattr(tz, "ms_id", None) or _zone(value).ms_id)
+    return None
+
+
+__all__ = ["CalendarTarget", "canon"]
