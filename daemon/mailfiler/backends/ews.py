@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from mailfiler.backends import Backend
-from mailfiler.config.base import LOOPBACK_HOSTS, resolve_path
+from mailfiler.config.base import LOOPBACK_HOSTS, Strict, resolve_path
 from mailfiler.config.categories import OutlookCategories, categories_switch
 from mailfiler.config.credentials import Credentials
 
@@ -21,6 +21,27 @@ if TYPE_CHECKING:
 
 _SMTP = re.compile(r"^[^@\s]+@[^@\s]+$")
 _BUILD = re.compile(r"^15\.\d+\.\d+\.\d+$")
+
+
+class EwsSyncBack(Strict):
+    """Which of the mailbox's own Exchange folders are sync-back collections."""
+
+    contacts: bool | str = Field(
+        default=False,
+        description="true: the mailbox's Contacts folder; a name: a contacts folder of that name below it "
+        "(made at the first sync); false: none.",
+    )
+    calendar: bool | str = Field(
+        default=False,
+        description="true: the mailbox's Calendar; a name: a calendar of that name below it; false: none.",
+    )
+
+    @field_validator("contacts", "calendar")
+    @classmethod
+    def _folder_name(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str) and (not value.strip() or "/" in value):
+            raise ValueError(f"a folder name (no '/'), true or false, not {value!r}")
+        return value
 
 
 class Ews(Credentials):
@@ -54,6 +75,13 @@ class Ews(Credentials):
         description="Mark tracked mail with the Outlook category `Tracked in CRM` and shunted mail with "
         "`Not tracked (see CRM)`: true, or {tracked: NAME, failed: NAME}.  The one write mailfiler makes "
         "to a mailbox; off by default, as IMAP keywords and Graph categories are.",
+    )
+
+    sync_back: EwsSyncBack | None = Field(
+        default=None,
+        description="Sync the CRM's contacts and appointments with this mailbox's Exchange Contacts and "
+        "Calendar, under the mailbox's sync: policies: {contacts: true, calendar: true} (or a folder name "
+        "below each).  Off by default.",
     )
 
     @field_validator("categories", mode="before")
@@ -160,6 +188,35 @@ def _server_rules(mailbox: Any, separator: str | None) -> EwsRules:
     return EwsRules(ews_settings(mailbox.backend_config))
 
 
+def _targets(mailbox: Any, base_dir: Path) -> list[Any]:
+    """The mailbox's Exchange contacts folder and calendar, when ``sync_back`` names them."""
+    cfg: Ews = mailbox.backend_config
+    wanted = cfg.sync_back
+    if wanted is None or (wanted.contacts is False and wanted.calendar is False):
+        return []
+    from mailfiler.sources.ews.calendar import CalendarTarget
+    from mailfiler.sources.ews.contacts import ContactsTarget
+
+    settings = ews_settings(cfg)
+    out: list[Any] = []
+    if wanted.contacts is not False:
+        out.append(ContactsTarget(settings, None if wanted.contacts is True else wanted.contacts))
+    if wanted.calendar is not False:
+        out.append(CalendarTarget(settings, None if wanted.calendar is True else wanted.calendar))
+    return out
+
+
+def _check(mailbox: Any) -> list[str]:
+    cfg: Ews = mailbox.backend_config
+    wanted = cfg.sync_back
+    if wanted is not None and (wanted.contacts is not False or wanted.calendar is not False) and mailbox.sync is None:
+        return [
+            f"ews.sync_back of mailbox {mailbox.name} syncs nothing without a sync: block "
+            "(its filters, fields and conflicts apply to the Exchange folders); add `sync: {}`"
+        ]
+    return []
+
+
 BACKEND = Backend(
     kind="ews",
     config=Ews,
@@ -169,4 +226,6 @@ BACKEND = Backend(
     location=_location,
     resolve=_resolve,
     server_rules=_server_rules,
+    targets=_targets,
+    check=_check,
 )

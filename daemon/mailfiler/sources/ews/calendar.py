@@ -22,7 +22,18 @@ from mailfiler.sources.ews.settings import EwsSettings
 from mailfiler.sources.ews.target import EwsItemTarget, canon, plain_utc
 
 PRODID = "-//mailfiler//sync-back ews//EN"
-_MANAGED = ("SUMMARY", "DTSTART", "DTEND", "DURATION", "LOCATION", "DESCRIPTION", "ATTENDEE", "RRULE")
+#: Exchange field -> the VEVENT properties it is written to
+_PROPS = {
+    "subject": ("SUMMARY",),
+    "start": ("DTSTART",),
+    "end": ("DTEND", "DURATION"),
+    "is_all_day": ("DTSTART", "DTEND", "DURATION"),
+    "location": ("LOCATION",),
+    "body": ("DESCRIPTION",),
+    "required_attendees": ("ATTENDEE",),
+    "optional_attendees": ("ATTENDEE",),
+    "recurrence": ("RRULE",),
+}
 _OPTIONAL = {"OPT-PARTICIPANT", "NON-PARTICIPANT"}
 
 
@@ -130,8 +141,11 @@ def _kept_zone(ev: Any | None, ms_id: str | None) -> Any:
         return dt.UTC
 
 
-def render_event(values: dict[str, Any], kept: bytes | None, uid: str, zones: tuple[str | None, str | None]) -> bytes:
-    """An iCalendar item of an event's Exchange fields, on top of the kept copy."""
+def render_event(
+    values: dict[str, Any], kept: bytes | None, uid: str, changed: set[str], zones: tuple[str | None, str | None]
+) -> bytes:
+    """An iCalendar item of an event's Exchange fields: the kept copy with the properties of
+    the *changed* fields replaced in its master event (the rest, overrides too, stays)."""
     if kept is not None:
         cal, ev = read_calendar(kept)
     else:
@@ -142,24 +156,25 @@ def render_event(values: dict[str, Any], kept: bytes | None, uid: str, zones: tu
         ev.add("dtstamp", dt.datetime.now(dt.UTC).replace(microsecond=0))
         cal.add_component(ev)
     old = ev.copy() if kept is not None else None
-    for name in _MANAGED:
+    props = {prop for name in changed for prop in _PROPS.get(name, ())}
+    for name in props:
         while name in ev:
             del ev[name]
     all_day = bool(values.get("is_all_day"))
-    if values.get("start") is not None:
+    if "DTSTART" in props and values.get("start") is not None:
         ev.add("dtstart", _ical_time(values["start"], _kept_zone(old, zones[0]), all_day))
-    if values.get("end") is not None:
+    if "DTEND" in props and values.get("end") is not None:
         ev.add("dtend", _ical_time(values["end"], _kept_zone(old, zones[1]), all_day))
-    for prop, name in (("summary", "subject"), ("location", "location"), ("description", "body")):
-        if values.get(name):
+    for prop, name in (("SUMMARY", "subject"), ("LOCATION", "location"), ("DESCRIPTION", "body")):
+        if prop in props and values.get(name):
             ev.add(prop, str(values[name]))
     for role, key in (("REQ-PARTICIPANT", "required_attendees"), ("OPT-PARTICIPANT", "optional_attendees")):
-        for who in values.get(key) or []:
+        for who in (values.get(key) or []) if "ATTENDEE" in props else []:
             params = {"ROLE": role}
             if who.mailbox.name:
                 params["CN"] = who.mailbox.name
             ev.add("attendee", f"mailto:{who.mailbox.email_address}", parameters=params)
-    if values.get("recurrence") is not None:
+    if "RRULE" in props and values.get("recurrence") is not None:
         rule = to_rrule(values["recurrence"], all_day=all_day)
         if rule is not None:
             ev.add("rrule", icalendar.vRecur.from_ical(rule))
@@ -199,11 +214,12 @@ class CalendarTarget(EwsItemTarget):
         values["uid"] = self.uid_of(data)
         return values
 
-    def snapshot(self, values: dict[str, Any]) -> Any:
-        zones = [_ms_id(values.get(k)) for k in ("start", "end")]
-        if values.get("is_all_day"):
-            zones = [None, None]
-        return (super().snapshot(values), tuple(zones))
+    def snapshot(self, values: dict[str, Any]) -> dict[str, Any]:
+        out = super().snapshot(values)
+        if not values.get("is_all_day"):  # a time is its instant and its zone (by Windows name)
+            for key in ("start", "end"):
+                out[key] = (out[key], _ms_id(values.get(key)))
+        return out
 
     def read_values(self, item: Any) -> dict[str, Any]:
         values = super().read_values(item)
@@ -218,8 +234,9 @@ class CalendarTarget(EwsItemTarget):
                     values[key] = values[key].astimezone(zone)
         return values
 
-    def render(self, values: dict[str, Any], kept: bytes | None, uid: str) -> bytes:
-        return render_event(values, kept, uid, (_ms_id(values.get("start")), _ms_id(values.get("end"))))
+    def render(self, values: dict[str, Any], kept: bytes | None, uid: str, changed: set[str]) -> bytes:
+        zones = (_ms_id(values.get("start")), _ms_id(values.get("end")))
+        return render_event(values, kept, uid, changed, zones)
 
     def extra_only(self, only: list[str]) -> list[str]:
         return [*only, "uid", "_start_timezone", "_end_timezone"]

@@ -46,7 +46,20 @@ _PHONE_TYPES = {
 }
 _ADR_LABELS = {"work": "Business", "home": "Home"}
 _ADR_TYPES = {"Business": "WORK", "Home": "HOME", "Other": ""}
-_MANAGED = ("fn", "n", "email", "tel", "org", "title", "adr", "note")
+#: Exchange field -> the vCard properties it is written to
+_PROPS = {
+    "display_name": ("fn",),
+    "given_name": ("n",),
+    "middle_name": ("n",),
+    "surname": ("n",),
+    "generation": ("n",),
+    "email_addresses": ("email",),
+    "phone_numbers": ("tel",),
+    "physical_addresses": ("adr",),
+    "company_name": ("org",),
+    "job_title": ("title",),
+    "body": ("note",),
+}
 
 
 def _text(value: Any) -> str:
@@ -119,25 +132,48 @@ def contact_values(data: bytes) -> dict[str, Any]:
     return values
 
 
-def render_card(values: dict[str, Any], kept: bytes | None, uid: str) -> bytes:
-    """A vCard of a contact's Exchange fields, on top of the kept card (its other properties stay)."""
+def render_card(values: dict[str, Any], kept: bytes | None, uid: str, changed: set[str]) -> bytes:
+    """A vCard of a contact's Exchange fields: the kept card with the properties of the
+    *changed* fields replaced (its other properties stay)."""
     card = read_card(kept) if kept is not None else vobject.vCard()
     if kept is None:
         card.add("version").value = "3.0"
         card.add("uid").value = uid
-    for name in _MANAGED:
-        for line in list(card.contents.get(name, [])):
+    props = {prop for name in changed for prop in _PROPS.get(name, ())}
+    old: dict[str, list[Any]] = {}
+    for name in props:
+        old[name] = list(card.contents.get(name, []))
+        for line in old[name]:
             card.remove(line)
     given, middle, family = (values.get(k) or "" for k in ("given_name", "middle_name", "surname"))
-    prefix = ""
-    if kept is not None and "n" in read_card(kept).contents:
-        prefix = _text(read_card(kept).contents["n"][0].value.prefix)  # Exchange cannot hold it; kept
-    card.add("n").value = vobject.vcard.Name(
-        family=family, given=given, additional=middle, prefix=prefix, suffix=values.get("generation") or ""
-    )
-    card.add("fn").value = values.get("display_name") or " ".join(x for x in (given, family) if x)
-    for entry in sorted(values.get("email_addresses") or [], key=lambda e: e.label):
-        card.add("email").value = entry.email
+    if "n" in props:
+        prefix = _text(old["n"][0].value.prefix) if old.get("n") else ""  # Exchange cannot hold it; kept
+        card.add("n").value = vobject.vcard.Name(
+            family=family, given=given, additional=middle, prefix=prefix, suffix=values.get("generation") or ""
+        )
+    if "fn" in props:
+        card.add("fn").value = values.get("display_name") or " ".join(x for x in (given, family) if x)
+    if "email" in props:
+        for entry in sorted(values.get("email_addresses") or [], key=lambda e: e.label):
+            card.add("email").value = entry.email
+        for line in old["email"][3:]:  # Exchange holds three; the others stay
+            card.add(line)
+    if "tel" in props:
+        _add_phones(card, values)
+    if "adr" in props:
+        _add_addresses(card, values)
+    if "org" in props and values.get("company_name"):
+        card.add("org").value = [values["company_name"]]
+    if "title" in props and values.get("job_title"):
+        card.add("title").value = values["job_title"]
+    if "note" in props and values.get("body"):
+        card.add("note").value = str(values["body"])
+    if "fn" not in card.contents:  # a vCard must have one
+        card.add("fn").value = values.get("display_name") or ""
+    return card.serialize().encode()
+
+
+def _add_phones(card: Any, values: dict[str, Any]) -> None:
     for entry in values.get("phone_numbers") or []:
         if entry.phone_number:
             line = card.add("tel")
@@ -145,6 +181,9 @@ def render_card(values: dict[str, Any], kept: bytes | None, uid: str) -> bytes:
             kinds = _PHONE_TYPES.get(entry.label)
             if kinds:
                 line.params["TYPE"] = kinds
+
+
+def _add_addresses(card: Any, values: dict[str, Any]) -> None:
     for entry in values.get("physical_addresses") or []:
         line = card.add("adr")
         line.value = vobject.vcard.Address(
@@ -156,13 +195,6 @@ def render_card(values: dict[str, Any], kept: bytes | None, uid: str) -> bytes:
         )
         if _ADR_TYPES.get(entry.label):
             line.params["TYPE"] = [_ADR_TYPES[entry.label]]
-    if values.get("company_name"):
-        card.add("org").value = [values["company_name"]]
-    if values.get("job_title"):
-        card.add("title").value = values["job_title"]
-    if values.get("body"):
-        card.add("note").value = str(values["body"])
-    return card.serialize().encode()
 
 
 class ContactsTarget(EwsItemTarget):
@@ -198,5 +230,5 @@ class ContactsTarget(EwsItemTarget):
     def to_values(self, data: bytes) -> dict[str, Any]:
         return contact_values(data)
 
-    def render(self, values: dict[str, Any], kept: bytes | None, uid: str) -> bytes:
-        return render_card(values, kept, uid)
+    def render(self, values: dict[str, Any], kept: bytes | None, uid: str, changed: set[str]) -> bytes:
+        return render_card(values, kept, uid, changed)

@@ -203,12 +203,13 @@ class EwsItemTarget(Target):
         """exchangelib field values for the text (what Exchange can hold of it)."""
 
     @abstractmethod
-    def render(self, values: dict[str, Any], kept: bytes | None, uid: str) -> bytes:
-        """The text for an item's Exchange field values, on top of the kept copy."""
+    def render(self, values: dict[str, Any], kept: bytes | None, uid: str, changed: set[str]) -> bytes:
+        """The text for an item's Exchange field values: the kept copy with the properties of
+        the *changed* fields replaced (a new text when nothing is kept)."""
 
-    def snapshot(self, values: dict[str, Any]) -> Any:
-        """What must be equal for two sets of field values to be the same item."""
-        return tuple((name, canon(values.get(name))) for name in self.fields)
+    def snapshot(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Each field's value as compared to tell whether Exchange changed it."""
+        return {name: canon(values.get(name)) for name in self.fields}
 
     def read_values(self, item: Any) -> dict[str, Any]:
         return {name: getattr(item, name, None) for name in self.fields}
@@ -306,16 +307,19 @@ class EwsItemTarget(Target):
     async def _fetched(self, item: Any) -> Fetched:
         current = self.read_values(item)
         kept = _crlf(item.mf_source) if item.mf_source else None
-        data: bytes | None = None
+        now = self.snapshot(current)
+        changed = set(now)
         if kept is not None:
             try:
-                if self.snapshot(self.to_values(kept)) == self.snapshot(current):
-                    data = kept
+                before = self.snapshot(self.to_values(kept))
+                changed = {name for name in now if now[name] != before.get(name)}
             except ValueError:
                 kept = None
-        if data is None:
+        if kept is not None and not changed:
+            data = kept  # Exchange holds what we wrote: our text, byte for byte
+        else:
             uid = item.mf_uid or getattr(item, "uid", None) or self.default_uid(item.id)
-            data = self.render(current, kept, uid)
+            data = self.render(current, kept, uid, changed)
         modified = item.last_modified_time
         if modified is not None:
             modified = plain_utc(modified).replace(tzinfo=None)
