@@ -71,7 +71,11 @@ async def test_crm_to_exchange_then_quiet(ews: Ews) -> None:
     contacts, calendar = await ews.rig.sync_ok()
     assert (contacts.uploaded, calendar.uploaded) == (1, 1)
     asa = ews.contacts()["Åsa Öberg"]
-    assert (asa.job_title, asa.company_name, asa.email_addresses[0].email) == ("Säljchef", "Contoso AB", "asa@contoso.com")
+    assert (asa.job_title, asa.company_name, asa.email_addresses[0].email) == (
+        "Säljchef",
+        "Contoso AB",
+        "asa@contoso.com",
+    )
     assert [(p.label, p.phone_number) for p in asa.phone_numbers] == [("MobilePhone", "+46 70 123")]
     event = ews.events()["Möte"]
     assert (event.location, event.uid) == ("Malmö", "m1")
@@ -193,4 +197,3 @@ async def test_server_busy_is_honoured(ews: Ews) -> None:
     [r] = await ews.rig.sync_ok("contacts")
     assert r.uploaded == 3 and time.monotonic() - start >= 1.0
     assert len(ews.contacts()) == 3
-
