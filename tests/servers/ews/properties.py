@@ -4,7 +4,9 @@ plus AdditionalProperties) asks for, in the order the EWS schema gives them."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
+import datetime as dt
 import email
 import email.policy
 import email.utils
@@ -55,13 +57,16 @@ BOOLEANS = {
     "IsAllDayEvent", "ReminderIsSet", "IsResponseRequested", "AllowNewTimeProposal", "IsOnlineMeeting",
     "IsReadReceiptRequested", "IsDeliveryReceiptRequested", "IsDraft",
 }  # fmt: skip
+# date-time item properties a client may set
+TIMES = {"Start", "End", "ReminderDueBy", "OriginalStart"}
 FOLDER_DEFAULT = ["FolderId", "DisplayName", "TotalCount", "ChildFolderCount", "UnreadCount"]
 FOLDER_ALL = ["FolderId", "ParentFolderId", "FolderClass", "DisplayName", "TotalCount", "ChildFolderCount", "UnreadCount"]
 
 
 def extended_key(uri: ET.Element) -> str:
     """The name an extended property is kept under: its ExtendedFieldURI's identity."""
-    parts = [uri.get(a) or "" for a in ("DistinguishedPropertySetId", "PropertySetId", "PropertyTag", "PropertyName", "PropertyId")]
+    names = ("DistinguishedPropertySetId", "PropertySetId", "PropertyTag", "PropertyName", "PropertyId")
+    parts = [uri.get(a) or "" for a in names]
     return "ExtendedProperty:" + "|".join(parts)
 
 
@@ -271,6 +276,13 @@ def merge_field(item: Item, value: ET.Element) -> None:
             existing.append(copy.deepcopy(entry))
     else:
         item.fields[name] = copy.deepcopy(value)
+        text = (value.text or "").strip()
+        if name in TIMES and len(text) > 19 and text[19:] not in ("Z", ".000Z"):
+            # Exchange keeps instants and answers them in UTC (a time with an offset is converted)
+            with contextlib.suppress(ValueError):
+                when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+                if when.tzinfo is not None:
+                    item.fields[name].text = when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         if name in BOOLEANS and (value.text or "").strip() in ("0", "1"):
             # xs:boolean allows 0/1 (exchangelib sends them); Exchange answers true/false
             item.fields[name].text = "true" if value.text.strip() == "1" else "false"
