@@ -129,6 +129,9 @@ async def test_a_recurring_event_with_exceptions_round_trips(ews: Ews) -> None:
     await ews.rig.sync_ok("calendar")
     weekly = ews.events()["Veckomöte"]
     assert weekly.recurrence.boundary.number == 6
+    # the exceptions are Exchange's: the cancelled and the moved occurrence
+    assert [d.start.isoformat() for d in weekly.deleted_occurrences] == ["2024-04-08T07:00:00+00:00"]
+    assert [o.original_start.isoformat() for o in weekly.modified_occurrences] == ["2024-04-01T07:00:00+00:00"]
     assert [a.mailbox.email_address for a in weekly.required_attendees] == ["bo@contoso.com"]
     assert ews.events()["Midsommar"].is_all_day
     weekly.location = "Rum 4"
@@ -139,11 +142,19 @@ async def test_a_recurring_event_with_exceptions_round_trips(ews: Ews) -> None:
     assert crm["location"] == "Rum 4" and crm["rrule"] == "FREQ=WEEKLY;COUNT=6;BYDAY=MO"
     assert crm["exdates"] == [f"2024-04-08T09:00:00[{STO}]"] and crm["overrides"] == [MOVED]
     assert crm["start"] == f"2024-03-18T09:00:00[{STO}]"  # the zone as the CRM named it
+    # Outlook cancels the last occurrence: one more EXDATE in the CRM
+    ews.events()["Veckomöte"].occurrence(6).delete()
+    [r] = await ews.rig.sync_ok("calendar")
+    assert r.updated_crm == 1
+    assert crm_appointments()["Veckomöte"]["exdates"] == [f"2024-04-08T09:00:00[{STO}]", f"2024-04-22T09:00:00[{STO}]"]
     AppointmentStore().write(_id("weekly-1"), {"rrule": "FREQ=WEEKLY;COUNT=8;BYDAY=MO"})
     [r] = await ews.rig.sync_ok("calendar")
-    assert r.updated_mailbox == 1 and ews.events()["Veckomöte"].recurrence.boundary.number == 8
+    weekly = ews.events()["Veckomöte"]
+    assert r.updated_mailbox == 1 and weekly.recurrence.boundary.number == 8
+    assert len(weekly.deleted_occurrences) == 2 and len(weekly.modified_occurrences) == 1  # written again
     [r] = await ews.rig.sync_ok("calendar")
     assert r.changes == 0
+    assert crm_appointments()["Veckomöte"]["overrides"] == [MOVED]
 
 
 def _id(uid: str) -> Any:

@@ -5,11 +5,15 @@ edited in Outlook, a recurring event, ErrorServerBusy)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import zoneinfo
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 
+import icalendar
 import pytest
 from exchangelib import DELEGATE, Account, Build, CalendarItem, Configuration, Contact, Credentials, Version
+from exchangelib.properties import ItemId
 from exchangelib.protocol import close_connections
 
 from mailfiler.errors import SyncPreconditionFailed, SyncTargetUnavailable
@@ -128,6 +132,15 @@ async def test_a_recurring_event_is_a_recurring_item_in_exchange(server: EwsServ
     [event] = list(acc.calendar.all())
     assert event.uid == "r1" and event.subject == "Standup"
     assert event.recurrence.boundary.number == 10 and [int(d) for d in event.recurrence.pattern.weekdays] == [1]
+    # the EXDATE and the RECURRENCE-ID are Exchange's deleted and modified occurrences
+    stockholm = zoneinfo.ZoneInfo("Europe/Stockholm")
+    [gone] = event.deleted_occurrences
+    assert gone.start == dt.datetime(2024, 3, 11, 9, 0, tzinfo=stockholm)
+    [moved] = event.modified_occurrences
+    assert moved.original_start == dt.datetime(2024, 3, 18, 9, 0, tzinfo=stockholm)
+    assert moved.start == dt.datetime(2024, 3, 18, 11, 0, tzinfo=stockholm)
+    [occ] = list(acc.fetch([ItemId(moved.id)], only_fields=["subject"]))
+    assert occ.subject == "Standup (moved)"
     event.location = "Room 4"
     event.save(update_fields=["location"])
     text = (await t.get(href)).data.decode()
@@ -135,6 +148,22 @@ async def test_a_recurring_event_is_a_recurring_item_in_exchange(server: EwsServ
     assert "LOCATION:Room 4" in text and "TZID=Europe/Stockholm:20240304T090000" in text
     assert "RRULE:FREQ=WEEKLY;COUNT=10;BYDAY=MO" in text or "RRULE:FREQ=WEEKLY;BYDAY=MO;COUNT=10" in text
     assert "RECURRENCE-ID" in text and "EXDATE" in text
+    # Outlook cancels the 5th occurrence (after the DST change) and moves the 6th
+    [event] = list(acc.calendar.all())
+    event.occurrence(5).delete()
+    sixth = event.occurrence(6)
+    sixth.refresh()
+    sixth.start, sixth.end = sixth.start + dt.timedelta(hours=2), sixth.end + dt.timedelta(hours=2)
+    sixth.save(update_fields=["start", "end"])
+    cal = icalendar.Calendar.from_ical((await t.get(href)).data)
+    [master] = [e for e in cal.walk("VEVENT") if "RECURRENCE-ID" not in e]
+    props = master["EXDATE"] if isinstance(master["EXDATE"], list) else [master["EXDATE"]]
+    exdates = sorted(d.dt for p in props for d in p.dts)
+    assert [d.isoformat() for d in exdates] == ["2024-03-11T09:00:00+01:00", "2024-04-01T09:00:00+02:00"]
+    overrides = {str(e["RECURRENCE-ID"].dt.isoformat()): e for e in cal.walk("VEVENT") if "RECURRENCE-ID" in e}
+    assert sorted(overrides) == ["2024-03-18T09:00:00+01:00", "2024-04-08T09:00:00+02:00"]
+    assert overrides["2024-04-08T09:00:00+02:00"]["DTSTART"].dt.isoformat() == "2024-04-08T11:00:00+02:00"
+    assert str(overrides["2024-03-18T09:00:00+01:00"]["SUMMARY"]) == "Standup (moved)"
 
 
 async def test_an_all_day_event_stays_all_day(server: EwsServer) -> None:

@@ -141,3 +141,72 @@ def test_booleans_are_answered_true_or_false(client: Client) -> None:
         f'<m:DeleteItem DeleteType="MoveToDeletedItems" SendMeetingCancellations="SendToNone"><m:ItemIds><t:ItemId Id="{item_id}"/></m:ItemIds></m:DeleteItem>'
     )  # fmt: skip
     assert outline(got) == expect(PLAIN_SUCCESS, op="DeleteItem")
+
+
+# how-to-create-a-recurring-series-by-using-ews-in-exchange.md (its request, attendees left out)
+SERIES = (
+    '<t:CalendarItem><t:Subject>Weekly Update Meeting</t:Subject><t:Body BodyType="HTML">Come hear about it</t:Body>'
+    "<t:ReminderMinutesBeforeStart>30</t:ReminderMinutesBeforeStart><t:Start>2014-03-08T13:21:32.868-08:00</t:Start>"
+    "<t:End>2014-03-08T14:21:32.868-08:00</t:End><t:Location>Contoso Main Gallery</t:Location><t:Recurrence>"
+    "<t:WeeklyRecurrence><t:Interval>1</t:Interval><t:DaysOfWeek>Saturday</t:DaysOfWeek></t:WeeklyRecurrence>"
+    "<t:NumberedRecurrence><t:StartDate>2014-03-08-08:00</t:StartDate><t:NumberOfOccurrences>10</t:NumberOfOccurrences>"
+    "</t:NumberedRecurrence></t:Recurrence></t:CalendarItem>"
+)
+# how-to-access-a-recurring-series-by-using-ews-in-exchange.md: GetItem of an OccurrenceItemId
+OCCURRENCE_ANSWER = """
+m:GetItemResponse
+  m:ResponseMessages
+    m:GetItemResponseMessage [ResponseClass]
+      m:ResponseCode
+      m:Items
+        t:CalendarItem
+          t:ItemId [ChangeKey Id]
+          t:Start
+          t:CalendarItemType
+"""
+# modifiedoccurrences.md, occurrence.md, deletedoccurrences.md, deletedoccurrence.md
+SERIES_ANSWER = """
+m:GetItemResponse
+  m:ResponseMessages
+    m:GetItemResponseMessage [ResponseClass]
+      m:ResponseCode
+      m:Items
+        t:CalendarItem
+          t:ItemId [ChangeKey Id]
+          t:CalendarItemType
+          t:ModifiedOccurrences
+            t:Occurrence
+              t:ItemId [ChangeKey Id]
+              t:Start
+              t:End
+              t:OriginalStart
+          t:DeletedOccurrences
+            t:DeletedOccurrence
+              t:Start
+"""
+
+
+def test_occurrences_of_a_series_match_the_documented_examples(client: Client) -> None:
+    master_id, _ = _create(client, "calendar", SERIES)
+    shape = '<m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties><t:FieldURI FieldURI="calendar:CalendarItemType" /><t:FieldURI FieldURI="calendar:Start" /></t:AdditionalProperties></m:ItemShape>'  # fmt: skip
+    _, got = client.call(f'<m:GetItem>{shape}<m:ItemIds><t:OccurrenceItemId RecurringMasterId="{master_id}" InstanceIndex="2" /></m:ItemIds></m:GetItem>')  # fmt: skip
+    assert outline(got) == expect(OCCURRENCE_ANSWER)
+    assert got.findtext(f".//{{{T_NS}}}Start") == "2014-03-15T21:21:32Z"
+    assert got.findtext(f".//{{{T_NS}}}CalendarItemType") == "Occurrence"
+    _, got = client.call(
+        f'<m:UpdateItem ConflictResolution="AutoResolve" SendMeetingInvitationsOrCancellations="SendToNone"><m:ItemChanges><t:ItemChange><t:OccurrenceItemId RecurringMasterId="{master_id}" InstanceIndex="2" /><t:Updates><t:SetItemField><t:FieldURI FieldURI="item:Subject"/><t:CalendarItem><t:Subject>Moved</t:Subject></t:CalendarItem></t:SetItemField></t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>'
+    )  # fmt: skip
+    assert outline(got) == expect(ITEM_ID_ANSWER, op="UpdateItem", tag="CalendarItem")
+    _, got = client.call(
+        f'<m:DeleteItem DeleteType="HardDelete" SendMeetingCancellations="SendToNone"><m:ItemIds><t:OccurrenceItemId RecurringMasterId="{master_id}" InstanceIndex="3" /></m:ItemIds></m:DeleteItem>'
+    )  # fmt: skip
+    assert outline(got) == expect(PLAIN_SUCCESS, op="DeleteItem")
+    fields = "".join(f'<t:FieldURI FieldURI="calendar:{n}"/>' for n in ("CalendarItemType", "ModifiedOccurrences", "DeletedOccurrences"))  # fmt: skip
+    _, got = client.call(
+        f'<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties>{fields}</t:AdditionalProperties></m:ItemShape><m:ItemIds><t:ItemId Id="{master_id}"/></m:ItemIds></m:GetItem>'
+    )  # fmt: skip
+    assert outline(got) == expect(SERIES_ANSWER)
+    assert got.findtext(f".//{{{T_NS}}}OriginalStart") == "2014-03-15T21:21:32Z"
+    assert got.findtext(f".//{{{T_NS}}}DeletedOccurrence/{{{T_NS}}}Start") == "2014-03-22T21:21:32Z"
+    _, got = client.call(f'<m:GetItem>{shape}<m:ItemIds><t:OccurrenceItemId RecurringMasterId="{master_id}" InstanceIndex="11" /></m:ItemIds></m:GetItem>')  # fmt: skip
+    assert got.findtext(f".//{{{M_NS}}}ResponseCode") == "ErrorCalendarOccurrenceIndexIsOutOfRecurrenceRange"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+from tests.servers.ews import occurrences
 from tests.servers.ews.model import Folder, Item, Mailbox, Store, User
 from tests.servers.ews.soap import EwsError, q
 
@@ -48,6 +49,10 @@ class Context:
         return [] if container is None else list(container)
 
     def item(self, elem: ET.Element) -> tuple[Mailbox, Item]:
-        mailbox, item = self.store.item(elem.get("Id") or "")
+        """A <t:ItemId>, or a <t:OccurrenceItemId> (an occurrence of a recurring series)."""
+        if elem.tag == q("t:OccurrenceItemId"):
+            mailbox, item = occurrences.resolve(self.store, elem)
+        else:
+            mailbox, item = self.store.item(elem.get("Id") or "")
         self.check_access(mailbox.user.smtp)
         return mailbox, item

@@ -7,6 +7,7 @@ import binascii
 import datetime as dt
 import xml.etree.ElementTree as ET
 
+from tests.servers.ews import occurrences
 from tests.servers.ews.context import Context
 from tests.servers.ews.model import Item, new_uid
 from tests.servers.ews.properties import Shape, delete_field, item_element, merge_field
@@ -185,13 +186,16 @@ def update_item(ctx: Context, request: ET.Element) -> ET.Element:
     messages = []
     for change in ctx.folders(request.find(q("m:ItemChanges"))):
         ref = change.find(q("t:ItemId"))
+        if ref is None:
+            ref = change.find(q("t:OccurrenceItemId"))
         try:
             if ref is None:
                 raise EwsError("ErrorInvalidIdMalformed", "Id is malformed.")
             with ctx.store.lock:
                 mailbox, item = ctx.item(ref)
                 sent_key = ref.get("ChangeKey")
-                if resolution == "NeverOverwrite" and sent_key and sent_key != item.change_key:
+                current = item.master.change_key if ref.tag == q("t:OccurrenceItemId") and item.master else item.change_key
+                if resolution == "NeverOverwrite" and sent_key and sent_key != current:
                     raise EwsError(
                         "ErrorIrresolvableConflict",
                         "The send or update operation could not be performed because the change key passed in the "
@@ -209,7 +213,12 @@ def update_item(ctx: Context, request: ET.Element) -> ET.Element:
                         read_only = False
                         for uri in update:
                             delete_field(item, uri)
-                ctx.store.update_item(mailbox.user.smtp, item, read_only=read_only)
+                    if any((u.get("FieldURI") or "") == "calendar:Recurrence" for u in update):
+                        occurrences.reset(mailbox, item)  # a new pattern: the exceptions are gone
+                if item.master is not None:
+                    occurrences.changed(ctx.store, mailbox, item)
+                else:
+                    ctx.store.update_item(mailbox.user.smtp, item, read_only=read_only)
                 answer = _id_only(item)
         except EwsError as e:
             message = error("UpdateItem", e.code, e.text)
@@ -228,7 +237,9 @@ def delete_item(ctx: Context, request: ET.Element) -> ET.Element:
         try:
             with ctx.store.lock:
                 mailbox, item = ctx.item(ref)
-                if how == "MoveToDeletedItems" and item.folder.distinguished != "deleteditems":
+                if item.master is not None:  # one occurrence of a series
+                    occurrences.deleted(ctx.store, mailbox, item)
+                elif how == "MoveToDeletedItems" and item.folder.distinguished != "deleteditems":
                     ctx.store.move_item(mailbox.user.smtp, item, mailbox.distinguished("deleteditems"))
                 else:
                     ctx.store.remove_item(mailbox.user.smtp, item)

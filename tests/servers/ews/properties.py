@@ -13,6 +13,7 @@ import email.utils
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from tests.servers.ews import occurrences
 from tests.servers.ews.model import Folder, Item, Mailbox, format_time, mime_date, xml_safe
 from tests.servers.ews.soap import el, local, q, sub
 
@@ -204,6 +205,8 @@ def item_properties(item: Item, wanted: set[str] | None, mime: bool) -> dict[str
             for header_name, header_value in item.header_list:
                 sub(headers, "t:InternetMessageHeader", header_value, HeaderName=header_name)
             props["InternetMessageHeaders"] = headers
+    if item.tag == "CalendarItem":
+        props.update({name: value for name, value in occurrences.properties(item).items() if want(name)})
     for name, value in item.fields.items():
         # extended properties only when named (AllProperties does not give them, as in Exchange)
         if want(name) and (not name.startswith("ExtendedProperty:") or (wanted is not None and name in wanted)):

@@ -15,8 +15,10 @@ from typing import Any
 import icalendar
 from exchangelib import CalendarItem, EWSDate, EWSDateTime, EWSTimeZone
 from exchangelib.errors import UnknownTimeZone
-from exchangelib.properties import Attendee, Mailbox
+from exchangelib.items import AUTO_RESOLVE
+from exchangelib.properties import Attendee, ItemId, Mailbox
 
+from mailfiler.sources.ews import occurrences
 from mailfiler.sources.ews.recurrence import from_rrule, to_rrule
 from mailfiler.sources.ews.settings import EwsSettings
 from mailfiler.sources.ews.target import EwsItemTarget, canon, plain_utc
@@ -35,6 +37,8 @@ _PROPS = {
     "recurrence": ("RRULE",),
 }
 _OPTIONAL = {"OPT-PARTICIPANT", "NON-PARTICIPANT"}
+#: what a changed occurrence holds (the rest is the master's)
+_OCCURRENCE_FIELDS = ("subject", "start", "end", "location", "body")
 
 
 def read_calendar(data: bytes) -> tuple[Any, Any]:
@@ -79,7 +83,7 @@ def _address(value: Any) -> tuple[str, str]:
 
 def event_values(data: bytes) -> dict[str, Any]:
     """exchangelib CalendarItem fields for an iCalendar item."""
-    _, ev = read_calendar(data)
+    cal, ev = read_calendar(data)
     values: dict[str, Any] = {name: None for name in CalendarTarget.fields}
     start_prop = ev.get("DTSTART")
     if start_prop is None:
@@ -108,7 +112,30 @@ def event_values(data: bytes) -> dict[str, Any]:
     values["optional_attendees"] = optional or None
     rules = _as_list(ev.get("RRULE"))
     values["recurrence"] = from_rrule(rules[0], start) if rules else None
+    values["_deleted"], values["_overrides"] = {}, {}
+    if values["recurrence"] is not None and not all_day:
+        deleted, overrides = occurrences.exceptions(cal, ev)
+        values["_deleted"] = deleted
+        values["_overrides"] = {i: _override(o, end - start) for i, o in overrides.items()}
     return values
+
+
+def _override(ev: Any, length: dt.timedelta) -> dict[str, Any]:
+    """A RECURRENCE-ID VEVENT as the fields of a changed occurrence."""
+    start = ev["DTSTART"].dt if ev.get("DTSTART") is not None else ev["RECURRENCE-ID"].dt
+    end = ev["DTEND"].dt if ev.get("DTEND") is not None else start + length
+    return {
+        "original": ev["RECURRENCE-ID"].dt,
+        "subject": str(ev.get("SUMMARY", "")).strip() or None,
+        "start": _ews_time(start),
+        "end": _ews_time(end),
+        "location": str(ev.get("LOCATION", "")).strip() or None,
+        "body": str(ev.get("DESCRIPTION", "")).strip() or None,
+    }
+
+
+def _key(o: dict[str, Any]) -> tuple[Any, ...]:
+    return occurrences.override_key(o["original"], o["subject"], o["start"], o["end"], o["location"], o["body"])
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -178,7 +205,34 @@ def render_event(
         rule = to_rrule(values["recurrence"], all_day=all_day)
         if rule is not None:
             ev.add("rrule", icalendar.vRecur.from_ical(rule))
+    zone = _kept_zone(old, zones[0])
+    if "exdates" in changed:
+        while "EXDATE" in ev:
+            del ev["EXDATE"]
+        gone = sorted(values.get("_deleted", {}).values(), key=occurrences.instant)
+        if gone:
+            ev.add("exdate", [_ical_time(t, zone, False) for t in gone])
+    if "overrides" in changed:
+        _replace_overrides(cal, values.get("_overrides", {}), uid, zone)
     return cal.to_ical()
+
+
+def _replace_overrides(cal: Any, overrides: dict[Any, dict[str, Any]], uid: str, zone: Any) -> None:
+    for comp in [c for c in cal.subcomponents if c.name == "VEVENT" and "RECURRENCE-ID" in c]:
+        cal.subcomponents.remove(comp)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    for o in sorted(overrides.values(), key=lambda o: occurrences.instant(o["original"])):
+        one = icalendar.Event()
+        one.add("uid", uid)
+        one.add("dtstamp", now)
+        one.add("recurrence-id", _ical_time(o["original"], zone, False))
+        one.add("dtstart", _ical_time(o["start"], zone, False))
+        if o.get("end") is not None:
+            one.add("dtend", _ical_time(o["end"], zone, False))
+        for prop, name in (("summary", "subject"), ("location", "location"), ("description", "body")):
+            if o.get(name):
+                one.add(prop, str(o[name]))
+        cal.add_component(one)
 
 
 class CalendarTarget(EwsItemTarget):
@@ -201,6 +255,8 @@ class CalendarTarget(EwsItemTarget):
 
     def __init__(self, settings: EwsSettings, folder: str | None = None) -> None:
         super().__init__("calendar", settings, folder)
+        #: master id -> (occurrence, its fields) of its changed occurrences, from ``_fetch``
+        self._occurrences: dict[str, list[tuple[Any, Any]]] = {}
 
     def uid_of(self, data: bytes) -> str:
         _, ev = read_calendar(data)
@@ -219,6 +275,8 @@ class CalendarTarget(EwsItemTarget):
         if not values.get("is_all_day"):  # a time is its instant and its zone (by Windows name)
             for key in ("start", "end"):
                 out[key] = (out[key], _ms_id(values.get(key)))
+        out["exdates"] = tuple(sorted(occurrences.instant(t) for t in values.get("_deleted", {}).values()))
+        out["overrides"] = tuple(sorted(_key(o) for o in values.get("_overrides", {}).values()))
         return out
 
     def read_values(self, item: Any) -> dict[str, Any]:
@@ -232,14 +290,62 @@ class CalendarTarget(EwsItemTarget):
             for key, zone in (("start", _zone_of(item, "start")), ("end", _zone_of(item, "end"))):
                 if isinstance(values[key], dt.datetime) and zone is not None:
                     values[key] = values[key].astimezone(zone)
+        values["_deleted"], values["_overrides"] = {}, {}
+        if not item.is_all_day:
+            values["_deleted"] = {n: d.start for n, d in enumerate(item.deleted_occurrences or [])}
+            for n, (occ, got) in enumerate(self._occurrences.pop(item.id, [])):
+                fields = {name: getattr(got, name, None) for name in _OCCURRENCE_FIELDS}
+                values["_overrides"][n] = {"original": occ.original_start, **fields}
         return values
+
+    # -- exceptions: one request per changed or deleted occurrence, after the master's write --
+    def _fetch(self, ids: list[str]) -> list[Any]:
+        items = super()._fetch(ids)
+        wanted = [(i, o) for i in items if not isinstance(i, Exception) for o in (i.modified_occurrences or [])]
+        if wanted:
+            account = self.client.account
+            got = list(account.fetch([ItemId(o.id) for _, o in wanted], only_fields=list(_OCCURRENCE_FIELDS)))
+            for (item, occ), one in zip(wanted, got, strict=True):
+                if not isinstance(one, Exception):
+                    self._occurrences.setdefault(item.id, []).append((occ, one))
+        return items
+
+    def _create_item(self, folder: Any, values: dict[str, Any], data: bytes, uid: str) -> tuple[str, str]:
+        deleted, overrides = values.pop("_deleted", {}), values.pop("_overrides", {})
+        item_id, key = super()._create_item(folder, values, data, uid)
+        return item_id, self._exceptions(item_id, key, deleted, overrides)
+
+    def _update_item(self, item_id: str, etag: str, values: dict[str, Any], data: bytes, uid: str) -> str:
+        deleted, overrides = values.pop("_deleted", {}), values.pop("_overrides", {})
+        key = super()._update_item(item_id, etag, values, data, uid)
+        return self._exceptions(item_id, key, deleted, overrides)
+
+    def _exceptions(self, item_id: str, key: str, deleted: dict[int, Any], overrides: dict[int, Any]) -> str:
+        """Delete and change the occurrences; the master's ChangeKey after them.  The master was
+        written with NeverOverwrite a moment before (which also dropped its old exceptions: its
+        Recurrence was set), so these follow it with AutoResolve."""
+        if not deleted and not overrides:
+            return key
+        account = self.client.account
+        master = CalendarItem(account=account, id=item_id, changekey=key)
+        for index in sorted(deleted):
+            master.occurrence(index).delete()
+        for index, fields in sorted(overrides.items()):
+            occ = master.occurrence(index)
+            for name in _OCCURRENCE_FIELDS:
+                setattr(occ, name, fields[name])
+            occ.save(update_fields=list(_OCCURRENCE_FIELDS), conflict_resolution=AUTO_RESOLVE)
+        [fresh] = list(account.fetch([ItemId(item_id)], only_fields=["changekey"]))
+        if isinstance(fresh, Exception):
+            raise fresh
+        return str(fresh.changekey)
 
     def render(self, values: dict[str, Any], kept: bytes | None, uid: str, changed: set[str]) -> bytes:
         zones = (_ms_id(values.get("start")), _ms_id(values.get("end")))
         return render_event(values, kept, uid, changed, zones)
 
     def extra_only(self, only: list[str]) -> list[str]:
-        return [*only, "uid", "_start_timezone", "_end_timezone"]
+        return [*only, "uid", "_start_timezone", "_end_timezone", "modified_occurrences", "deleted_occurrences"]
 
     def update_fields(self, item: Any, names: list[str]) -> list[str]:
         return [n for n in names if n != "uid"]
