@@ -185,6 +185,7 @@ DROP_INS = sorted((UNIT.parent / "drop-ins").glob("*.conf"))
 SECURITY_SAYS = {
     "cloud-services.conf": "does not define an IP address allow list",
     "dav-server.conf": "allow list with non-localhost entries",
+    "exchange-server.conf": "allow list with non-localhost entries",
     "imap-server.conf": "allow list with non-localhost entries",
     "postgresql-remote.conf": "allow list with non-localhost entries",
     "maildirs-only.conf": "fake empty home directories",
