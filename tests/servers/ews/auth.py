@@ -1,4 +1,5 @@
-"""HTTP authentication of the fake Exchange: Basic, and NTLM through pyspnego's acceptor.
+"""HTTP authentication of the fake Exchange: Basic, NTLM through pyspnego's acceptor, and
+OAuth 2.0 bearer tokens the test grants (``EwsServer.grant_token``; no token endpoint).
 
 pyspnego (already installed as requests-ntlm's dependency, which exchangelib uses for NTLM)
 is the one maintained Python NTLM implementation with a server side; ntlm-auth is client-only
@@ -39,6 +40,8 @@ class ConnectionAuth:
 class Authenticator:
     store: Store
     schemes: set[str] = field(default_factory=lambda: {"basic", "ntlm"})
+    #: OAuth 2.0 bearer tokens this server takes (scheme "bearer"): token -> smtp of its user
+    tokens: dict[str, str] = field(default_factory=dict)
     _user_file: Path | None = None
 
     def challenge(self, token: str | None = None) -> Response:
@@ -47,6 +50,8 @@ class Authenticator:
             offers.append(f"NTLM {token}" if token else "NTLM")
         if "basic" in self.schemes and token is None:
             offers.append('Basic realm="127.0.0.1"')
+        if "bearer" in self.schemes and token is None:
+            offers.append('Bearer authorization_uri="https://login.example.com/oauth2/authorize", error="invalid_token"')
         return Response(401, {"WWW-Authenticate": ", ".join(offers), "Content-Type": "text/html"}, b"401 - Unauthorized")
 
     def _write_user_file(self) -> Path:
@@ -81,6 +86,9 @@ class Authenticator:
             if user is not None and user.password == password:
                 return user
             return self.challenge()
+        if scheme == "bearer" and "bearer" in self.schemes:
+            user = self.store.users.get(self.tokens.get(value.strip(), ""))
+            return user if user is not None else self.challenge()
         if scheme in ("ntlm", "negotiate") and "ntlm" in self.schemes:
             return self._ntlm(value, conn)
         if conn.user is not None and not header:

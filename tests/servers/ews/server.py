@@ -205,6 +205,13 @@ class EwsServer(FakeServer):
         )
         self.store.add_user(user, list(folders))
 
+    def grant_token(self, token: str, smtp: str) -> None:
+        """An OAuth 2.0 access token for ``smtp`` (needs ``auth`` with "bearer"); ``revoke_token`` ends it."""
+        self.auth.tokens[token] = smtp.lower()
+
+    def revoke_token(self, token: str) -> None:
+        self.auth.tokens.pop(token, None)
+
     # -- acting as Outlook (each makes the sync changes and events Exchange would) ----------
     def folder(self, user: str, path: str) -> Folder:
         with self.store.lock:

@@ -241,6 +241,8 @@ class EwsItemTarget(Target):
                 self._folder = await self.client.run(self._find_folder)
             except ex.ErrorFolderNotFound as exc:
                 raise SyncTargetUnavailable(f"{self.location}: {exc}", location=self.location) from exc
+            except MailfilerError as exc:  # a refused login, an unreachable server: this collection stops
+                raise SyncTargetUnavailable(f"{self.location}: {exc}", location=self.location) from exc
         return self._folder
 
     async def _run(self, fn: Any, *args: Any) -> Any:
