@@ -208,3 +208,24 @@ async def test_server_busy_is_honoured(ews: Ews) -> None:
     [r] = await ews.rig.sync_ok("contacts")
     assert r.uploaded == 3 and time.monotonic() - start >= 1.0
     assert len(ews.contacts()) == 3
+
+
+async def test_an_appointment_the_user_marks_tracked_in_outlook_becomes_crm_data(ews: Ews) -> None:
+    from exchangelib import CalendarItem, EWSDateTime, EWSTimeZone
+
+    start = EWSDateTime(2024, 10, 1, 10, 0, tzinfo=EWSTimeZone(STO))
+    acc = ews.outlook
+    CalendarItem(account=acc, folder=acc.calendar, subject="Lunch med Åsa", start=start, end=start.replace(hour=11),
+                 location="Café Möllan", categories=["Tracked"]).save()  # fmt: skip
+    CalendarItem(account=acc, folder=acc.calendar, subject="Tandläkare", start=start.replace(hour=15),
+                 end=start.replace(hour=16)).save()  # fmt: skip
+    [r] = await ews.rig.sync_ok("calendar")
+    assert r.created_crm == 1 and set(crm_appointments()) == {"Lunch med Åsa"}  # the private one stays private
+    crm = crm_appointments()["Lunch med Åsa"]
+    # Exchange names zones the Windows way: "W. Europe Standard Time" comes back as Europe/Berlin
+    assert (crm["start"], crm["location"]) == ("2024-10-01T10:00:00[Europe/Berlin]", "Café Möllan")
+    AppointmentStore().write(_id(next(iter(AppointmentStore().load_all().values())).uid), {"location": "Malmö"})
+    [r] = await ews.rig.sync_ok("calendar")
+    assert r.updated_mailbox == 1
+    lunch = ews.events()["Lunch med Åsa"]
+    assert (lunch.location, lunch.categories) == ("Malmö", ["Tracked"])

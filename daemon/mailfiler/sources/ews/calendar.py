@@ -32,6 +32,7 @@ _PROPS = {
     "is_all_day": ("DTSTART", "DTEND", "DURATION"),
     "location": ("LOCATION",),
     "body": ("DESCRIPTION",),
+    "categories": ("CATEGORIES",),
     "required_attendees": ("ATTENDEE",),
     "optional_attendees": ("ATTENDEE",),
     "recurrence": ("RRULE",),
@@ -101,6 +102,8 @@ def event_values(data: bytes) -> dict[str, Any]:
     values["subject"] = str(ev.get("SUMMARY", "")).strip() or None
     values["location"] = str(ev.get("LOCATION", "")).strip() or None
     values["body"] = str(ev.get("DESCRIPTION", "")).strip() or None
+    categories = [str(c).strip() for prop in _as_list(ev.get("CATEGORIES")) for c in getattr(prop, "cats", [prop])]
+    values["categories"] = [c for c in categories if c] or None  # Outlook's categories (a user marks "Tracked")
     required: list[Attendee] = []
     optional: list[Attendee] = []
     for att in _as_list(ev.get("ATTENDEE")):
@@ -195,6 +198,8 @@ def render_event(
     for prop, name in (("SUMMARY", "subject"), ("LOCATION", "location"), ("DESCRIPTION", "body")):
         if prop in props and values.get(name):
             ev.add(prop, str(values[name]))
+    if "CATEGORIES" in props and values.get("categories"):
+        ev.add("categories", list(values["categories"]))
     for role, key in (("REQ-PARTICIPANT", "required_attendees"), ("OPT-PARTICIPANT", "optional_attendees")):
         for who in (values.get(key) or []) if "ATTENDEE" in props else []:
             params = {"ROLE": role}
@@ -246,6 +251,7 @@ class CalendarTarget(EwsItemTarget):
         "is_all_day",
         "location",
         "body",
+        "categories",
         "required_attendees",
         "optional_attendees",
         "recurrence",
@@ -310,32 +316,33 @@ class CalendarTarget(EwsItemTarget):
                     self._occurrences.setdefault(item.id, []).append((occ, one))
         return items
 
-    def _create_item(self, folder: Any, values: dict[str, Any], data: bytes, uid: str) -> tuple[str, str]:
-        deleted, overrides = values.pop("_deleted", {}), values.pop("_overrides", {})
-        item_id, key = super()._create_item(folder, values, data, uid)
-        return item_id, self._exceptions(item_id, key, deleted, overrides)
+    def split(self, values: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        return values, (values.pop("_deleted", {}), values.pop("_overrides", {}))
 
-    def _update_item(self, item_id: str, etag: str, values: dict[str, Any], data: bytes, uid: str) -> str:
-        deleted, overrides = values.pop("_deleted", {}), values.pop("_overrides", {})
-        key = super()._update_item(item_id, etag, values, data, uid)
-        return self._exceptions(item_id, key, deleted, overrides)
-
-    def _exceptions(self, item_id: str, key: str, deleted: dict[int, Any], overrides: dict[int, Any]) -> str:
-        """Delete and change the occurrences; the master's ChangeKey after them.  The master was
-        written with NeverOverwrite a moment before (which also dropped its old exceptions: its
-        Recurrence was set), so these follow it with AutoResolve."""
+    async def after_write(self, item_id: str, key: str, later: Any) -> str:
+        """Delete and change the occurrences, one request each; the master's ChangeKey after
+        them.  The master was written a moment before with NeverOverwrite (which also dropped
+        its old exceptions: its Recurrence was set), so these follow it with AutoResolve."""
+        deleted, overrides = later or ({}, {})
         if not deleted and not overrides:
             return key
-        account = self.client.account
-        master = CalendarItem(account=account, id=item_id, changekey=key)
         for index in sorted(deleted):
-            master.occurrence(index).delete()
+            await self._run(self._delete_occurrence, item_id, key, index)
         for index, fields in sorted(overrides.items()):
-            occ = master.occurrence(index)
-            for name in _OCCURRENCE_FIELDS:
-                setattr(occ, name, fields[name])
-            occ.save(update_fields=list(_OCCURRENCE_FIELDS), conflict_resolution=AUTO_RESOLVE)
-        [fresh] = list(account.fetch([ItemId(item_id)], only_fields=["changekey"]))
+            await self._run(self._change_occurrence, item_id, key, index, fields)
+        return str(await self._run(self._changekey, item_id))
+
+    def _delete_occurrence(self, item_id: str, key: str, index: int) -> None:
+        CalendarItem(account=self.client.account, id=item_id, changekey=key).occurrence(index).delete()
+
+    def _change_occurrence(self, item_id: str, key: str, index: int, fields: dict[str, Any]) -> None:
+        occ = CalendarItem(account=self.client.account, id=item_id, changekey=key).occurrence(index)
+        for name in _OCCURRENCE_FIELDS:
+            setattr(occ, name, fields[name])
+        occ.save(update_fields=list(_OCCURRENCE_FIELDS), conflict_resolution=AUTO_RESOLVE)
+
+    def _changekey(self, item_id: str) -> str:
+        [fresh] = list(self.client.account.fetch([ItemId(item_id)], only_fields=["changekey"]))
         if isinstance(fresh, Exception):
             raise fresh
         return str(fresh.changekey)

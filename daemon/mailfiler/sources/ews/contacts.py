@@ -59,6 +59,7 @@ _PROPS = {
     "company_name": ("org",),
     "job_title": ("title",),
     "body": ("note",),
+    "categories": ("categories",),
 }
 
 
@@ -129,7 +130,17 @@ def contact_values(data: bytes) -> dict[str, Any]:
     values["job_title"] = _text(c["title"][0].value) if "title" in c else None
     notes = "\n".join(_text(line.value) for line in c.get("note", []))
     values["body"] = notes or None
+    values["categories"] = _categories(c.get("categories", [])) or None
     return values
+
+
+def _categories(lines: list[Any]) -> list[str]:
+    """CATEGORIES (one or more lines, comma-separated): Outlook's categories, as a user marks items."""
+    out: list[str] = []
+    for line in lines:
+        value = line.value
+        out.extend(_text(v) for v in (value if isinstance(value, list) else str(value).split(",")))
+    return [c for c in out if c]
 
 
 def render_card(values: dict[str, Any], kept: bytes | None, uid: str, changed: set[str]) -> bytes:
@@ -168,6 +179,8 @@ def render_card(values: dict[str, Any], kept: bytes | None, uid: str, changed: s
         card.add("title").value = values["job_title"]
     if "note" in props and values.get("body"):
         card.add("note").value = str(values["body"])
+    if "categories" in props and values.get("categories"):
+        card.add("categories").value = list(values["categories"])
     if "fn" not in card.contents:  # a vCard must have one
         card.add("fn").value = values.get("display_name") or ""
     return card.serialize().encode()
@@ -213,6 +226,7 @@ class ContactsTarget(EwsItemTarget):
         "company_name",
         "job_title",
         "body",
+        "categories",
     )
     distinguished = "contacts"
     folder_class = "IPF.Contact"

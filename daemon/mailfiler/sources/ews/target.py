@@ -44,7 +44,7 @@ from exchangelib.properties import ItemId
 from exchangelib.recurrence import Boundary
 from exchangelib.services import SyncFolderItems
 
-from mailfiler.errors import MailfilerError
+from mailfiler.errors import MailfilerError, SyncError
 from mailfiler.sources.ews.client import EwsClient
 from mailfiler.sources.ews.settings import EwsSettings
 from mailfiler.sources.target import (
@@ -337,7 +337,15 @@ class EwsItemTarget(Target):
         try:
             return self.uid_of(data), self.to_values(data)
         except ValueError as exc:
-            raise MailfilerError(f"{self.location}: the item cannot be written to Exchange: {exc}") from exc
+            raise SyncError(f"{self.location}: the item cannot be written to Exchange: {exc}") from exc
+
+    def split(self, values: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        """The item's exchangelib field values, and what is written after the item itself."""
+        return values, None
+
+    async def after_write(self, item_id: str, key: str, later: Any) -> str:
+        """Write *later* (a series' exceptions), each request its own call; the item's ChangeKey then."""
+        return key
 
     def _create_item(self, folder: Folder, values: dict[str, Any], data: bytes, uid: str) -> tuple[str, str]:
         item = self.item_cls(account=self.client.account, folder=folder, mf_source=data.decode(), mf_uid=uid, **values)
@@ -352,10 +360,14 @@ class EwsItemTarget(Target):
         if uid in self._uids:
             raise SyncItemExists(f"{self.location}: an item with UID {uid} exists", href=self._uids[uid])
         _, values = self._values(data)
+        values, later = self.split(values)
         item_id, key = await self._run(self._create_item, folder, values, data, uid)
         href = self._href(item_id)
         self._uids[uid] = href
-        return href, key
+        try:
+            return href, await self.after_write(item_id, key, later)
+        except _ITEM_LEVEL as exc:  # the item went away meanwhile: the next sync sees what is there
+            raise SyncPreconditionFailed(f"{self.location}: {href} changed while it was written", href=href) from exc
 
     def _update_item(self, item_id: str, etag: str, values: dict[str, Any], data: bytes, uid: str) -> str:
         item = self.item_cls(account=self.client.account, id=item_id, changekey=etag, **values)
@@ -370,8 +382,10 @@ class EwsItemTarget(Target):
     async def update(self, href: str, data: bytes, etag: str) -> str:
         item_id = self._id(href)
         uid, values = self._values(data)
+        values, later = self.split(values)
         try:
-            return str(await self._run(self._update_item, item_id, etag, values, data, uid))
+            key = str(await self._run(self._update_item, item_id, etag, values, data, uid))
+            return await self.after_write(item_id, key, later)
         except (ex.ErrorItemNotFound, ex.ErrorInvalidIdMalformed) as exc:
             raise SyncItemNotFound(f"{self.location}: no item {href}", href=href) from exc
         except _STALE as exc:
