@@ -155,6 +155,9 @@ async def test_a_recurring_event_with_exceptions_round_trips(ews: Ews) -> None:
     [r] = await ews.rig.sync_ok("calendar")
     assert r.changes == 0
     assert crm_appointments()["Veckomöte"]["overrides"] == [MOVED]
+    # a sync never mails the attendees: every write says SendToNone
+    writes = [r.body for r in ews.server.requests if r.operation in ("CreateItem", "UpdateItem", "DeleteItem")]
+    assert writes and all(b"SendToAll" not in body and b"SendOnlyTo" not in body for body in writes)
 
 
 def _id(uid: str) -> Any:

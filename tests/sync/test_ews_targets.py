@@ -189,7 +189,7 @@ async def test_server_busy_is_waited_out(server: EwsServer) -> None:
     assert len(await t.list()) == 1
 
 
-async def test_a_missing_folder_is_made_or_the_collection_is_unavailable(server: EwsServer) -> None:
+async def test_a_missing_folder_without_create_is_unavailable(server: EwsServer) -> None:
     t = ews_target(server, "contacts", "Elsewhere")
     await t.open(create=False)
     with pytest.raises(SyncTargetUnavailable):

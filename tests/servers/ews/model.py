@@ -130,8 +130,7 @@ class Item:
     modified: dt.datetime = field(default_factory=_now)
     headers: dict[str, str] = field(default_factory=dict)  # parsed from the MIME, by lower-case name
     header_list: list[tuple[str, str]] = field(default_factory=list)  # all of them, in order
-    # a recurring series (occurrences.py): a master's changed and deleted occurrences by
-    # instance index; an occurrence's master and index
+    # a series (occurrences.py): a master's changed/deleted occurrences by index; an occurrence's master
     exceptions: dict[int, Item] = field(default_factory=dict)
     deleted: set[int] = field(default_factory=set)
     master: Item | None = None
