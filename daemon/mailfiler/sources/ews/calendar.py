@@ -99,6 +99,7 @@ def event_values(data: bytes) -> dict[str, Any]:
     all_day = not isinstance(start, dt.datetime)
     values["is_all_day"] = all_day
     values["start"], values["end"] = _ews_time(start), _ews_time(end)
+    values["uid"] = str(ev.get("UID", "")).strip() or None
     values["subject"] = str(ev.get("SUMMARY", "")).strip() or None
     values["location"] = str(ev.get("LOCATION", "")).strip() or None
     values["body"] = str(ev.get("DESCRIPTION", "")).strip() or None
@@ -272,9 +273,7 @@ class CalendarTarget(EwsItemTarget):
         return uid
 
     def to_values(self, data: bytes) -> dict[str, Any]:
-        values = event_values(data)
-        values["uid"] = self.uid_of(data)
-        return values
+        return event_values(data)
 
     def snapshot(self, values: dict[str, Any]) -> dict[str, Any]:
         out = super().snapshot(values)

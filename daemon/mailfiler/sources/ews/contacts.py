@@ -131,6 +131,7 @@ def contact_values(data: bytes) -> dict[str, Any]:
     notes = "\n".join(_text(line.value) for line in c.get("note", []))
     values["body"] = notes or None
     values["categories"] = _categories(c.get("categories", [])) or None
+    values["_uid"] = _text(c["uid"][0].value) if "uid" in c else None
     return values
 
 

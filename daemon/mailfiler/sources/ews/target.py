@@ -200,7 +200,8 @@ class EwsItemTarget(Target):
 
     @abstractmethod
     def to_values(self, data: bytes) -> dict[str, Any]:
-        """exchangelib field values for the text (what Exchange can hold of it)."""
+        """exchangelib field values for the text (what Exchange can hold of it), and its UID
+        (``uid``, a field of calendar items, or ``_uid``)."""
 
     @abstractmethod
     def render(self, values: dict[str, Any], kept: bytes | None, uid: str, changed: set[str]) -> bytes:
@@ -335,9 +336,13 @@ class EwsItemTarget(Target):
     # -- writing ------------------------------------------------------------------------
     def _values(self, data: bytes) -> tuple[str, dict[str, Any]]:
         try:
-            return self.uid_of(data), self.to_values(data)
+            values = self.to_values(data)  # one parse: the UID comes with the values
+            uid = values.pop("_uid", None) or values.get("uid") or ""
+            if not uid:
+                raise ValueError("the item has no UID")
         except ValueError as exc:
             raise SyncError(f"{self.location}: the item cannot be written to Exchange: {exc}") from exc
+        return uid, values
 
     def split(self, values: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         """The item's exchangelib field values, and what is written after the item itself."""
