@@ -10,6 +10,8 @@ Exchange, a fresh SQLite store and the same CRM items (bench/sync_vdir.py's seed
   each, not timed); the sync that brings all of them into the CRM: one
   SyncFolderItems per folder, GetItem in batches, each item rebuilt on its kept copy.
 - resync, no change: one SyncFolderItems per folder, nothing read.
+- bare create: the floor, a plain exchangelib client saving the same number of contacts
+  and events (name, e-mail, phone / subject, start, end, location), one CreateItem each.
 
     .venv/bin/python bench/sync_ews.py [--contacts 200] [--appointments 200] [--runs 3] [--json]
 """
@@ -74,7 +76,26 @@ async def one_run(server: EwsServer, root: Path, n_contacts: int, n_appointments
     for c in colls:
         await c.target.close()
     db.close()
+    out["bare_create_s"] = bare_create(server, n_contacts, n_appointments)
     return out
+
+
+def bare_create(server: EwsServer, n_contacts: int, n_appointments: int) -> float:
+    from exchangelib import CalendarItem, Contact, EWSDateTime, EWSTimeZone
+    from exchangelib.indexed_properties import EmailAddress, PhoneNumber
+
+    acc = outlook(server)
+    zone = EWSTimeZone("Europe/Stockholm")
+    t0 = time.perf_counter()
+    for i in range(n_contacts):
+        Contact(account=acc, folder=acc.contacts, display_name=f"Bare {i}", given_name="Bare", surname=str(i),
+                email_addresses=[EmailAddress(email=f"b{i}@contoso.com", label="EmailAddress1")],
+                phone_numbers=[PhoneNumber(label="BusinessPhone", phone_number=f"+46 40 {i:06d}")]).save()  # fmt: skip
+    for i in range(n_appointments):
+        start = EWSDateTime(2024, 3, 1 + i % 28, 9, 0, tzinfo=zone)
+        CalendarItem(account=acc, folder=acc.calendar, subject=f"Bare {i}", start=start, end=start.replace(hour=10),
+                     location="Rum 1").save()  # fmt: skip
+    return time.perf_counter() - t0
 
 
 def main() -> None:
