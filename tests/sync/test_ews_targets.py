@@ -16,7 +16,7 @@ from exchangelib import DELEGATE, Account, Build, CalendarItem, Configuration, C
 from exchangelib.properties import ItemId
 from exchangelib.protocol import close_connections
 
-from mailfiler.errors import SyncPreconditionFailed, SyncTargetUnavailable
+from mailfiler.errors import SyncItemExists, SyncPreconditionFailed, SyncTargetUnavailable
 from mailfiler.sources.ews.calendar import CalendarTarget
 from mailfiler.sources.ews.contacts import ContactsTarget
 from mailfiler.sources.ews.settings import EwsSettings
@@ -214,3 +214,13 @@ async def test_changes_since_reports_outlook_edits(server: EwsServer) -> None:
 def test_exchangelib_classes_carry_our_properties() -> None:
     for cls in (Contact, CalendarItem):
         assert cls.get_field_by_fieldname("mf_source") is not None
+
+
+async def test_a_listing_is_one_sync_folder_items_page_per_request(server: EwsServer) -> None:
+    t = ews_target(server, "contacts", page_size=7)
+    hrefs = {(await t.upload(item("contacts", f"p{i}"), uid=f"p{i}"))[0] for i in range(20)}
+    server.requests.clear()
+    assert set(await t.list()) == hrefs
+    assert server.operations() == ["SyncFolderItems"] * 3
+    with pytest.raises(SyncItemExists):  # the UIDs came with the pages
+        await ews_target(server, "contacts", page_size=7).upload(item("contacts", "p13"), uid="p13")

@@ -7,7 +7,8 @@ every save.  What each call costs (all of them in the client's bounded pool,
 under its timeout, ErrorServerBusy waited out as Exchange asks):
 
 ==================  =======================================================
-``list``            FindItem (IdOnly + our UID property), 200 per page
+``list``            SyncFolderItems from no state (IdOnly + our UID property),
+                    ``page_size`` (200) per page
 ``get_multi``       one GetItem per ``fetch_batch`` items
 ``upload``          CreateItem
 ``update``          UpdateItem, ConflictResolution=NeverOverwrite with the
@@ -38,6 +39,7 @@ from typing import Any
 
 from exchangelib import ExtendedProperty
 from exchangelib import errors as ex
+from exchangelib.fields import FieldPath
 from exchangelib.folders import Folder
 from exchangelib.items import ID_ONLY, NEVER_OVERWRITE
 from exchangelib.properties import ItemId
@@ -58,9 +60,6 @@ from mailfiler.sources.target import (
 )
 
 log = logging.getLogger("mailfiler.sources.ews")
-
-#: items per FindItem page of a listing
-LIST_PAGE = 200
 
 
 class SourceText(ExtendedProperty):
@@ -215,6 +214,9 @@ class EwsItemTarget(Target):
     def read_values(self, item: Any) -> dict[str, Any]:
         return {name: getattr(item, name, None) for name in self.fields}
 
+    def fields_of_class(self) -> set[str]:
+        return {f.name for f in self.item_cls.FIELDS}
+
     # -- connection ---------------------------------------------------------------------
     async def open(self, *, create: bool = True) -> None:
         self._create = create
@@ -269,17 +271,23 @@ class EwsItemTarget(Target):
         return to_href(item_id, self.extension)
 
     # -- listing ------------------------------------------------------------------------
-    def _list(self, folder: Folder) -> builtins.list[tuple[str, str, str | None]]:
-        only = ["mf_uid", "uid"] if "uid" in self.item_cls.FIELDS else ["mf_uid"]
-        query = folder.all().only(*only)
-        query.page_size = LIST_PAGE
-        return [(i.id, i.changekey, i.mf_uid or getattr(i, "uid", None)) for i in query if not isinstance(i, Exception)]
-
     async def list(self) -> dict[str, str]:
+        """A SyncFolderItems walk from no state: every item with its ChangeKey and UID,
+        one page (``page_size`` items) per request, each under the client's timeout."""
         folder = await self.folder()
-        found = await self._run(self._list, folder)
-        self._uids = {uid: self._href(i) for i, _, uid in found if uid}
-        return {self._href(i): key for i, key, _ in found}
+        found: dict[str, tuple[str, str | None]] = {}
+        state: str | None = None
+        while True:
+            changes, state, last = await self._run(self._page, folder, state, True)
+            for kind, item_id, key, uid in changes:
+                if kind == "delete":
+                    found.pop(item_id, None)
+                elif key is not None:
+                    found[item_id] = (key, uid)
+            if last:
+                break
+        self._uids = {uid: self._href(i) for i, (_, uid) in found.items() if uid}
+        return {self._href(i): key for i, (key, _) in found.items()}
 
     # -- reading ------------------------------------------------------------------------
     def _fetch(self, ids: builtins.list[str]) -> builtins.list[Any]:
@@ -417,19 +425,25 @@ class EwsItemTarget(Target):
             self._uids = {u: h for u, h in self._uids.items() if h != href}
 
     # -- changes ------------------------------------------------------------------------
-    def _page(self, folder: Folder, state: str | None) -> tuple[builtins.list[tuple[str, str, str | None]], str, bool]:
+    def _page(
+        self, folder: Folder, state: str | None, with_uid: bool = False
+    ) -> tuple[builtins.list[tuple[str, str, str | None, str | None]], str, bool]:
+        """One SyncFolderItems page: (kind, item id, ChangeKey, UID if asked), the new state, the last?"""
         svc = SyncFolderItems(account=self.client.account)
+        names = (["mf_uid", "uid"] if "uid" in self.fields_of_class() else ["mf_uid"]) if with_uid else []
+        extra = {FieldPath(field=self.item_cls.get_field_by_fieldname(n)) for n in names}
         changes = []
         for kind, item in svc.call(
             folder=folder,
             shape=ID_ONLY,
-            additional_fields=set(),
+            additional_fields=extra,
             sync_state=state,
             ignore=None,
             max_changes_returned=self.settings.page_size,
             sync_scope=None,
         ):
-            changes.append((kind, item.id, getattr(item, "changekey", None)))
+            uid = (getattr(item, "mf_uid", None) or getattr(item, "uid", None)) if with_uid else None
+            changes.append((kind, item.id, getattr(item, "changekey", None), uid))
         return changes, svc.sync_state, bool(svc.includes_last_item_in_range) or svc.sync_state == state
 
     async def changes_since(self, token: str | None) -> Changes | None:
@@ -441,7 +455,7 @@ class EwsItemTarget(Target):
                 changes, state, last = await self._run(self._page, folder, state)
             except ex.ErrorInvalidSyncStateData:
                 return None
-            for kind, item_id, key in changes:
+            for kind, item_id, key, _ in changes:
                 href = self._href(item_id)
                 if kind == "delete":
                     out.changed.pop(href, None)
