@@ -44,7 +44,6 @@ class EwsSource(Protocol):
     def client(self) -> EwsClient: ...
     async def folder_ids(self, folders: Sequence[str]) -> dict[str, str]: ...
 
-
 _FATAL = (LoginRefused, TlsCertificateRefused, MailboxMissing)
 
 
