@@ -2,10 +2,11 @@
 
 What Exchange holds of an event: the summary, start and end (a time zone
 each, by its Windows name; all day as dates), location, description,
-required and optional attendees and the recurrence rule (daily, weekly,
-monthly by day or by weekday, yearly; ended by a date, a count or never).
-The organizer, the changed and cancelled occurrences and everything else
-stay in the kept copy (see ``target.py``); ``recurrence.py`` maps the rule."""
+categories, required and optional attendees, the recurrence rule (daily,
+weekly, monthly by day or by weekday, yearly; ended by a date, a count or
+never; ``recurrence.py``) and its changed and cancelled occurrences
+(``occurrences.py``).  The organizer and everything else stay in the kept
+copy (see ``target.py``).  Writes never mail attendees (SendToNone)."""
 
 from __future__ import annotations
 

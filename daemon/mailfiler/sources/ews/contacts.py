@@ -3,8 +3,8 @@
 What Exchange holds of a card: the formatted name, given/middle/family name
 and suffix, three e-mail addresses, one phone number per Exchange label
 (BusinessPhone, MobilePhone, ...), one address each of Business, Home and
-Other, the company, the job title and the note.  Everything else of the
-card stays in the kept copy (see ``target.py``)."""
+Other, the company, the job title, the note and the categories.  Everything
+else of the card stays in the kept copy (see ``target.py``)."""
 
 from __future__ import annotations
 
