@@ -391,7 +391,7 @@ class _StoreReader:
             if match is None:
                 return {"method": None, "activity": None, "note": None}
             act = match.activity
-            regarding = act.regarding.ref if act.regarding_id is not None else None
+            regarding = rec.ref if (rec := act.regarding) is not None else None
             found = {"id": act.id, "message_id": act.message_id, "subject": act.subject, "regarding": regarding}
             return {"method": match.method, "activity": found, "note": None}
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import peewee as pw
@@ -17,8 +16,8 @@ from mailfiler.errors import (
     MailboxUnavailable,
 )
 from mailfiler.service.readahead import NOT_READ, ReadAhead, batch_bytes, put_large_attachments
-from mailfiler.service.runtime import MailboxRuntime, Services
 from mailfiler.service.storewriter import BACKFILL, writer_for
+from mailfiler.service.workerpart import NOT_DONE, ScanResult, WorkerPart, count_outcome
 from mailfiler.sources.base import Listing
 from mailfiler.store.blobs import INLINE_MAX
 from mailfiler.store.db import transaction
@@ -43,32 +42,11 @@ COMMIT_BATCH = 50
 #: a message waiting in a commit batch keeps its bytes (for the shunt, should it
 #: fail) up to this size; a larger one is read again if it fails
 KEEP_RAW_BYTES = 1024 * 1024
-#: what process() returns for a message it could not do (its cursor must not pass it)
-NOT_DONE = frozenset({"vanished", "not-tracked"})
-
-
-@dataclass
-class ScanResult:
-    folder: str
-    kind: str = "tracked"
-    new: int = 0
-    #: judged by auto-tracking and not tracked
-    skipped: int = 0
-    gone: int = 0
-    shunted: int = 0
-    missing: bool = False
-
-
 log = logging.getLogger("mailfiler.worker")
 
 
-class Backfill:
+class Backfill(WorkerPart):
     """The worker's backfill and catch-up job."""
-
-    rt: MailboxRuntime
-    services: Services
-    should_stop: Callable[[], bool]
-    progress: Callable[[str, int, int], None] | None
 
     async def _catch_up(self, folder: str, kind: str, *, backfill: bool = True) -> ScanResult | None:
         """Apply the changes since the folder's token; None when there is no
@@ -223,9 +201,9 @@ class Backfill:
         gone = present - set(listing.messages)
         result.gone = mark_gone(self.services.db, self.mailbox, folder, gone)
         todo = todo_of(listing, known)
-        if self._was_renumbered(gone, set(listing.messages)):  # type: ignore[attr-defined]
+        if self._was_renumbered(gone, set(listing.messages)):
             # the same mail under new ids: what the store knows is found by its headers
-            todo = await self._reidentify(folder, todo, listing.messages, result)  # type: ignore[attr-defined]
+            todo = await self._reidentify(folder, todo, listing.messages, result)
         complete = await self._process_all(folder, todo, listing.messages, result, token=listing.token)
         if not self.should_stop():
             with transaction(self.services.db):
@@ -233,15 +211,6 @@ class Backfill:
                     save_token(self.mailbox, folder, listing.token)
                 set_folder_state(self.mailbox, folder, "ok", synced=True)
         return result
-
-
-def count_outcome(result: ScanResult, outcome: Outcome) -> None:
-    if outcome.event == "shunted":
-        result.shunted += 1
-    elif outcome.event == "skipped":
-        result.skipped += 1
-    elif outcome.event not in NOT_DONE:
-        result.new += 1
 
 
 def _parse_or_none(raw: bytes) -> ParsedMessage | None:

@@ -12,7 +12,7 @@ from mailfiler.errors import (
     MailboxUnavailable,
     SourceError,
 )
-from mailfiler.service.runtime import MailboxRuntime, Services
+from mailfiler.service.workerpart import WorkerPart
 from mailfiler.sources.base import MarkState
 from mailfiler.tracking.folders import (
     present_source_ids,
@@ -22,14 +22,8 @@ from mailfiler.tracking.folders import (
 log = logging.getLogger("mailfiler.worker")
 
 
-class Marks:
+class Marks(WorkerPart):
     """The worker's marks job."""
-
-    rt: MailboxRuntime
-    services: Services
-    should_stop: Callable[[], bool]
-    _marks: dict[tuple[str, MarkState], list[str]]
-    _remarked: set[str]
 
     def _note_mark(self, folder: str, source_id: str, state: MarkState) -> None:
         if self.rt.source.marks:

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
-from mailfiler.service.runtime import MailboxRuntime, Services
+from mailfiler.service.workerpart import WorkerPart
 from mailfiler.sources.base import Change
 from mailfiler.store.models import Location, SeenMessage, Shunt
 from mailfiler.tracking.folders import (
@@ -21,12 +20,8 @@ from mailfiler.tracking.labels import label_at
 log = logging.getLogger("mailfiler.worker")
 
 
-class Pushed:
+class Pushed(WorkerPart):
     """The worker's watch job: pushed changes."""
-
-    rt: MailboxRuntime
-    services: Services
-    should_stop: Callable[[], bool]
 
     async def handle(self, changes: list[Change]) -> None:
         if any(c.kind == "tags" for c in changes):

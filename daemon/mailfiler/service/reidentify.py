@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from mailfiler.errors import MailboxUnavailable
 from mailfiler.service.backfill import ScanResult, count_outcome
-from mailfiler.service.runtime import MailboxRuntime, Services
 from mailfiler.service.storewriter import PUSH, writer_for
+from mailfiler.service.workerpart import WorkerPart
 from mailfiler.tracking.context import FolderContext
 from mailfiler.tracking.parse import ParsedMessage, parse_message
 from mailfiler.tracking.pipeline import Outcome
@@ -32,12 +31,8 @@ RENUMBERED = "in the folder before its message ids were renumbered (a new UIDVAL
 HEADER_BATCH = 400
 
 
-class Reidentify:
+class Reidentify(WorkerPart):
     """The worker's re-identification after a renumbering."""
-
-    rt: MailboxRuntime
-    services: Services
-    should_stop: Callable[[], bool]
 
     async def _reidentify(
         self, folder: str, todo: list[str], hints: dict[str, str | None], result: ScanResult
@@ -60,7 +55,7 @@ class Reidentify:
                     continue
                 count_outcome(result, outcome)
                 await asyncio.sleep(0)
-        await self.flush_marks()  # type: ignore[attr-defined]
+        await self.flush_marks()
         return left
 
     async def _relocate(self, fctx: FolderContext, folder: str, sid: str, head: bytes) -> Outcome | None:
@@ -71,12 +66,12 @@ class Reidentify:
             return None
         if msg.synthetic_id:
             return None
-        known = self._tracked_already(msg)  # type: ignore[attr-defined]
+        known = self._tracked_already(msg)
         if not known and fctx.tracked:
             return None  # new mail in a tracked folder: tracked from the whole message
         try:
             if known:
-                outcome = await self._track_with_retries(fctx, folder, sid, msg, None)  # type: ignore[attr-defined]
+                outcome = await self._track_with_retries(fctx, folder, sid, msg, None)
             else:
                 tracker, ctx = self.services.tracker, self.rt.ctx
                 outcome = await writer_for(self.services.db).run(
@@ -87,5 +82,5 @@ class Reidentify:
         except Exception:
             log.debug("re-identifying %s/%s from its headers failed", folder, sid, exc_info=True)
             return None
-        self._done(folder, sid, outcome, msg)  # type: ignore[attr-defined]
+        self._done(folder, sid, outcome, msg)
         return outcome

@@ -5,13 +5,12 @@ again, not judged again.  A part of :class:`~mailfiler.service.worker.MailboxWor
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from mailfiler.errors import (
     FolderMissing,
 )
 from mailfiler.service.backfill import ScanResult, todo_of
-from mailfiler.service.runtime import MailboxRuntime, Services
+from mailfiler.service.workerpart import WorkerPart
 from mailfiler.sources.base import Listing
 from mailfiler.store.db import transaction
 from mailfiler.store.models import FolderCursor, SeenMessage
@@ -30,15 +29,8 @@ from mailfiler.tracking.folders import (
 log = logging.getLogger("mailfiler.worker")
 
 
-class Watch:
+class Watch(WorkerPart):
     """The worker's watched-folder job."""
-
-    rt: MailboxRuntime
-    services: Services
-    should_stop: Callable[[], bool]
-    baseline: set[str]
-    _dropped: set[str]
-    _renumbered: set[str]
 
     async def discover(self, *, at_start: bool) -> tuple[list[str], list[str]]:
         """Find the folders auto-tracking watches; return (added, removed).
@@ -135,7 +127,13 @@ class Watch:
         return result
 
     async def _rescan_renumbered(
-        self, folder: str, listing: Listing, todo: list[str], void_present: set[str], void_seen: set[str], result
+        self,
+        folder: str,
+        listing: Listing,
+        todo: list[str],
+        void_present: set[str],
+        void_seen: set[str],
+        result: ScanResult,
     ) -> ScanResult:
         """A watched folder whose every id is void (a new UIDVALIDITY): the mail
         is the same mail, judged before or there from the start.  Each message
@@ -153,7 +151,7 @@ class Watch:
         self._renumbered.add(folder)
         try:
             # from the headers; what they cannot settle is read whole (and not judged either)
-            whole = await self._reidentify(folder, todo, listing.messages, result)  # type: ignore[attr-defined]
+            whole = await self._reidentify(folder, todo, listing.messages, result)
             await self._process_all(folder, whole, listing.messages, result, token=None)
         finally:
             self._renumbered.discard(folder)

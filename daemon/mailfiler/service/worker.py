@@ -44,6 +44,7 @@ from mailfiler.service.tags import Tags
 from mailfiler.service.watch import Watch
 from mailfiler.sources.base import MarkState
 from mailfiler.tracking import txsql
+from mailfiler.tracking.context import FolderContext
 from mailfiler.tracking.labels import label_of_raw, message_label
 from mailfiler.tracking.parse import ParsedMessage, parse_message
 from mailfiler.tracking.pipeline import Outcome
@@ -60,7 +61,9 @@ class MailboxWorker(Backfill, Watch, Reidentify, Pushed, Marks, Tags):
     watched folders (:mod:`.watch`), renumbered ids (:mod:`.reidentify`), pushed changes (:mod:`.pushed`), marks
     (:mod:`.marks`), tags (:mod:`.tags`); here the scan's entry and one message's processing."""
 
-    def __init__(self, rt: MailboxRuntime, services: Services, *, should_stop: Callable[[], bool] = lambda: False):
+    def __init__(
+        self, rt: MailboxRuntime, services: Services, *, should_stop: Callable[[], bool] = lambda: False
+    ) -> None:
         self.rt = rt
         self.services = services
         self.should_stop = should_stop
@@ -80,10 +83,6 @@ class MailboxWorker(Backfill, Watch, Reidentify, Pushed, Marks, Tags):
         #: watched folders whose message ids were renumbered (UIDVALIDITY) and that
         #: are being listed again: their mail is not judged again (_scan_watched)
         self._renumbered: set[str] = set()
-
-    @property
-    def mailbox(self):
-        return self.rt.ctx.row
 
     async def scan_folder(self, folder: str) -> ScanResult:
         """Bring the store up to date with a folder.  With a cursor token from
@@ -194,7 +193,9 @@ class MailboxWorker(Backfill, Watch, Reidentify, Pushed, Marks, Tags):
     def _tracked_already(self, parsed: ParsedMessage) -> bool:
         return txsql.activity_id(self.services.db, parsed.message_id) is not None
 
-    async def _track_with_retries(self, fctx, folder: str, source_id: str, parsed, token: str | None = None) -> Outcome:
+    async def _track_with_retries(
+        self, fctx: FolderContext, folder: str, source_id: str, parsed: ParsedMessage, token: str | None = None
+    ) -> Outcome:
         """Track, retrying a busy or restarting store; neither the write nor the wait
         between tries blocks the event loop (pushes, signals, the watchdog and other
         mailboxes go on)."""
@@ -216,7 +217,9 @@ class MailboxWorker(Backfill, Watch, Reidentify, Pushed, Marks, Tags):
                 delay = min(delay * 4, 2.0)
         raise AssertionError("unreachable")
 
-    async def _shunt(self, folder, source_id, hint, raw, reason: str, detail: str) -> Outcome:
+    async def _shunt(
+        self, folder: str, source_id: str, hint: str | None, raw: bytes | None, reason: str, detail: str
+    ) -> Outcome:
         raw_file: Path | None = None
         tmp: Path | None = None
         if raw is None and reason == MessageTooLarge.code:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import peewee as pw
 
@@ -124,6 +124,8 @@ def insert_returning(
     PostgreSQL both leave RETURNING's order open).  A unique index hit raises."""
     fields = _insert_fields(model, frozenset(rows[0]))
     pk = model._meta.primary_key
+    if pk is False:
+        raise TypeError(f"{model.__name__} has no primary key to return")
 
     def build(param: str, pg: bool) -> str:
         row = "(" + ", ".join([param] * len(fields)) + ")"
@@ -157,13 +159,16 @@ def instance(model: type[M], fields: Sequence[pw.Field], values: Sequence[Any]) 
     for field, value in zip(fields, values, strict=True):
         data[field.name] = field.python_value(value) if value is not None else None
     obj = model(__no_default__=1, **data)
-    obj._dirty.clear()  # noqa: SLF001 - as peewee's own row reader does: a read row is clean
+    # as peewee's own row reader does: a read row is clean (_dirty: peewee's, not in the stubs)
+    cast("Any", obj)._dirty.clear()  # noqa: SLF001
     return obj
 
 
 def create(db: pw.Database, model: type[M], row: Mapping[str, Any]) -> M:
     """``Model.create`` through a prebuilt INSERT: the saved instance."""
     obj = model(**row)
-    obj._pk = insert(db, model, row)  # noqa: SLF001 - peewee's name for the primary key
-    obj._dirty.clear()  # noqa: SLF001 - saved: nothing left to write
+    # peewee's own names for the primary key and the unsaved fields (the stubs declare neither)
+    saved = cast("Any", obj)
+    saved._pk = insert(db, model, row)  # noqa: SLF001
+    saved._dirty.clear()  # noqa: SLF001 - saved: nothing left to write
     return obj

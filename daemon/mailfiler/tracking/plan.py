@@ -305,13 +305,15 @@ class Planner:
         target = folder.regarding
         if not folder.tracked or target is None or activity.regarding_id == target.id:
             return
-        if activity.correlation == "folder" and activity.correlation_folder_id is not None:
-            decided_by = activity.correlation_folder
-            if decided_by.mailbox_id != plan.mailbox.row.id:
-                current = activity.regarding.ref if activity.regarding_id else None
-                plan.sighting = "kept-regarding"
-                plan.detail = f"regarding {current} was set by mailbox {decided_by.mailbox.name}; first filed wins"
-                return
+        if (
+            activity.correlation == "folder"
+            and (decided_by := activity.correlation_folder) is not None
+            and decided_by.mailbox_id != plan.mailbox.row.id
+        ):
+            current = rec.ref if (rec := activity.regarding) is not None else None
+            plan.sighting = "kept-regarding"
+            plan.detail = f"regarding {current} was set by mailbox {decided_by.mailbox.name}; first filed wins"
+            return
         plan.sighting = "relinked"
 
     def party_links(self, msg: ParsedMessage, existing: set[tuple[str, str]]) -> list[PartyLink]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any, cast
 
 import peewee as pw
 
@@ -159,7 +160,8 @@ def activity(db: pw.Database, activity_id: int) -> Activity:
 
     row = db.execute_sql(p.cached(db, ("activity",), build), [activity_id]).fetchone()
     if row is None:
-        raise Activity.DoesNotExist(f"activity {activity_id}")
+        # the model's own DoesNotExist, which peewee's metaclass adds (the stubs do not declare it)
+        raise cast("Any", Activity).DoesNotExist(f"activity {activity_id}")
     return p.instance(Activity, fields, row)
 
 

@@ -154,11 +154,11 @@ class Writer:
             return Outcome("known", plan.activity_id, plan.msg.message_id)
         if plan.action == "create":
             activity = self._create_activity(plan, blob_ids, now)
-            regarding = activity.regarding.ref if activity.regarding_id else None
+            regarding = rec.ref if (rec := activity.regarding) is not None else None
             outcome = Outcome("tracked", activity.id, plan.msg.message_id, regarding, plan.reason)
         else:
+            assert plan.activity is not None
             activity = plan.activity
-            assert activity is not None
             self._add_parties(activity, plan.msg, links=plan.parties)
             if activity.untracked_at is not None:
                 # filed into a tracked folder or tagged again: tracked again (the planner skips any other sighting)
@@ -234,7 +234,7 @@ class Writer:
         prepared.insert_ignore(self.db, ActivityParty, party_rows(activity.id, links))
 
     def _relink(self, activity: Activity, plan: MessagePlan, now: dt.datetime) -> Outcome:
-        current = activity.regarding.ref if activity.regarding_id else None
+        current = rec.ref if (rec := activity.regarding) is not None else None
         if plan.sighting != "relinked":
             return Outcome(plan.sighting, activity.id, activity.message_id, current, plan.detail)
         target = plan.folder.regarding
