@@ -245,3 +245,67 @@ def test_rules_test_and_the_daemon_agree_on_a_corpus(store: Store, tmp_path: Pat
     assert compared >= 20
     methods = {a.correlation for a in m.Activity.select()}
     assert {"rule:contoso-domains", "folder"} <= methods and methods & {"in-reply-to", "references"}
+
+
+def test_rules_apply_dry_run_rules_test_and_the_daemon_agree_on_a_corpus(
+    store: Store, tmp_path: Path, rules: RuleSet
+) -> None:
+    """The corpus above, in the mailbox's Maildir, decided three ways by the one planner:
+    ``rules test`` (before tracking), the daemon's tracker, and ``rules apply --dry-run``
+    (reading each message again) after every regarding but the folder's was cleared, as
+    for mail tracked before the rules.  All three agree, message by message; the real
+    ``rules apply`` then writes exactly what the daemon wrote."""
+    import asyncio
+
+    from mailfiler.tracking.context import watched_folder
+    from mailfiler.tracking.parse import parse_message
+    from mailfiler.tracking.reapply import reapply
+    from tests.mailgen import drop_into_maildir, maildirpp_folder_dir, realistic_message
+
+    cfg = _config(store, tmp_path)
+    rt = sync_config(store.db, cfg)["alice"]
+    tracker = store.tracker(cfg)
+    tracker.rules = rules
+    _track_root(store, cfg)
+    corpus = [realistic_message(i, domain_pool=("contoso.com", "fabrikam.com", "example.org")) for i in range(24)]
+    corpus += [_reply(), _reply("bob@contoso.com").replace(b"<reply@f>", b"<reply2@f>")]
+    decided: dict[str, tuple[str | None, str | None]] = {}
+    for i, raw in enumerate(corpus):
+        for folder in ("Unfiled", None):
+            if folder is None and i % 2:
+                continue
+            verdict = _test(cfg, rules, raw, folder=folder)["verdict"]
+            if not verdict["tracked"]:
+                continue
+            # in the Maildir, under the id the tracker records, so that rules apply reads it again
+            sid = f"c{i}"
+            drop_into_maildir(maildirpp_folder_dir(tmp_path / "M", folder or "INBOX"), raw, name=sid, fsync=False)
+            fctx = rt.folders[folder] if folder is not None else watched_folder("INBOX")
+            msg = parse_message(raw)
+            assert tracker.track(rt.ctx, fctx, sid, msg).event == "tracked"
+            act = m.Activity.get(m.Activity.message_id == msg.message_id)
+            decided[msg.message_id] = (act.regarding.ref if act.regarding else None, act.correlation)
+            assert (verdict["regarding"], verdict["correlation"]) == decided[msg.message_id], (i, folder)
+            break
+    assert len(decided) >= 20
+    assert sum(1 for ref, _ in decided.values() if ref is not None) >= 10
+    # mail tracked before the rules: nothing but the folder decided its regarding
+    m.Activity.update(regarding=None, correlation=None, correlated_activity=None).where(
+        m.Activity.correlation != "folder"
+    ).execute()
+    before = snapshot()
+    dry = asyncio.run(reapply(store.db, cfg, rules, dry_run=True))
+    assert snapshot() == before  # a dry run writes nothing
+    by_id = {r.message_id: r for r in dry}
+    for message_id, (ref, method) in decided.items():
+        r = by_id[message_id]
+        assert r.read_from is not None, r  # read again, headers and all
+        assert (r.new_regarding, r.new_correlation) == (ref, method), r
+        assert r.result == ("would-change" if ref is not None else "kept"), r
+    real = asyncio.run(reapply(store.db, cfg, rules))
+    assert [(r.message_id, r.new_regarding, r.new_correlation) for r in real] == [
+        (r.message_id, r.new_regarding, r.new_correlation) for r in dry
+    ]
+    for message_id, (ref, method) in decided.items():
+        act = m.Activity.get(m.Activity.message_id == message_id)
+        assert (act.regarding.ref if act.regarding else None, act.correlation) == (ref, method)

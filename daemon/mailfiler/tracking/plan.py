@@ -62,8 +62,9 @@ class Regarding:
     record: Record | None = None
     #: folder | rule:NAME | in-reply-to | references | token | smart; None: undecided
     method: str | None = None
-    #: the activity correlation matched (also when it had no regarding)
+    #: the activity correlation matched (also when it had no regarding), and how
     correlated: Activity | None = None
+    matched_by: str | None = None
     #: a rule's record that does not exist yet and that the rule creates (the writer does)
     create: RegardingSpec | None = None
     rule: str | None = None
@@ -287,7 +288,7 @@ class Planner:
             else:
                 match = correlate(msg, self.correlation)
             if match is not None:
-                reg.correlated = match.activity
+                reg.correlated, reg.matched_by = match.activity, match.method
                 if match.activity.regarding_id is not None:
                     reg.record, reg.method = match.activity.regarding, match.method
         if not plan.creates_records:

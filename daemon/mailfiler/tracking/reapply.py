@@ -12,10 +12,12 @@ is left (the user deleted or moved it out), the message is rebuilt from the
 stored fields (subject, body, parties, threading headers, size, attachment
 names): rules about other headers then do not match, and the result says so.
 
-The new regarding is decided as the tracker decides it for a new message in
-a folder without a regarding: the rule's regarding (a ``create: true`` rule
-creates its record), else correlation (In-Reply-To, References, token,
-smart), else the current regarding stays.  A regarding is never cleared and
+The new regarding is decided by the daemon's own planner
+(:class:`~mailfiler.tracking.plan.Planner`) as for a new message in a folder
+without a regarding: the rule's regarding (a ``create: true`` rule creates its
+record), else correlation (In-Reply-To, References, token, smart), else the
+current regarding stays.  ``rules test`` asks the same planner, so the two
+cannot disagree.  A regarding is never cleared and
 an activity is never deleted, not even when the rules now say ``skip``.
 Each change is one transaction.  ``dry_run`` writes nothing and creates no
 records: it reports the key a record would get.
@@ -39,7 +41,6 @@ from mailfiler.config.schema import Config
 from mailfiler.errors import MailfilerError, NotFound
 from mailfiler.rules import Decision, RegardingSpec, RuleSet
 from mailfiler.sources.base import Source
-from mailfiler.store.blobs import BlobStore
 from mailfiler.store.db import transaction
 from mailfiler.store.models import (
     Activity,
@@ -52,12 +53,11 @@ from mailfiler.store.models import (
     utcnow,
 )
 from mailfiler.store.records import get_by_ref
-from mailfiler.tracking.context import MailboxContext, precedence
-from mailfiler.tracking.correlate import Match, correlate
+from mailfiler.tracking.context import MailboxContext, precedence, watched_folder
 from mailfiler.tracking.parse import ADDRESS_ROLES, Address, AttachmentPart, ParsedMessage, parse_message
-from mailfiler.tracking.pipeline import Tracker
-from mailfiler.tracking.regarding import find, slug
+from mailfiler.tracking.plan import Judgement, Planner, Regarding
 from mailfiler.tracking.regarding import resolve as resolve_regarding
+from mailfiler.tracking.regarding import slug
 
 __all__ = ["RESULTS", "Reapplied", "planned_ref", "reapply", "stored_message", "totals"]
 
@@ -166,11 +166,10 @@ class _Reapplier:
         self.db = db
         self.config = config
         self.dry_run = dry_run
-        # only decide() is used: the tracker's own reading of the rules, so
-        # Facts are built exactly as for a new message
-        self.tracker = Tracker(
+        # the daemon's planner decides: the rules read as for a new message, then
+        # the regarding (rule, else correlation) as the tracker would file it
+        self.planner = Planner(
             db,
-            BlobStore(config.state_dir),
             precedence=precedence(config),
             ambiguous=config.tracking.ambiguous_addresses,
             correlation=config.correlation,
@@ -226,7 +225,7 @@ class _Reapplier:
         if read.mailbox is None:
             return self._result(activity, "kept", note="no mailbox holds it: nothing to decide with", read=read)
         outgoing = read.msg.sender is not None and read.msg.sender in read.mailbox.owner_addresses
-        decision = self.tracker.decide(read.mailbox, read.folder, read.msg, "outgoing" if outgoing else "incoming")
+        decision = self.planner.decide(read.mailbox, read.folder, read.msg, "outgoing" if outgoing else "incoming")
         if self.dry_run:
             return self._decide(activity, read, decision)
         with transaction(self.db):
@@ -321,9 +320,13 @@ class _Reapplier:
                 activity, "kept", note=f"rules now say skip (rule {decision.rule}); left tracked", read=read
             )
         notes = [read.note]
-        target = self._by_rule(decision, notes)
+        assert read.mailbox is not None
+        # as new mail in a folder without a regarding (the folder's own filing is never re-decided)
+        folder = watched_folder(read.folder or "")
+        reg = self.planner.plan_new(read.mailbox, folder, read.msg, Judgement(decision=decision)).regarding
+        target = self._by_rule(decision, reg, notes)
         if target is None:
-            target = self._by_correlation(activity, read.msg)
+            target = self._by_thread(activity, reg)
         if target is None:
             notes.append("kept: nothing decides now")
             return self._result(activity, "kept", note=_join(notes), read=read)
@@ -339,39 +342,40 @@ class _Reapplier:
         self._write(activity, target)
         return self._result(activity, "changed", note=_join(notes), read=read, target=target)
 
-    def _by_rule(self, decision: Decision, notes: list[str]) -> _Target | None:
-        spec = decision.regarding
+    def _by_rule(self, decision: Decision, reg: Regarding, notes: list[str]) -> _Target | None:
+        """The planner's regarding when the rule decided it; a record to create is
+        created now (a real run) or named (a dry run)."""
+        spec, method = decision.regarding, f"rule:{decision.rule}"
         if spec is None:
             return None
-        method = f"rule:{decision.rule}"
+        if reg.method != method:
+            # as when tracking: a record that does not exist leaves the decision to correlation
+            notes.append(f"rule {decision.rule} names {spec.describe()}, which does not exist")
+            return None
+        if reg.record is not None:
+            return _Target(reg.record.ref, method, reg.record)
+        assert reg.create is not None
         if self.dry_run:
-            record = find(spec) or (get_by_ref(planned_ref(spec)) if spec.create else None)
-            if record is not None:
-                return _Target(record.ref, method, record)
-            if spec.create:
-                ref = planned_ref(spec)
-                return _Target(ref, method, note=f"would create {ref}")
-        else:
-            record, created = resolve_regarding(self.db, spec)
-            if record is not None:
-                return _Target(record.ref, method, record, note=f"created {record.ref}" if created else "")
-        # as when tracking: a record that does not exist leaves the decision to correlation
-        notes.append(f"rule {decision.rule} names {spec.describe()}, which does not exist")
-        return None
+            ref = planned_ref(reg.create)
+            # a record of that key made meanwhile (another name): creating would reuse it
+            existing = get_by_ref(ref)
+            if existing is not None:
+                return _Target(existing.ref, method, existing)
+            return _Target(ref, method, note=f"would create {ref}")
+        record, created = resolve_regarding(self.db, reg.create)
+        assert record is not None  # a spec to create always gives a record
+        return _Target(record.ref, method, record, note=f"created {record.ref}" if created else "")
 
-    def _by_correlation(self, activity: Activity, msg: ParsedMessage) -> _Target | None:
-        match = correlate(msg, self.config.correlation)
-        if match is None or match.activity.id == activity.id:
+    def _by_thread(self, activity: Activity, reg: Regarding) -> _Target | None:
+        """The planner's regarding when correlation decided it (in a dry run, the
+        parent's regarding as this run would leave it)."""
+        parent = reg.correlated
+        if parent is None or parent.id == activity.id or reg.matched_by is None:
             return None
-        parent = self._parent_ref(match)
-        if parent is None:
+        ref = self.planned[parent.id] if parent.id in self.planned else _ref(parent)
+        if ref is None:
             return None
-        return _Target(parent, match.method, match.activity.regarding, correlated=match.activity)
-
-    def _parent_ref(self, match: Match) -> str | None:
-        if match.activity.id in self.planned:
-            return self.planned[match.activity.id]
-        return _ref(match.activity)
+        return _Target(ref, reg.matched_by, reg.record, correlated=parent)
 
     def _write(self, activity: Activity, target: _Target) -> None:
         changes: dict[Any, Any] = {
