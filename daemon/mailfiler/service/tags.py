@@ -28,8 +28,8 @@ from typing import Any
 
 from mailfiler.errors import MailboxUnavailable, MessageError, MessageVanished, ProcessingFailed, SourceError
 from mailfiler.service.readahead import too_large
-from mailfiler.service.runtime import MailboxRuntime, Services
 from mailfiler.service.storewriter import PUSH, writer_for
+from mailfiler.service.workerpart import WorkerPart
 from mailfiler.sources.base import TagChange
 from mailfiler.store.db import transaction
 from mailfiler.store.models import utcnow
@@ -56,13 +56,8 @@ from mailfiler.util import crashpoints
 log = logging.getLogger("mailfiler.worker")
 
 
-class Tags:
+class Tags(WorkerPart):
     """The worker's tag job."""
-
-    rt: MailboxRuntime
-    services: Services
-    should_stop: Callable[[], bool]
-    counts: dict[str, int]
 
     async def tag_pass(self) -> dict[str, int]:
         """One pass over the mailbox's tag changes: counts by outcome."""
@@ -81,13 +76,13 @@ class Tags:
                 exc,
                 extra={"event": "tag-pass-failed", "mailbox": self.rt.name},
             )
-        await self.flush_marks()  # type: ignore[attr-defined]
+        await self.flush_marks()
         return done
 
     async def _tag_pass(self, done: dict[str, int]) -> None:
         settings, source = self.rt.tags, self.rt.source
         assert settings is not None
-        mailbox = self.mailbox  # type: ignore[attr-defined]
+        mailbox = self.mailbox
         query = settings.query
         async for delta in source.tag_changes(tag_cursors(mailbox), query):
             for change in delta.changes:
@@ -125,7 +120,7 @@ class Tags:
         if decision.ignored:
             log.warning(
                 "%s in %s/%s names more than one record; %s is taken, not %s",
-                label_at(self.mailbox, folder, sid),  # type: ignore[attr-defined]
+                label_at(self.mailbox, folder, sid),
                 self.rt.name,
                 folder,
                 decision.ref,
@@ -138,7 +133,7 @@ class Tags:
             # would last only until the folder is next listed; moving it out is the way
             log.warning(
                 "not untracked: %s is in the tracked folder %s/%s; move it out of the folder (or into %s)",
-                label_at(self.mailbox, folder, sid),  # type: ignore[attr-defined]
+                label_at(self.mailbox, folder, sid),
                 self.rt.name,
                 folder,
                 settings.untrack_folder or "a folder that is not tracked",
@@ -198,15 +193,15 @@ class Tags:
         except MailboxUnavailable:
             raise
         except MessageError as exc:
-            await self._shunt(folder, sid, None, raw, exc.code, TAGGED_SHUNT + str(exc))  # type: ignore[attr-defined]
+            await self._shunt(folder, sid, None, raw, exc.code, TAGGED_SHUNT + str(exc))
             await self._commit(folder, token, None)
             return "shunted"
         except Exception as exc:  # noqa: BLE001 - one message's failure ends in the shunt, as in process()
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            await self._shunt(folder, sid, None, raw, ProcessingFailed.code, TAGGED_SHUNT + detail)  # type: ignore[attr-defined]
+            await self._shunt(folder, sid, None, raw, ProcessingFailed.code, TAGGED_SHUNT + detail)
             await self._commit(folder, token, None)
             return "shunted"
-        self._done(folder, sid, outcome, parsed)  # type: ignore[attr-defined]
+        self._done(folder, sid, outcome, parsed)
         return outcome.event
 
     async def _untrack(self, folder: str, sid: str, token: str | None, known: int | None, decision: Decision) -> str:

@@ -1,6 +1,6 @@
 """What the parts of :class:`~mailfiler.service.worker.MailboxWorker` share:
 the worker's state, a scan's result, and the methods one part calls on
-another.  Each part (backfill, watch, re-identify, pushed, marks) derives from
+another.  Each part (backfill, watch, re-identify, pushed, marks, tags) derives from
 :class:`WorkerPart`, so that it is type-checked on its own; the worker
 composes them and holds the state."""
 
@@ -95,6 +95,10 @@ class WorkerPart:
         ) -> None: ...
 
         def _tracked_already(self, parsed: ParsedMessage) -> bool: ...
+
+        async def _shunt(
+            self, folder: str, source_id: str, hint: str | None, raw: bytes | None, reason: str, detail: str
+        ) -> Outcome: ...
 
         async def _track_with_retries(
             self, fctx: FolderContext, folder: str, source_id: str, parsed: ParsedMessage, token: str | None = None
