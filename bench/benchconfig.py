@@ -53,16 +53,20 @@ def write_config(base: Path, maildir: Path | str, folders: list[str], *, writer:
     return cfg
 
 
-def compile_bytecode() -> None:
+def compile_bytecode(*trees: Path) -> None:
     """Compile mailfiler's modules to bytecode, as an installed package has them.
 
     The dev venv installs mailfiler in editable mode, and these machines set
     PYTHONDONTWRITEBYTECODE=1: every ``mailfiler`` process (and parse helper) would
     compile its ~80 modules from source at each start (~0.1 s), which no installed
-    mailfiler does (pip and Debian packages ship the bytecode)."""
+    mailfiler does (pip and Debian packages ship the bytecode).  ``trees``: other
+    trees' ``daemon/`` run beside this one (``--base``), compiled alike so that the
+    comparison is fair."""
     import mailfiler
 
     compileall.compile_dir(Path(mailfiler.__file__).parent, quiet=1)
+    for tree in trees:
+        compileall.compile_dir(Path(tree) / "mailfiler", quiet=1)
 
 
 def run_info(bench: str, load_before: tuple[float, float, float]) -> dict[str, Any]:

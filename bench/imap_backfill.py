@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.monotonic()
     load_before = os.getloadavg()
-    benchconfig.compile_bytecode()
+    benchconfig.compile_bytecode(*([args.base] if args.base is not None else []))
     servers = start_dovecot(tls=False)
     server = next(servers)
     work = Path(tempfile.mkdtemp(prefix="mailfiler-imap-backfill-"))
