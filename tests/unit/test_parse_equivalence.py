@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from mailfiler.tracking import headervalues as hv
 from mailfiler.tracking import parse as new
 from tests import mailgen
 from tests.unit import parse_oracle as old
@@ -406,7 +407,7 @@ def _registry(name: str, value: str) -> object:
 
 def _ours(name: str, value: str) -> object:
     try:
-        return new.default_header_str(name, value)
+        return hv.default_header_str(name, value)
     except Exception as exc:  # noqa: BLE001
         return ("raises", type(exc).__name__)
 
@@ -427,7 +428,7 @@ def test_mime_header_rendering_matches_the_registry(name: str) -> None:
             value += f"{rng.choice(spaces)};{rng.choice(spaces)}{rng.choice(params)}{rng.choice(('=', ' = ', '='))}"
             value += rng.choice(pvalues) + rng.choice(spaces)
         values.append(value + rng.choice(("", ";", " ;", "; ")))
-    assert sum(new._mime_str(name.lower(), new._unfold(v)) is not None for v in values) > 200
+    assert sum(hv._mime_str(name.lower(), hv._unfold(v)) is not None for v in values) > 200
     bad = {v: (_registry(name, v), _ours(name, v)) for v in values if _registry(name, v) != _ours(name, v)}
     assert not bad
 
@@ -450,7 +451,7 @@ def test_address_lists_match_the_registry() -> None:
 
     def ours(value: str) -> object:
         try:
-            return new._address_pairs("to", value)
+            return hv.address_pairs("to", value)
         except Exception as exc:  # noqa: BLE001
             return ("raises", type(exc).__name__)
 
@@ -465,7 +466,7 @@ def test_address_lists_match_the_registry() -> None:
             name = rng.choice((" ", " ", "  ", "\t")).join(rng.choice(words) for _ in range(rng.randrange(0, 4)))
             boxes.append(f"{name}{rng.choice(('', ' ', '  '))}<{rng.choice(('a@b.c', 'A.B@Contoso.COM', 'x=y@z'))}>")
         values.append(rng.choice((",", ", ", ",\n ", " , ")).join(boxes))
-    fast = [v for v in values if new._simple_mailboxes(new._unfold(v)) is not None]
+    fast = [v for v in values if hv._simple_mailboxes(hv._unfold(v)) is not None]
     assert len(fast) > 500  # the generator does reach the fast path
     bad = {v: (registry(v), ours(v)) for v in values if registry(v) != ours(v)}
     assert not bad

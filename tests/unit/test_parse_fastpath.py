@@ -17,6 +17,7 @@ from email.message import Message
 import pytest
 
 from mailfiler.tracking import fastmime
+from mailfiler.tracking import headervalues as hv
 from mailfiler.tracking import parse as new
 from tests import mailgen
 from tests.unit import parse_oracle as old
@@ -229,7 +230,7 @@ def test_simple_boundary_reading_matches_get_boundary() -> None:
     for _ in range(3000):
         boundary = "".join(rng.choice(chars) for _ in range(rng.randrange(1, 12)))
         value = f'multipart/{rng.choice(("mixed", "Alternative"))}; boundary="{boundary}"'
-        msg = Message(new._POLICY)
+        msg = Message(hv.POLICY)
         msg["Content-Type"] = value
         simple = fastmime._SIMPLE_BOUNDARY.fullmatch(str(msg.get("content-type")))
         if simple:
