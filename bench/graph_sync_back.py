@@ -27,7 +27,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mailfiler.config.schema import SyncFilter  # noqa: E402
+from mailfiler.config.syncschema import SyncFilter  # noqa: E402
 from mailfiler.sources.graph.calendar import GraphCalendar  # noqa: E402
 from mailfiler.sources.graph.contacts import GraphContacts  # noqa: E402
 from mailfiler.store import db as storedb  # noqa: E402

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from exchangelib.protocol import close_connections  # noqa: E402
 from sync_vdir import seed  # noqa: E402
 
-from mailfiler.config.schema import SyncFilter  # noqa: E402
+from mailfiler.config.syncschema import SyncFilter  # noqa: E402
 from mailfiler.store import db as storedb  # noqa: E402
 from mailfiler.store.migrations import migrate  # noqa: E402
 from mailfiler.sync.engine import Collection, Policy, SyncEngine  # noqa: E402

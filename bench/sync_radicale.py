@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import httpx  # noqa: E402
 from sync_vdir import seed  # noqa: E402
 
-from mailfiler.config.schema import SyncFilter  # noqa: E402
+from mailfiler.config.syncschema import SyncFilter  # noqa: E402
 from mailfiler.sources.target import href_for  # noqa: E402
 from mailfiler.store import db as storedb  # noqa: E402
 from mailfiler.store.migrations import migrate  # noqa: E402

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mailfiler.config.schema import SyncFilter  # noqa: E402
+from mailfiler.config.syncschema import SyncFilter  # noqa: E402
 from mailfiler.store import db as storedb  # noqa: E402
 from mailfiler.store.db import transaction  # noqa: E402
 from mailfiler.store.migrations import migrate  # noqa: E402

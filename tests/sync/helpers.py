@@ -8,7 +8,7 @@ from typing import Any
 
 import peewee as pw
 
-from mailfiler.config.schema import SyncFilter
+from mailfiler.config.syncschema import SyncFilter
 from mailfiler.sources.target import Target
 from mailfiler.store.models import Mailbox, Record
 from mailfiler.store.records import ensure_user

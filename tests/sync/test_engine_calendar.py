@@ -8,7 +8,7 @@ from pathlib import Path
 import icalendar
 import pytest
 
-from mailfiler.config.schema import SyncFilter
+from mailfiler.config.syncschema import SyncFilter
 from mailfiler.store.models import Activity, ActivityParty, AppointmentDetails, Record
 from mailfiler.sync import ical
 from mailfiler.sync.crm import AppointmentStore

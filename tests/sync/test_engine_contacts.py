@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mailfiler.config.schema import SyncFilter
+from mailfiler.config.syncschema import SyncFilter
 from mailfiler.store.models import Record, RecordAddress, SyncItem
 from tests.store.helpers import Store
 from tests.sync.helpers import OWNER, Rig, crm_contact, crm_contacts, make_mailbox, policy

@@ -75,7 +75,7 @@ async def test_the_empty_side_guard_stops_before_deleting_anything(rig: Rig) -> 
 
 
 async def test_the_crm_side_guard(rig: Rig) -> None:
-    from mailfiler.config.schema import SyncFilter
+    from mailfiler.config.syncschema import SyncFilter
 
     crm_contact("c1", "C1")
     await rig.sync_ok("contacts")

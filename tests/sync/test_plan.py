@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from mailfiler.config.schema import SyncFilter
+from mailfiler.config.syncschema import SyncFilter
 from mailfiler.errors import SyncItemUnreadable, SyncSideEmpty
 from mailfiler.sources.target import Fetched
 from mailfiler.sync.crm import CrmItem

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailfiler.config.schema import SyncFilter
+from mailfiler.config.syncschema import SyncFilter
 from mailfiler.sources.target import Fetched
 from mailfiler.sync.crm import CrmItem
 from mailfiler.sync.items import Fields, ParsedItem, content_hash

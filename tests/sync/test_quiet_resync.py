@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mailfiler.config.schema import SyncFilter
+from mailfiler.config.syncschema import SyncFilter
 from mailfiler.sources.target import Changes
 from mailfiler.store.models import Activity, ContactDetails, Record, SyncCollection
 from mailfiler.sync.memory import MemoryTarget

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from mailfiler.config.schema import SyncFilter
+from mailfiler.config.syncschema import SyncFilter
 from mailfiler.store import db as storedb
 from mailfiler.store.migrations import migrate
 from mailfiler.store.models import ContactDetails, Record

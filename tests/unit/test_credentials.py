@@ -15,7 +15,7 @@ import pytest
 
 from mailfiler.backends.imap import Imap, imap_settings
 from mailfiler.config import load_config
-from mailfiler.config.schema import SyncDav
+from mailfiler.config.syncschema import SyncDav
 from mailfiler.errors import ConfigError
 from mailfiler.util.secrets import SecretProvider, SecretUnavailable, load_client_cert, run_secret_command
 

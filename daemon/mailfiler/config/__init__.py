@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from mailfiler.config.base import parse_ref
 from mailfiler.config.loader import ENV_VAR, LoadedConfig, Problem, load_config, sqlite_path
-from mailfiler.config.schema import BUILTIN_ENTITIES, Config, parse_ref
+from mailfiler.config.schema import BUILTIN_ENTITIES, Config
 
 __all__ = [
     "BUILTIN_ENTITIES",

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from mailfiler.backends import registry
 from mailfiler.config import schema
+from mailfiler.config.base import parse_ref
 from mailfiler.config.base import resolve_path as _resolve
 from mailfiler.config.base import secret_path as _secret_path
 from mailfiler.config.credentials import Credentials
@@ -260,7 +261,7 @@ def _cross_checks(data: dict[str, Any], built: Builder, base_dir: Path) -> list[
         if not isinstance(ref, str):
             return
         try:
-            entity, _ = schema.parse_ref(ref)
+            entity, _ = parse_ref(ref)
         except ValueError:
             return  # the schema reports malformed references
         check_entity(path, entity)

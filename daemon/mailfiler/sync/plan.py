@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from mailfiler.config.schema import SyncFilter
+from mailfiler.config.syncschema import SyncFilter
 from mailfiler.errors import SyncSideEmpty
 from mailfiler.sources.target import Fetched, etag_key
 from mailfiler.sync.crm import CrmItem

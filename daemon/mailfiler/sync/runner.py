@@ -18,7 +18,7 @@ import watchfiles
 from mailfiler.backends import backend_of
 from mailfiler.config.loader import LoadedConfig
 from mailfiler.config.schema import Mailbox as MailboxConfig
-from mailfiler.config.schema import Sync, SyncDav
+from mailfiler.config.syncschema import Sync, SyncDav
 from mailfiler.errors import SyncTargetUnavailable
 from mailfiler.sources.target import Target
 from mailfiler.store.db import transaction
