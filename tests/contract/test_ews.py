@@ -54,6 +54,16 @@ class EwsAdmin(MailboxAdmin):
             self.server.touch_item(str(msg.ref))
         return msg
 
+    async def tag(self, msg: AdminMessage, *tags: str, remove: bool = False) -> None:
+        """Outlook's categories: set or cleared on the item (UpdateItem as Exchange records it)."""
+        now = self.server.item(str(msg.ref)).categories
+        if remove:
+            gone = {t.lower() for t in tags}
+            new = [c for c in now if c.lower() not in gone]
+        else:
+            new = [*now, *(t for t in tags if t.lower() not in {c.lower() for c in now})]
+        self.server.set_categories(str(msg.ref), new)
+
     async def snapshot(self) -> object:
         with self.server.store.lock:
             mailbox = self.server.store.mailbox(self.smtp)
@@ -70,7 +80,9 @@ def secret(value: str) -> SecretProvider:
 
 @pytest.fixture(scope="module")
 def ews_server() -> Iterator[EwsServer]:
-    with EwsServer([{"smtp": "svc@example.com", "username": "svc", "password": "pw-svc", "impersonate": ["*"]}]) as server:
+    with EwsServer(
+        [{"smtp": "svc@example.com", "username": "svc", "password": "pw-svc", "impersonate": ["*"]}]
+    ) as server:
         # a stream the client cut holds its slot (3 per account) until the server's next write:
         # frequent heartbeats free the slots of the many short watches of the suite
         server.hub.heartbeat = 0.5

@@ -161,9 +161,19 @@ def ews_settings(cfg: Ews) -> Any:
 
 
 def _source(mailbox: Any) -> Any:
+    import dataclasses
+
     from mailfiler.sources.ews import EwsSource
 
-    return EwsSource(ews_settings(mailbox.backend_config))
+    cfg: Ews = mailbox.backend_config
+    marks = cfg.categories or OutlookCategories()
+    settings = dataclasses.replace(
+        ews_settings(cfg),
+        # track by tag: mailfiler's own categories never track; a change anywhere wakes a tag pass
+        own_categories=(marks.tracked, marks.failed),
+        tag_events=mailbox.track_tags is not None,
+    )
+    return EwsSource(settings)
 
 
 def _resolve(cfg: Ews, base_dir: Path) -> Ews:

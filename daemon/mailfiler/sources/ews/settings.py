@@ -38,6 +38,10 @@ class EwsSettings:
     max_back_off: float = 60.0
     #: (tracked, failed) Outlook categories, or None: no marks
     categories: tuple[str, str] | None = None
+    #: categories mailfiler sets itself (the marks' names, set or not): never a tag that tracks
+    own_categories: tuple[str, ...] = ("Tracked in CRM", "Not tracked (see CRM)")
+    #: track by tag is on: the watcher subscribes to every folder and wakes a tag pass on a change
+    tag_events: bool = False
     #: items per SyncFolderItems page (Exchange's maximum is 512)
     page_size: int = 200
     #: items per GetItem request when fetching MIME

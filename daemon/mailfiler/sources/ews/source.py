@@ -26,7 +26,7 @@ from exchangelib.items import ID_ONLY
 from exchangelib.services import SyncFolderItems
 
 from mailfiler.errors import FolderMissing, MessageVanished
-from mailfiler.sources.base import Change, Delta, Listing, MarkState, Source
+from mailfiler.sources.base import Change, Delta, Listing, MarkState, Source, TagDelta, TagQuery
 from mailfiler.sources.ews import folders as fl
 from mailfiler.sources.ews.client import EwsClient
 from mailfiler.sources.ews.settings import EwsSettings
@@ -50,6 +50,8 @@ class EwsSource(Source):
         #: folder path (normalised) -> folder id, kept across renames
         self._bound: dict[str, str] = {}
         self._walks: OrderedDict[str, Walk] = OrderedDict()
+        #: ids of the folders a tag pass leaves out (Deleted Items...), once looked up
+        self.tag_skipped: set[str] | None = None
 
     # -- connection ------------------------------------------------------------------------
 
@@ -300,6 +302,17 @@ class EwsSource(Source):
         except _FOLDER_GONE as exc:
             self._unbind(folder)
             raise FolderMissing(f"folder {folder!r} is gone from {self.settings.mailbox}", folder=folder) from exc
+
+    # -- tags (track by tag: Outlook categories, sources/ews/tags.py) -------------------------------
+
+    @property
+    def tags(self) -> bool:
+        return True
+
+    def tag_changes(self, cursors: Mapping[str, str | None], query: TagQuery) -> AsyncIterator[TagDelta]:
+        from mailfiler.sources.ews.tags import tag_changes
+
+        return tag_changes(self, cursors, query)
 
     # -- push ----------------------------------------------------------------------------------------
 

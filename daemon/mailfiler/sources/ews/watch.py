@@ -25,7 +25,8 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from exchangelib.folders import FolderCollection
-from exchangelib.properties import CopiedEvent, CreatedEvent, DeletedEvent, MovedEvent
+from exchangelib.properties import CopiedEvent, CreatedEvent, DeletedEvent, ModifiedEvent, MovedEvent
+from exchangelib.services import SubscribeToStreaming
 
 from mailfiler.errors import LoginRefused, MailboxMissing, MailboxUnavailable, TlsCertificateRefused
 from mailfiler.sources.base import Change
@@ -44,17 +45,23 @@ class EwsSource(Protocol):
     def client(self) -> EwsClient: ...
     async def folder_ids(self, folders: Sequence[str]) -> dict[str, str]: ...
 
+
 _FATAL = (LoginRefused, TlsCertificateRefused, MailboxMissing)
 
 
-def changes_of(notification: Any, by_id: dict[str, str]) -> tuple[list[Change], set[str]]:
-    """Changes in watched folders, and watched folders themselves deleted or moved (to rescan)."""
+def changes_of(notification: Any, by_id: dict[str, str], *, tags: bool = False) -> tuple[list[Change], set[str]]:
+    """Changes in watched folders, and watched folders themselves deleted or moved (to rescan).
+    With ``tags`` (track by tag), an item changed anywhere, or come into a folder not
+    watched, is also a ``tags`` change: a category may have been set."""
     changes: list[Change] = []
     rescan: set[str] = set()
     for event in notification.events or []:
         parent = getattr(event, "parent_folder_id", None)
         folder = by_id.get(parent.id) if parent is not None else None
         item = getattr(event, "item_id", None)
+        touched = item is not None and (isinstance(event, ModifiedEvent) or folder is None)
+        if tags and touched and not any(c.kind == "tags" for c in changes):
+            changes.append(Change("tags", "*"))
         if item is None:
             own = getattr(event, "folder_id", None)
             if own is not None and own.id in by_id and isinstance(event, DeletedEvent | MovedEvent):
@@ -82,6 +89,12 @@ class StreamWatcher:
 
     def _subscribe(self, folder_ids: list[str]) -> str:
         account = self.source.client.account
+        if self.source.client.settings.tag_events:
+            # track by tag: a category can be set in any folder (SubscribeToAllFolders)
+            subscription: str = SubscribeToStreaming(account=account).get(
+                folders=None, event_types=SubscribeToStreaming.EVENT_TYPES
+            )
+            return subscription
         folders = [fl.folder_by_id(account, i) for i in folder_ids]
         return FolderCollection(account=account, folders=folders).subscribe_to_streaming()
 
@@ -143,9 +156,10 @@ class StreamWatcher:
                 kind, value = got
                 if kind == "notification":
                     failures = 0
-                    changes, rescan = changes_of(value, by_id)
+                    tags = client.settings.tag_events
+                    changes, rescan = changes_of(value, by_id, tags=tags)
                     while not member.queue.empty() and member.queue._queue[0][0] == "notification":  # type: ignore[attr-defined]  # noqa: SLF001
-                        more, again = changes_of(member.queue.get_nowait()[1], by_id)
+                        more, again = changes_of(member.queue.get_nowait()[1], by_id, tags=tags)
                         changes += more
                         rescan |= again
                     batch = [c for c in changes if c.folder not in rescan]

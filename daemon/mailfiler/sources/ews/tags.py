@@ -1,0 +1,192 @@
+"""Tags on EWS: Outlook categories, for track by tag (issue 20;
+:meth:`mailfiler.sources.base.Source.tag_changes`).
+
+* **Every mail folder** of the mailbox is looked at (a category can be set
+  anywhere), but Deleted Items, Junk Email, Drafts, Outbox and Sync Issues
+  (and what is below them): a message there is on its way out or not mail.
+* **The tag cursor** is a SyncFolderItems sync state of the folder's own,
+  apart from the backfill's: a walk from it with ``item:Categories`` in the
+  item shape gives each item whose categories (or anything but the read flag)
+  changed as an Update, a message moved in or delivered as a Create, both
+  with their categories; ReadFlagChange and Delete entries are no tag change.
+  An idle pass thus costs one FindFolder and one SyncFolderItems per folder.
+* **Without a cursor** (a first pass, a rejected state, a folder made anew
+  under the same name) the walk starts from no state: Exchange reports every
+  item as a Create with its categories, which is the list of messages
+  carrying a tag now *and* the cursor in the same requests (a FindItem
+  restricted on ``item:Categories`` would find the tagged ones, but a sync
+  state can only be had by walking the folder anyway).
+* **Each change's cursor** is the state the page it came in was asked from
+  (it covers the pages before, never one after); the last change of the walk
+  gets the final state.  A crash mid-page reports that page again: the
+  consumer finds it done.
+* **mailfiler's own categories** (``Tracked in CRM``, ``Not tracked (see
+  CRM)``) never match, whatever the query says.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from exchangelib import errors as ex
+from exchangelib.fields import FieldPath
+from exchangelib.folders import DeletedItems, Drafts, JunkEmail, Outbox, SyncIssues
+from exchangelib.items import ID_ONLY, Message
+from exchangelib.services import SyncFolderItems
+
+from mailfiler.errors import MailboxUnavailable
+from mailfiler.sources.base import TagChange, TagDelta, TagQuery
+from mailfiler.sources.ews import folders as fl
+from mailfiler.sources.ews.client import EwsClient
+from mailfiler.sources.ews.settings import EwsSettings
+
+log = logging.getLogger("mailfiler.sources.ews")
+
+PREFIX = "ewstag1."
+#: the distinguished folders a tag pass leaves out, with what is below them
+SKIPPED = (DeletedItems, JunkEmail, Drafts, Outbox, SyncIssues)
+_FOLDER_GONE = (ex.ErrorFolderNotFound, ex.ErrorInvalidIdMalformed)
+
+
+class EwsSource(Protocol):
+    """What a tag pass uses of :class:`mailfiler.sources.ews.source.EwsSource`
+    (a protocol: that module imports this one)."""
+
+    @property
+    def settings(self) -> EwsSettings: ...
+
+    @property
+    def client(self) -> EwsClient: ...
+
+    tag_skipped: set[str] | None
+
+
+@dataclass(frozen=True)
+class TagCursor:
+    folder_id: str
+    state: str
+
+    def encode(self) -> str:
+        return PREFIX + json.dumps({"f": self.folder_id, "s": self.state}, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, token: str | None) -> TagCursor | None:
+        if not token or not token.startswith(PREFIX):
+            return None
+        try:
+            data = json.loads(token[len(PREFIX) :])
+            return cls(str(data["f"]), str(data["s"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+def _skipped_ids(account: Any) -> set[str]:
+    """The ids of the distinguished folders left out (one GetFolder each, once per source)."""
+    out: set[str] = set()
+    for cls in SKIPPED:
+        try:
+            out.add(cls.get_distinguished(root=account.root).id)
+        except Exception:  # noqa: BLE001 - a server without that folder (Sync Issues is Outlook's)
+            continue
+    return out
+
+
+def _folders(tree: fl.Tree, skipped: set[str]) -> dict[str, str]:
+    """path -> folder id of every mail folder not at or below a skipped one."""
+    out: dict[str, str] = {}
+    for folder_id, path in tree.paths.items():
+        node: fl.Node | None = tree.nodes.get(folder_id)
+        left_out = False
+        for _ in range(64):
+            if node is None:
+                break
+            if node.id in skipped:
+                left_out = True
+                break
+            node = tree.nodes.get(node.parent or "")
+        if not left_out:
+            out[path] = folder_id
+    return out
+
+
+def _page(source: EwsSource, folder_id: str, state: str | None) -> tuple[list[tuple[str, Any]], str | None, bool]:
+    """One SyncFolderItems page with each item's categories."""
+    account = source.client.account
+    svc = SyncFolderItems(account=account)
+    categories = FieldPath(field=Message.get_field_by_fieldname("categories"))
+    changes = list(
+        svc.call(
+            folder=fl.folder_by_id(account, folder_id),
+            shape=ID_ONLY,
+            additional_fields={categories},
+            sync_state=state,
+            ignore=None,
+            max_changes_returned=source.settings.page_size,
+            sync_scope=None,
+        )
+    )
+    return changes, svc.sync_state, bool(svc.includes_last_item_in_range) or svc.sync_state == state
+
+
+def own_categories(settings: EwsSettings) -> set[str]:
+    return {c.lower() for c in settings.own_categories}
+
+
+async def _walk(source: EwsSource, folder: str, folder_id: str, state: str | None, query: TagQuery) -> TagDelta:
+    every = folder in query.every_message_in
+    own = own_categories(source.settings)
+    found: dict[str, tuple[frozenset[str], str | None]] = {}  # item id -> (tags, cursor), latest wins
+    while True:
+        changes, new_state, last = await source.client.run(_page, source, folder_id, state)
+        mine = TagCursor(folder_id, state).encode() if state else None
+        for kind, item in changes:
+            if kind not in ("create", "update"):
+                continue  # a read flag or a delete: no tag change
+            tags = frozenset(t for t in query.matching(getattr(item, "categories", None) or []) if t.lower() not in own)
+            if tags or every:
+                found.pop(item.id, None)
+                found[item.id] = (tags, mine)
+        state = new_state
+        if last or state is None:
+            break
+    token = TagCursor(folder_id, state).encode() if state else None
+    out = [TagChange(sid, tags, cur) for sid, (tags, cur) in found.items()]
+    if out:
+        out[-1] = TagChange(out[-1].source_id, out[-1].tags, token)
+    return TagDelta(folder, out, token)
+
+
+async def tag_changes(source: EwsSource, cursors: Mapping[str, str | None], query: TagQuery) -> AsyncIterator[TagDelta]:
+    client = source.client
+    if source.tag_skipped is None:
+        source.tag_skipped = await client.run(_skipped_ids, client.account)
+    tree = await client.run(fl.load_tree, client.account)
+    for folder, folder_id in sorted(_folders(tree, source.tag_skipped).items()):
+        cursor = TagCursor.decode(cursors.get(folder))
+        state = cursor.state if cursor is not None and cursor.folder_id == folder_id else None
+        try:
+            try:
+                delta = await _walk(source, folder, folder_id, state, query)
+            except ex.ErrorInvalidSyncStateData:
+                log.info(
+                    "Exchange refused the tag sync state of %s/%s; looking afresh", source.settings.mailbox, folder
+                )
+                delta = await _walk(source, folder, folder_id, None, query)
+        except _FOLDER_GONE:
+            continue  # deleted since the listing
+        except MailboxUnavailable:
+            raise
+        except ex.EWSError as exc:  # one folder the server will not show
+            log.warning(
+                "tag pass: skipping %s: %s", folder, exc, extra={"event": "tag-folder-failed", "folder": folder}
+            )
+            continue
+        if delta.changes or delta.token != cursors.get(folder):
+            yield delta
+
+
+__all__ = ["TagCursor", "tag_changes"]
