@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from exchangelib.folders import FolderCollection
-from exchangelib.properties import CopiedEvent, CreatedEvent, DeletedEvent, ModifiedEvent, MovedEvent
+from exchangelib.properties import CopiedEvent, CreatedEvent, DeletedEvent, MovedEvent
 from exchangelib.services import SubscribeToStreaming
 
 from mailfiler.errors import LoginRefused, MailboxMissing, MailboxUnavailable, TlsCertificateRefused
@@ -51,15 +51,16 @@ _FATAL = (LoginRefused, TlsCertificateRefused, MailboxMissing)
 
 def changes_of(notification: Any, by_id: dict[str, str], *, tags: bool = False) -> tuple[list[Change], set[str]]:
     """Changes in watched folders, and watched folders themselves deleted or moved (to rescan).
-    With ``tags`` (track by tag), an item changed anywhere, or come into a folder not
-    watched, is also a ``tags`` change: a category may have been set."""
+    With ``tags`` (track by tag), an item changed, made or moved anywhere is also a
+    ``tags`` change: a category may have been set, or a message come into the untrack
+    folder."""
     changes: list[Change] = []
     rescan: set[str] = set()
     for event in notification.events or []:
         parent = getattr(event, "parent_folder_id", None)
         folder = by_id.get(parent.id) if parent is not None else None
         item = getattr(event, "item_id", None)
-        touched = item is not None and (isinstance(event, ModifiedEvent) or folder is None)
+        touched = item is not None and not isinstance(event, DeletedEvent)
         if tags and touched and not any(c.kind == "tags" for c in changes):
             changes.append(Change("tags", "*"))
         if item is None:
