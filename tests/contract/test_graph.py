@@ -45,6 +45,16 @@ class GraphAdmin(MailboxAdmin):
             self.graph.set_categories(UPN, msg.ref, ["Red category"])  # type: ignore[arg-type]
         return msg
 
+    async def tag(self, msg: AdminMessage, *tags: str, remove: bool = False) -> None:
+        """Outlook's categories, set or cleared on the message (a PATCH as Graph records it)."""
+        now = list(msg.ref.categories)  # type: ignore[attr-defined]
+        if remove:
+            gone = {t.lower() for t in tags}
+            new = [c for c in now if c.lower() not in gone]
+        else:
+            new = [*now, *(t for t in tags if t.lower() not in {c.lower() for c in now})]
+        self.graph.set_categories(UPN, msg.ref, new)  # type: ignore[arg-type]
+
     async def snapshot(self) -> object:
         box = self.graph.mailbox(UPN)
         with box.tenant.lock:

@@ -198,9 +198,19 @@ def graph_settings(cfg: Graph) -> Any:
 
 
 def _source(mailbox: Any) -> Any:
+    import dataclasses
+
     from mailfiler.sources.graph.source import GraphSource
 
-    return GraphSource(graph_settings(mailbox.backend_config))
+    cfg: Graph = mailbox.backend_config
+    marks = cfg.categories or OutlookCategories()
+    settings = dataclasses.replace(
+        graph_settings(cfg),
+        # track by tag: mailfiler's own categories never track; a changed message wakes a tag pass
+        own_categories=(marks.tracked, marks.failed),
+        tag_events=mailbox.track_tags is not None,
+    )
+    return GraphSource(settings)
 
 
 def _resolve(cfg: Graph, base_dir: Path) -> Graph:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
 from mailfiler.errors import FolderMissing, MailboxUnavailable
-from mailfiler.sources.base import Change, Delta, Listing, MarkState, Source
+from mailfiler.sources.base import Change, Delta, Listing, MarkState, Source, TagDelta, TagQuery
 from mailfiler.sources.graph.auth import SignIn, Tokens
 from mailfiler.sources.graph.client import DeltaExpired, GraphClient, GraphError
 from mailfiler.sources.graph.folders import FolderTree
@@ -66,6 +66,10 @@ class GraphSettings:
     webhook_url: str | None = None
     #: where the local listener behind that URL listens (host, port)
     webhook_listen: tuple[str, int] = ("127.0.0.1", 8435)
+    #: categories mailfiler sets itself (the marks' names, set or not): never a tag that tracks
+    own_categories: tuple[str, ...] = ("Tracked in CRM", "Not tracked (see CRM)")
+    #: track by tag is on: a message that changed in a watched folder wakes a tag pass
+    tag_events: bool = False
 
 
 @dataclass
@@ -115,6 +119,8 @@ class GraphSource(Source):
         self.tokens = tokens or Tokens(settings.sign_in, f"graph sign-in for {who}")
         self._connect()
         self._rounds: OrderedDict[str, _Round] = OrderedDict()
+        #: ids of the folders a tag pass leaves out (Deleted Items...), once looked up
+        self.tag_skipped: set[str] | None = None
 
     def _connect(self) -> None:
         settings = self.settings
@@ -296,6 +302,17 @@ class GraphSource(Source):
 
         folder_id = await self._folder_id(folder)
         return await lacking(self.client, folder_id, state, self.settings.categories)
+
+    # -- tags (track by tag: Outlook categories, sources/graph/tags.py) -------------------------
+
+    @property
+    def tags(self) -> bool:
+        return True
+
+    def tag_changes(self, cursors: Mapping[str, str | None], query: TagQuery) -> AsyncIterator[TagDelta]:
+        from mailfiler.sources.graph.tags import tag_changes
+
+        return tag_changes(self, cursors, query)
 
     # -- watching ---------------------------------------------------------------------------
 

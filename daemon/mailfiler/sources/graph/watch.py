@@ -50,6 +50,8 @@ class _Settings(Protocol):
     def webhook_url(self) -> str | None: ...
     @property
     def webhook_listen(self) -> tuple[str, int]: ...
+    @property
+    def tag_events(self) -> bool: ...
 
 
 class GraphSource(Protocol):
@@ -101,7 +103,9 @@ async def _start(source: GraphSource, state: _Folder) -> None:
 
 
 async def _look(source: GraphSource, state: _Folder) -> list[Change]:
-    """One poll of one folder: what came and went since the last."""
+    """One poll of one folder: what came and went since the last.  With track by tag, a
+    message known already that the round lists again changed (a category, perhaps): a
+    ``tags`` change wakes a tag pass."""
     if state.link is None:
         await _start(source, state)
         return [Change("rescan", state.name)]
@@ -114,10 +118,15 @@ async def _look(source: GraphSource, state: _Folder) -> list[Change]:
     state.link = link
     changes = [Change("gone", state.name, sid) for sid in sorted(removed & state.known)]
     state.known -= removed
+    touched = False
     for sid in ids:
         if sid not in state.known:
             state.known.add(sid)
             changes.append(Change("added", state.name, sid))
+        else:
+            touched = True
+    if source.settings.tag_events and (touched or any(c.kind == "added" for c in changes)):
+        changes.append(Change("tags", "*"))
     return changes
 
 

@@ -1,0 +1,185 @@
+"""Tags on Microsoft Graph: Outlook categories, for track by tag (issue 20;
+:meth:`mailfiler.sources.base.Source.tag_changes`).
+
+* **Every mail folder** of the mailbox (the folder tree's delta, one small
+  request), but Deleted Items, Junk Email, Drafts, Outbox and Sync Issues and
+  what is below them (their ids asked once per source by well-known name).
+* **The tag cursor** is a message delta link of the folder's own, apart from
+  the worker's and the watcher's, of a round with
+  ``$select=categories,internetMessageId``: a round from it lists every
+  message changed since (a category set or cleared, read, moved in), each
+  with its categories; ``@removed`` entries are no tag change.  An idle pass
+  costs the folder delta and one message delta request per folder.
+* **Without a cursor** (a first pass, an expired link: 410) the round starts
+  from nothing and lists every message with its categories: the ones carrying
+  a tag now *and* the cursor in the same requests.  (``$filter=categories/any(c:c
+  eq 'CRM')`` finds the tagged ones too, but message delta takes no such
+  filter, and a cursor can only be had by a round over the folder.)
+* **Each change's cursor**: a delta link names a whole round, so only the
+  round's last change carries it (the others commit none); a crash mid-round
+  runs the round again and the consumer finds the first part done.
+* **mailfiler's own categories** never match, whatever the query says.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import quote
+
+from mailfiler.errors import FolderMissing, MailboxUnavailable
+from mailfiler.sources.base import TagChange, TagDelta, TagQuery
+from mailfiler.sources.graph.client import DeltaExpired, GraphClient, GraphError
+from mailfiler.sources.graph.folders import FolderTree
+
+log = logging.getLogger("mailfiler.graph")
+
+PREFIX = "graphtag1."
+#: well-known folders a tag pass leaves out, with what is below them
+SKIPPED = ("deleteditems", "junkemail", "drafts", "outbox", "syncissues")
+
+
+class _Settings(Protocol):
+    @property
+    def own_categories(self) -> tuple[str, ...]: ...
+    @property
+    def page_size(self) -> int: ...
+
+
+class GraphSource(Protocol):
+    """What a tag pass uses of :class:`mailfiler.sources.graph.source.GraphSource`
+    (a protocol: that module imports this one)."""
+
+    @property
+    def settings(self) -> _Settings: ...
+    @property
+    def client(self) -> GraphClient: ...
+    @property
+    def tree(self) -> FolderTree: ...
+
+    tag_skipped: set[str] | None
+
+
+@dataclass(frozen=True)
+class TagCursor:
+    folder_id: str
+    link: str
+
+    def encode(self) -> str:
+        return PREFIX + json.dumps({"f": self.folder_id, "l": self.link}, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, token: str | None) -> TagCursor | None:
+        if not token or not token.startswith(PREFIX):
+            return None
+        try:
+            data = json.loads(token[len(PREFIX) :])
+            return cls(str(data["f"]), str(data["l"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+async def _skipped_ids(client: GraphClient) -> set[str]:
+    out: set[str] = set()
+    for name in SKIPPED:
+        try:
+            got = await client.get(f"/mailFolders/{name}", **{"$select": "id"})
+        except GraphError:
+            continue  # no such folder in this mailbox (Outbox, Sync Issues are Outlook's)
+        if isinstance(got, dict) and got.get("id"):
+            out.add(str(got["id"]))
+    return out
+
+
+def _folders(tree: FolderTree, skipped: set[str]) -> dict[str, str]:
+    """path -> folder id of every folder not at or below a skipped one."""
+    out: dict[str, str] = {}
+    ids = [*tree.folders, *([tree.inbox_id] if tree.inbox_id else [])]
+    for fid in dict.fromkeys(ids):
+        path = tree.path_of(fid)
+        if not path:
+            continue
+        cur, left_out = fid, False
+        for _ in range(64):
+            if cur in skipped:
+                left_out = True
+                break
+            if cur not in tree.folders:
+                break
+            cur = tree.folders[cur][1]
+        if not left_out:
+            out[path] = fid
+    return out
+
+
+async def _round(source: GraphSource, folder: str, folder_id: str, link: str | None, query: TagQuery) -> TagDelta:
+    start = link or (f"/mailFolders/{quote(folder_id, safe='')}/messages/delta?$select=categories,internetMessageId")
+    own = {c.lower() for c in source.settings.own_categories}
+    every = folder in query.every_message_in
+    found: dict[str, frozenset[str]] = {}
+    new_link: str | None = None
+    try:
+        async for page in source.client.pages(
+            start, headers={"Prefer": f"odata.maxpagesize={source.settings.page_size}"}
+        ):
+            for item in page["value"]:
+                sid = item.get("id")
+                if not isinstance(sid, str) or not sid:
+                    continue
+                if "@removed" in item:
+                    found.pop(sid, None)
+                    continue
+                cats = item.get("categories")
+                names = [c for c in cats if isinstance(c, str)] if isinstance(cats, list) else []
+                tags = frozenset(t for t in query.matching(names) if t.lower() not in own)
+                found.pop(sid, None)
+                if tags or every:
+                    found[sid] = tags  # delta repeats a message changed mid-round: the latest counts
+            new_link = page.get("@odata.deltaLink") or new_link
+    except DeltaExpired:
+        raise
+    except GraphError as exc:
+        if exc.status == 404:
+            raise FolderMissing(f"the folder {folder!r} is gone", folder=folder) from exc
+        raise MailboxUnavailable(f"reading the tag changes of {folder!r}: {exc}") from exc
+    if new_link is None:
+        raise MailboxUnavailable(f"a delta round of {folder!r} ended without a delta link")
+    token = TagCursor(folder_id, new_link).encode()
+    changes = [TagChange(sid, tags) for sid, tags in found.items()]
+    if changes:
+        changes[-1] = TagChange(changes[-1].source_id, changes[-1].tags, token)
+    return TagDelta(folder, changes, token)
+
+
+async def tag_changes(
+    source: GraphSource, cursors: Mapping[str, str | None], query: TagQuery
+) -> AsyncIterator[TagDelta]:
+    if source.tag_skipped is None:
+        source.tag_skipped = await _skipped_ids(source.client)
+    await source.tree.refresh()
+    for folder, folder_id in sorted(_folders(source.tree, source.tag_skipped).items()):
+        cursor = TagCursor.decode(cursors.get(folder))
+        link = cursor.link if cursor is not None and cursor.folder_id == folder_id else None
+        try:
+            try:
+                delta = await _round(source, folder, folder_id, link, query)
+            except DeltaExpired:
+                if link is None:
+                    raise
+                log.info("graph: the tag delta link of %r expired; looking at it afresh", folder)
+                delta = await _round(source, folder, folder_id, None, query)
+        except FolderMissing:
+            continue  # deleted since the listing
+        except DeltaExpired as exc:  # a skip token expired mid-round: the next pass tries again
+            log.warning(
+                "tag pass: skipping %s: %s", folder, exc, extra={"event": "tag-folder-failed", "folder": folder}
+            )
+            continue
+        if delta.changes or delta.token != cursors.get(folder):
+            yield delta
+
+
+__all__ = ["TagCursor", "tag_changes"]
