@@ -88,6 +88,10 @@ class StreamWatcher:
         self.folders = folders
         self.stop = stop
 
+    def _tags(self) -> list[Change]:
+        """After events were lost a category may have changed too (track by tag)."""
+        return [Change("tags", "*")] if self.source.client.settings.tag_events else []
+
     def _subscribe(self, folder_ids: list[str]) -> str:
         account = self.source.client.account
         if self.source.client.settings.tag_events:
@@ -150,7 +154,7 @@ class StreamWatcher:
                         continue
                     if rescan_due:
                         rescan_due = False
-                        yield [Change("rescan", f) for f in by_id.values()]
+                        yield [Change("rescan", f) for f in by_id.values()] + self._tags()
                 got = await self._next(member)
                 if got is None:
                     return
@@ -165,10 +169,12 @@ class StreamWatcher:
                         rescan |= again
                     batch = [c for c in changes if c.folder not in rescan]
                     batch += [Change("rescan", f) for f in sorted(rescan)]
+                    if rescan and not any(c.kind == "tags" for c in batch):
+                        batch += self._tags()
                     if batch:
                         yield batch
                 elif kind == "rescan":
-                    yield [Change("rescan", f) for f in by_id.values()]
+                    yield [Change("rescan", f) for f in by_id.values()] + self._tags()
                 elif kind == "lost":
                     member = None  # subscribe again, then catch up
                     rescan_due = True

@@ -114,7 +114,8 @@ async def _look(source: GraphSource, state: _Folder) -> list[Change]:
     except DeltaExpired:
         log.info("graph: the watcher's delta link of %r expired; reading the folder again", state.name)
         await _start(source, state)
-        return [Change("rescan", state.name)]
+        # what changed meanwhile is unknown: a category too, perhaps (track by tag)
+        return [Change("rescan", state.name), *([Change("tags", "*")] if source.settings.tag_events else [])]
     state.link = link
     changes = [Change("gone", state.name, sid) for sid in sorted(removed & state.known)]
     state.known -= removed
