@@ -30,6 +30,7 @@ from mailfiler.sources.base import Change, Delta, Listing, MarkState, Source, Ta
 from mailfiler.sources.ews import folders as fl
 from mailfiler.sources.ews.client import EwsClient
 from mailfiler.sources.ews.settings import EwsSettings
+from mailfiler.sources.ews.tags import Dirty
 from mailfiler.sources.ews.tokens import Cursor, Walk, item_hash
 
 log = logging.getLogger("mailfiler.sources.ews")
@@ -52,6 +53,8 @@ class EwsSource(Source):
         self._walks: OrderedDict[str, Walk] = OrderedDict()
         #: ids of the folders a tag pass leaves out (Deleted Items...), once looked up
         self.tag_skipped: set[str] | None = None
+        #: folders the all-folders stream saw change (sources/ews/tags.py); filled by the watcher
+        self.tag_dirty = Dirty()
 
     # -- connection ------------------------------------------------------------------------
 

@@ -20,6 +20,12 @@
   (it covers the pages before, never one after); the last change of the walk
   gets the final state.  A crash mid-page reports that page again: the
   consumer finds it done.
+* **With the stream** (the daemon's watcher, subscribed to all folders while
+  track by tag is on) a pass walks only the folders the stream named since the
+  last pass began (:class:`Dirty`), and those without a cursor: an idle pass
+  is the one FindFolder.  Every folder is walked when no stream is live, after
+  a (re)subscription or a stream that may have lost events, and at least
+  every :data:`FULL_EVERY` seconds.
 * **mailfiler's own categories** (``Tracked in CRM``, ``Not tracked (see
   CRM)``) never match, whatever the query says.
 """
@@ -28,8 +34,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from exchangelib import errors as ex
@@ -50,6 +57,46 @@ PREFIX = "ewstag1."
 #: the distinguished folders a tag pass leaves out, with what is below them
 SKIPPED = (DeletedItems, JunkEmail, Drafts, Outbox, SyncIssues)
 _FOLDER_GONE = (ex.ErrorFolderNotFound, ex.ErrorInvalidIdMalformed)
+#: seconds after which a pass walks every folder even with a live stream (a safety net)
+FULL_EVERY = 600.0
+
+
+@dataclass
+class Dirty:
+    """The folders (ids) a live all-folders stream saw change since the last tag
+    pass began; ``folders`` None: unknown (no stream, or events may be lost)."""
+
+    folders: set[str] | None = None
+    live: bool = False
+    full_at: float = field(default=float("-inf"))
+
+    def joined(self) -> None:
+        """A (re)subscription: what happened before it is unknown."""
+        self.live, self.folders = True, None
+
+    def lost(self) -> None:
+        self.live, self.folders = False, None
+
+    def saw(self, folder_ids: Iterable[str]) -> None:
+        if self.folders is not None:
+            self.folders.update(folder_ids)
+
+    def take(self) -> set[str] | None:
+        """What a pass beginning now walks (None: every folder); the stream counts afresh."""
+        got = self.folders
+        if got is not None and time.monotonic() - self.full_at > FULL_EVERY:
+            got = None
+        if got is None:
+            self.full_at = time.monotonic()
+        self.folders = set() if self.live else None
+        return got
+
+    def put_back(self, folder_ids: set[str] | None) -> None:
+        """A pass that did not finish: what it was to walk is walked next time."""
+        if folder_ids is None:
+            self.folders = None
+        else:
+            self.saw(folder_ids)
 
 
 class EwsSource(Protocol):
@@ -63,6 +110,7 @@ class EwsSource(Protocol):
     def client(self) -> EwsClient: ...
 
     tag_skipped: set[str] | None
+    tag_dirty: Dirty
 
 
 @dataclass(frozen=True)
@@ -164,29 +212,43 @@ async def tag_changes(source: EwsSource, cursors: Mapping[str, str | None], quer
     client = source.client
     if source.tag_skipped is None:
         source.tag_skipped = await client.run(_skipped_ids, client.account)
-    tree = await client.run(fl.load_tree, client.account)
-    for folder, folder_id in sorted(_folders(tree, source.tag_skipped).items()):
-        cursor = TagCursor.decode(cursors.get(folder))
-        state = cursor.state if cursor is not None and cursor.folder_id == folder_id else None
+    dirty = source.tag_dirty.take()
+    finished = False
+    try:
+        tree = await client.run(fl.load_tree, client.account)
+        for folder, folder_id in sorted(_folders(tree, source.tag_skipped).items()):
+            cursor = TagCursor.decode(cursors.get(folder))
+            state = cursor.state if cursor is not None and cursor.folder_id == folder_id else None
+            if state is not None and dirty is not None and folder_id not in dirty:
+                continue  # the live stream saw nothing change here
+            delta = await _folder(source, folder, folder_id, state, query)
+            if delta is None:
+                source.tag_dirty.saw({folder_id})  # looked at again next time
+            elif delta.changes or delta.token != cursors.get(folder):
+                yield delta
+        finished = True
+    finally:
+        if not finished:
+            source.tag_dirty.put_back(dirty)
+
+
+async def _folder(
+    source: EwsSource, folder: str, folder_id: str, state: str | None, query: TagQuery
+) -> TagDelta | None:
+    """The folder's tag changes, or None when it could not be looked at."""
+    try:
         try:
-            try:
-                delta = await _walk(source, folder, folder_id, state, query)
-            except ex.ErrorInvalidSyncStateData:
-                log.info(
-                    "Exchange refused the tag sync state of %s/%s; looking afresh", source.settings.mailbox, folder
-                )
-                delta = await _walk(source, folder, folder_id, None, query)
-        except _FOLDER_GONE:
-            continue  # deleted since the listing
-        except MailboxUnavailable:
-            raise
-        except ex.EWSError as exc:  # one folder the server will not show
-            log.warning(
-                "tag pass: skipping %s: %s", folder, exc, extra={"event": "tag-folder-failed", "folder": folder}
-            )
-            continue
-        if delta.changes or delta.token != cursors.get(folder):
-            yield delta
+            return await _walk(source, folder, folder_id, state, query)
+        except ex.ErrorInvalidSyncStateData:
+            log.info("Exchange refused the tag sync state of %s/%s; looking afresh", source.settings.mailbox, folder)
+            return await _walk(source, folder, folder_id, None, query)
+    except _FOLDER_GONE:
+        return None  # deleted since the listing
+    except MailboxUnavailable:
+        raise
+    except ex.EWSError as exc:  # one folder the server will not show
+        log.warning("tag pass: skipping %s: %s", folder, exc, extra={"event": "tag-folder-failed", "folder": folder})
+        return None
 
 
-__all__ = ["TagCursor", "tag_changes"]
+__all__ = ["Dirty", "TagCursor", "tag_changes"]

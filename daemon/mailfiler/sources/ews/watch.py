@@ -33,6 +33,7 @@ from mailfiler.sources.base import Change
 from mailfiler.sources.ews import folders as fl
 from mailfiler.sources.ews.client import EwsClient
 from mailfiler.sources.ews.streams import RECONNECT_PAUSES, Member, hub_for
+from mailfiler.sources.ews.tags import Dirty
 
 log = logging.getLogger("mailfiler.sources.ews")
 
@@ -43,10 +44,23 @@ class EwsSource(Protocol):
 
     @property
     def client(self) -> EwsClient: ...
+    @property
+    def tag_dirty(self) -> Dirty: ...
     async def folder_ids(self, folders: Sequence[str]) -> dict[str, str]: ...
 
 
 _FATAL = (LoginRefused, TlsCertificateRefused, MailboxMissing)
+
+
+def folders_of(notification: Any) -> set[str]:
+    """The ids of every folder the notification's events name (for track by tag)."""
+    out: set[str] = set()
+    for event in notification.events or []:
+        for name in ("parent_folder_id", "old_parent_folder_id", "folder_id"):
+            ref = getattr(event, name, None)
+            if ref is not None and getattr(ref, "id", None):
+                out.add(ref.id)
+    return out
 
 
 def changes_of(notification: Any, by_id: dict[str, str], *, tags: bool = False) -> tuple[list[Change], set[str]]:
@@ -141,6 +155,8 @@ class StreamWatcher:
                             continue
                         ids = list(by_id)
                         member = await hub.join(client, lambda ids=ids: self._subscribe(ids))  # type: ignore[misc]
+                        if client.settings.tag_events:
+                            self.source.tag_dirty.joined()  # a tag pass walks every folder once more
                     except _FATAL:
                         raise
                     except (MailboxUnavailable, TimeoutError) as exc:
@@ -163,8 +179,11 @@ class StreamWatcher:
                     failures = 0
                     tags = client.settings.tag_events
                     changes, rescan = changes_of(value, by_id, tags=tags)
+                    self.source.tag_dirty.saw(folders_of(value))
                     while not member.queue.empty() and member.queue._queue[0][0] == "notification":  # type: ignore[attr-defined]  # noqa: SLF001
-                        more, again = changes_of(member.queue.get_nowait()[1], by_id, tags=tags)
+                        more_value = member.queue.get_nowait()[1]
+                        self.source.tag_dirty.saw(folders_of(more_value))
+                        more, again = changes_of(more_value, by_id, tags=tags)
                         changes += more
                         rescan |= again
                     batch = [c for c in changes if c.folder not in rescan]
@@ -174,13 +193,16 @@ class StreamWatcher:
                     if batch:
                         yield batch
                 elif kind == "rescan":
+                    self.source.tag_dirty.put_back(None)  # events may be lost: every folder
                     yield [Change("rescan", f) for f in by_id.values()] + self._tags()
                 elif kind == "lost":
                     member = None  # subscribe again, then catch up
+                    self.source.tag_dirty.lost()
                     rescan_due = True
                 elif kind == "error":
                     raise value
         finally:
+            self.source.tag_dirty.lost()  # no stream: a tag pass walks every folder
             if member is not None:
                 hub.leave(member)
                 with contextlib.suppress(Exception):
