@@ -37,6 +37,7 @@ from mailfiler.sources.graph.auth import SignIn, Tokens
 from mailfiler.sources.graph.client import DeltaExpired, GraphClient, GraphError
 from mailfiler.sources.graph.folders import FolderTree
 from mailfiler.sources.graph.reader import Reader
+from mailfiler.sources.graph.tags import Watched
 from mailfiler.util.text import plural
 
 log = logging.getLogger("mailfiler.graph")
@@ -121,6 +122,8 @@ class GraphSource(Source):
         self._rounds: OrderedDict[str, _Round] = OrderedDict()
         #: ids of the folders a tag pass leaves out (Deleted Items...), once looked up
         self.tag_skipped: set[str] | None = None
+        #: the folders the watcher polls and those it saw change (sources/graph/tags.py)
+        self.tag_watched = Watched()
 
     def _connect(self) -> None:
         settings = self.settings

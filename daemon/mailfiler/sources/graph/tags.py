@@ -18,6 +18,12 @@
 * **Each change's cursor**: a delta link names a whole round, so only the
   round's last change carries it (the others commit none); a crash mid-round
   runs the round again and the consumer finds the first part done.
+* **With the watcher** polling a folder (the daemon's, for tracked and
+  auto-tracked folders: every folder by default), a pass walks it only when
+  the watcher saw something change there since the last pass began
+  (:class:`Watched`); folders not polled, and every folder every
+  :data:`FULL_EVERY` seconds, are walked anyway.  An idle pass on a mailbox
+  whose folders are all watched is the folder delta alone.
 * **mailfiler's own categories** never match, whatever the query says.
 """
 
@@ -25,8 +31,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import quote
 
@@ -40,6 +47,50 @@ log = logging.getLogger("mailfiler.graph")
 PREFIX = "graphtag1."
 #: well-known folders a tag pass leaves out, with what is below them
 SKIPPED = ("deleteditems", "junkemail", "drafts", "outbox", "syncissues")
+#: seconds after which a pass walks every folder, watched or not (a safety net)
+FULL_EVERY = 600.0
+
+
+def _key(path: str) -> str:
+    return "/".join(p for p in path.split("/") if p).casefold()
+
+
+@dataclass
+class Watched:
+    """The folders (paths) the watcher polls now, and those it saw change since
+    the last tag pass began: a polled folder that did not change is skipped."""
+
+    live: set[str] = field(default_factory=set)
+    changed: set[str] = field(default_factory=set)
+    full_at: float = float("-inf")
+
+    def started(self, path: str) -> None:
+        """Polled from now on; what changed before is unknown."""
+        self.live.add(_key(path))
+        self.changed.add(_key(path))
+
+    def stopped(self, path: str | None = None) -> None:
+        if path is None:
+            self.live.clear()
+        else:
+            self.live.discard(_key(path))
+
+    def saw(self, path: str) -> None:
+        self.changed.add(_key(path))
+
+    def take(self) -> frozenset[str]:
+        """The folders a pass beginning now may skip; the watcher counts afresh."""
+        skippable: frozenset[str] = frozenset()
+        if time.monotonic() - self.full_at > FULL_EVERY:
+            self.full_at = time.monotonic()
+        else:
+            skippable = frozenset(self.live - self.changed)
+        self.changed = set()
+        return skippable
+
+    def put_back(self) -> None:
+        """A pass that did not finish: every polled folder is walked next time."""
+        self.changed |= self.live
 
 
 class _Settings(Protocol):
@@ -61,6 +112,7 @@ class GraphSource(Protocol):
     def tree(self) -> FolderTree: ...
 
     tag_skipped: set[str] | None
+    tag_watched: Watched
 
 
 @dataclass(frozen=True)
@@ -159,27 +211,43 @@ async def tag_changes(
 ) -> AsyncIterator[TagDelta]:
     if source.tag_skipped is None:
         source.tag_skipped = await _skipped_ids(source.client)
-    await source.tree.refresh()
-    for folder, folder_id in sorted(_folders(source.tree, source.tag_skipped).items()):
-        cursor = TagCursor.decode(cursors.get(folder))
-        link = cursor.link if cursor is not None and cursor.folder_id == folder_id else None
+    skippable = source.tag_watched.take()
+    finished = False
+    try:
+        await source.tree.refresh()
+        for folder, folder_id in sorted(_folders(source.tree, source.tag_skipped).items()):
+            cursor = TagCursor.decode(cursors.get(folder))
+            link = cursor.link if cursor is not None and cursor.folder_id == folder_id else None
+            if link is not None and _key(folder) in skippable:
+                continue  # the watcher polls it and saw nothing change
+            delta = await _folder(source, folder, folder_id, link, query)
+            if delta is None:
+                source.tag_watched.saw(folder)  # looked at again next time
+            elif delta.changes or delta.token != cursors.get(folder):
+                yield delta
+        finished = True
+    finally:
+        if not finished:
+            source.tag_watched.put_back()
+
+
+async def _folder(
+    source: GraphSource, folder: str, folder_id: str, link: str | None, query: TagQuery
+) -> TagDelta | None:
+    """The folder's tag changes, or None when it could not be looked at."""
+    try:
         try:
-            try:
-                delta = await _round(source, folder, folder_id, link, query)
-            except DeltaExpired:
-                if link is None:
-                    raise
-                log.info("graph: the tag delta link of %r expired; looking at it afresh", folder)
-                delta = await _round(source, folder, folder_id, None, query)
-        except FolderMissing:
-            continue  # deleted since the listing
-        except DeltaExpired as exc:  # a skip token expired mid-round: the next pass tries again
-            log.warning(
-                "tag pass: skipping %s: %s", folder, exc, extra={"event": "tag-folder-failed", "folder": folder}
-            )
-            continue
-        if delta.changes or delta.token != cursors.get(folder):
-            yield delta
+            return await _round(source, folder, folder_id, link, query)
+        except DeltaExpired:
+            if link is None:
+                raise
+            log.info("graph: the tag delta link of %r expired; looking at it afresh", folder)
+            return await _round(source, folder, folder_id, None, query)
+    except FolderMissing:
+        return None  # deleted since the listing
+    except DeltaExpired as exc:  # a skip token expired mid-round: the next pass tries again
+        log.warning("tag pass: skipping %s: %s", folder, exc, extra={"event": "tag-folder-failed", "folder": folder})
+        return None
 
 
-__all__ = ["TagCursor", "tag_changes"]
+__all__ = ["TagCursor", "Watched", "tag_changes"]

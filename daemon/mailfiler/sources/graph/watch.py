@@ -34,6 +34,7 @@ from mailfiler.errors import FolderMissing, LoginRefused, MailboxMissing, Mailbo
 from mailfiler.sources.base import Change
 from mailfiler.sources.graph.client import DeltaExpired, GraphClient, GraphError
 from mailfiler.sources.graph.folders import FolderTree
+from mailfiler.sources.graph.tags import Watched
 
 if TYPE_CHECKING:
     from mailfiler.sources.graph.webhook import Subscriptions
@@ -64,6 +65,8 @@ class GraphSource(Protocol):
     def client(self) -> GraphClient: ...
     @property
     def tree(self) -> FolderTree: ...
+    @property
+    def tag_watched(self) -> Watched: ...
     async def folder_round(self, folder: str, link: str | None) -> tuple[list[str], set[str], str]: ...
 
 
@@ -100,6 +103,7 @@ async def _sleep(stop: asyncio.Event, seconds: float, subs: Subscriptions | None
 async def _start(source: GraphSource, state: _Folder) -> None:
     ids, _, link = await source.folder_round(state.name, None)
     state.known, state.link = set(ids), link
+    source.tag_watched.started(state.name)
 
 
 async def _look(source: GraphSource, state: _Folder) -> list[Change]:
@@ -126,6 +130,8 @@ async def _look(source: GraphSource, state: _Folder) -> list[Change]:
             changes.append(Change("added", state.name, sid))
         else:
             touched = True
+    if touched or changes:
+        source.tag_watched.saw(state.name)  # the tag pass walks it (sources/graph/tags.py)
     if source.settings.tag_events and (touched or any(c.kind == "added" for c in changes)):
         changes.append(Change("tags", "*"))
     return changes
@@ -136,6 +142,7 @@ async def _look_or_missing(source: GraphSource, state: _Folder) -> list[Change]:
         return await _look(source, state)
     except FolderMissing:
         state.link = None  # the worker reports it; looked for again next round
+        source.tag_watched.stopped(state.name)
         return []
 
 
@@ -195,5 +202,6 @@ async def poll(source: GraphSource, folders: Sequence[str], stop: asyncio.Event)
                 interval = min(high, interval * BACKOFF)
             woken = await _sleep(stop, max(0.0, interval - (time.monotonic() - started)), subs)
     finally:
+        source.tag_watched.stopped()  # nothing polled: a tag pass walks every folder
         if subs is not None:
             await subs.close()
