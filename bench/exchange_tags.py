@@ -21,8 +21,12 @@ What is measured
   idle pass ``tag_changes`` of the backend's Source, no daemon, on a mailbox of INBOX, the 4
             tracked folders, ``Projekt`` and 8 ``Archive/20xx`` folders, one of them with
             --big messages, 100 of them categorised: a first pass (no cursors), then
-            --passes idle passes (cursors from the pass before, nothing changed); requests
-            the fake served per pass (token requests apart) and the time, median.
+            --passes idle passes (cursors from the pass before, nothing changed), then one
+            category set before each pass; requests the fake served per pass (token
+            requests apart) and the time, median.  First without a watcher (``mailfiler
+            once``), then with the daemon's watcher running in this process (EWS: the
+            all-folders stream; Graph: every folder polled), where a pass walks only the
+            folders the watcher saw change.
 Not a test: it prints numbers.
 """
 
@@ -127,10 +131,10 @@ class Box:
 
             secret = SecretProvider("bench", password_command=["printf", "pw-user"])
             return EwsSource(EwsSettings(url=self.ews.ews_url, username=MAILBOX, secret=secret, auth="basic",
-                                         mailbox=MAILBOX, version="2016"))  # fmt: skip
+                                         mailbox=MAILBOX, version="2016", tag_events=True))  # fmt: skip
         from mailfiler.sources.graph.source import GraphSource
 
-        return GraphSource(graph_settings(self.graph))
+        return GraphSource(graph_settings(self.graph, tag_events=True))
 
 
 def run_latency(box: Box, base: Path, n: int, warmup: int, seed: int) -> dict[str, Any]:
@@ -198,8 +202,45 @@ async def measure_pass(box: Box, big: int, passes: int) -> dict[str, Any]:
             rows.append(await one_pass(source, box, cursors))
         out["one_tag_set"] = med(rows)
         out["folders"] = len(cursors)
+        out.update(await watched_passes(source, box, cursors, refs, passes))
     finally:
         await source.close()
+    return out
+
+
+async def watched_passes(
+    source: Source, box: Box, cursors: dict[str, str | None], refs: list[Any], passes: int
+) -> dict[str, Any]:
+    """The same with the daemon's watcher running (EWS: the all-folders stream; Graph: every
+    folder polled), as in the daemon: the pass walks only what the watcher saw change."""
+    stop = asyncio.Event()
+    folders = await source.list_folders()
+
+    async def watch() -> None:
+        async for _ in source.watch(folders if box.backend == "graph" else ["INBOX"], stop):
+            pass
+
+    task = asyncio.create_task(watch())
+    out: dict[str, Any] = {}
+    try:
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if box.backend == "ews" and source.tag_dirty.live:  # type: ignore[attr-defined]
+                break
+            if box.backend == "graph" and len(source.tag_watched.live) >= len(folders):  # type: ignore[attr-defined]
+                break
+        await asyncio.sleep(0.5)
+        await one_pass(source, box, cursors)  # the first after the watcher started: every folder
+        out["idle_watched"] = med([await one_pass(source, box, cursors) for _ in range(passes)])
+        rows = []
+        for i in range(passes):
+            box.tag(refs[400 + i], "CRM")
+            await asyncio.sleep(1.0 if box.backend == "ews" else 3.0)  # the watcher hears of it
+            rows.append(await one_pass(source, box, cursors))
+        out["one_tag_set_watched"] = med(rows)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
     return out
 
 
@@ -237,7 +278,7 @@ def main() -> None:
           f"ms, p99 {s.get('p99')} ms, max {s.get('max')} ms (missed {latency['missed']}, "
           f"{latency['requests_per_tag']} requests a tag, activities {latency['activities']})")  # fmt: skip
     print(f"tag passes over {idle['folders']} folders, one of {args.big} messages:")
-    for key in ("first_pass", "idle", "one_tag_set"):
+    for key in ("first_pass", "idle", "one_tag_set", "idle_watched", "one_tag_set_watched"):
         print(f"  {key:12} {json.dumps(idle[key])}")
 
 
