@@ -138,8 +138,8 @@ def _skipped_ids(account: Any) -> set[str]:
     for cls in SKIPPED:
         try:
             out.add(cls.get_distinguished(root=account.root).id)
-        except Exception:  # noqa: BLE001 - a server without that folder (Sync Issues is Outlook's)
-            continue
+        except (ex.ErrorFolderNotFound, ex.ErrorAccessDenied):
+            continue  # a mailbox without that folder (Sync Issues is Outlook's), or not ours to see
     return out
 
 

@@ -139,7 +139,9 @@ async def _skipped_ids(client: GraphClient) -> set[str]:
     for name in SKIPPED:
         try:
             got = await client.get(f"/mailFolders/{name}", **{"$select": "id"})
-        except GraphError:
+        except GraphError as exc:
+            if exc.status not in (400, 403, 404):
+                raise MailboxUnavailable(f"looking up the {name} folder: {exc}") from exc
             continue  # no such folder in this mailbox (Outbox, Sync Issues are Outlook's)
         if isinstance(got, dict) and got.get("id"):
             out.add(str(got["id"]))
