@@ -456,17 +456,45 @@ def test_sqlite_path(url: str, expected: Path | None) -> None:
 # --- track by tag (issue 20) ----------------------------------------------------------
 
 
+# track_tags on an IMAP mailbox (a Maildir has no tags); the lines stay where BASE has them
+_TAGS_BASE = BASE.replace("    maildir: Maildir\n", "    imap: {host: imap.example.com, username: alice, password_file: pw}\n")
+
+
 def test_track_tags(tmp_path: Path) -> None:
-    loaded = load_config(write(tmp_path, BASE + "    track_tags: true\n"))
+    loaded = load_config(write(tmp_path, _TAGS_BASE + "    track_tags: true\n"))
     tags = loaded.config.mailboxes[0].track_tags
     assert tags is not None
     assert (tags.tag, tags.set_regarding_prefix, tags.untrack_tag) == ("CRM", "CRM:", "CRM-untrack")
-    assert load_config(write(tmp_path, BASE + "    track_tags: false\n")).config.mailboxes[0].track_tags is None
-    got = only(tmp_path, BASE + "    track_tags: {tag: CRM, untrack_tag: crm}\n")
+    assert load_config(write(tmp_path, _TAGS_BASE + "    track_tags: false\n")).config.mailboxes[0].track_tags is None
+    got = only(tmp_path, _TAGS_BASE + "    track_tags: {tag: CRM, untrack_tag: crm}\n")
     assert got[0] == 10 and "both 'CRM'" in got[2]
-    got = only(tmp_path, BASE + "    track_tags: {untrack_tag: 'CRM:off'}\n")
+    got = only(tmp_path, _TAGS_BASE + "    track_tags: {untrack_tag: 'CRM:off'}\n")
     assert "starts with set_regarding_prefix" in got[2]
-    got = only(tmp_path, BASE + "    track_tags: {tag: 'two words'}\n")
+    got = only(tmp_path, _TAGS_BASE + "    track_tags: {tag: ''}\n")
     assert "cannot be a tag" in got[2]
-    got = only(tmp_path, BASE + "    track_tags: {untrack_folder: Tracked/Contoso}\n")
+    got = only(tmp_path, _TAGS_BASE + "    track_tags: {untrack_folder: Tracked/Contoso}\n")
     assert got[0] == 10 and "is a tracked folder of this mailbox (line 8)" in got[2]
+
+
+_TAGGED = """\
+database: sqlite:///db/mailfiler.db
+state_dir: state
+mailboxes:
+  - name: alice
+    owner: alice@example.com
+    {backend}
+    track_tags: {{tag: {tag}}}
+"""
+_IMAP = "imap: {host: imap.example.com, username: alice, password_file: pw}"
+_EWS = "ews: {url: 'https://mail.example.com/EWS/Exchange.asmx', username: alice@example.com, password_file: pw}"
+
+
+def test_track_tags_take_what_the_backend_can_tag_with(tmp_path: Path) -> None:
+    # an IMAP keyword is one atom; an Outlook category may hold spaces; a Maildir has no tags
+    got = only(tmp_path, _TAGGED.format(backend=_IMAP, tag="'Follow up'"))
+    assert got[0] == 7 and "cannot be a tag on IMAP" in got[2]
+    assert load_config(write(tmp_path, _TAGGED.format(backend=_IMAP, tag="$label1"))).config.mailboxes[0].track_tags
+    tags = load_config(write(tmp_path, _TAGGED.format(backend=_EWS, tag="'Follow up'"))).config.mailboxes[0].track_tags
+    assert tags is not None and tags.tag == "Follow up"
+    got = only(tmp_path, _TAGGED.format(backend="maildir: Maildir", tag="CRM"))
+    assert got[0] == 7 and "a Maildir has no tags" in got[2]

@@ -99,6 +99,10 @@ class Backend:
     #: writes mailfiler's own (Sieve over ManageSieve, EWS inbox rules, Graph messageRules);
     #: None: the mailbox has no rules on a server
     server_rules: Callable[[Any, str | None], RulesBackend] | None = None
+    #: what is wrong with a tag name (``track_tags:``) on this backend, in a sentence, or
+    #: None when it is fine: an IMAP keyword is one atom, an Outlook category may hold
+    #: spaces.  None: the backend has no tags, and ``track_tags:`` is refused
+    tag_name: Callable[[str], str | None] | None = None
 
     async def folders(self, mailbox: Any) -> list[str]:
         if self.list_folders is not None:

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from mailfiler.backends import Backend
 from mailfiler.config.base import LOOPBACK_HOSTS, Strict, resolve_path
-from mailfiler.config.categories import OutlookCategories, categories_switch
+from mailfiler.config.categories import OutlookCategories, categories_switch, category_problem
 from mailfiler.config.credentials import Credentials
 
 if TYPE_CHECKING:
@@ -238,4 +238,5 @@ BACKEND = Backend(
     server_rules=_server_rules,
     targets=_targets,
     check=_check,
+    tag_name=category_problem,
 )

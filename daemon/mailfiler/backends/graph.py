@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from mailfiler.backends import Backend
 from mailfiler.config.base import LOOPBACK_HOSTS, Strict, resolve_path
-from mailfiler.config.categories import OutlookCategories, categories_switch
+from mailfiler.config.categories import OutlookCategories, categories_switch, category_problem
 from mailfiler.config.credentials import Credentials
 
 if TYPE_CHECKING:
@@ -315,4 +315,5 @@ BACKEND = Backend(
     check=_check,
     noun="a Microsoft 365 mailbox",
     server_rules=_server_rules,
+    tag_name=category_problem,
 )

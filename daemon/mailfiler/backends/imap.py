@@ -147,6 +147,13 @@ def _location(mailbox: Any) -> str:
     return f"imap://{cfg.username}@{cfg.host}:{cfg.effective_port}"
 
 
+def keyword_problem(name: str) -> str | None:
+    """Why *name* cannot be an IMAP keyword (RFC 3501's atom), or None."""
+    if any(c.isspace() or ord(c) < 32 or ord(c) > 126 for c in name) or any(c in name for c in '(){%*"\\]'):
+        return f'{name!r} cannot be a tag on IMAP: a keyword is one ASCII word, none of ( ) {{ % * " \\ ]'
+    return None
+
+
 def sieve_settings(mailbox: Any) -> SieveSettings:
     """The ManageSieve login of the mailbox: the imap: one, on the server_rules.managesieve port and TLS."""
     from mailfiler.config.schema import ServerRules
@@ -194,4 +201,5 @@ BACKEND = Backend(
     location=_location,
     resolve=_resolve,
     server_rules=_server_rules,
+    tag_name=keyword_problem,
 )

@@ -27,6 +27,15 @@ def _category_name(value: str) -> str:
 CategoryName = Annotated[str, AfterValidator(_category_name)]
 
 
+def category_problem(name: str) -> str | None:
+    """Why *name* cannot be an Outlook category, or None (a backend's ``tag_name``)."""
+    try:
+        _category_name(name)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 class OutlookCategories(Strict):
     """The Outlook categories set on tracked and shunted mail."""
 
@@ -45,4 +54,4 @@ def categories_switch(value: object) -> object:
     return value
 
 
-__all__ = ["CategoryName", "OutlookCategories", "categories_switch"]
+__all__ = ["CategoryName", "OutlookCategories", "categories_switch", "category_problem"]

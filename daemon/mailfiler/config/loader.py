@@ -19,7 +19,7 @@ import hashlib
 import os
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from urllib.parse import quote, unquote
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from mailfiler.backends import registry
+from mailfiler.backends import Backend, registry
 from mailfiler.config import schema
 from mailfiler.config.base import parse_ref
 from mailfiler.config.base import resolve_path as _resolve
@@ -306,6 +306,7 @@ def _cross_checks(data: dict[str, Any], built: Builder, base_dir: Path) -> list[
                 add(here_b, f"{kind} {identity!r} is already used by {_fmt(first[:2])} (line {line_of(first)})")
             else:
                 taken[(kind, identity)] = here_b
+        backends = [b for kind, b in registry().items() if kind in mb]
         folders: dict[str, KeyPath] = {}
         for j, tf in _items(mb.get("tracked_folders")):
             folder = tf.get("folder")
@@ -318,11 +319,12 @@ def _cross_checks(data: dict[str, Any], built: Builder, base_dir: Path) -> list[
                 else:
                     folders[folder] = here
             check_ref(("mailboxes", i, "tracked_folders", j, "regarding"), tf.get("regarding"))
-            backends = [b for kind, b in registry().items() if kind in mb]
             if tf.get("route") is not None and len(backends) == 1 and backends[0].server_rules is None:
                 where = ("mailboxes", i, "tracked_folders", j, "route")
                 add(where, f"route: writes a rule on a mail server; {backends[0].noun} has none")
         tags = mb.get("track_tags")
+        if len(backends) == 1 and tags not in (None, False):
+            _check_tags(add, ("mailboxes", i, "track_tags"), tags, backends[0])
         untrack = tags.get("untrack_folder") if isinstance(tags, dict) else None
         if isinstance(untrack, str) and untrack.strip() in folders:
             # a tracked folder tracks what is filed there: it cannot untrack it too
@@ -338,6 +340,20 @@ def _cross_checks(data: dict[str, Any], built: Builder, base_dir: Path) -> list[
             check_entity(("records", i, "entity"), entity)
         check_ref(("records", i, "parent"), rec.get("parent"))
     return problems
+
+
+def _check_tags(add: Callable[[KeyPath, str], None], where: KeyPath, tags: Any, backend: Backend) -> None:
+    """``track_tags:`` against what the mailbox's backend can tag with."""
+    if backend.tag_name is None:
+        add(where, f"tracks tagged mail, but {backend.noun} has no tags (IMAP keywords, Outlook categories)")
+        return
+    if not isinstance(tags, dict):
+        return
+    for key in ("tag", "set_regarding_prefix", "untrack_tag"):
+        value = tags.get(key)
+        problem = backend.tag_name(value) if isinstance(value, str) and value else None
+        if problem is not None:
+            add((*where, key), problem)
 
 
 def _items(value: Any) -> Iterable[tuple[int, dict[str, Any]]]:

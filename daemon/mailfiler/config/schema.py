@@ -155,8 +155,10 @@ class AutoTrack(Strict):
 
 
 def _tag_name(v: str) -> str:
-    if not v or any(c.isspace() or ord(c) < 32 for c in v) or any(c in v for c in '(){%*"\\]'):
-        raise ValueError(f'{v!r} cannot be a tag: one word, no spaces and none of ( ) {{ % * " \\ ]')
+    # what every backend needs; the backend's own rules (an IMAP keyword is one atom,
+    # an Outlook category may hold spaces) are checked by the loader (Backend.tag_name)
+    if not v.strip() or len(v) > 255 or any(ord(c) < 32 for c in v):
+        raise ValueError(f"{v!r} cannot be a tag: 1 to 255 characters, no control characters")
     return v
 
 
