@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -148,6 +149,24 @@ class TagDelta:
     folder: str
     changes: list[TagChange]
     token: str | None = None
+
+
+def folder_cursor(prefix: str, folder_id: str, state: str) -> str:
+    """A tag cursor that keeps the server's folder id beside the server's own state
+    (an EWS sync state, a Graph delta link); *prefix* names the backend's format."""
+    return prefix + json.dumps({"f": folder_id, "s": state}, separators=(",", ":"))
+
+
+def folder_cursor_state(prefix: str, token: str | None, folder_id: str) -> str | None:
+    """The state in a :func:`folder_cursor` token, when it is in *prefix*'s format and
+    for *folder_id*: a folder deleted and made again under its name starts afresh."""
+    if not token or not token.startswith(prefix):
+        return None
+    try:
+        data = json.loads(token[len(prefix) :])
+        return str(data["s"]) if data["f"] == folder_id else None
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 class Source(abc.ABC):

@@ -32,7 +32,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -46,7 +45,7 @@ from exchangelib.items import ID_ONLY, Message
 from exchangelib.services import SyncFolderItems
 
 from mailfiler.errors import MailboxUnavailable
-from mailfiler.sources.base import TagChange, TagDelta, TagQuery
+from mailfiler.sources.base import TagChange, TagDelta, TagQuery, folder_cursor, folder_cursor_state
 from mailfiler.sources.ews import folders as fl
 from mailfiler.sources.ews.client import EwsClient
 from mailfiler.sources.ews.settings import EwsSettings
@@ -113,25 +112,6 @@ class EwsSource(Protocol):
     tag_dirty: Dirty
 
 
-@dataclass(frozen=True)
-class TagCursor:
-    folder_id: str
-    state: str
-
-    def encode(self) -> str:
-        return PREFIX + json.dumps({"f": self.folder_id, "s": self.state}, separators=(",", ":"))
-
-    @classmethod
-    def decode(cls, token: str | None) -> TagCursor | None:
-        if not token or not token.startswith(PREFIX):
-            return None
-        try:
-            data = json.loads(token[len(PREFIX) :])
-            return cls(str(data["f"]), str(data["s"]))
-        except (ValueError, TypeError, KeyError):
-            return None
-
-
 def _skipped_ids(account: Any) -> set[str]:
     """The ids of the distinguished folders left out (one GetFolder each, once per source)."""
     out: set[str] = set()
@@ -190,7 +170,7 @@ async def _walk(source: EwsSource, folder: str, folder_id: str, state: str | Non
     found: dict[str, tuple[frozenset[str], str | None]] = {}  # item id -> (tags, cursor), latest wins
     while True:
         changes, new_state, last = await source.client.run(_page, source, folder_id, state)
-        mine = TagCursor(folder_id, state).encode() if state else None
+        mine = folder_cursor(PREFIX, folder_id, state) if state else None
         for kind, item in changes:
             if kind not in ("create", "update"):
                 continue  # a read flag or a delete: no tag change
@@ -201,7 +181,7 @@ async def _walk(source: EwsSource, folder: str, folder_id: str, state: str | Non
         state = new_state
         if last or state is None:
             break
-    token = TagCursor(folder_id, state).encode() if state else None
+    token = folder_cursor(PREFIX, folder_id, state) if state else None
     out = [TagChange(sid, tags, cur) for sid, (tags, cur) in found.items()]
     if out:
         out[-1] = TagChange(out[-1].source_id, out[-1].tags, token)
@@ -217,8 +197,7 @@ async def tag_changes(source: EwsSource, cursors: Mapping[str, str | None], quer
     try:
         tree = await client.run(fl.load_tree, client.account)
         for folder, folder_id in sorted(_folders(tree, source.tag_skipped).items()):
-            cursor = TagCursor.decode(cursors.get(folder))
-            state = cursor.state if cursor is not None and cursor.folder_id == folder_id else None
+            state = folder_cursor_state(PREFIX, cursors.get(folder), folder_id)
             if state is not None and dirty is not None and folder_id not in dirty:
                 continue  # the live stream saw nothing change here
             delta = await _folder(source, folder, folder_id, state, query)
@@ -251,4 +230,4 @@ async def _folder(
         return None
 
 
-__all__ = ["Dirty", "TagCursor", "tag_changes"]
+__all__ = ["Dirty", "tag_changes"]

@@ -29,7 +29,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -38,7 +37,7 @@ from typing import Protocol
 from urllib.parse import quote
 
 from mailfiler.errors import FolderMissing, MailboxUnavailable
-from mailfiler.sources.base import TagChange, TagDelta, TagQuery
+from mailfiler.sources.base import TagChange, TagDelta, TagQuery, folder_cursor, folder_cursor_state
 from mailfiler.sources.graph.client import DeltaExpired, GraphClient, GraphError
 from mailfiler.sources.graph.folders import FolderTree
 
@@ -115,25 +114,6 @@ class GraphSource(Protocol):
     tag_watched: Watched
 
 
-@dataclass(frozen=True)
-class TagCursor:
-    folder_id: str
-    link: str
-
-    def encode(self) -> str:
-        return PREFIX + json.dumps({"f": self.folder_id, "l": self.link}, separators=(",", ":"))
-
-    @classmethod
-    def decode(cls, token: str | None) -> TagCursor | None:
-        if not token or not token.startswith(PREFIX):
-            return None
-        try:
-            data = json.loads(token[len(PREFIX) :])
-            return cls(str(data["f"]), str(data["l"]))
-        except (ValueError, TypeError, KeyError):
-            return None
-
-
 async def _skipped_ids(client: GraphClient) -> set[str]:
     out: set[str] = set()
     for name in SKIPPED:
@@ -201,7 +181,7 @@ async def _round(source: GraphSource, folder: str, folder_id: str, link: str | N
         raise MailboxUnavailable(f"reading the tag changes of {folder!r}: {exc}") from exc
     if new_link is None:
         raise MailboxUnavailable(f"a delta round of {folder!r} ended without a delta link")
-    token = TagCursor(folder_id, new_link).encode()
+    token = folder_cursor(PREFIX, folder_id, new_link)
     changes = [TagChange(sid, tags) for sid, tags in found.items()]
     if changes:
         changes[-1] = TagChange(changes[-1].source_id, changes[-1].tags, token)
@@ -218,8 +198,7 @@ async def tag_changes(
     try:
         await source.tree.refresh()
         for folder, folder_id in sorted(_folders(source.tree, source.tag_skipped).items()):
-            cursor = TagCursor.decode(cursors.get(folder))
-            link = cursor.link if cursor is not None and cursor.folder_id == folder_id else None
+            link = folder_cursor_state(PREFIX, cursors.get(folder), folder_id)
             if link is not None and _key(folder) in skippable:
                 continue  # the watcher polls it and saw nothing change
             delta = await _folder(source, folder, folder_id, link, query)
@@ -252,4 +231,4 @@ async def _folder(
         return None
 
 
-__all__ = ["TagCursor", "Watched", "tag_changes"]
+__all__ = ["Watched", "tag_changes"]
