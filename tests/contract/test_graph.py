@@ -8,7 +8,6 @@ with a client secret, as an organisation's registration would."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +15,7 @@ from mailfiler.sources.graph.source import GraphSource
 from tests.contract.source_contract import AdminMessage, Backend, MailboxAdmin, SourceContract
 from tests.graph.helpers import CATEGORIES, UPN, source, tenant
 from tests.servers.graph import GraphFake
-from tests.servers.tls import Tls, make_tls
+from tests.servers.tls import Tls
 
 
 class GraphAdmin(MailboxAdmin):
@@ -62,11 +61,6 @@ class GraphAdmin(MailboxAdmin):
                 (m.immutable_id, m.folder_id, m.mime, m.is_read, tuple(m.categories), m.change_key)
                 for m in box.messages.values()
             )
-
-
-@pytest.fixture(scope="module")
-def graph_tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    return make_tls(Path(tmp_path_factory.mktemp("graph-tls")))
 
 
 class TestGraph(SourceContract):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,15 +16,10 @@ from tests.e2e.test_autotrack_daemon import mail, mid
 from tests.graph.helpers import APP_ID, SECRET, UPN, tenant
 from tests.graph.world import graph_block
 from tests.servers.graph import GraphFake
-from tests.servers.tls import Tls, make_tls
+from tests.servers.tls import Tls
 
 KUNDER = "INBOX/Kunder/Åkesson AB"
 CONTOSO = "INBOX/Tracked/Contoso"
-
-
-@pytest.fixture(scope="module")
-def graph_tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    return make_tls(Path(tmp_path_factory.mktemp("graph-tls")))
 
 
 @pytest.fixture

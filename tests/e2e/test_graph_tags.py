@@ -20,11 +20,11 @@ import yaml
 
 from tests.e2e.harness import E2EEnv, locations
 from tests.e2e.test_autotrack_daemon import mail, mid
-from tests.e2e.test_graph_daemon import KUNDER, graph, graph_tls, graph_world
+from tests.e2e.test_graph_daemon import KUNDER, graph, graph_world
 from tests.graph.helpers import APP_ID, SECRET, UPN
 from tests.servers.graph import GraphFake
 
-__all__ = ["graph", "graph_tls"]  # the fixtures, imported to be used here
+__all__ = ["graph"]  # the fixture, imported to be used here
 
 #: the watched folders are polled every 0.1-0.4 s; the tag pass interval (30 s) is the safety net
 TAGGED = 10.0

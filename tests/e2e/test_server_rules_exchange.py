@@ -16,7 +16,6 @@ import statistics
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +28,7 @@ from tests.servers.ews import EwsServer
 from tests.servers.ews.soap import PREFIXES
 from tests.servers.graph import GraphFake
 from tests.servers.graph import rules as graph_rules
-from tests.servers.tls import Tls, make_tls
+from tests.servers.tls import Tls
 
 ALICE = "alice@example.com"
 CONTOSO = "INBOX/Clients/Contoso"
@@ -220,11 +219,6 @@ def test_ews_rule_written_by_the_daemon_files_a_delivery_that_it_tracks(
 
 
 # -- Graph ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def graph_tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    return make_tls(Path(tmp_path_factory.mktemp("graph-tls")))
 
 
 @pytest.fixture

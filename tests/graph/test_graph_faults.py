@@ -27,11 +27,6 @@ from tests.servers.tls import Tls, make_tls
 FOLDER = "INBOX/Clients/Acme"
 
 
-@pytest.fixture(scope="module")
-def graph_tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    return make_tls(Path(tmp_path_factory.mktemp("graph-tls")))
-
-
 @pytest.fixture
 def graph(graph_tls: Tls) -> Iterator[GraphFake]:
     with GraphFake(graph_tls) as fake:

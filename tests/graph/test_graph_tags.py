@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
@@ -16,14 +15,9 @@ from mailfiler.sources.base import Change, TagQuery
 from mailfiler.sources.graph.source import GraphSource
 from tests.graph.helpers import UPN, source, tenant
 from tests.servers.graph import GraphFake
-from tests.servers.tls import Tls, make_tls
+from tests.servers.tls import Tls
 
 QUERY = TagQuery(frozenset({"CRM"}), ("CRM:",))
-
-
-@pytest.fixture(scope="module")
-def graph_tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    return make_tls(Path(tmp_path_factory.mktemp("graph-tls")))
 
 
 @pytest.fixture

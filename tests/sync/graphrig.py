@@ -13,14 +13,9 @@ from tests.graph.helpers import UPN, connection, sync_target, tenant
 from tests.servers.graph import GraphFake
 from tests.servers.graph.calendar import Event
 from tests.servers.graph.model import Contact
-from tests.servers.tls import Tls, make_tls
+from tests.servers.tls import Tls
 from tests.store.helpers import Store
 from tests.sync.helpers import Rig, make_mailbox
-
-
-@pytest.fixture(scope="module")
-def graph_tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    return make_tls(Path(tmp_path_factory.mktemp("graph-tls")))
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from mailfiler.sync.crm import ContactStore
 from tests.graph.helpers import UPN
 from tests.servers.graph import GraphFake, faults
 from tests.sync.flaky import FlakyTarget
-from tests.sync.graphrig import graph, graph_tls, grig, outlook_contacts, outlook_events, requests_of
+from tests.sync.graphrig import graph, grig, outlook_contacts, outlook_events, requests_of
 from tests.sync.helpers import Rig, crm_appointment, crm_appointments, crm_contact, crm_contacts
 
-__all__ = ["graph", "graph_tls", "grig"]
+__all__ = ["graph", "grig"]
 
 STO = "Europe/Stockholm"
 ADDRESS = {"kind": "work", "po_box": "", "extended": "", "street": "Storgatan 1", "locality": "Malmö",

@@ -11,10 +11,10 @@ import pytest
 from mailfiler.sources.target import Target
 from tests.graph.helpers import sync_target
 from tests.servers.graph import GraphFake
-from tests.sync.graphrig import graph, graph_tls
+from tests.sync.graphrig import graph
 from tests.sync.target_contract import TargetContract, kind
 
-__all__ = ["graph", "graph_tls", "kind"]
+__all__ = ["graph", "kind"]
 
 #: the contract's events are in January 2024: a window far enough back to hold them
 WINDOW = {"days_back": 3650, "days_ahead": 365}

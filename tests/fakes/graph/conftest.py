@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.servers.graph import GraphFake
-from tests.servers.tls import Tls, make_tls
+from tests.servers.tls import Tls
 
 UPN = "adele@contoso.onmicrosoft.com"
 APP_ID = "6731de76-14a6-49ae-97bc-6eba6914391e"
 SECRET = "not-a-real-secret"
-
-
-@pytest.fixture(scope="session")
-def graph_tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    return make_tls(Path(tmp_path_factory.mktemp("graph-tls")))
 
 
 @pytest.fixture
