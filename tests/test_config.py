@@ -498,3 +498,18 @@ def test_track_tags_take_what_the_backend_can_tag_with(tmp_path: Path) -> None:
     assert tags is not None and tags.tag == "Follow up"
     got = only(tmp_path, _TAGGED.format(backend="maildir: Maildir", tag="CRM"))
     assert got[0] == 7 and "a Maildir has no tags" in got[2]
+
+
+def test_exchange_folders_spell_the_inbox_as_listed(tmp_path: Path) -> None:
+    # EWS and Graph list the Inbox as INBOX and take Inbox/... for it: a tracked folder written
+    # Inbox/Clients/Contoso is INBOX/Clients/Contoso everywhere (status, auto-tracking, the
+    # server-rules check); IMAP children are case-sensitive and stay as written
+    text = _TAGGED.replace("    track_tags: {{tag: {tag}}}\n", "") + (
+        "    tracked_folders: [{{folder: Inbox/Clients/Contoso, regarding: 'account:contoso'}}]\n"
+        "    track_tags: {{untrack_folder: inbox/Untrack}}\n"
+    )
+    ews = load_config(write(tmp_path, text.format(backend=_EWS))).config.mailboxes[0]
+    assert ews.tracked_folders[0].folder == "INBOX/Clients/Contoso"
+    assert ews.track_tags is not None and ews.track_tags.untrack_folder == "INBOX/Untrack"
+    imap = load_config(write(tmp_path, text.format(backend=_IMAP))).config.mailboxes[0]
+    assert imap.tracked_folders[0].folder == "Inbox/Clients/Contoso"

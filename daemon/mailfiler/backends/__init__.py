@@ -103,6 +103,10 @@ class Backend:
     #: None when it is fine: an IMAP keyword is one atom, an Outlook category may hold
     #: spaces.  None: the backend has no tags, and ``track_tags:`` is refused
     tag_name: Callable[[str], str | None] | None = None
+    #: a configured folder path as the backend's listings spell it, so that a tracked
+    #: folder is one name everywhere (EWS and Graph list the Inbox as ``INBOX`` and take
+    #: ``Inbox/Clients`` for it); None: paths are taken as written
+    folder_name: Callable[[str], str] | None = None
 
     async def folders(self, mailbox: Any) -> list[str]:
         if self.list_folders is not None:

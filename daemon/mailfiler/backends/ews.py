@@ -15,6 +15,7 @@ from mailfiler.backends import Backend
 from mailfiler.config.base import LOOPBACK_HOSTS, Strict, resolve_path
 from mailfiler.config.categories import OutlookCategories, categories_switch, category_problem
 from mailfiler.config.credentials import Credentials
+from mailfiler.sources.base import inbox_spelled_out
 
 if TYPE_CHECKING:
     from mailfiler.sources.ews.rules import EwsRules
@@ -239,4 +240,5 @@ BACKEND = Backend(
     targets=_targets,
     check=_check,
     tag_name=category_problem,
+    folder_name=inbox_spelled_out,
 )

@@ -15,6 +15,7 @@ from mailfiler.backends import Backend
 from mailfiler.config.base import LOOPBACK_HOSTS, Strict, resolve_path
 from mailfiler.config.categories import OutlookCategories, categories_switch, category_problem
 from mailfiler.config.credentials import Credentials
+from mailfiler.sources.base import inbox_spelled_out
 
 if TYPE_CHECKING:
     from mailfiler.sources.graph.rules import GraphRules
@@ -316,4 +317,5 @@ BACKEND = Backend(
     noun="a Microsoft 365 mailbox",
     server_rules=_server_rules,
     tag_name=category_problem,
+    folder_name=inbox_spelled_out,
 )

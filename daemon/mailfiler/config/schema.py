@@ -290,6 +290,28 @@ class MailboxBase(Strict):
             return None
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _folders_as_listed(cls, data: object) -> object:
+        # a tracked or untrack folder spelled as the backend lists it (Inbox/X -> INBOX/X on
+        # Exchange), so that status, auto-tracking and the server-rules check see one name
+        if not isinstance(data, dict):
+            return data
+        spell = next((b.folder_name for kind, b in registry().items() if kind in data and b.folder_name), None)
+        if spell is None:
+            return data
+        data = dict(data)
+        folders = data.get("tracked_folders")
+        if isinstance(folders, list):
+            named = [isinstance(tf, dict) and isinstance(tf.get("folder"), str) for tf in folders]
+            data["tracked_folders"] = [
+                {**tf, "folder": spell(tf["folder"])} if ok else tf for tf, ok in zip(folders, named, strict=True)
+            ]
+        tags = data.get("track_tags")
+        if isinstance(tags, dict) and isinstance(tags.get("untrack_folder"), str):
+            data["track_tags"] = {**tags, "untrack_folder": spell(tags["untrack_folder"])}
+        return data
+
     @model_validator(mode="after")
     def _one_backend(self) -> MailboxBase:
         given = [kind for kind in registry() if getattr(self, kind, None) is not None]

@@ -151,6 +151,13 @@ class TagDelta:
     token: str | None = None
 
 
+def inbox_spelled_out(path: str) -> str:
+    """*path* with a first part that names the Inbox in any case as ``INBOX``, the way
+    every backend lists it (a backend's ``folder_name`` where the server folds case)."""
+    head, sep, rest = path.partition("/")
+    return "INBOX" + sep + rest if head.upper() == "INBOX" else path
+
+
 def folder_cursor(prefix: str, folder_id: str, state: str) -> str:
     """A tag cursor that keeps the server's folder id beside the server's own state
     (an EWS sync state, a Graph delta link); *prefix* names the backend's format."""
