@@ -58,21 +58,17 @@ def run(base: Path, n: int, warmup: int, pace: Pace, seed: int) -> dict[str, obj
         reader.start()
         drops: list[tuple[str, float]] = []
 
-        def deliver(k: int) -> None:
+        def deliver(k: int) -> str:
             data = realistic_message(k, seed=seed).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
             server.deliver(MAILBOX, data, folders[k % len(folders)])
             drops.append((message_id_for(k, seed=seed), time.monotonic()))
+            return drops[-1][0]
 
         result: dict[str, object] = {}
         try:
-            if not reader.wait(lambda: reader.events.get("watching", 0) > 0 or proc.poll() is not None, 60):
-                raise RuntimeError(f"the daemon did not start watching (rc={proc.poll()}): {reader.problems[-5:]}")
+            reader.wait_watching(proc)
             result["startup_s"] = round(time.monotonic() - t_spawn, 3)
-            for k in range(warmup):
-                deliver(k)
-                mid = drops[-1][0]
-                if not reader.wait(lambda mid=mid: mid in reader.tracked, 20):
-                    raise RuntimeError(f"warm-up message {mid} was not tracked: {reader.problems[-5:]}")
+            reader.warm_up(deliver, warmup)
             server.hub.delays.clear()
             requests_before = len(server.requests)
             paced_drops(n, pace, lambda k: deliver(warmup + k))

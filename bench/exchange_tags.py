@@ -145,8 +145,7 @@ def run_latency(box: Box, base: Path, n: int, warmup: int, seed: int) -> dict[st
     missed = 0
     before = 0
     try:
-        if not reader.wait(lambda: reader.events.get("watching", 0) > 0 or proc.poll() is not None, 60):
-            raise RuntimeError(f"the daemon did not start watching: {reader.problems[-5:]}")
+        reader.wait_watching(proc)
         time.sleep(1.0)  # its first tag pass is done
         before = box.requests()
         for k, ref in enumerate(refs):

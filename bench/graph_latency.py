@@ -198,21 +198,17 @@ def run_latency(graph: GraphFake, base: Path, n: int, warmup: int, pace: Pace, p
     proc, reader = spawn(cfg)
     drops: list[tuple[str, str, float]] = []  # message id, immutable id, delivered at
 
-    def deliver(k: int) -> None:
+    def deliver(k: int) -> str:
         folder = folders[k % len(folders)]
         msg = graph.deliver(UPN, folder, realistic_message(k, seed=seed))
         drops.append((message_id_for(k, seed=seed), msg.immutable_id, time.monotonic()))
+        return drops[-1][0]
 
     result: dict[str, Any] = {"bare_interval_s": interval}
     try:
-        if not reader.wait(lambda: reader.events.get("watching", 0) > 0 or proc.poll() is not None, 60):
-            raise RuntimeError(f"the daemon did not start watching (rc={proc.poll()}): {reader.problems[-5:]}")
+        reader.wait_watching(proc)
         result["startup_s"] = round(time.monotonic() - t_spawn, 3)
-        for k in range(warmup):
-            deliver(k)
-            mid = drops[-1][0]
-            if not reader.wait(lambda mid=mid: mid in reader.tracked, 20):
-                raise RuntimeError(f"warm-up message {mid} was not tracked: {reader.problems[-5:]}")
+        reader.warm_up(deliver, warmup)
         requests_before = graph_requests(graph) - bare.requests
         t0 = time.monotonic()
         paced_drops(n, pace, lambda k: deliver(warmup + k))
@@ -260,22 +256,18 @@ def run_webhook(graph: GraphFake, base: Path, n: int, warmup: int, pace: Pace, s
     proc, reader = spawn(cfg)
     drops: list[tuple[str, float, float]] = []  # message id, delivered at (monotonic, wall)
 
-    def deliver(k: int) -> None:
+    def deliver(k: int) -> str:
         graph.deliver(UPN, folders[k % len(folders)], realistic_message(100_000 + k, seed=seed))
         drops.append((message_id_for(100_000 + k, seed=seed), time.monotonic(), time.time()))
+        return drops[-1][0]
 
     try:
-        if not reader.wait(lambda: reader.events.get("watching", 0) > 0 or proc.poll() is not None, 60):
-            raise RuntimeError(f"the daemon did not start watching: {reader.problems[-5:]}")
+        reader.wait_watching(proc)
         deadline = time.monotonic() + 20
         while len(graph.subscriptions.items) < len(folders) and time.monotonic() < deadline:
             time.sleep(0.05)
         first = len(graph.subscriptions.deliveries)
-        for k in range(warmup):
-            deliver(k)
-            mid = drops[-1][0]
-            if not reader.wait(lambda mid=mid: mid in reader.tracked, 20):
-                raise RuntimeError(f"warm-up message {mid} was not tracked: {reader.problems[-5:]}")
+        reader.warm_up(deliver, warmup)
         paced_drops(n, pace, lambda k: deliver(warmup + k))
         wanted = {d[0] for d in drops}
         reader.wait(lambda: wanted <= reader.tracked.keys(), 60)
@@ -301,8 +293,7 @@ def run_idle(graph: GraphFake, base: Path, seconds: float) -> dict[str, Any]:
     cfg = write_graph_config(base, graph, folders, None)
     proc, reader = spawn(cfg)
     try:
-        if not reader.wait(lambda: reader.events.get("watching", 0) > 0 or proc.poll() is not None, 60):
-            raise RuntimeError(f"the daemon did not start watching: {reader.problems[-5:]}")
+        reader.wait_watching(proc)
         time.sleep(seconds / 2)
         before = graph_requests(graph)
         tokens_before = token_requests(graph)

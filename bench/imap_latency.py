@@ -225,24 +225,20 @@ def run(server: DovecotServer, base: Path, n: int, warmup: int, pace: Pace, seed
     # (message id, folder, its count in the folder after the APPEND, time the APPEND's OK came back)
     drops: list[tuple[str, str, int, float]] = []
 
-    def append(k: int) -> None:
+    def append(k: int) -> str:
         folder = folders[k % len(folders)]
         data = realistic_message(k, seed=seed).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         admin.append(folder, data)
         t = time.monotonic()
         counts[folder] += 1
         drops.append((message_id_for(k, seed=seed), folder, counts[folder], t))
+        return drops[-1][0]
 
     result: dict[str, object] = {}
     try:
-        if not reader.wait(lambda: reader.events.get("watching", 0) > 0 or proc.poll() is not None, 60):
-            raise RuntimeError(f"the daemon did not start watching (rc={proc.poll()}): {reader.problems[-5:]}")
+        reader.wait_watching(proc)
         result["startup_s"] = round(time.monotonic() - t_spawn, 3)
-        for k in range(warmup):
-            append(k)
-            mid = drops[-1][0]
-            if not reader.wait(lambda mid=mid: mid in reader.tracked, 20):
-                raise RuntimeError(f"warm-up message {mid} was not tracked: {reader.problems[-5:]}")
+        reader.warm_up(append, warmup)
         t0 = time.monotonic()
         paced_drops(n, pace, lambda k: append(warmup + k))
         result["append_phase_s"] = round(time.monotonic() - t0, 3)

@@ -106,8 +106,7 @@ def run_latency(server: DovecotServer, base: Path, n: int, warmup: int, seed: in
     lat: list[float] = []
     missed = 0
     try:
-        if not reader.wait(lambda: reader.events.get("watching", 0) > 0, 60):
-            raise RuntimeError(f"the daemon did not start watching: {reader.problems[-5:]}")
+        reader.wait_watching()
         time.sleep(1.0)  # its first tag pass and auto-tracking's look at Projekt are done
         admin.select("Projekt")
         for k, uid in enumerate(uids):

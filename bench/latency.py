@@ -325,6 +325,23 @@ class LogReader:
         with self.cond:
             return self.cond.wait_for(predicate, timeout)
 
+    def wait_watching(self, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60) -> None:
+        """Until the daemon logs ``watching`` (or *proc* exits); RuntimeError after *timeout*."""
+        def ready() -> bool:
+            return self.events.get("watching", 0) > 0 or (proc is not None and proc.poll() is not None)
+
+        if not self.wait(ready, timeout):
+            rc = f" (rc={proc.poll()})" if proc is not None else ""
+            raise RuntimeError(f"the daemon did not start watching{rc}: {self.problems[-5:]}")
+
+    def warm_up(self, drop: Callable[[int], str], count: int, timeout: float = 20) -> None:
+        """Drop *count* messages one at a time (``drop(k)`` returns its Message-ID), each
+        tracked before the next: not counted, they show the daemon is ready."""
+        for k in range(count):
+            mid = drop(k)
+            if not self.wait(lambda mid=mid: mid in self.tracked, timeout):
+                raise RuntimeError(f"warm-up message {mid} was not tracked: {self.problems[-5:]}")
+
 
 def ts_to_epoch(ts: str) -> float | None:
     """'2024-01-02T03:04:05.678Z' -> seconds since the epoch."""
@@ -355,11 +372,11 @@ def run_daemon(base: Path, n: int, warmup: int, pace: Pace, seed: int, wait: boo
         if not reader.wait(lambda: reader.started or proc.poll() is not None, 60) or not reader.started:
             raise RuntimeError(f"the daemon did not start (rc={proc.poll()}): {reader.problems[-5:]}")
         result["startup_s"] = round(time.monotonic() - t_spawn, 3)
-        for k in range(warmup):  # the first drop also proves the watches are in place
+        def warm(k: int) -> str:  # the first drop also proves the watches are in place
             mda_drop(drops[k], realistic_message(k, seed=seed))
-            mid = drops[k].message_id
-            if not reader.wait(lambda mid=mid: mid in reader.tracked, 20):
-                raise RuntimeError(f"warm-up message {mid} was not tracked: {reader.problems[-5:]}")
+            return drops[k].message_id
+
+        reader.warm_up(warm, warmup)
 
         def drop(k: int) -> None:
             j = warmup + k
