@@ -157,7 +157,7 @@ def ews_settings(cfg: Ews) -> Any:
         version=cfg.version,
         timeout=cfg.timeout,
         max_connections=cfg.max_connections,
-        categories=None if cfg.categories is None else (cfg.categories.tracked, cfg.categories.failed),
+        categories=None if cfg.categories is None else cfg.categories.names,
     )
 
 
@@ -167,11 +167,10 @@ def _source(mailbox: Any) -> Any:
     from mailfiler.sources.ews import EwsSource
 
     cfg: Ews = mailbox.backend_config
-    marks = cfg.categories or OutlookCategories()
     settings = dataclasses.replace(
         ews_settings(cfg),
         # track by tag: mailfiler's own categories never track; a change anywhere wakes a tag pass
-        own_categories=(marks.tracked, marks.failed),
+        own_categories=(cfg.categories or OutlookCategories()).names,
         tag_events=mailbox.track_tags is not None,
     )
     return EwsSource(settings)

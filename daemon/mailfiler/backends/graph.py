@@ -157,7 +157,7 @@ class Graph(Credentials):
 
     @property
     def category_names(self) -> tuple[str, str] | None:
-        return None if self.categories is None else (self.categories.tracked, self.categories.failed)
+        return None if self.categories is None else self.categories.names
 
 
 def sign_in(cfg: Graph) -> Any:
@@ -204,11 +204,10 @@ def _source(mailbox: Any) -> Any:
     from mailfiler.sources.graph.source import GraphSource
 
     cfg: Graph = mailbox.backend_config
-    marks = cfg.categories or OutlookCategories()
     settings = dataclasses.replace(
         graph_settings(cfg),
         # track by tag: mailfiler's own categories never track; a changed message wakes a tag pass
-        own_categories=(marks.tracked, marks.failed),
+        own_categories=(cfg.categories or OutlookCategories()).names,
         tag_events=mailbox.track_tags is not None,
     )
     return GraphSource(settings)

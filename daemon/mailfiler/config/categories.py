@@ -44,6 +44,11 @@ class OutlookCategories(Strict):
         default="Not tracked (see CRM)", description="Set on a message kept aside in the shunt."
     )
 
+    @property
+    def names(self) -> tuple[str, str]:
+        """(tracked, failed): the categories mailfiler sets, and never tracks by."""
+        return (self.tracked, self.failed)
+
 
 def categories_switch(value: object) -> object:
     """``true`` means the default names, ``false`` means no categories (a field validator's body)."""
