@@ -513,3 +513,17 @@ def test_exchange_folders_spell_the_inbox_as_listed(tmp_path: Path) -> None:
     assert ews.track_tags is not None and ews.track_tags.untrack_folder == "INBOX/Untrack"
     imap = load_config(write(tmp_path, text.format(backend=_IMAP))).config.mailboxes[0]
     assert imap.tracked_folders[0].folder == "Inbox/Clients/Contoso"
+
+
+def test_sqlite_store_runs_wal_with_a_large_checkpoint_interval(tmp_path: Path) -> None:
+    # the backfill's commits depend on these (store/db.py says why): a regression is silent otherwise
+    from mailfiler.store.db import make_database
+
+    db = make_database(f"sqlite:///{tmp_path / 'm.db'}")
+    db.connect()
+    try:
+        assert db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute_sql("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert db.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == 10_000
+    finally:
+        db.close()

@@ -2,8 +2,15 @@
 
 SQLite runs in WAL mode with ``synchronous=normal`` (durable at checkpoint,
 never corrupt) and a busy timeout so that the daemon and CLI commands can
-share one file.  PostgreSQL is used through psycopg 3 (``psycopg``, part of
-every install) when several daemons share one store.
+share one file.  The WAL is checkpointed every 10,000 pages (40 MB) rather
+than SQLite's 1,000: a backfill writes every message's text, and with the
+default a checkpoint (which copies pages back and fsyncs) ran every few
+batches, rewriting the same index pages each time; the store writer's time
+per batch drops by about a fifth (bench/imap_backfill.py).  The price is a
+wider window of commits that a power loss (not a crash of mailfiler) may
+roll back; the cursor rolls back with them, so that mail is tracked again.
+PostgreSQL is used through psycopg 3 (``psycopg``, part of every install)
+when several daemons share one store.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ SQLITE_PRAGMAS = {
     "busy_timeout": 10_000,
     "foreign_keys": 1,
     "cache_size": -16_000,
+    "wal_autocheckpoint": 10_000,
 }
 
 
