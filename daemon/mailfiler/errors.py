@@ -95,6 +95,14 @@ class SchemaTooNew(StoreError, UserError):
     code = "schema-too-new"
 
 
+class AlreadyRunning(UserError):
+    """Another mailfiler (``run`` or ``once``) holds the single-instance lock
+    on this state_dir or SQLite store (service/instancelock.py); its ``pid``
+    and the lock file's ``path`` are named in the message."""
+
+    code = "already-running"
+
+
 class RecordImportError(ProblemsError):
     """A records file could not be imported; ``problems`` lists each row."""
 

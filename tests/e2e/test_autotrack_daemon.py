@@ -122,6 +122,8 @@ def test_replies_are_tracked_wherever_they_land_and_other_mail_is_not(env: E2EEn
     daemon.terminate()
     daemon = env.start_daemon()
     daemon.wait_event("watching")
+    # `once` is refused beside a running daemon (service/instancelock.py): stop it first
+    daemon.terminate()
     res = env.cli("once", "--json")
     assert res.returncode == 0
     assert all(r["new"] == 0 and r["skipped"] == 0 for r in json.loads(res.stdout)["alice"])

@@ -24,6 +24,7 @@ EXIT_DATAERR = 65  # EX_DATAERR
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE
 EXIT_SOFTWARE = 70  # EX_SOFTWARE
 EXIT_NOTFOUND = 66  # EX_NOINPUT
+EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: another mailfiler runs; try again once it has stopped
 
 _HINTS: list[tuple[type[e.MailfilerError], int, str]] = [
     (e.NoConfigError, EXIT_CONFIG, "pass --config FILE or set MAILFILER_CONFIG (see config/mailfiler.example.yaml)"),
@@ -31,6 +32,8 @@ _HINTS: list[tuple[type[e.MailfilerError], int, str]] = [
     (e.SchemaTooNew, EXIT_SOFTWARE, "install the mailfiler version that wrote this database, or a newer one"),
     (e.StoreDriverMissing, EXIT_UNAVAILABLE, "install it: {python} -m pip install 'psycopg[binary]'"),
     (e.StoreUnavailable, EXIT_UNAVAILABLE, "check `database:` in the config and that the database server is running"),
+    (e.AlreadyRunning, EXIT_TEMPFAIL, "`mailfiler status` and the other read-only commands work while it runs;"
+     " the lock is freed as soon as that process ends (even if it is killed)"),
     (e.RecordImportError, EXIT_DATAERR, "fix the rows above; nothing was imported"),
     (e.NotFound, EXIT_NOTFOUND, ""),
     (e.MailboxRootMissing, EXIT_UNAVAILABLE, "check `maildir:` in the config; a new mailbox: mkdir -p {path}"),
@@ -58,7 +61,7 @@ _HINTS: list[tuple[type[e.MailfilerError], int, str]] = [
     (e.MailboxUnavailable, EXIT_UNAVAILABLE, "the connection failed; mailfiler retries with backoff (see the log)"),
     (e.UserError, EXIT_DATAERR, ""),
     (e.MailfilerError, EXIT_SOFTWARE, ""),
-]
+]  # fmt: skip
 
 
 def describe(err: e.MailfilerError) -> tuple[int, list[str], str]:

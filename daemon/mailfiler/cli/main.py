@@ -149,6 +149,9 @@ def run(obj: Context, progress: bool | None) -> None:
     fraction of a second.  SIGTERM finishes the message in flight and exits
     0; SIGHUP re-reads the config (a bad config is reported and the running
     one stays).  Under systemd it reports READY=1, STATUS= and watchdog pings.
+
+    One `run` or `once` at a time on a state_dir (and an SQLite store): another
+    one exits 75 at once, naming the pid that holds state_dir/daemon.lock.
     """
     from mailfiler.service.daemon import Daemon
 
@@ -165,6 +168,7 @@ def once(obj: Context, as_json: bool) -> None:
 
     Folders that auto-tracking watches (kind "watched") are passed over too:
     "new" counts the messages tracked, "skipped" those judged and left alone.
+    Beside a running daemon (or another `once`) on the same state_dir it exits 75.
     """
     from mailfiler.service.daemon import run_once
 

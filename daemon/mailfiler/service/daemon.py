@@ -19,11 +19,13 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from mailfiler.config.loader import LoadedConfig, load_config
-from mailfiler.errors import ConfigError, MailfilerError
+from mailfiler.errors import AlreadyRunning, ConfigError, MailfilerError
 from mailfiler.serverrules.runner import server_rules_loop
 from mailfiler.service.filewatch import ConfigWatcher
+from mailfiler.service.instancelock import InstanceLock
 from mailfiler.service.notify import LoopLagMonitor, Notifier, watchdog_interval, watchdog_loop
 from mailfiler.service.runtime import (
     MailboxRuntime,
@@ -63,6 +65,7 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.services: Services | None = None
+        self.lock: InstanceLock | None = None
         self.mailbox_tasks: dict[str, asyncio.Task] = {}
         self.mailbox_stops: dict[str, asyncio.Event] = {}
         self.workers: dict[str, MailboxWorker] = {}
@@ -76,6 +79,12 @@ class Daemon:
     # -- life cycle ---------------------------------------------------------------
 
     async def run(self) -> int:
+        # before the store is touched, held to the end: a second `run` or `once` on this
+        # state_dir or SQLite store stops here with AlreadyRunning
+        with InstanceLock(self.loaded.config, "run", config_path=self.loaded.path) as self.lock:
+            return await self._run()
+
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self._on_stop, "SIGINT")
@@ -343,6 +352,13 @@ class Daemon:
             self._reject(exc)
             self.notifier.ready()
             return
+        if self.lock is not None and Path(new.config.state_dir) != Path(self.loaded.config.state_dir):
+            try:
+                self.lock.move_state_dir(Path(new.config.state_dir))
+            except AlreadyRunning as exc:
+                self._reject(ConfigError(f"state_dir: {exc}"))
+                self.notifier.ready()
+                return
         if new.config.database != self.loaded.config.database:
             log.warning(
                 "database changed in the config; restart mailfiler to switch stores",
@@ -467,6 +483,12 @@ class Daemon:
 
 async def run_once(loaded: LoadedConfig, *, progress: bool = False) -> dict[str, list]:
     """One full pass over every tracked folder (for cron and tests)."""
+    # as `run`: never beside a daemon (or another `once`) on this state_dir or SQLite store
+    with InstanceLock(loaded.config, "once", config_path=loaded.path):
+        return await _pass(loaded)
+
+
+async def _pass(loaded: LoadedConfig) -> dict[str, list]:
     db = open_store(loaded.config)
     services = build_services(db, loaded.config, manager=manager_id(loaded.path))
     summary: dict[str, list] = {}
