@@ -19,7 +19,7 @@ What is measured (messages/s; each repeat runs every variant, interleaved)
                 (``email.message_from_bytes(policy=default)``, headers, parts): what a client
                 that does nothing but read and parse costs.
   raw fixed     The raw batched client with mailfiler's fixes to aioimaplib's protocol handler
-                (imapconn._Client: upstream rescans a FETCH's lines on every line, and formats
+                (imapfixes.Client: upstream rescans a FETCH's lines on every line, and formats
                 every read for a debug log): how much of "raw batched" is aioimaplib's own cost.
   raw 1-by-1    The bare client fetching as mailfiler's worker did before it read ahead, one
                 message at a time: ``UID FETCH n (UID RFC822.SIZE)`` then
@@ -64,7 +64,7 @@ from aioimaplib import aioimaplib  # noqa: E402
 from backfill import baseline_parse, count_activities, store_sizes, ts_to_epoch  # noqa: E402
 from imap_latency import write_imap_config  # noqa: E402
 
-from mailfiler.sources import imapconn  # noqa: E402
+from mailfiler.sources import imapfixes  # noqa: E402
 from tests.mailgen import realistic_message  # noqa: E402
 from tests.servers.dovecot import ImapUser, start_dovecot  # noqa: E402
 
@@ -77,9 +77,9 @@ BATCH = 400
 
 
 async def _login(user: ImapUser, fixed: bool = False) -> aioimaplib.IMAP4:
-    # fixed: aioimaplib with mailfiler's protocol fixes (imapconn._Client: no per-line
+    # fixed: aioimaplib with mailfiler's protocol fixes (imapfixes.Client: no per-line
     # recursion, no quadratic FETCH completeness check, no repr of every read)
-    cls = imapconn._Client if fixed else aioimaplib.IMAP4  # noqa: SLF001
+    cls = imapfixes.Client if fixed else aioimaplib.IMAP4
     client = cls(host="127.0.0.1", port=user.server.port, timeout=120)
     await client.wait_hello_from_server()
     await client.login(user.name, user.password)

@@ -14,7 +14,7 @@ import pytest
 from mailfiler import errors as e
 from mailfiler.cli.errors import EXIT_UNAVAILABLE, describe, hint_for
 from mailfiler.sources.imap import ImapSettings, ImapSource
-from mailfiler.sources.imapconn import connect_error
+from mailfiler.sources.imaplink import connect_error
 from mailfiler.sources.maildir import MaildirSource
 from tests.servers.dovecot import ImapUser
 from tests.servers.postgres import free_port

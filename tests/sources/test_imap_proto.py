@@ -9,7 +9,8 @@ import pytest
 from aioimaplib import aioimaplib as core
 
 from mailfiler.sources import imapproto as proto
-from mailfiler.sources.imapconn import _Protocol, login_failure_reason
+from mailfiler.sources.imapfixes import _Protocol
+from mailfiler.sources.imaplink import login_failure_reason
 from tests.mailgen import imap_utf7_encode
 
 # -- names -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""imapconn's fixes to aioimaplib's per-command costs, against upstream's behaviour:
+"""imapfixes' to aioimaplib's per-command costs, against upstream's behaviour:
 _wait_data answers what FetchCommand.wait_data answers, at every step of a FETCH
 response, without rescanning the lines received before; the lazy inactivity timer
 times a command out exactly when upstream's would, without a timer per line."""
@@ -11,7 +11,7 @@ import random
 import pytest
 from aioimaplib import aioimaplib as core
 
-from mailfiler.sources.imapconn import _Command, _FetchCommand, _wait_data
+from mailfiler.sources.imapfixes import Command, FetchCommand, _wait_data
 
 
 def _responses(rng: random.Random) -> list[bytes | bytearray]:
@@ -60,7 +60,7 @@ async def test_other_commands_keep_their_own_answer() -> None:
 
 async def test_a_command_busy_with_data_does_not_time_out_and_an_idle_one_does() -> None:
     loop = asyncio.get_running_loop()
-    cmd = _FetchCommand("A1", "1:*", "(BODY.PEEK[])", loop=loop, timeout=0.3)
+    cmd = FetchCommand("A1", "1:*", "(BODY.PEEK[])", loop=loop, timeout=0.3)
     start = loop.time()
     last = start
     while loop.time() - start < 0.9:  # three timeouts long, data every 0.1 s
@@ -75,7 +75,7 @@ async def test_a_command_busy_with_data_does_not_time_out_and_an_idle_one_does()
 
 async def test_a_finished_command_never_times_out() -> None:
     loop = asyncio.get_running_loop()
-    cmd = _Command("NOOP", "A2", loop=loop, timeout=0.1)
+    cmd = Command("NOOP", "A2", loop=loop, timeout=0.1)
     cmd.close(b"OK done", "OK")
     await asyncio.sleep(0.3)
     await cmd.wait()  # no CommandTimeout

@@ -41,7 +41,7 @@
   A call made without :meth:`open` (``mailfiler shunt retry``) uses a
   connection of its own for just that call.
 * **Failures:** every command is bounded by a timeout and by connection loss
-  (:mod:`~mailfiler.sources.imapconn`); either raises
+  (:mod:`~mailfiler.sources.imaplink`); either raises
   :class:`~mailfiler.errors.MailboxUnavailable`.  Its subclasses tell the
   causes apart, each with its own hint: ``LoginRefused``,
   ``TlsCertificateRefused``, ``ServerBusy`` (``[LIMIT]``, ``[UNAVAILABLE]``,
@@ -67,7 +67,8 @@ from mailfiler.errors import FolderMissing, MessageVanished, SourceError
 from mailfiler.sources import imapproto as proto
 from mailfiler.sources import imaptags, imapwatch
 from mailfiler.sources.base import Change, Delta, Listing, MarkState, Source, TagDelta, TagQuery
-from mailfiler.sources.imapconn import ImapConnection, ImapSettings, TlsMode
+from mailfiler.sources.imapconn import ImapConnection
+from mailfiler.sources.imapsettings import ImapSettings, TlsMode
 
 __all__ = ["Cursor", "ImapSettings", "ImapSource", "TlsMode"]
 

@@ -35,7 +35,8 @@ from typing import Protocol
 from mailfiler.errors import FolderMissing, MailboxUnavailable, SourceError
 from mailfiler.sources import imapproto as proto
 from mailfiler.sources.base import TagChange, TagDelta, TagQuery
-from mailfiler.sources.imapconn import ImapConnection, ImapSettings
+from mailfiler.sources.imapconn import ImapConnection
+from mailfiler.sources.imapsettings import ImapSettings
 
 log = logging.getLogger("mailfiler.sources.imap")
 

@@ -61,7 +61,8 @@ from aioimaplib import aioimaplib as core
 from mailfiler.errors import FolderMissing, MailboxUnavailable
 from mailfiler.sources import imapproto as proto
 from mailfiler.sources.base import Change
-from mailfiler.sources.imapconn import ImapConnection, ImapSettings
+from mailfiler.sources.imapconn import ImapConnection
+from mailfiler.sources.imapsettings import ImapSettings
 
 log = logging.getLogger("mailfiler.sources.imap")
 
@@ -74,6 +75,7 @@ class ImapSource(Protocol):
     def settings(self) -> ImapSettings: ...
 
     def session(self) -> contextlib.AbstractAsyncContextManager[ImapConnection]: ...
+
 
 #: a listener asks for a sweep of every watched folder
 SWEEP_ALL = "*"
