@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mailfiler.errors import MessageVanished
-from mailfiler.sources import imap as imap_module
+from mailfiler.sources import imapfetch
 from mailfiler.sources import imapproto as proto
 from mailfiler.sources.imap import ImapSettings, ImapSource
 from mailfiler.sources.imapconn import ImapConnection
@@ -116,7 +116,7 @@ async def test_a_big_message_is_fetched_and_streamed(
         client.append("INBOX", data)
     (sid,) = (await source.list_messages("INBOX")).messages
     assert await source.fetch("INBOX", sid) == data
-    monkeypatch.setattr(imap_module, "COPY_CHUNK", 1_000_000)
+    monkeypatch.setattr(imapfetch, "COPY_CHUNK", 1_000_000)
     dest = tmp_path / "big.eml"
     assert await source.copy_raw("INBOX", sid, None, str(dest))
     assert dest.read_bytes() == data
