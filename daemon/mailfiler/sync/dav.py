@@ -36,13 +36,8 @@ the next sync goes on from there).  A server error on one item's write is a
 
 from __future__ import annotations
 
-import asyncio
 import builtins
-import datetime as dt
-import email.utils
 import logging
-import ssl
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,7 +46,6 @@ from xml.sax.saxutils import escape
 
 import httpx
 
-from mailfiler import __version__
 from mailfiler.errors import MailfilerError, SyncError
 from mailfiler.sources.target import (
     Changes,
@@ -59,114 +53,24 @@ from mailfiler.sources.target import (
     SyncItemExists,
     SyncItemNotFound,
     SyncPreconditionFailed,
-    SyncTargetUnavailable,
     Target,
     href_for,
 )
-from mailfiler.sync.davauth import BearerAuth, LoginAuth
+from mailfiler.sync.davhttp import DEFAULT_TIMEOUT, DavHttp
+from mailfiler.sync.davxml import CR, KIND, C, D, crlf, error_reason, http_date, props, xml_body, xml_headers
 from mailfiler.sync.discovery import Discovery, discovered
 from mailfiler.sync.multistatus import Member, parse_multistatus
-from mailfiler.util.secrets import SecretUnavailable, load_client_cert
 
 log = logging.getLogger("mailfiler.sync.dav")
-# httpx logs every request at INFO: thousands of lines on a first sync.  Quietened
-# unless the admin configured those loggers (the daemon's DEBUG still shows them).
-for _name in ("httpx", "httpcore"):
-    if logging.getLogger(_name).level == logging.NOTSET:
-        logging.getLogger(_name).setLevel(logging.WARNING)
 
-D, C, CR = "DAV:", "urn:ietf:params:xml:ns:caldav", "urn:ietf:params:xml:ns:carddav"
-XML_HEAD = '<?xml version="1.0" encoding="utf-8"?>\n'
 #: hrefs per multiget REPORT
 MULTIGET_BATCH = 100
 #: a server may truncate a sync-collection answer (507 on the collection, RFC 6578 §3.6);
 #: we then ask again from the token it gave, at most this many times
 MAX_SYNC_ROUNDS = 50
-DEFAULT_TIMEOUT = 60.0
-#: a multistatus larger than this is refused (a broken or hostile server)
-MAX_REPLY_BYTES = 256 * 1024 * 1024
-
-_KIND = {
-    "calendar": {
-        "backend": "caldav",
-        "noun": "calendar",
-        "resourcetype": f"{{{C}}}calendar",
-        "multiget": "C:calendar-multiget",
-        "data": f"{{{C}}}calendar-data",
-        "data_tag": "C:calendar-data",
-        "content_type": "text/calendar; charset=utf-8",
-    },
-    "contacts": {
-        "backend": "carddav",
-        "noun": "address book",
-        "resourcetype": f"{{{CR}}}addressbook",
-        "multiget": "CR:addressbook-multiget",
-        "data": f"{{{CR}}}address-data",
-        "data_tag": "CR:address-data",
-        "content_type": "text/vcard; charset=utf-8",
-    },
-}
 
 
-def _clark(tag: str) -> str:
-    prefix, _, local = tag.partition(":")
-    return "{" + {"D": D, "C": C, "CR": CR}[prefix] + "}" + local
-
-
-def _xml(root: str, body: str) -> bytes:
-    return (f'{XML_HEAD}<{root} xmlns:D="{D}" xmlns:C="{C}" xmlns:CR="{CR}">{body}</{root}>').encode()
-
-
-def _xml_headers(depth: str | None = None) -> dict[str, str]:
-    headers = {"Content-Type": "application/xml; charset=utf-8"}
-    if depth is not None:
-        headers["Depth"] = depth
-    return headers
-
-
-def _props(*tags: str) -> str:
-    return "<D:prop>" + "".join(f"<{t}/>" for t in tags) + "</D:prop>"
-
-
-def _http_date(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    try:
-        value = email.utils.parsedate_to_datetime(text.strip())
-    except (TypeError, ValueError, IndexError):
-        return None
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
-    return value
-
-
-def _crlf(text: str) -> bytes:
-    # an XML parser turns CRLF into LF (XML 1.0 §2.11); iCalendar and vCard lines end in CRLF
-    if "\r\n" not in text and "\n" in text:
-        text = text.replace("\n", "\r\n")
-    return text.encode("utf-8")
-
-
-def ssl_context(
-    ca_file: str | Path | None = None,
-    verify: bool = True,
-    client_cert: str | None = None,
-    client_key: str | None = None,
-) -> ssl.SSLContext | bool:
-    """TLS settings for httpx: the system's CAs, or *ca_file*'s; ``verify=False`` only when asked;
-    a client certificate when one is configured."""
-    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    if client_cert is not None:
-        load_client_cert(ctx, client_cert, client_key)
-    if not verify:
-        if client_cert is None:
-            return False
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-class DavTarget(Discovery, Target):
+class DavTarget(DavHttp, Discovery, Target):
     """One CalDAV calendar (``kind="calendar"``) or CardDAV address book
     (``kind="contacts"``) at *url*, the collection's own URL.
 
@@ -204,8 +108,8 @@ class DavTarget(Discovery, Target):
         if found is not None:
             path = urlsplit(found).path
             self.url = found
-        self.backend = _KIND[kind]["backend"]
-        self.noun = _KIND[kind]["noun"]
+        self.backend = KIND[kind]["backend"]
+        self.noun = KIND[kind]["noun"]
         #: the collection's unquoted path, to tell members' hrefs apart
         self.path = unquote(path)
         self.username = username
@@ -219,55 +123,6 @@ class DavTarget(Discovery, Target):
         self.client: httpx.AsyncClient | None = None
         self._create = True
         self._made = False
-
-    # -- connection ----------------------------------------------------------------------
-
-    async def open(self, *, create: bool = True) -> None:
-        self._create = create
-        if self.client is not None:
-            return
-        auth: LoginAuth | BearerAuth | None = None
-        safe = self.url.startswith("https://") or urlsplit(self.url).hostname in _LOOPBACK
-        if self.username is not None:
-            # a password command may take a while: not on the event loop
-            password = await asyncio.to_thread(self._password) if callable(self._password) else self._password
-            auth = LoginAuth(self.username, password or "", basic_first=safe)
-        elif self._bearer is not None:
-            auth = BearerAuth(await asyncio.to_thread(self._bearer))
-        try:
-            verify = ssl_context(self.ca_file, self.verify, self.client_cert, self.client_key)
-        except SecretUnavailable as exc:
-            raise self._unavailable(str(exc)) from None
-        except (OSError, ssl.SSLError) as exc:
-            raise self._unavailable(f"cannot read ca_file {self.ca_file}: {exc}") from exc
-        if not self.verify:
-            log.warning(
-                "%s: TLS certificates are not checked (verify: false)", self.url, extra={"event": "tls-unverified"}
-            )
-        if auth is not None and not safe:
-            log.warning(
-                "%s: the password goes over plain http (in clear, unless the server asks for Digest)",
-                self.url,
-                extra={"event": "plain-http"},
-            )
-        transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(verify=verify)
-        if self.wrap_transport is not None:
-            transport = self.wrap_transport(transport)
-        self.client = httpx.AsyncClient(
-            auth=auth,
-            timeout=httpx.Timeout(self.timeout),
-            transport=transport,
-            follow_redirects=False,
-            headers={"User-Agent": f"mailfiler/{__version__}"},
-        )
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
-
-    def _unavailable(self, why: str) -> SyncTargetUnavailable:
-        return SyncTargetUnavailable(f"{self.noun} {self.url}: {why}", location=self.url)
 
     def _item_url(self, href: str) -> str:
         if not href or "/" in href:
@@ -286,38 +141,9 @@ class DavTarget(Discovery, Target):
             return None
         return name
 
-    async def _send(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: dict[str, str] | None = None,
-        content: bytes | None = None,
-        redirects: bool = False,
-    ) -> httpx.Response:
-        """One request; what no caller can handle becomes SyncTargetUnavailable
-        (a redirect too, unless the caller follows them: discovery does)."""
-        if self.client is None:
-            await self.open(create=self._create)
-        assert self.client is not None
-        try:
-            resp = await self.client.request(method, url, headers=headers, content=content)
-        except httpx.TimeoutException:
-            raise self._unavailable(f"no answer within {self.timeout:g} s ({method})") from None
-        except httpx.TransportError as exc:
-            raise self._unavailable(_transport_error(exc)) from None
-        if resp.status_code == 401:
-            raise self._unavailable("the server refused the login (HTTP 401): check username and password_file")
-        if 300 <= resp.status_code < 400 and not redirects:
-            where = resp.headers.get("location", "?")
-            raise self._unavailable(f"the server redirects to {where} (HTTP {resp.status_code}); use that URL")
-        if len(resp.content) > MAX_REPLY_BYTES:
-            raise self._unavailable(f"the reply to {method} is over {MAX_REPLY_BYTES} bytes")
-        return resp
-
     async def _collection(self, method: str, depth: str, body: bytes) -> httpx.Response:
         """A request on the collection; makes it when missing (once) if the target may."""
-        headers = _xml_headers(depth)
+        headers = xml_headers(depth)
         resp = await self._send(method, self.url, headers=headers, content=body)
         if resp.status_code == 404:
             if not self._create:
@@ -328,28 +154,28 @@ class DavTarget(Discovery, Target):
 
     async def _make_collection(self) -> None:
         if self.kind == "calendar":
-            body = _xml(
+            body = xml_body(
                 "C:mkcalendar",
                 '<D:set><D:prop><C:supported-calendar-component-set><C:comp name="VEVENT"/>'
                 "</C:supported-calendar-component-set></D:prop></D:set>",
             )
-            resp = await self._send("MKCALENDAR", self.url, content=body, headers=_xml_headers())
+            resp = await self._send("MKCALENDAR", self.url, content=body, headers=xml_headers())
         else:
-            body = _xml(
+            body = xml_body(
                 "D:mkcol",
                 "<D:set><D:prop><D:resourcetype><D:collection/><CR:addressbook/></D:resourcetype></D:prop></D:set>",
             )
-            resp = await self._send("MKCOL", self.url, content=body, headers=_xml_headers())
+            resp = await self._send("MKCOL", self.url, content=body, headers=xml_headers())
         if resp.status_code not in (200, 201, 405):  # 405: made meanwhile
-            raise self._unavailable(f"could not make the {self.noun} (HTTP {resp.status_code}){_reason(resp)}")
+            raise self._unavailable(f"could not make the {self.noun} (HTTP {resp.status_code}){error_reason(resp)}")
         self._made = True
         log.info("made the %s %s", self.noun, self.url, extra={"event": "sync-collection-made", "collection": self.url})
 
     def _multistatus(self, resp: httpx.Response, what: str) -> tuple[list[Member], str | None]:
         if resp.status_code >= 500:
-            raise self._unavailable(f"server error on {what} (HTTP {resp.status_code}){_reason(resp)}")
+            raise self._unavailable(f"server error on {what} (HTTP {resp.status_code}){error_reason(resp)}")
         if resp.status_code != 207:
-            raise self._unavailable(f"{what} failed (HTTP {resp.status_code}){_reason(resp)}")
+            raise self._unavailable(f"{what} failed (HTTP {resp.status_code}){error_reason(resp)}")
         try:
             return parse_multistatus(resp.content)
         except ValueError as exc:
@@ -359,7 +185,7 @@ class DavTarget(Discovery, Target):
         """Whether the URL is a collection of the right kind; False when it was not,
         and :meth:`_discover` found one (the caller asks again)."""
         rt = member.props.get(f"{{{D}}}resourcetype")
-        if rt is None or rt.find(_KIND[self.kind]["resourcetype"]) is not None:
+        if rt is None or rt.find(KIND[self.kind]["resourcetype"]) is not None:
             return True
         if rt.find(f"{{{C}}}calendar") is not None or rt.find(f"{{{CR}}}addressbook") is not None:
             # a collection of the other kind: a mix-up in the config, not a base URL to search from
@@ -379,7 +205,7 @@ class DavTarget(Discovery, Target):
     # -- reading ---------------------------------------------------------------------------
 
     async def list(self) -> dict[str, str]:
-        resp = await self._collection("PROPFIND", "1", _xml("D:propfind", _props("D:getetag", "D:resourcetype")))
+        resp = await self._collection("PROPFIND", "1", xml_body("D:propfind", props("D:getetag", "D:resourcetype")))
         members, _ = self._multistatus(resp, "PROPFIND")
         items: dict[str, str] = {}
         for m in members:
@@ -397,7 +223,7 @@ class DavTarget(Discovery, Target):
 
     async def get_multi(self, hrefs: Sequence[str]) -> builtins.list[Fetched]:  # in this class, list is the method
         found: list[Fetched] = []
-        spec = _KIND[self.kind]
+        spec = KIND[self.kind]
         for start in range(0, len(hrefs), MULTIGET_BATCH):
             batch = list(hrefs[start : start + MULTIGET_BATCH])
             wanted = {}
@@ -408,9 +234,9 @@ class DavTarget(Discovery, Target):
                     continue
             if not wanted:
                 continue
-            body = _xml(
+            body = xml_body(
                 spec["multiget"],
-                _props("D:getetag", "D:getlastmodified", spec["data_tag"])
+                props("D:getetag", "D:getlastmodified", spec["data_tag"])
                 + "".join(f"<D:href>{escape(p)}</D:href>" for p in wanted),
             )
             resp = await self._collection("REPORT", "1", body)
@@ -421,7 +247,7 @@ class DavTarget(Discovery, Target):
                 etag, data = m.text(f"{{{D}}}getetag"), m.text(spec["data"])
                 if name is None or name not in wanted.values() or etag is None or data is None:
                     continue  # gone since the listing (404), or not one we asked for
-                got[name] = Fetched(name, etag, _crlf(data), _http_date(m.text(f"{{{D}}}getlastmodified")))
+                got[name] = Fetched(name, etag, crlf(data), http_date(m.text(f"{{{D}}}getlastmodified")))
             found.extend(got[h] for h in batch if h in got)
         return found
 
@@ -431,12 +257,12 @@ class DavTarget(Discovery, Target):
         changed: dict[str, str] = {}
         deleted: set[str] = set()
         for _ in range(MAX_SYNC_ROUNDS):
-            body = _xml(
+            body = xml_body(
                 "D:sync-collection",
                 f"<D:sync-token>{escape(token)}</D:sync-token><D:sync-level>1</D:sync-level>"
-                + _props("D:getetag", "D:resourcetype"),
+                + props("D:getetag", "D:resourcetype"),
             )
-            resp = await self._send("REPORT", self.url, content=body, headers=_xml_headers("0"))
+            resp = await self._send("REPORT", self.url, content=body, headers=xml_headers("0"))
             if resp.status_code in (403, 409, 400, 404, 405, 501):
                 # 403/409 valid-sync-token: too old or unknown; 400/405/501: no sync-collection;
                 # 404: the collection is gone. All: list everything (the engine's guard
@@ -445,7 +271,7 @@ class DavTarget(Discovery, Target):
                     "%s: sync token not usable (HTTP %d%s); listing everything",
                     self.url,
                     resp.status_code,
-                    _reason(resp),
+                    error_reason(resp),
                     extra={"event": "sync-token-refused", "collection": self.url},
                 )
                 return None
@@ -472,7 +298,7 @@ class DavTarget(Discovery, Target):
         raise self._unavailable(f"the server truncated its sync-collection reply {MAX_SYNC_ROUNDS} times")
 
     async def _current_token(self) -> Changes | None:
-        resp = await self._collection("PROPFIND", "0", _xml("D:propfind", _props("D:sync-token", "D:resourcetype")))
+        resp = await self._collection("PROPFIND", "0", xml_body("D:propfind", props("D:sync-token", "D:resourcetype")))
         members, _ = self._multistatus(resp, "PROPFIND")
         for m in members:
             if m.path.rstrip("/") == self.path.rstrip("/"):
@@ -484,7 +310,10 @@ class DavTarget(Discovery, Target):
 
     async def _exists(self, href: str) -> bool:
         resp = await self._send(
-            "PROPFIND", self._item_url(href), content=_xml("D:propfind", _props("D:getetag")), headers=_xml_headers("0")
+            "PROPFIND",
+            self._item_url(href),
+            content=xml_body("D:propfind", props("D:getetag")),
+            headers=xml_headers("0"),
         )
         if resp.status_code == 404:
             return False
@@ -495,7 +324,10 @@ class DavTarget(Discovery, Target):
     async def _etag_of(self, href: str) -> str:
         """The etag of an item the server stored without saying it (it may have rewritten the item)."""
         resp = await self._send(
-            "PROPFIND", self._item_url(href), content=_xml("D:propfind", _props("D:getetag")), headers=_xml_headers("0")
+            "PROPFIND",
+            self._item_url(href),
+            content=xml_body("D:propfind", props("D:getetag")),
+            headers=xml_headers("0"),
         )
         members, _ = self._multistatus(resp, "PROPFIND")
         for m in members:
@@ -507,7 +339,7 @@ class DavTarget(Discovery, Target):
     # -- writing ---------------------------------------------------------------------------
 
     def _write_error(self, resp: httpx.Response, what: str, href: str) -> MailfilerError:
-        code, reason = resp.status_code, _reason(resp)
+        code, reason = resp.status_code, error_reason(resp)
         if code == 403 and not reason:
             # a bare 403 is about the account's rights, not this item (a DAV precondition would say)
             return self._unavailable(f"{what} {href} is not allowed (HTTP 403)")
@@ -515,7 +347,7 @@ class DavTarget(Discovery, Target):
 
     async def upload(self, data: bytes, *, uid: str) -> tuple[str, str]:
         href = href_for(uid, self.kind)
-        headers = {"If-None-Match": "*", "Content-Type": _KIND[self.kind]["content_type"]}
+        headers = {"If-None-Match": "*", "Content-Type": KIND[self.kind]["content_type"]}
         resp = await self._send("PUT", self._item_url(href), content=data, headers=headers)
         if resp.status_code in (404, 409) and "uid-conflict" not in resp.text and self._create and not self._made:
             # no collection yet (a write before any listing): make it, once
@@ -530,7 +362,7 @@ class DavTarget(Discovery, Target):
         raise self._write_error(resp, "the upload of", href)
 
     async def update(self, href: str, data: bytes, etag: str) -> str:
-        headers = {"If-Match": etag, "Content-Type": _KIND[self.kind]["content_type"]}
+        headers = {"If-Match": etag, "Content-Type": KIND[self.kind]["content_type"]}
         resp = await self._send("PUT", self._item_url(href), content=data, headers=headers)
         if resp.status_code == 412 and await self._weak_but_unchanged(href, etag):
             del headers["If-Match"]
@@ -597,37 +429,4 @@ class CardDavTarget(DavTarget):
         super().__init__("contacts", url, **kw)
 
 
-_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
-
-
-def _reason(resp: httpx.Response) -> str:
-    """A short reason from an error body: a DAV precondition name, else the first line."""
-    text = resp.text.strip() if resp.content and len(resp.content) < 20000 else ""
-    if not text:
-        return ""
-    if text.startswith("<"):
-        try:
-            root = ET.fromstring(text)
-        except ET.ParseError:
-            return ""
-        if root.tag == f"{{{D}}}error" and len(root):
-            return ": " + root[0].tag.rsplit("}", 1)[-1]
-        return ""
-    return ": " + text.splitlines()[0][:200]
-
-
-def _transport_error(exc: httpx.TransportError) -> str:
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return (
-                f"the server's TLS certificate is not trusted ({cause.verify_message}); "
-                "set ca_file to the CA that signed it"
-            )
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(exc, httpx.ConnectError):
-        return f"cannot connect ({exc or type(exc).__name__})"
-    return f"the connection failed ({type(exc).__name__}: {exc})"
-
-
-__all__ = ["CalDavTarget", "CardDavTarget", "DavTarget", "parse_multistatus", "ssl_context"]
+__all__ = ["CalDavTarget", "CardDavTarget", "DavTarget", "parse_multistatus"]
