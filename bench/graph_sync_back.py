@@ -32,8 +32,9 @@ from mailfiler.sources.graph.calendar import GraphCalendar  # noqa: E402
 from mailfiler.sources.graph.contacts import GraphContacts  # noqa: E402
 from mailfiler.store import db as storedb  # noqa: E402
 from mailfiler.store.db import transaction  # noqa: E402
+from mailfiler.store.detailmodels import ContactDetails  # noqa: E402
 from mailfiler.store.migrations import migrate  # noqa: E402
-from mailfiler.store.models import ContactDetails, Mailbox, Record  # noqa: E402
+from mailfiler.store.models import Mailbox, Record  # noqa: E402
 from mailfiler.store.records import ensure_user  # noqa: E402
 from mailfiler.sync.crm import AppointmentStore, ContactStore  # noqa: E402
 from mailfiler.sync.engine import Collection, Policy, SyncEngine  # noqa: E402

@@ -52,7 +52,7 @@ from mailfiler.config.syncschema import SyncFilter  # noqa: E402
 from mailfiler.sources.target import href_for  # noqa: E402
 from mailfiler.store import db as storedb  # noqa: E402
 from mailfiler.store.migrations import migrate  # noqa: E402
-from mailfiler.store.models import SyncCollection  # noqa: E402
+from mailfiler.store.syncmodels import SyncCollection  # noqa: E402
 from mailfiler.sync import ical, vcard  # noqa: E402
 from mailfiler.sync.crm import AppointmentStore, ContactStore  # noqa: E402
 from mailfiler.sync.dav import CalDavTarget, CardDavTarget  # noqa: E402

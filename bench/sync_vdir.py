@@ -27,8 +27,9 @@ sys.path.insert(0, str(REPO))
 from mailfiler.config.syncschema import SyncFilter  # noqa: E402
 from mailfiler.store import db as storedb  # noqa: E402
 from mailfiler.store.db import transaction  # noqa: E402
+from mailfiler.store.detailmodels import ContactDetails  # noqa: E402
 from mailfiler.store.migrations import migrate  # noqa: E402
-from mailfiler.store.models import ContactDetails, Mailbox, Record  # noqa: E402
+from mailfiler.store.models import Mailbox, Record  # noqa: E402
 from mailfiler.store.records import ensure_user  # noqa: E402
 from mailfiler.sync import ical, vcard  # noqa: E402
 from mailfiler.sync.crm import AppointmentStore, ContactStore  # noqa: E402

@@ -22,6 +22,7 @@ from mailfiler.config.loader import load_config
 from mailfiler.config.schema import Config
 from mailfiler.service.runtime import load_ruleset
 from mailfiler.store import models as m
+from mailfiler.store.registry import ALL_MODELS
 from mailfiler.tracking.reapply import Reapplied, reapply
 from tests.mailgen import drop_into_maildir, maildirpp_folder_dir, make_maildir_folder
 from tests.store import conftest as store_conftest
@@ -45,7 +46,7 @@ RECORDS = [
 
 def snapshot() -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table, to show that something wrote nothing."""
-    return {model.__name__: sorted(model.select().tuples(), key=repr) for model in m.ALL_MODELS if model.table_exists()}
+    return {model.__name__: sorted(model.select().tuples(), key=repr) for model in ALL_MODELS if model.table_exists()}
 
 
 def reply_to(message_id: str, parent: str, **kw: Any) -> bytes:

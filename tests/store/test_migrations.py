@@ -13,6 +13,7 @@ from mailfiler.store import models as m
 from mailfiler.store import prepared
 from mailfiler.store.blobs import BlobStore
 from mailfiler.store.migrations import LATEST, MIGRATIONS, current_version, migrate
+from mailfiler.store.registry import ALL_MODELS
 from mailfiler.util.fsio import atomic_write
 from tests.store.helpers import Store
 
@@ -25,12 +26,12 @@ def test_fresh_migrate_reaches_latest(store: Store) -> None:
     # the fixture migrated already; a brand-new connection sees the same version
     assert current_version(store.db) == LATEST
     assert sorted(r.version for r in m.SchemaVersion.select()) == list(range(1, LATEST + 1))
-    assert {model._meta.table_name for model in m.ALL_MODELS} <= _tables(store.db)
+    assert {model._meta.table_name for model in ALL_MODELS} <= _tables(store.db)
     assert set(MIGRATIONS) == set(range(1, LATEST + 1))
 
 
 def test_migrate_from_empty_database_applies_every_step(store: Store) -> None:
-    store.db.drop_tables(m.ALL_MODELS)
+    store.db.drop_tables(ALL_MODELS)
     assert current_version(store.db) == 0
     assert migrate(store.db) == list(range(1, LATEST + 1))
     assert current_version(store.db) == LATEST

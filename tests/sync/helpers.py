@@ -131,7 +131,7 @@ def crm_contact(key: str, name: str, *, owner: str | None = OWNER, parent: Recor
     f = empty_fields("contacts")
     f.update(name=name, **fields)
     rec = Record.create(entity="contact", key=key, name=name, parent=parent)
-    from mailfiler.store.models import ContactDetails
+    from mailfiler.store.detailmodels import ContactDetails
 
     ContactDetails.create(record=rec, owner=owner)
     ContactStore().write(rec.id, {k: v for k, v in f.items() if k != "name"})

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from mailfiler.store.models import Activity, Record, SyncCollection, SyncItem, SyncShunt
+from mailfiler.store.models import Activity, Record
+from mailfiler.store.syncmodels import SyncCollection, SyncItem, SyncShunt
 from mailfiler.sync import ical, vcard
 from mailfiler.sync.crm import AppointmentStore, ContactStore
 from mailfiler.sync.dav import CalDavTarget, CardDavTarget, DavTarget

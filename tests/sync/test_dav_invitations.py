@@ -13,6 +13,7 @@ import pytest
 
 from mailfiler.service.runtime import sync_config
 from mailfiler.store import models as m
+from mailfiler.store.detailmodels import AppointmentDetails
 from mailfiler.sync import ical
 from mailfiler.sync.dav import CalDavTarget
 from tests.mailgen import drop_into_maildir, maildirpp_folder_dir
@@ -59,8 +60,8 @@ def env(store: Store, tmp_path: Path):
     return store.tracker(config), sync_config(store.db, config)["anna"]
 
 
-def appointment() -> tuple[m.Activity, m.AppointmentDetails]:
-    d = m.AppointmentDetails.get()
+def appointment() -> tuple[m.Activity, AppointmentDetails]:
+    d = AppointmentDetails.get()
     return m.Activity.get_by_id(d.activity_id), d
 
 
@@ -83,7 +84,7 @@ def test_an_invitation_becomes_an_appointment_regarding_the_mails_record(env) ->
               invitation_mail("<inv3@contoso.com>", vevent("CANCEL", seq=2), "CANCEL", "Inställt: Avstämning Q3"))  # fmt: skip
     appt, details = appointment()
     assert (appt.subject, details.status) == ("Avstämning Q3 (ny tid)", "cancelled")
-    assert m.AppointmentDetails.select().count() == 1
+    assert AppointmentDetails.select().count() == 1
 
 
 def test_a_broken_invitation_never_stops_the_mail(env) -> None:
@@ -92,7 +93,7 @@ def test_a_broken_invitation_never_stops_the_mail(env) -> None:
     assert track_raw(tracker, rt, "Kunder/Contoso", "s1", raw).event == "tracked"
     mail = m.Activity.get(m.Activity.message_id == "<bad@contoso.com>")
     assert mail.regarding.ref == "account:contoso" and "invitation: broken iCalendar" in mail.parse_defects
-    assert m.AppointmentDetails.select().count() == 0
+    assert AppointmentDetails.select().count() == 0
 
 
 def test_a_bug_in_the_invitation_code_is_rolled_back_alone(env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,7 +111,7 @@ def test_a_bug_in_the_invitation_code_is_rolled_back_alone(env, monkeypatch: pyt
     assert track_raw(tracker, rt, "Kunder/Contoso", "s1", raw).event == "tracked"
     mail = m.Activity.get(m.Activity.message_id == "<inv1@contoso.com>")
     assert "invitation: RuntimeError: boom" in mail.parse_defects
-    assert m.AppointmentDetails.select().count() == 0  # the savepoint took back the half-done appointment
+    assert AppointmentDetails.select().count() == 0  # the savepoint took back the half-done appointment
     assert m.Attachment.select().where(m.Attachment.activity == mail).count() == 1  # the .ics stays on the mail
 
 

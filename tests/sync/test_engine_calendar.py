@@ -9,7 +9,8 @@ import icalendar
 import pytest
 
 from mailfiler.config.syncschema import SyncFilter
-from mailfiler.store.models import Activity, ActivityParty, AppointmentDetails, Record
+from mailfiler.store.detailmodels import AppointmentDetails
+from mailfiler.store.models import Activity, ActivityParty, Record
 from mailfiler.sync import ical
 from mailfiler.sync.crm import AppointmentStore
 from mailfiler.sync.engine import Collection

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from mailfiler.config.syncschema import SyncFilter
-from mailfiler.store.models import Record, RecordAddress, SyncItem
+from mailfiler.store.models import Record, RecordAddress
+from mailfiler.store.syncmodels import SyncItem
 from tests.store.helpers import Store
 from tests.sync.helpers import OWNER, Rig, crm_contact, crm_contacts, make_mailbox, policy
 
@@ -109,7 +110,7 @@ async def test_sync_filters_select_and_a_contact_that_stops_matching_leaves(rig:
     assert set(rig.by_name()) == {"Mine"}
     filename = rig.file_of("Mine")
     rig.edit_contact(filename, notes="written just before it left")
-    from mailfiler.store.models import ContactDetails
+    from mailfiler.store.detailmodels import ContactDetails
 
     ContactDetails.update(owner="erik@example.com").execute()
     [r] = await rig.sync("contacts")

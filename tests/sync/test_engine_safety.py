@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from mailfiler.errors import SyncTargetUnavailable
-from mailfiler.store.models import ContactDetails, Record, SyncCollection, SyncItem, SyncShunt
+from mailfiler.store.detailmodels import ContactDetails
+from mailfiler.store.models import Record
+from mailfiler.store.syncmodels import SyncCollection, SyncItem, SyncShunt
 from mailfiler.sync import vcard
 from mailfiler.sync.state import SyncState
 from mailfiler.sync.vdir import VdirTarget

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mailfiler.store.models import Activity, AppointmentDetails, Record
+from mailfiler.store.detailmodels import AppointmentDetails
+from mailfiler.store.models import Activity, Record
 from mailfiler.sync.invitations import apply_invitation, apply_invitations
 from tests.store.helpers import Store
 from tests.sync.helpers import OWNER, crm_appointments, make_mailbox

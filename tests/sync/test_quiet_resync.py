@@ -8,7 +8,9 @@ from pathlib import Path
 
 from mailfiler.config.syncschema import SyncFilter
 from mailfiler.sources.target import Changes
-from mailfiler.store.models import Activity, ContactDetails, Record, SyncCollection
+from mailfiler.store.detailmodels import ContactDetails
+from mailfiler.store.models import Activity, Record
+from mailfiler.store.syncmodels import SyncCollection
 from mailfiler.sync.memory import MemoryTarget
 from mailfiler.sync.state import SyncState
 from tests.store.helpers import Store

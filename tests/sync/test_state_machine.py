@@ -22,8 +22,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from mailfiler.config.syncschema import SyncFilter
 from mailfiler.store import db as storedb
+from mailfiler.store.detailmodels import ContactDetails
 from mailfiler.store.migrations import migrate
-from mailfiler.store.models import ContactDetails, Record
+from mailfiler.store.models import Record
 from mailfiler.sync.crm import ContactStore
 from tests.sync.helpers import OWNER, Rig, crm_contact, crm_contacts, make_mailbox, policy
 

@@ -17,12 +17,15 @@ from playhouse.migrate import migrate as run_migrations
 from mailfiler.errors import SchemaTooNew
 from mailfiler.store import models as m
 from mailfiler.store.db import transaction
+from mailfiler.store.detailmodels import AppointmentDetails, ContactDetails, ContactPhone, PostalAddress
+from mailfiler.store.registry import ALL_MODELS
+from mailfiler.store.syncmodels import SyncCollection, SyncItem, SyncShunt
 
 log = logging.getLogger(__name__)
 
 
 def _v1_initial(db: pw.Database) -> None:
-    db.create_tables(m.ALL_MODELS, safe=True)
+    db.create_tables(ALL_MODELS, safe=True)
 
 
 def _add_columns(db: pw.Database, model: type[m.BaseModel], names: list[str]) -> None:
@@ -44,9 +47,7 @@ def _add_columns(db: pw.Database, model: type[m.BaseModel], names: list[str]) ->
 
 def _v2_correlation(db: pw.Database) -> None:
     _add_columns(db, m.Activity, ["subject_key", "correlated_activity", "categories", "owner"])
-    db.execute_sql(
-        f"CREATE INDEX IF NOT EXISTS activity_subject_key ON {m.Activity._meta.table_name} (subject_key)"
-    )
+    db.execute_sql(f"CREATE INDEX IF NOT EXISTS activity_subject_key ON {m.Activity._meta.table_name} (subject_key)")
 
 
 def _v3_auto_tracking(db: pw.Database) -> None:
@@ -58,13 +59,13 @@ def _v4_sync_back(db: pw.Database) -> None:
     # new tables only; safe=True makes a store created at version 4 a no-op here
     db.create_tables(
         [
-            m.ContactDetails,
-            m.ContactPhone,
-            m.PostalAddress,
-            m.AppointmentDetails,
-            m.SyncCollection,
-            m.SyncItem,
-            m.SyncShunt,
+            ContactDetails,
+            ContactPhone,
+            PostalAddress,
+            AppointmentDetails,
+            SyncCollection,
+            SyncItem,
+            SyncShunt,
         ],
         safe=True,
     )

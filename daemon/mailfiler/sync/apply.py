@@ -38,8 +38,9 @@ from mailfiler.errors import (
 )
 from mailfiler.sources.target import Fetched, Target, href_for
 from mailfiler.store.db import transaction
-from mailfiler.store.models import Mailbox, Record, SyncCollection, SyncItem, SyncShunt, delete_from, utcnow
+from mailfiler.store.models import Mailbox, Record, delete_from, utcnow
 from mailfiler.store.records import get_by_ref
+from mailfiler.store.syncmodels import SyncCollection, SyncItem, SyncShunt
 from mailfiler.sync import ical, vcard
 from mailfiler.sync.crm import CrmItem
 from mailfiler.sync.items import ParsedItem, content_hash

@@ -21,19 +21,8 @@ from typing import Any, cast
 
 import peewee as pw
 
-from mailfiler.store.models import (
-    Activity,
-    ActivityParty,
-    AppointmentDetails,
-    ContactDetails,
-    ContactPhone,
-    Mailbox,
-    PostalAddress,
-    Record,
-    RecordAddress,
-    delete_from,
-    utcnow,
-)
+from mailfiler.store.detailmodels import AppointmentDetails, ContactDetails, ContactPhone, PostalAddress
+from mailfiler.store.models import Activity, ActivityParty, Mailbox, Record, RecordAddress, delete_from, utcnow
 from mailfiler.store.records import ENTITY_PRECEDENCE, resolve_addresses
 from mailfiler.sync.items import ADDRESS_PARTS, Fields, empty_fields, is_all_day, utc_instant
 

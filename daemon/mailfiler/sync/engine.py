@@ -31,7 +31,8 @@ from mailfiler import __version__
 from mailfiler.errors import SyncItemUnreadable, SyncSideEmpty, SyncTargetUnavailable
 from mailfiler.sources.target import Changes, Fetched, etag_key
 from mailfiler.store.db import transaction
-from mailfiler.store.models import Mailbox, SyncCollection, SyncItem, SyncShunt, utcnow
+from mailfiler.store.models import Mailbox, utcnow
+from mailfiler.store.syncmodels import SyncCollection, SyncItem, SyncShunt
 from mailfiler.sync.apply import CODECS, Applier, Collection, Result
 from mailfiler.sync.crm import STORES, CrmRows, tuple_rows
 from mailfiler.sync.plan import (

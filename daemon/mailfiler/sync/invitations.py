@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, cast
 import icalendar
 
 from mailfiler.errors import SyncItemUnreadable
-from mailfiler.store.models import Activity, AppointmentDetails, Mailbox, Record
+from mailfiler.store.detailmodels import AppointmentDetails
+from mailfiler.store.models import Activity, Mailbox, Record
 from mailfiler.sync import ical
 from mailfiler.sync.crm import AppointmentStore
 from mailfiler.sync.items import OVERRIDE_FIELDS, time_to_str

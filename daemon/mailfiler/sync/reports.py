@@ -7,8 +7,9 @@ from typing import Any
 
 import peewee as pw
 
-from mailfiler.store.models import Mailbox, Record, SyncCollection, SyncItem, SyncShunt, with_aliases
+from mailfiler.store.models import Mailbox, Record, with_aliases
 from mailfiler.store.records import require_record
+from mailfiler.store.syncmodels import SyncCollection, SyncItem, SyncShunt
 from mailfiler.sync.crm import AppointmentStore, ContactStore
 
 

@@ -22,7 +22,8 @@ from mailfiler.config.syncschema import Sync, SyncDav
 from mailfiler.errors import SyncTargetUnavailable
 from mailfiler.sources.target import Target
 from mailfiler.store.db import transaction
-from mailfiler.store.models import Mailbox, SyncCollection
+from mailfiler.store.models import Mailbox
+from mailfiler.store.syncmodels import SyncCollection
 from mailfiler.sync.engine import Collection, Policy, Result, SyncEngine
 from mailfiler.sync.vdir import VdirTarget
 from mailfiler.util.retrypolicy import Backoff
