@@ -18,20 +18,10 @@ import pytest
 from mailfiler.config.syncschema import SyncFilter
 from mailfiler.errors import SyncItemUnreadable, SyncSideEmpty
 from mailfiler.sources.target import Fetched
+from mailfiler.sync.actions import BY_EMAIL, Op, Plan, Policy, Status
 from mailfiler.sync.crm import CrmItem
 from mailfiler.sync.items import Fields, ParsedItem, content_hash
-from mailfiler.sync.plan import (
-    BY_EMAIL,
-    Inputs,
-    Op,
-    Plan,
-    Policy,
-    Status,
-    check_sides,
-    plan_collection,
-    selection,
-    to_read,
-)
+from mailfiler.sync.plan import Inputs, check_sides, plan_collection, selection, to_read
 
 OWNER = "anna@example.com"
 T0 = dt.datetime(2024, 3, 1, 9, 0)

@@ -20,22 +20,10 @@ from hypothesis import strategies as st
 
 from mailfiler.config.syncschema import SyncFilter
 from mailfiler.sources.target import Fetched
+from mailfiler.sync.actions import LINKED, Action, Op, Plan, Policy, Status, resolve
 from mailfiler.sync.crm import CrmItem
 from mailfiler.sync.items import Fields, ParsedItem, content_hash
-from mailfiler.sync.plan import (
-    LINKED,
-    Action,
-    Inputs,
-    Op,
-    Plan,
-    Policy,
-    Status,
-    check_sides,
-    plan_collection,
-    resolve,
-    selection,
-    to_read,
-)
+from mailfiler.sync.plan import Inputs, check_sides, plan_collection, selection, to_read
 
 OWNER = "anna@example.com"
 OTHER = "erik@example.com"

@@ -1,4 +1,4 @@
-"""Performs a sync :class:`~mailfiler.sync.plan.Plan` against a target and the
+"""Performs a sync :class:`~mailfiler.sync.actions.Plan` against a target and the
 CRM store, with the sync's safety rules:
 
 - every write to the user's side names the etag it expects, so an item the
@@ -42,10 +42,10 @@ from mailfiler.store.models import Mailbox, Record, delete_from, utcnow
 from mailfiler.store.records import get_by_ref
 from mailfiler.store.syncmodels import SyncCollection, SyncItem, SyncShunt
 from mailfiler.sync import ical, vcard
+from mailfiler.sync.actions import BY_EMAIL, Action, Op, Pair, Plan, Policy, Resolution, Status, resolve
 from mailfiler.sync.crm import CrmItem
 from mailfiler.sync.items import ParsedItem, content_hash
 from mailfiler.sync.merge import Merged, creatable
-from mailfiler.sync.plan import BY_EMAIL, Action, Op, Pair, Plan, Policy, Resolution, Status, resolve
 from mailfiler.util.fsio import atomic_write
 
 log = logging.getLogger("mailfiler.sync")

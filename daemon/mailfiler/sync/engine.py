@@ -33,20 +33,10 @@ from mailfiler.sources.target import Changes, Fetched, etag_key
 from mailfiler.store.db import transaction
 from mailfiler.store.models import Mailbox, utcnow
 from mailfiler.store.syncmodels import SyncCollection, SyncItem, SyncShunt
+from mailfiler.sync.actions import LINKED, Pair, Plan, Policy, Status
 from mailfiler.sync.apply import CODECS, Applier, Collection, Result
 from mailfiler.sync.crm import STORES, CrmRows, tuple_rows
-from mailfiler.sync.plan import (
-    LINKED,
-    Inputs,
-    Pair,
-    Plan,
-    Policy,
-    Status,
-    check_sides,
-    plan_collection,
-    selection,
-    to_read,
-)
+from mailfiler.sync.plan import Inputs, check_sides, plan_collection, selection, to_read
 from mailfiler.sync.state import SyncState, changes_are_ours, listing_is_known
 
 log = logging.getLogger("mailfiler.sync")
