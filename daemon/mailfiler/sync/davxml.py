@@ -36,11 +36,6 @@ KIND = {
 }
 
 
-def clark(tag: str) -> str:
-    prefix, _, local = tag.partition(":")
-    return "{" + {"D": D, "C": C, "CR": CR}[prefix] + "}" + local
-
-
 def xml_body(root: str, body: str) -> bytes:
     return (f'{XML_HEAD}<{root} xmlns:D="{D}" xmlns:C="{C}" xmlns:CR="{CR}">{body}</{root}>').encode()
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 from mailfiler.errors import SyncTargetUnavailable
+from mailfiler.sync.davxml import CR, KIND, C, D, props, xml_body
 from mailfiler.sync.multistatus import parse_multistatus
 
 log = logging.getLogger("mailfiler.sync.dav")
@@ -35,20 +36,15 @@ discovered: dict[tuple[str, str, str | None], str] = {}
 MAX_REDIRECTS = 5
 
 
-D, C, CR = "DAV:", "urn:ietf:params:xml:ns:caldav", "urn:ietf:params:xml:ns:carddav"
 _HOME = {"calendar": (f"{{{C}}}calendar-home-set", "C:calendar-home-set"),
          "contacts": (f"{{{CR}}}addressbook-home-set", "CR:addressbook-home-set")}  # fmt: skip
-_TYPE = {"calendar": f"{{{C}}}calendar", "contacts": f"{{{CR}}}addressbook"}
+_TYPE = {kind: names["resourcetype"] for kind, names in KIND.items()}
 _MADE = {"calendar": "mailfiler-calendar/", "contacts": "mailfiler-contacts/"}
 _PRINCIPAL = (f"{{{D}}}current-user-principal", "D:current-user-principal")
 
 
 def _propfind(*tags: str) -> bytes:
-    props = "".join(f"<{t}/>" for t in tags)
-    return (
-        f'<?xml version="1.0" encoding="utf-8"?>\n<D:propfind xmlns:D="{D}" xmlns:C="{C}" xmlns:CR="{CR}">'
-        f"<D:prop>{props}</D:prop></D:propfind>"
-    ).encode()
+    return xml_body("D:propfind", props(*tags))
 
 
 class Discovery:
