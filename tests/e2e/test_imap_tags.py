@@ -96,6 +96,12 @@ def test_track_by_tag_over_imap(imap_user: ImapUser, env: E2EEnv) -> None:
     assert acts[mid(2)]["regarding"] == "account:akesson"
     assert len(acts) == 3
     assert latency < TAGGED
+    # status: the tags followed, and what they untracked (mid 1 and 3; mid 2 now sits in a tracked folder)
+    tags = next(mb for mb in env.status()["mailboxes"] if mb["name"] == "alice")["tags"]
+    assert tags["folders"] >= 1 and tags["last_change"] is not None
+    assert (tags["tracked"], tags["untracked"]) == (0, 2)
+    text = env.cli("status", config=env.reader_config).stdout
+    assert "track by tag (alice):" in text and "0 messages tracked in other folders, 2 activities untracked" in text
 
     # a restart: tags set meanwhile are tracked; nothing is tracked twice
     daemon.terminate()

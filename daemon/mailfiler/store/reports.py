@@ -20,6 +20,7 @@ from mailfiler.store.models import (
     Record,
     SeenMessage,
     Shunt,
+    TagCursor,
     TrackedFolder,
     utcnow,
     with_aliases,
@@ -218,6 +219,7 @@ def status() -> dict:
                 "location": mb.location,
                 "folders": folders,
                 "watched": watched,
+                "tags": _tags(mb, tracked_counts, {f["folder"] for f in folders} | {w["folder"] for w in watched}),
             }
         )
     return {
@@ -227,6 +229,24 @@ def status() -> dict:
         "appointments": Activity.select().where(Activity.kind == "appointment").count(),
         "shunted": Shunt.select().where(Shunt.resolved_at.is_null()).count(),
         "mailboxes": mailboxes,
+    }
+
+
+def _tags(mb: Mailbox, tracked_counts: dict[tuple[int, str], int], by_folder: set[str]) -> dict | None:
+    """Track by tag in ``mb``: None until a tag pass has kept a cursor (its
+    tags are not followed).  ``tracked``: messages tracked in folders neither
+    tracked nor watched, which only a tag can have tracked."""
+    cursors = TagCursor.select().where(TagCursor.mailbox == mb)
+    count = cursors.count()
+    if not count:
+        return None
+    last = cursors.order_by(TagCursor.updated_at.desc()).first()
+    untracked = Activity.select().where((Activity.owner_mailbox == mb) & Activity.untracked_at.is_null(False))
+    return {
+        "folders": count,
+        "last_change": _iso(last.updated_at if last is not None else None),
+        "tracked": sum(n for (mb_id, path), n in tracked_counts.items() if mb_id == mb.id and path not in by_folder),
+        "untracked": untracked.count(),
     }
 
 
