@@ -96,13 +96,7 @@ class ImapLink:
         try:
             await self.client.wait_hello_from_server()
         except ssl.SSLCertVerificationError as exc:
-            raise TlsCertificateRefused(
-                f"the TLS certificate of IMAP server {s.host}:{s.port} is not trusted: "
-                f"{exc.verify_message or exc}; check ca_file",
-                host=s.host,
-                port=s.port,
-                reason="tls-untrusted",
-            ) from exc
+            raise self._untrusted(exc) from exc
         except TimeoutError:  # an OSError too: aioimaplib's own greeting timeout
             raise self._no_answer() from None
         except (OSError, core.AioImapException) as exc:
@@ -111,6 +105,16 @@ class ImapLink:
         if s.tls == "starttls":
             await self._starttls()
         await self._login()
+
+    def _untrusted(self, exc: ssl.SSLCertVerificationError) -> TlsCertificateRefused:
+        s = self.settings
+        return TlsCertificateRefused(
+            f"the TLS certificate of IMAP server {s.host}:{s.port} is not trusted: "
+            f"{exc.verify_message or exc}; check ca_file",
+            host=s.host,
+            port=s.port,
+            reason="tls-untrusted",
+        )
 
     def _keepalive(self) -> None:
         # NAT boxes drop idle flows silently; keepalives make the kernel notice
@@ -137,13 +141,7 @@ class ImapLink:
         try:
             transport = await self.loop.start_tls(protocol.transport, protocol, ssl_context(s), server_hostname=s.host)
         except ssl.SSLCertVerificationError as exc:
-            raise TlsCertificateRefused(
-                f"the TLS certificate of IMAP server {s.host}:{s.port} is not trusted: "
-                f"{exc.verify_message or exc}; check ca_file",
-                host=s.host,
-                port=s.port,
-                reason="tls-untrusted",
-            ) from exc
+            raise self._untrusted(exc) from exc
         except (OSError, ssl.SSLError) as exc:
             raise MailboxUnavailable(
                 f"STARTTLS with {s.host}:{s.port} failed: {exc}", host=s.host, port=s.port
