@@ -232,10 +232,10 @@ def run_inprocess(work: Path, user: ImapUser) -> dict[str, Any]:
 
     from mailfiler.config.loader import load_config
     from mailfiler.service import backfill as backfill_module
-    from mailfiler.service import worker as worker_module
     from mailfiler.service.runtime import build_services, open_store
     from mailfiler.service.worker import MailboxWorker
     from mailfiler.sources.imap import ImapSource
+    from mailfiler.tracking import offloop as offloop_module
     from mailfiler.tracking.pipeline import Tracker
 
     base = Path(tempfile.mkdtemp(prefix="inproc-", dir=work))
@@ -247,7 +247,8 @@ def run_inprocess(work: Path, user: ImapUser) -> dict[str, Any]:
     for attr in ("list_messages", "size", "fetch", "sizes_of", "fetch_batch"):
         if hasattr(ImapSource, attr):
             timers.wrap(ImapSource, attr, f"imap.{attr}")
-    timers.wrap(worker_module, "parse_message", "parse_message")
+    # every parse of the worker goes through offloop.parse_off_loop (inline or in a thread)
+    timers.wrap(offloop_module, "parse_message", "parse_message")
     timers.wrap(backfill_module, "track_batch", "track_batch")  # a commit of up to 50 messages
     timers.wrap(Tracker, "track", "Tracker.track")  # inside a batch, when not written in bulk
 

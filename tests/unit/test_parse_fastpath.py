@@ -237,3 +237,34 @@ def test_simple_boundary_reading_matches_get_boundary() -> None:
             checked += 1
             assert simple.group(1) == msg.get_boundary(), value
     assert checked > 300
+
+
+B64_CASES = sorted(name for name in (*TAKEN, *DECLINED) if "base64" in name or name == "pdf_attachment")
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 5, 7, 76, 77, 1000])
+def test_base64_decoded_in_steps_is_decoded_as_whole(step: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Base64 is checked and decoded B64_STEP bytes at a time (so that a parse in a
+    thread lets the event loop run); every cut, mid-line and mid-quartet included,
+    gives what one pass gives, and declines what it declines."""
+    cases = {name: (TAKEN.get(name) or DECLINED[name], name in TAKEN) for name in B64_CASES}
+    rng = random.Random(step)
+    for i in range(20):  # odd line lengths, CRLF, each padding, a stray character or '=' anywhere
+        data = rng.randbytes(rng.randrange(0, 300))
+        lines = base64.b64encode(data)
+        width = rng.randrange(4, 90)
+        body = b"\n".join(lines[k : k + width] for k in range(0, len(lines), width)) + b"\n"
+        if i % 3 == 1:
+            body = body.replace(b"\n", b"\r\n")
+        if i % 4 == 2 and body:
+            at = rng.randrange(len(body))
+            body = body[:at] + rng.choice((b"*", b"=", b" ", b"==")) + body[at:]
+        raw = _message(b"Content-Type: application/pdf\nContent-Transfer-Encoding: base64\n\n" + body)
+        cases[f"random {i}"] = (raw, new.fast_parse(raw) is not None)  # in one step (the default)
+    assert len(cases) > 20
+    monkeypatch.setattr(new, "B64_STEP", step)
+    for name, (raw, fast) in cases.items():
+        try:
+            _assert_same(raw, fast=fast)
+        except AssertionError as exc:
+            raise AssertionError(f"{name} in steps of {step}: {exc}") from exc

@@ -33,7 +33,8 @@ from mailfiler.tracking.folders import (
     set_folder_state,
     shunted_source_ids,
 )
-from mailfiler.tracking.parse import ParsedMessage, parse_message
+from mailfiler.tracking.offloop import parse_off_loop
+from mailfiler.tracking.parse import ParsedMessage
 from mailfiler.tracking.pipeline import Outcome
 
 #: a tracked folder's scan commits this many messages per transaction (at most:
@@ -139,7 +140,7 @@ class Backfill(WorkerPart):
                 parsed = ahead.parsed(sid)
                 if commits is not None and isinstance(read, bytes):
                     if parsed is None:
-                        parsed = _parse_or_none(read)
+                        parsed = await _parse_or_none(read)
                     if parsed is not None:
                         await commits.add(sid, hints[sid], read, parsed, step)
                         self._progress(folder, done, len(todo))
@@ -213,10 +214,10 @@ class Backfill(WorkerPart):
         return result
 
 
-def _parse_or_none(raw: bytes) -> ParsedMessage | None:
+async def _parse_or_none(raw: bytes) -> ParsedMessage | None:
     """The parse, or None when it fails (process() parses again, meets the error and shunts)."""
     try:
-        return parse_message(raw)
+        return await parse_off_loop(raw)
     except (Exception, RecursionError):  # noqa: BLE001
         return None
 

@@ -20,7 +20,8 @@ from mailfiler.service.backfill import ScanResult, count_outcome
 from mailfiler.service.storewriter import PUSH, writer_for
 from mailfiler.service.workerpart import WorkerPart
 from mailfiler.tracking.context import FolderContext
-from mailfiler.tracking.parse import ParsedMessage, parse_message
+from mailfiler.tracking.offloop import parse_off_loop
+from mailfiler.tracking.parse import ParsedMessage
 from mailfiler.tracking.pipeline import Outcome
 
 log = logging.getLogger("mailfiler.worker")
@@ -61,7 +62,7 @@ class Reidentify(WorkerPart):
     async def _relocate(self, fctx: FolderContext, folder: str, sid: str, head: bytes) -> Outcome | None:
         """One message from its header section; None: to be read whole."""
         try:
-            msg: ParsedMessage = parse_message(head)
+            msg: ParsedMessage = await parse_off_loop(head)
         except (Exception, RecursionError):  # noqa: BLE001 - read whole, where the error is handled
             return None
         if msg.synthetic_id:

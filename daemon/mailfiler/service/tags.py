@@ -35,7 +35,8 @@ from mailfiler.store.db import transaction
 from mailfiler.store.models import utcnow
 from mailfiler.tracking.context import FolderContext, tagged_message
 from mailfiler.tracking.labels import label_at
-from mailfiler.tracking.parse import ParsedMessage, parse_message
+from mailfiler.tracking.offloop import parse_off_loop
+from mailfiler.tracking.parse import ParsedMessage
 from mailfiler.tracking.pipeline import Outcome
 from mailfiler.tracking.tags import (
     TAGGED_SHUNT,
@@ -180,7 +181,7 @@ class Tags(WorkerPart):
             if size > self.services.max_message_bytes:
                 raise too_large(size, self.services.max_message_bytes)
             raw = await source.fetch(folder, sid)
-            parsed = parse_message(raw)
+            parsed = await parse_off_loop(raw)
             tracker, ctx, msg = self.services.tracker, self.rt.ctx, parsed
 
             def track() -> Outcome:
@@ -213,7 +214,7 @@ class Tags(WorkerPart):
             msg: ParsedMessage | None = None
             if isinstance(head, bytes):
                 try:
-                    msg = parse_message(head)
+                    msg = await parse_off_loop(head)
                 except (Exception, RecursionError):  # noqa: BLE001 - no Message-ID: nothing to untrack
                     msg = None
             if msg is not None and not msg.synthetic_id:

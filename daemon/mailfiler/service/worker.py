@@ -46,7 +46,8 @@ from mailfiler.sources.base import MarkState
 from mailfiler.tracking import txsql
 from mailfiler.tracking.context import FolderContext
 from mailfiler.tracking.labels import label_of_raw, message_label
-from mailfiler.tracking.parse import ParsedMessage, parse_message
+from mailfiler.tracking.offloop import parse_off_loop
+from mailfiler.tracking.parse import ParsedMessage
 from mailfiler.tracking.pipeline import Outcome
 
 log = logging.getLogger("mailfiler.worker")
@@ -153,7 +154,7 @@ class MailboxWorker(Backfill, Watch, Reidentify, Pushed, Marks, Tags):
                 assert isinstance(read, bytes)
                 raw = read
             if parsed is None:
-                parsed = parse_message(raw)
+                parsed = await parse_off_loop(raw)
             if folder in self._renumbered and not fctx.tracked and not self._tracked_already(parsed):
                 tracker, ctx, seen = self.services.tracker, self.rt.ctx, parsed
                 outcome = await writer_for(self.services.db).run(

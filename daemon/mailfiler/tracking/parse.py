@@ -18,6 +18,7 @@ import email
 import email.policy
 import email.utils
 import hashlib
+import io
 import quopri
 import re
 from collections.abc import Iterator
@@ -376,7 +377,13 @@ def _leaf_facts(leaf: Entity) -> _LeafFacts:
 
 
 #: base64 lines as decode_b accepts them: its alphabet, then at most two '=' at the end
-_B64_LINES = re.compile(rb"[A-Za-z0-9+/\r\n]*((?:=[\r\n]*){0,2})")
+_B64_DATA = re.compile(rb"[A-Za-z0-9+/\r\n]*")
+_B64_PADDING = re.compile(rb"(?:=[\r\n]*){0,2}")
+#: base64 is checked and decoded this many bytes at a time.  Each step is a C call
+#: that holds the GIL throughout (about 2 ms here); in one call, a 30 MB attachment
+#: held it for 0.6 s, and a parse in a thread (tracking/offloop.py) stopped the
+#: event loop as long as inline.  Between steps the loop gets its turn.
+B64_STEP = 256 * 1024
 
 
 def _decoded(body: bytes | memoryview, cte: str) -> bytes:
@@ -397,25 +404,47 @@ def _b64decoded(body: bytes | memoryview) -> bytes:
     The standard library joins the lines first (a list of every line, then
     their copy: about twice the attachment again).  Lines of decode_b's alphabet
     with complete quartets decode the same in one pass that skips the line
-    ends; anything else (missing padding, stray characters) takes the
-    library's way, on one copy without the line ends."""
-    match = _B64_LINES.fullmatch(body)
-    if match is not None:
-        try:
-            value = binascii.a2b_base64(body)
-        except binascii.Error:
-            value = None  # incomplete quartets: decode_b pads them (or finds the defect)
-        if value is not None:
-            # decode_b takes it as it is only when its characters make whole
-            # quartets (it pads them otherwise); the count follows from the size
-            data_chars = len(value) // 3 * 4 + (0, 2, 3)[len(value) % 3]
-            pads = bytes(body[match.start(1) : match.end(1)]).count(b"=")
-            if (data_chars + pads) % 4 == 0:
-                return value
+    ends (here in steps of :data:`B64_STEP`, each a whole number of quartets,
+    which decode as the whole does); anything else (missing padding, stray
+    characters) takes the library's way, on one copy without the line ends."""
+    value = _b64_stepwise(body)
+    if value is not None:
+        return value
     value, found = _ew.decode_b(bytes(body).translate(None, b"\r\n"))
     if found:
         raise Declined("invalid base64: a defect on the part")
     return value
+
+
+def _b64_stepwise(body: bytes | memoryview) -> bytes | None:
+    """``body`` decoded when it is decode_b's alphabet in whole quartets, at
+    most two '=' at the end; else None."""
+    out = io.BytesIO()  # its getvalue() is its buffer, not a copy
+    carry = b""  # the data characters of an incomplete quartet, for the next step
+    pos, end = 0, len(body)
+    while True:
+        stop = min(pos + B64_STEP, end)
+        data_end = cast("re.Match[bytes]", _B64_DATA.match(body, pos, stop)).end()  # "*": always matches
+        chars = carry + bytes(body[pos:data_end]).translate(None, b"\r\n")
+        if data_end == stop < end:
+            whole = len(chars) // 4 * 4  # whole quartets of the alphabet alone decode without error
+            out.write(binascii.a2b_base64(memoryview(chars)[:whole]))
+            carry, pos = chars[whole:], stop
+            continue
+        # the data characters end here: what follows is padding, or the library's case
+        padding = _B64_PADDING.fullmatch(body, data_end)
+        if padding is None:
+            return None
+        try:
+            out.write(binascii.a2b_base64(chars + bytes(body[data_end:]).translate(None, b"\r\n")))
+        except binascii.Error:
+            return None  # incomplete quartets: decode_b pads them (or finds the defect)
+        # decode_b takes it as it is only when its characters make whole
+        # quartets (it pads them otherwise); the count follows from the size
+        size = out.tell()
+        data_chars = size // 3 * 4 + (0, 2, 3)[size % 3]
+        pads = bytes(body[data_end:]).count(b"=")
+        return out.getvalue() if (data_chars + pads) % 4 == 0 else None
 
 
 #: codecs whose errors="replace" decoding yields no lone surrogates, so

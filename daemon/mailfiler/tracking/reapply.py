@@ -54,7 +54,8 @@ from mailfiler.store.models import (
 )
 from mailfiler.store.records import get_by_ref
 from mailfiler.tracking.context import MailboxContext, precedence, watched_folder
-from mailfiler.tracking.parse import ADDRESS_ROLES, Address, AttachmentPart, ParsedMessage, parse_message
+from mailfiler.tracking.offloop import parse_off_loop
+from mailfiler.tracking.parse import ADDRESS_ROLES, Address, AttachmentPart, ParsedMessage
 from mailfiler.tracking.plan import Judgement, Planner, Regarding
 from mailfiler.tracking.regarding import resolve as resolve_regarding
 from mailfiler.tracking.regarding import slug
@@ -272,7 +273,7 @@ class _Reapplier:
         try:
             if await source.size(loc.folder, loc.source_id) > self.config.limits.max_message_bytes:
                 return "larger than limits.max_message_bytes"
-            msg = parse_message(await source.fetch(loc.folder, loc.source_id))
+            msg = await parse_off_loop(await source.fetch(loc.folder, loc.source_id))
         except (MailfilerError, OSError, RecursionError) as exc:
             # vanished, moved, unreadable, MIME nested too deep: the stored fields stand in
             return str(exc) or type(exc).__name__
