@@ -41,6 +41,7 @@ from mailfiler.store.models import DaemonState, utcnow
 from mailfiler.tracking.folders import folder_token, set_folder_state
 from mailfiler.tracking.parsepool import ParsePool, parse_workers
 from mailfiler.util import retrypolicy
+from mailfiler.util.heap import fix_malloc_thresholds
 from mailfiler.util.text import plural
 
 log = logging.getLogger("mailfiler.daemon")
@@ -82,6 +83,7 @@ class Daemon:
         # before the store is touched, held to the end: a second `run` or `once` on this
         # state_dir or SQLite store stops here with AlreadyRunning
         with InstanceLock(self.loaded.config, "run", config_path=self.loaded.path) as self.lock:
+            fix_malloc_thresholds()
             return await self._run()
 
     async def _run(self) -> int:
@@ -485,6 +487,7 @@ async def run_once(loaded: LoadedConfig, *, progress: bool = False) -> dict[str,
     """One full pass over every tracked folder (for cron and tests)."""
     # as `run`: never beside a daemon (or another `once`) on this state_dir or SQLite store
     with InstanceLock(loaded.config, "once", config_path=loaded.path):
+        fix_malloc_thresholds()
         return await _pass(loaded)
 
 
