@@ -65,7 +65,6 @@ from tests.mailgen import (  # noqa: E402
 TARGET_MEDIAN_MS = 100.0
 
 
-
 def write_config(base: Path) -> Path:
     return benchconfig.write_config(base, "Maildir", [f for f, _ in FOLDERS], writer="bench/latency.py")
 
@@ -327,6 +326,7 @@ class LogReader:
 
     def wait_watching(self, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60) -> None:
         """Until the daemon logs ``watching`` (or *proc* exits); RuntimeError after *timeout*."""
+
         def ready() -> bool:
             return self.events.get("watching", 0) > 0 or (proc is not None and proc.poll() is not None)
 
@@ -372,6 +372,7 @@ def run_daemon(base: Path, n: int, warmup: int, pace: Pace, seed: int, wait: boo
         if not reader.wait(lambda: reader.started or proc.poll() is not None, 60) or not reader.started:
             raise RuntimeError(f"the daemon did not start (rc={proc.poll()}): {reader.problems[-5:]}")
         result["startup_s"] = round(time.monotonic() - t_spawn, 3)
+
         def warm(k: int) -> str:  # the first drop also proves the watches are in place
             mda_drop(drops[k], realistic_message(k, seed=seed))
             return drops[k].message_id

@@ -98,10 +98,12 @@ lint_dirs=()
 for d in daemon tests bench; do [ -d "$d" ] && lint_dirs+=("$d"); done
 ruff_rc=0
 "$VENV/bin/ruff" check "${lint_dirs[@]}" || ruff_rc=$?
+# the layout too: a reformat never mixes into a change's diff ('ruff format' fixes it)
+"$VENV/bin/ruff" format --check "${lint_dirs[@]}" || ruff_rc=$?
 if [ "$ruff_rc" -ne 0 ]; then
-    say "ruff check failed (exit $ruff_rc); running the tests anyway"
+    say "ruff check or ruff format --check failed (exit $ruff_rc); running the tests anyway"
 else
-    say "ruff check passed"
+    say "ruff check and ruff format --check passed"
 fi
 
 # ---------------------------------------------------------------- import contract and types
@@ -134,7 +136,7 @@ if [ "$pytest_rc" -eq 5 ]; then
     exit 1
 fi
 if [ "$pytest_rc" -eq 0 ] && [ "$ruff_rc" -ne 0 ]; then
-    echo "test.sh: FAILED: the tests passed but ruff check did not (see above; 'ruff check --fix' fixes many)." >&2
+    echo "test.sh: FAILED: the tests passed but ruff did not (see above; 'ruff check --fix' and 'ruff format daemon tests bench' fix most)." >&2
     exit 1
 fi
 if [ "$pytest_rc" -eq 0 ] && [ "$contract_rc" -ne 0 ]; then

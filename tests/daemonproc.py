@@ -492,9 +492,7 @@ def quick_check(world: World) -> None:
     assert not shunted, "a crash must never shunt a message"
 
 
-def kill_at_commit_points(
-    world: World, order: Sequence[tuple[str, str]], positions: Sequence[int], total: int
-) -> None:
+def kill_at_commit_points(world: World, order: Sequence[tuple[str, str]], positions: Sequence[int], total: int) -> None:
     """Run ``once`` killed just before, then just after, the commit that holds each
     message position (1-based, in ``order``; a scan commits COMMIT_BATCH messages at a
     time, see crash_plan), resuming each time from what the last kill left: every kill

@@ -218,7 +218,10 @@ def realistic_message(
     ]
     if cc:
         headers.append(f"Cc: {_addr_list(cc)}")
-    headers += [f"Date: {format_datetime(date)}", f"Message-ID: {message_id_for(i, seed=seed, domain_pool=domain_pool)}"]
+    headers += [
+        f"Date: {format_datetime(date)}",
+        f"Message-ID: {message_id_for(i, seed=seed, domain_pool=domain_pool)}",
+    ]
     if i > 0 and rng.random() < 0.33:
         parent = i - 1 - rng.randrange(min(i, 5))
         prefix = rng.choice(("Re: ", "RE: ", "SV: ", "Sv: "))
@@ -252,8 +255,12 @@ def realistic_message(
         "alternative",
         f"----=_Part_{rng.getrandbits(48):012x}",
         [
-            _part(f'Content-Type: text/plain; charset="utf-8"\nContent-Transfer-Encoding: {cte}', _encode_body(text, cte)),
-            _part(f'Content-Type: text/html; charset="utf-8"\nContent-Transfer-Encoding: {cte}', _encode_body(html, cte)),
+            _part(
+                f'Content-Type: text/plain; charset="utf-8"\nContent-Transfer-Encoding: {cte}', _encode_body(text, cte)
+            ),
+            _part(
+                f'Content-Type: text/html; charset="utf-8"\nContent-Transfer-Encoding: {cte}', _encode_body(html, cte)
+            ),
         ],
     )
     if with_attachment_every > 0 and i % with_attachment_every == with_attachment_every - 1:
@@ -294,10 +301,7 @@ def _nested_multipart(depth: int) -> bytes:
     body = b"Content-Type: text/plain; charset=utf-8\n\nThe innermost part.\n"
     for level in range(depth, 0, -1):
         b = b"nest-%d" % level
-        body = (
-            b"Content-Type: multipart/mixed; boundary=\"" + b + b"\"\n\n"
-            b"--" + b + b"\n" + body + b"\n--" + b + b"--\n"
-        )
+        body = b'Content-Type: multipart/mixed; boundary="' + b + b'"\n\n--' + b + b"\n" + body + b"\n--" + b + b"--\n"
     return body
 
 
@@ -330,16 +334,16 @@ def malformed_corpus() -> dict[str, bytes]:
     corpus = {
         # multipart declares boundary "declared" but the body only uses "--other": no part boundary ever matches
         "boundary_never_appears": _hdr("b1") + b"MIME-Version: 1.0\n"
-        b"Content-Type: multipart/mixed; boundary=\"declared\"\n\n"
+        b'Content-Type: multipart/mixed; boundary="declared"\n\n'
         b"--other\nContent-Type: text/plain\n\nBody behind the wrong boundary.\n--other--\n",
         # multipart whose closing --b-- never comes; the last part (a base64 attachment) is cut off mid-line
         "boundary_unterminated": _hdr("b2") + b"MIME-Version: 1.0\n"
-        b"Content-Type: multipart/mixed; boundary=\"b\"\n\n"
+        b'Content-Type: multipart/mixed; boundary="b"\n\n'
         b"--b\nContent-Type: text/plain; charset=utf-8\n\nFirst part.\n"
-        b"--b\nContent-Type: application/pdf; name=\"x.pdf\"\nContent-Transfer-Encoding: base64\n\nJVBERi0xLjQKJ",
+        b'--b\nContent-Type: application/pdf; name="x.pdf"\nContent-Transfer-Encoding: base64\n\nJVBERi0xLjQKJ',
         # charset=x-unknown (no such codec) and 8-bit bytes in the body
         "bad_charset": _hdr("c1") + b"MIME-Version: 1.0\n"
-        b"Content-Type: text/plain; charset=\"x-unknown\"\nContent-Transfer-Encoding: 8bit\n\n"
+        b'Content-Type: text/plain; charset="x-unknown"\nContent-Transfer-Encoding: 8bit\n\n'
         b"Hej p\xe5 dig, \xc3\xa5terkom \xff\xfe snarast.\n",
         # undeclared latin-1 bytes in Subject and in a From display name
         "raw_8bit_header_latin1": b"From: J\xf6rgen \xc5kesson <jorgen@contoso.com>\nTo: erik@fabrikam.com\n"
@@ -360,9 +364,9 @@ def malformed_corpus() -> dict[str, bytes]:
         # plain text with no header block
         "plain_text_no_headers": b"hello world\n",
         # a base64 attachment whose content is not valid base64 (bad chars, bad padding)
-        "invalid_base64": _hdr("b64") + b"MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"q\"\n\n"
+        "invalid_base64": _hdr("b64") + b'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="q"\n\n'
         b"--q\nContent-Type: text/plain\n\nSee attachment.\n"
-        b"--q\nContent-Type: application/pdf; name=\"a.pdf\"\nContent-Disposition: attachment; filename=\"a.pdf\"\n"
+        b'--q\nContent-Type: application/pdf; name="a.pdf"\nContent-Disposition: attachment; filename="a.pdf"\n'
         b"Content-Transfer-Encoding: base64\n\n!!!!not*base64@@@\nQUJD=\n==x\n--q--\n",
         # multipart/mixed nested 50 levels deep around one text part
         "nested_multipart_50": _hdr("deep") + b"MIME-Version: 1.0\n" + _nested_multipart(50),
@@ -374,25 +378,27 @@ def malformed_corpus() -> dict[str, bytes]:
         b"Date: Tue, 02 Jan 2024 09:15:00 +0100\r\nMessage-ID: <eol@malformed.example.org>\n"
         b"Subject: Mixed\r\n line endings\n\r\nLine one\r\nLine two\nLine three\rLine four\n",
         # RFC 2047 encoded-words whose payload is not base64 / unknown charset / unterminated
-        "encoded_word_garbage": _hdr("ew", b"=?utf-8?B?!!!?= =?x-nope?Q?caf=E9?= =?utf-8?Q?unterminated") + b"\nBody.\n",
+        "encoded_word_garbage": _hdr("ew", b"=?utf-8?B?!!!?= =?x-nope?Q?caf=E9?= =?utf-8?Q?unterminated")
+        + b"\nBody.\n",
         # a Date header no parser understands
         "unparseable_date": b"From: anna@contoso.com\nTo: erik@fabrikam.com\nDate: Tomorrow-ish, 32 Foo 20245 99:99\n"
         b"Message-ID: <date@malformed.example.org>\nSubject: Bad date\n\nBody.\n",
         # address headers that are not addresses at all
-        "address_garbage": b"From: \"\" <>\nTo: <<<@@>>\nCc: ,,,;;\"unbalanced <x@\nReply-To: @@@\n"
+        "address_garbage": b'From: "" <>\nTo: <<<@@>>\nCc: ,,,;;"unbalanced <x@\nReply-To: @@@\n'
         b"Date: Tue, 02 Jan 2024 09:15:00 +0100\nMessage-ID: <addr@malformed.example.org>\nSubject: Garbage\n\nBody.\n",
         # group syntax with no members (typical Bcc-only mail) plus an empty named group in Cc
         "address_group_undisclosed": b"From: anna@contoso.com\nTo: undisclosed-recipients:;\nCc: Kunder:;\n"
         b"Date: Tue, 02 Jan 2024 09:15:00 +0100\nMessage-ID: <group@malformed.example.org>\nSubject: Group\n\nBody.\n",
         # attachments named with RFC 2231 non-ASCII filenames, one split into continuations
-        "rfc2231_non_ascii_filename": _hdr("2231") + b"MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"r\"\n\n"
+        "rfc2231_non_ascii_filename": _hdr("2231")
+        + b'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="r"\n\n'
         b"--r\nContent-Type: text/plain; charset=utf-8\n\nBilagor.\n"
         b"--r\nContent-Type: application/pdf\n"
         b"Content-Disposition: attachment; filename*=utf-8''%C3%85kesson%20offert%20%E2%82%AC.pdf\n"
         b"Content-Transfer-Encoding: base64\n\nJVBERi0xLjQK\n"
         b"--r\nContent-Type: text/plain; name*=utf-8''anteckningar-m%C3%B6te.txt\n"
         b"Content-Disposition: attachment; filename*0*=utf-8''%C3%96versikt%20;\n filename*1*=f%C3%B6r%20;"
-        b" filename*2=\"2024.txt\"\n\nAnteckningar.\n--r--\n",
+        b' filename*2="2024.txt"\n\nAnteckningar.\n--r--\n',
         # NUL bytes inside an 8-bit text body
         "nul_bytes_in_body": _hdr("nul") + b"Content-Type: text/plain; charset=utf-8\n\nHej\x00 v\x00rlden\x00\n",
     }
@@ -424,10 +430,10 @@ def large_attachment_message(size_bytes: int, *, seed: int = 0) -> bytes:
         (
             _headers_for(f"large-{size_bytes}", seed),
             f"Subject: Large attachment ({size_bytes} bytes)\n".encode(),
-            b"Content-Type: multipart/mixed; boundary=\"large-boundary\"\n\n",
+            b'Content-Type: multipart/mixed; boundary="large-boundary"\n\n',
             b"--large-boundary\nContent-Type: text/plain; charset=utf-8\n\nSee the attached archive.\n",
-            b"--large-boundary\nContent-Type: application/octet-stream; name=\"archive.bin\"\n",
-            b"Content-Disposition: attachment; filename=\"archive.bin\"\nContent-Transfer-Encoding: base64\n\n",
+            b'--large-boundary\nContent-Type: application/octet-stream; name="archive.bin"\n',
+            b'Content-Disposition: attachment; filename="archive.bin"\nContent-Transfer-Encoding: base64\n\n',
             _b64_lines(rng.randbytes(size_bytes)),
             b"--large-boundary--\n",
         )
@@ -441,7 +447,7 @@ def many_attachments_message(n: int, *, seed: int = 0) -> bytes:
     parts = [
         _headers_for(f"many-{n}", seed),
         f"Subject: {n} bilagor\n".encode(),
-        b"Content-Type: multipart/mixed; boundary=\"many-boundary\"\n\n",
+        b'Content-Type: multipart/mixed; boundary="many-boundary"\n\n',
         "--many-boundary\nContent-Type: text/plain; charset=utf-8\n\nHär kommer alla bilagor.\n".encode(),
     ]
     for k in range(n):
@@ -459,7 +465,7 @@ def many_attachments_message(n: int, *, seed: int = 0) -> bytes:
         if k % 7 == 3:
             disp = f"attachment; filename*=utf-8''%C3%96versikt-{k:04d}.{ext}"
         else:
-            disp = f"attachment; filename=\"bilaga-{k:04d}.{ext}\""
+            disp = f'attachment; filename="bilaga-{k:04d}.{ext}"'
         parts.append(
             f"--many-boundary\nContent-Type: {ctype}\nContent-Disposition: {disp}\n"
             "Content-Transfer-Encoding: base64\n\n".encode()

@@ -457,7 +457,9 @@ def test_sqlite_path(url: str, expected: Path | None) -> None:
 
 
 # track_tags on an IMAP mailbox (a Maildir has no tags); the lines stay where BASE has them
-_TAGS_BASE = BASE.replace("    maildir: Maildir\n", "    imap: {host: imap.example.com, username: alice, password_file: pw}\n")
+_TAGS_BASE = BASE.replace(
+    "    maildir: Maildir\n", "    imap: {host: imap.example.com, username: alice, password_file: pw}\n"
+)
 
 
 def test_track_tags(tmp_path: Path) -> None:

@@ -79,9 +79,7 @@ def peak_rss_of_backfill(base: Path, user: ImapUser) -> tuple[int, int]:
     return hwm, scalar(world.db, "SELECT count(*) FROM activity")
 
 
-def test_peak_memory_does_not_grow_with_the_number_of_large_messages(
-    server: DovecotServer, tmp_path: Path
-) -> None:
+def test_peak_memory_does_not_grow_with_the_number_of_large_messages(server: DovecotServer, tmp_path: Path) -> None:
     one, size = seeded(server, 1)
     many, _ = seeded(server, MANY)
     try:

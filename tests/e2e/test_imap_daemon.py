@@ -82,9 +82,7 @@ def test_tracks_appends_moves_and_inbox_replies_over_imap(imap_user: ImapUser, e
     assert imap_user.password not in Path(env.config_path).read_text() + str(status)
 
 
-def test_server_restart_is_survived_and_caught_up(
-    dovecot: DovecotServer, imap_user: ImapUser, env: E2EEnv
-) -> None:
+def test_server_restart_is_survived_and_caught_up(dovecot: DovecotServer, imap_user: ImapUser, env: E2EEnv) -> None:
     env.expected_errors |= {"mailbox-error"}
     imap_world(env, imap_user)
     with imap_user.client() as admin:

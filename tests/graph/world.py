@@ -9,7 +9,9 @@ from tests.graph.helpers import APP_ID, SECRET, UPN
 from tests.servers.graph import GraphFake
 
 
-def graph_block(graph: GraphFake, root: Path, *, poll: tuple[float, float] = (0.1, 0.4), **extra: Any) -> dict[str, Any]:
+def graph_block(
+    graph: GraphFake, root: Path, *, poll: tuple[float, float] = (0.1, 0.4), **extra: Any
+) -> dict[str, Any]:
     assert graph.tls is not None
     secret = root / "graph.secret"
     secret.write_text(SECRET + "\n", encoding="utf-8")

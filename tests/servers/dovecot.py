@@ -592,9 +592,7 @@ def start_dovecot(
     # Short path under /tmp: Dovecot's unix socket paths must stay below ~100 bytes.
     base = Path(tempfile.mkdtemp(prefix="mf-dc-", dir="/tmp"))
     os.chmod(base, 0o755)  # the login and mail processes run as other users
-    server = DovecotServer(
-        base=base, tls=make_tls(base) if tls else None, separator=separator, sieve_extra=sieve_extra
-    )
+    server = DovecotServer(base=base, tls=make_tls(base) if tls else None, separator=separator, sieve_extra=sieve_extra)
     try:
         server.mail_root.mkdir()
         if server.as_root:

@@ -169,9 +169,7 @@ def test_a_batch_the_rules_decide_is_written_in_bulk_with_the_same_rows(
     for item in _items(rt, msgs, UNFILED):
         tracker.track(item.mailbox, item.folder, item.source_id, item.msg, may_be_shunted=False, token=item.token)
     one_by_one = _rows()
-    assert {row["correlation"] for key, row in one_by_one.items() if key.startswith("<")} == {
-        "rule:unfiled-is-contoso"
-    }
+    assert {row["correlation"] for key, row in one_by_one.items() if key.startswith("<")} == {"rule:unfiled-is-contoso"}
     _wipe()
     written = _spy(monkeypatch)
     results = track_batch(tracker, _items(rt, msgs, UNFILED))

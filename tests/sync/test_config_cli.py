@@ -239,7 +239,12 @@ def test_vdir_paths_are_folded_and_a_store_with_the_old_spelling_doubles_nothing
     out = mf(moved, "sync", "--json")
     assert out.returncode == 0, out.stderr
     contacts = {r["kind"]: r for r in json.loads(out.stdout)}["contacts"]
-    assert (contacts["location"], contacts["uploaded"], contacts["created_crm"], contacts["deleted_crm"]) == (folded, 0, 0, 0)
+    assert (contacts["location"], contacts["uploaded"], contacts["created_crm"], contacts["deleted_crm"]) == (
+        folded,
+        0,
+        0,
+        0,
+    )
     assert len(list((tmp_path / "dav" / "contacts").glob("*.vcf"))) == 1
     status = json.loads(mf(moved, "status", "--json").stdout)
     assert [s["location"] for s in status["sync"] if s["kind"] == "contacts"] == [folded]

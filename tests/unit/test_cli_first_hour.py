@@ -203,6 +203,7 @@ def test_table_at_120_columns_drops_less_and_wide_shows_all(monkeypatch, capsys)
     narrow = _render(monkeypatch, capsys, 80)
     text = _render(monkeypatch, capsys, 120)
     assert max(len(line) for line in text.splitlines()) <= 120
+
     def header(rendered: str) -> str:
         return next(line for line in rendered.splitlines() if line.startswith("┃"))
 

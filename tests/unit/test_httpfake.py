@@ -33,7 +33,10 @@ def test_tls_with_the_test_ca_and_refused_with_another(tmp_path: Path) -> None:
     tls = make_tls(tmp_path)
     with FakeServer(Echo, tls=tls) as server:
         assert server.url.startswith("https://127.0.0.1:")
-        assert httpx.get(server.url + "/x", verify=ssl.create_default_context(cafile=tls.ca_file), timeout=5).text == "GET "
+        assert (
+            httpx.get(server.url + "/x", verify=ssl.create_default_context(cafile=tls.ca_file), timeout=5).text
+            == "GET "
+        )
         with pytest.raises(httpx.ConnectError):
             httpx.get(server.url + "/x", verify=ssl.create_default_context(cafile=tls.wrong_ca_file), timeout=5)
 

@@ -10,7 +10,7 @@ from tests import mailgen
 
 BASIC = (
     b"From: Bob Smith <Bob@Contoso.com>\r\n"
-    b"To: alice@example.com, \"X\" <x@fabrikam.com>\r\n"
+    b'To: alice@example.com, "X" <x@fabrikam.com>\r\n'
     b"Cc: bob@contoso.com\r\n"
     b"Subject: =?utf-8?q?H=C3=A9llo?=\r\n"
     b"Date: Mon, 2 Nov 2026 10:00:00 +0100\r\n"
@@ -78,7 +78,12 @@ def test_every_malformed_mail_parses_or_is_rejected_cleanly() -> None:
         except (EmptyMessage, NotAMessage):
             continue
         # whatever was read must be storable (no NUL, no lone surrogates)
-        for text in [msg.subject, msg.body_text, msg.message_id, *(a.address for v in msg.addresses.values() for a in v)]:
+        for text in [
+            msg.subject,
+            msg.body_text,
+            msg.message_id,
+            *(a.address for v in msg.addresses.values() for a in v),
+        ]:
             assert text == clean_text(text), name
             text.encode("utf-8")
 

@@ -90,7 +90,7 @@ def sync(
                 what = "contacts" if d["kind"] == "contacts" else "appointments"
                 click.echo(
                     f"{d['mailbox']} {d['kind']}: the sync filters select none of the CRM's {d['crm_total']}"
-                    f" {what} (the default is sync.filters.{what}: [{{owner: mailbox}}]; README \"Sync-back\")"
+                    f' {what} (the default is sync.filters.{what}: [{{owner: mailbox}}]; README "Sync-back")'
                 )
         if not data:
             click.echo("no mailbox has sync: in the config")

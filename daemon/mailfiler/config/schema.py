@@ -29,8 +29,6 @@ BUILTIN_ENTITIES = ("user", "contact", "account", "lead", "opportunity", "case")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-
-
 def _route_domain(v: str) -> str:
     v = v.strip().lower().removeprefix("@")
     if not v or "@" in v or "/" in v or " " in v or v.startswith(".") or v.endswith("."):

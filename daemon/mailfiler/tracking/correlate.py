@@ -119,9 +119,7 @@ def _smart(msg: ParsedMessage, settings: CorrelationSettings) -> Match | None:
     candidates = list(
         Activity.select(Activity.id, Activity.message_id, Activity.regarding, Activity.first_seen_at)
         .where(
-            (Activity.subject_key == key)
-            & (Activity.first_seen_at >= since)
-            & (Activity.message_id != msg.message_id)
+            (Activity.subject_key == key) & (Activity.first_seen_at >= since) & (Activity.message_id != msg.message_id)
         )
         .order_by(Activity.first_seen_at.desc())
         .limit(50)

@@ -16,6 +16,7 @@ from mailfiler.store.records import get_by_ref
 
 log = logging.getLogger("mailfiler.tracking")
 
+
 def slug(text: str) -> str:
     """A record key made from a name, the same as the rules' ``|slug``
     filter (``Åkesson AB`` -> ``akesson-ab``), so rules can refer to it."""

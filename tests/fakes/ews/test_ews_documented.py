@@ -325,7 +325,9 @@ def test_server_version_info_header(client: Client) -> None:
 
 def test_folder_operations_match_the_documented_examples(client: Client) -> None:
     shape = "<m:FolderShape><t:BaseShape>Default</t:BaseShape></m:FolderShape>"
-    _, got = client.call(f'<m:GetFolder>{shape}<m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder>')
+    _, got = client.call(
+        f'<m:GetFolder>{shape}<m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder>'
+    )
     assert outline(got) == expect(GET_FOLDER)
     _, got = client.call(f'<m:GetFolder>{shape}<m:FolderIds><t:FolderId Id="AQApA="/></m:FolderIds></m:GetFolder>')
     assert outline(got) == expect(ERROR_WITH_FOLDERS, op="GetFolder")

@@ -142,7 +142,13 @@ def test_sync_items_in_pages_then_changes_of_every_kind(server: EwsServer) -> No
     new = server.deliver(ALICE, mime(99), "Inbox/Clients/Contoso")
     changes = list(folder.sync_items(sync_state=state, only_fields=["categories"]))
     got = {(kind, item[0].id if kind == "read_flag_change" else item.id) for kind, item in changes}
-    assert got == {("update", ids[0]), ("read_flag_change", ids[1]), ("delete", ids[2]), ("delete", ids[3]), ("create", new)}
+    assert got == {
+        ("update", ids[0]),
+        ("read_flag_change", ids[1]),
+        ("delete", ids[2]),
+        ("delete", ids[3]),
+        ("create", new),
+    }
     inbox_changes = list(acc.inbox.sync_items(only_fields=["message_id"]))
     assert [(k, i.id, i.message_id) for k, i in inbox_changes] == [("create", moved, "<m3@example.org>")]
 
@@ -174,7 +180,11 @@ def test_mime_fetched_in_batches_and_missing_items_reported(server: EwsServer) -
     assert isinstance(got[7], ErrorItemNotFound)
     assert [g.mime_content for n, g in enumerate(got) if n != 7] == [mime(n) for n in range(30) if n != 7]
     first = next(iter(acc.fetch(ids=[(ids[0], None)])))  # every property exchangelib asks for by default
-    assert (first.message_id, first.subject, first.author.email_address) == ("<m0@example.org>", "Hello 0", "carol@example.org")
+    assert (first.message_id, first.subject, first.author.email_address) == (
+        "<m0@example.org>",
+        "Hello 0",
+        "carol@example.org",
+    )
     assert (first.sender.email_address, first.display_to, first.is_read) == ("carol@example.org", ALICE, False)
     assert {h.name: h.value for h in first.headers}["Message-ID"] == "<m0@example.org>"
     server.inject_error("GetItem", "ErrorItemNotFound")
@@ -402,7 +412,9 @@ def test_find_items_in_pages_and_a_calendar_view(server: EwsServer) -> None:
     tz = EWSTimeZone("UTC")
     for day in (1, 10):
         start = EWSDateTime(2026, 12, day, 9, 0, tzinfo=tz)
-        CalendarItem(account=acc, folder=acc.calendar, subject=f"Day {day}", start=start, end=start.replace(hour=10)).save()
+        CalendarItem(
+            account=acc, folder=acc.calendar, subject=f"Day {day}", start=start, end=start.replace(hour=10)
+        ).save()
     window = acc.calendar.view(start=EWSDateTime(2026, 12, 5, tzinfo=tz), end=EWSDateTime(2026, 12, 20, tzinfo=tz))
     assert [e.subject for e in window] == ["Day 10"]
 

@@ -13,7 +13,13 @@ from tests.servers.graph import GraphFake
 from tests.servers.graph import faults as gf
 from tests.servers.graph.model import mime_message
 
-ERROR = {"error": {"code": "str", "message": "str", "innerError": {"date": "str", "request-id": "str", "client-request-id": "str"}}}
+ERROR = {
+    "error": {
+        "code": "str",
+        "message": "str",
+        "innerError": {"date": "str", "request-id": "str", "client-request-id": "str"},
+    }
+}
 
 
 def test_throttle_is_429_with_retry_after_then_clears(graph: GraphFake, api: httpx.Client) -> None:

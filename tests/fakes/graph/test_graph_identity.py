@@ -32,14 +32,18 @@ def session(graph: GraphFake) -> Iterator[requests.Session]:
         yield s
 
 
-def confidential(graph: GraphFake, session: requests.Session, credential: object, **kwargs: object) -> msal.ConfidentialClientApplication:
+def confidential(
+    graph: GraphFake, session: requests.Session, credential: object, **kwargs: object
+) -> msal.ConfidentialClientApplication:
     kwargs.setdefault("instance_discovery", False)
     return msal.ConfidentialClientApplication(APP_ID, client_credential=credential, authority=graph.authority,
                                               http_client=session, **kwargs)  # type: ignore[arg-type]  # fmt: skip
 
 
 def get(graph: GraphFake, token: str, path: str) -> httpx.Response:
-    return httpx.get(f"{graph.url}/v1.0{path}", headers={"Authorization": f"Bearer {token}"}, verify=verify(graph), timeout=10)
+    return httpx.get(
+        f"{graph.url}/v1.0{path}", headers={"Authorization": f"Bearer {token}"}, verify=verify(graph), timeout=10
+    )
 
 
 def make_cert() -> tuple[str, str]:
@@ -49,15 +53,24 @@ def make_cert() -> tuple[str, str]:
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=2))
             .sign(key, hashes.SHA256()))  # fmt: skip
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return key_pem.decode(), cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def test_openid_metadata_has_what_msal_reads(graph: GraphFake) -> None:
-    doc = httpx.get(f"{graph.url}/{graph.tenant.domain}/v2.0/.well-known/openid-configuration", verify=verify(graph)).json()
+    doc = httpx.get(
+        f"{graph.url}/{graph.tenant.domain}/v2.0/.well-known/openid-configuration", verify=verify(graph)
+    ).json()
     for key in ("token_endpoint", "authorization_endpoint", "device_authorization_endpoint", "issuer", "jwks_uri"):
         assert doc[key].startswith(graph.url)
-    assert httpx.get(f"{graph.url}/nowhere.example/v2.0/.well-known/openid-configuration", verify=verify(graph)).status_code == 400
+    assert (
+        httpx.get(
+            f"{graph.url}/nowhere.example/v2.0/.well-known/openid-configuration", verify=verify(graph)
+        ).status_code
+        == 400
+    )
 
 
 def test_client_secret_through_msal(graph: GraphFake, session: requests.Session) -> None:
@@ -77,7 +90,9 @@ def test_msal_authority_validation_through_instance_discovery(graph: GraphFake, 
 
 
 @pytest.mark.parametrize("with_thumbprint_only", [False, True], ids=["PS256-x5t#S256", "RS256-x5t"])
-def test_certificate_assertion_is_checked(graph: GraphFake, session: requests.Session, with_thumbprint_only: bool) -> None:
+def test_certificate_assertion_is_checked(
+    graph: GraphFake, session: requests.Session, with_thumbprint_only: bool
+) -> None:
     key_pem, cert_pem = make_cert()
     graph.identity.apps[APP_ID].certificate_pem = cert_pem.encode()
     if with_thumbprint_only:
@@ -89,7 +104,9 @@ def test_certificate_assertion_is_checked(graph: GraphFake, session: requests.Se
     assert "access_token" in result, result
     assert get(graph, result["access_token"], f"/users/{UPN}").json()["userPrincipalName"] == UPN
     other_key, other_cert = make_cert()  # a key the app registration does not know
-    result = confidential(graph, session, {"private_key": other_key, "public_certificate": other_cert}).acquire_token_for_client(scopes=SCOPE)
+    result = confidential(
+        graph, session, {"private_key": other_key, "public_certificate": other_cert}
+    ).acquire_token_for_client(scopes=SCOPE)
     assert result["error"] == "invalid_client"
 
 
@@ -100,7 +117,10 @@ def test_device_code_flow_with_polling_then_silent_refresh(graph: GraphFake, ses
     assert flow["user_code"] in flow["message"] and flow["verification_uri"].startswith(graph.url)
 
     def user_signs_in() -> None:
-        while graph.identity.device_codes.get(flow["device_code"], None) is not None and graph.identity.device_codes[flow["device_code"]].polls < 1:
+        while (
+            graph.identity.device_codes.get(flow["device_code"], None) is not None
+            and graph.identity.device_codes[flow["device_code"]].polls < 1
+        ):
             time.sleep(0.05)
         graph.identity.approve(flow["user_code"], UPN)
 
@@ -134,7 +154,13 @@ def test_expired_and_unknown_tokens_get_401_in_graph_shape(graph: GraphFake) -> 
     time.sleep(1.1)
     resp = get(graph, token, user_path(graph))
     assert resp.status_code == 401 and resp.headers["www-authenticate"].startswith("Bearer")
-    assert shape(resp.json()) == {"error": {"code": "str", "message": "str", "innerError": {"date": "str", "request-id": "str", "client-request-id": "str"}}}
+    assert shape(resp.json()) == {
+        "error": {
+            "code": "str",
+            "message": "str",
+            "innerError": {"date": "str", "request-id": "str", "client-request-id": "str"},
+        }
+    }
     assert resp.json()["error"]["code"] == "InvalidAuthenticationToken"
     assert get(graph, "garbage", user_path(graph)).json()["error"]["code"] == "InvalidAuthenticationToken"
     assert httpx.get(f"{graph.url}/v1.0{user_path(graph)}", verify=verify(graph)).status_code == 401

@@ -75,7 +75,9 @@ def test_folders_list_children_create_and_get_by_name(graph: GraphFake, api: htt
     assert api.get(f"{base}/mailFolders/{renamed.id}").json()["displayName"] == "Acme Corp"
 
 
-def test_delta_pages_match_the_documented_structure_and_resume_by_delta_link(graph: GraphFake, api: httpx.Client) -> None:
+def test_delta_pages_match_the_documented_structure_and_resume_by_delta_link(
+    graph: GraphFake, api: httpx.Client
+) -> None:
     msgs = fill(graph, 5)
     first = api.get(delta_url(graph, query="?$select=subject,sender,isRead"), headers={"Prefer": "odata.maxpagesize=2"})
     assert first.headers["preference-applied"] == "odata.maxpagesize=2"
@@ -85,7 +87,9 @@ def test_delta_pages_match_the_documented_structure_and_resume_by_delta_link(gra
     items, link, pages = drain(api, body["@odata.nextLink"], {"Prefer": "odata.maxpagesize=2"})
     assert pages == 2 and "$deltatoken=" in link
     assert [i["subject"] for i in body["value"] + items] == [f"Subject {i}" for i in range(5)]
-    assert all(set(i) == {"@odata.type", "@odata.etag", "id", "subject", "sender", "isRead"} for i in items)  # $select kept
+    assert all(
+        set(i) == {"@odata.type", "@odata.etag", "id", "subject", "sender", "isRead"} for i in items
+    )  # $select kept
 
     # next round: one deleted, one changed, one new (documented: @removed + the changed item)
     graph.delete(UPN, msgs[0])

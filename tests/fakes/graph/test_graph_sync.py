@@ -71,7 +71,9 @@ def test_calendar_view_delta_expands_a_series_with_exceptions(graph: GraphFake, 
         "pattern": {"type": "weekly", "interval": 1, "daysOfWeek": ["monday", "wednesday"], "firstDayOfWeek": "sunday"},
         "range": {"type": "numbered", "startDate": "2026-12-07", "numberOfOccurrences": 5},
     })  # fmt: skip
-    single = api.post(f"{base}/events", json={"subject": "Lunch", "start": _when(monday, 12), "end": _when(monday, 13)}).json()
+    single = api.post(
+        f"{base}/events", json={"subject": "Lunch", "start": _when(monday, 12), "end": _when(monday, 13)}
+    ).json()
     assert single["type"] == "singleInstance"
     window = {"startDateTime": "2026-12-01T00:00:00Z", "endDateTime": "2026-12-31T00:00:00Z"}
     first = api.get(f"{base}/calendarView/delta", params=window, headers={"Prefer": "odata.maxpagesize=2"}).json()
@@ -79,7 +81,13 @@ def test_calendar_view_delta_expands_a_series_with_exceptions(graph: GraphFake, 
     items, link, _ = drain(api, first["@odata.nextLink"])
     instances = first["value"] + items
     occurrences = [i for i in instances if i["seriesMasterId"] == series.id]
-    assert [o["start"]["dateTime"][:10] for o in occurrences] == ["2026-12-07", "2026-12-09", "2026-12-14", "2026-12-16", "2026-12-21"]
+    assert [o["start"]["dateTime"][:10] for o in occurrences] == [
+        "2026-12-07",
+        "2026-12-09",
+        "2026-12-14",
+        "2026-12-16",
+        "2026-12-21",
+    ]
     assert {o["type"] for o in occurrences} == {"occurrence"} and len(instances) == 6
     master = api.get(f"{base}/events/{series.id}").json()
     assert master["type"] == "seriesMaster" and master["recurrence"]["range"]["numberOfOccurrences"] == 5
@@ -89,7 +97,14 @@ def test_calendar_view_delta_expands_a_series_with_exceptions(graph: GraphFake, 
                           end=_when(monday + timedelta(days=2), 12))  # fmt: skip
     graph.cancel_occurrence(UPN, series, "2026-12-14T09:00:00Z")
     third = next(o for o in occurrences if o["start"]["dateTime"].startswith("2026-12-16"))
-    assert api.patch(f"{base}/events/{third['id']}", json={"subject": "Stand-up (long)"}, headers={"If-Match": third["@odata.etag"]}).status_code == 200
+    assert (
+        api.patch(
+            f"{base}/events/{third['id']}",
+            json={"subject": "Stand-up (long)"},
+            headers={"If-Match": third["@odata.etag"]},
+        ).status_code
+        == 200
+    )
     changes, link2, _ = drain(api, link)
     changed = {c["id"]: c for c in changes if "@removed" not in c}
     removed = [c["id"] for c in changes if "@removed" in c]
@@ -133,7 +148,9 @@ def wait_for(predicate: Any, timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def test_subscription_handshake_notifications_renew_delete(graph: GraphFake, api: httpx.Client, receiver: FakeServer) -> None:
+def test_subscription_handshake_notifications_renew_delete(
+    graph: GraphFake, api: httpx.Client, receiver: FakeServer
+) -> None:
     inbox_id = graph.folder(UPN, "Inbox/Clients/Acme").id
     expires = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
     body = {"changeType": "created,updated,deleted", "notificationUrl": f"{receiver.url}/hook",
@@ -152,7 +169,11 @@ def test_subscription_handshake_notifications_renew_delete(graph: GraphFake, api
     assert note["resourceData"]["id"] == msg.id and note["subscriptionId"] == made.json()["id"]
     sub_id = made.json()["id"]
     later = (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert api.patch(f"/subscriptions/{sub_id}", json={"expirationDateTime": later}).json()["expirationDateTime"].startswith(later[:19])
+    assert (
+        api.patch(f"/subscriptions/{sub_id}", json={"expirationDateTime": later})
+        .json()["expirationDateTime"]
+        .startswith(later[:19])
+    )
     too_far = (datetime.now(UTC) + timedelta(days=8)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert api.patch(f"/subscriptions/{sub_id}", json={"expirationDateTime": too_far}).status_code == 400
     assert api.delete(f"/subscriptions/{sub_id}").status_code == 204
@@ -162,7 +183,9 @@ def test_subscription_handshake_notifications_renew_delete(graph: GraphFake, api
     assert [d.status for d in graph.subscriptions.deliveries] == [202]
 
 
-def test_subscription_refused_when_the_endpoint_fails_validation(graph: GraphFake, api: httpx.Client, receiver: FakeServer) -> None:
+def test_subscription_refused_when_the_endpoint_fails_validation(
+    graph: GraphFake, api: httpx.Client, receiver: FakeServer
+) -> None:
     receiver.hook.refuse_validation = True  # type: ignore[attr-defined]
     expires = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     body = {"changeType": "created", "notificationUrl": f"{receiver.url}/hook", "resource": f"users/{UPN}/messages",
@@ -212,6 +235,8 @@ def test_notifications_for_contacts_and_events(graph: GraphFake, api: httpx.Clie
     received = receiver.hook.received  # type: ignore[attr-defined]
     wait_for(lambda: len(received) >= 4)
     time.sleep(0.1)
-    got = sorted((n["clientState"].rsplit("/", 1)[1], n["changeType"], n["resourceData"]["@odata.type"]) for n in received)
+    got = sorted(
+        (n["clientState"].rsplit("/", 1)[1], n["changeType"], n["resourceData"]["@odata.type"]) for n in received
+    )
     assert got == [("contacts", "created", "#Microsoft.Graph.Contact"), ("contacts", "deleted", "#Microsoft.Graph.Contact"),
                    ("contacts", "updated", "#Microsoft.Graph.Contact"), ("events", "updated", "#Microsoft.Graph.Event")]  # fmt: skip

@@ -34,11 +34,18 @@ def test_instances_of_a_series_as_documented(graph: GraphFake, api: httpx.Client
                              end=_when("2019-04-08", "21:00:00"), recurrence={
         "pattern": {"type": "weekly", "interval": 1, "daysOfWeek": ["monday"], "firstDayOfWeek": "sunday"},
         "range": {"type": "noEnd", "startDate": "2019-04-08"}})  # fmt: skip
-    graph.edit_occurrence(UPN, series, "2019-04-15T20:30:00Z", start=_when("2019-04-16"), end=_when("2019-04-16", "21:00:00"))
+    graph.edit_occurrence(
+        UPN, series, "2019-04-15T20:30:00Z", start=_when("2019-04-16"), end=_when("2019-04-16", "21:00:00")
+    )
     fields = "subject,bodyPreview,seriesMasterId,type,recurrence,start,end"
     got = api.get(f"{base}/events/{series.id}/instances", params={**WINDOW, "$select": fields}).json()
     assert all(covers(shape(i), DOC_INSTANCE) for i in got["value"])
-    assert sorted(i["start"]["dateTime"][:10] for i in got["value"]) == ["2019-04-08", "2019-04-16", "2019-04-22", "2019-04-29"]
+    assert sorted(i["start"]["dateTime"][:10] for i in got["value"]) == [
+        "2019-04-08",
+        "2019-04-16",
+        "2019-04-22",
+        "2019-04-29",
+    ]
     assert {i["type"] for i in got["value"]} == {"occurrence", "exception"}
     assert {i["seriesMasterId"] for i in got["value"]} == {series.id}
     assert set(got["value"][0]) == {"@odata.etag", "id", *fields.split(",")}
@@ -78,9 +85,13 @@ def test_events_keep_extended_properties_and_delete_honours_if_match(graph: Grap
                                              "singleValueExtendedProperties": [{"id": PROP, "value": "Green"}]}).json()  # fmt: skip
     flt = f"singleValueExtendedProperties/Any(ep: ep/id eq '{PROP}' and ep/value eq 'Green')"
     assert [e["id"] for e in api.get(f"{base}/events", params={"$filter": flt}).json()["value"]] == [made["id"]]
-    moved = api.patch(f"{base}/events/{made['id']}", json={"subject": "Lunch med Bo"}, headers={"If-Match": made["@odata.etag"]})
+    moved = api.patch(
+        f"{base}/events/{made['id']}", json={"subject": "Lunch med Bo"}, headers={"If-Match": made["@odata.etag"]}
+    )
     assert moved.status_code == 200
     stale = api.delete(f"{base}/events/{made['id']}", headers={"If-Match": made["@odata.etag"]})
     assert stale.status_code == 412 and stale.json()["error"]["code"] == "ErrorIrresolvableConflict"
-    assert api.delete(f"{base}/events/{made['id']}", headers={"If-Match": moved.json()["@odata.etag"]}).status_code == 204
+    assert (
+        api.delete(f"{base}/events/{made['id']}", headers={"If-Match": moved.json()["@odata.etag"]}).status_code == 204
+    )
     assert api.get(f"{base}/events/{made['id']}").status_code == 404

@@ -51,8 +51,12 @@ class Authenticator:
         if "basic" in self.schemes and token is None:
             offers.append('Basic realm="127.0.0.1"')
         if "bearer" in self.schemes and token is None:
-            offers.append('Bearer authorization_uri="https://login.example.com/oauth2/authorize", error="invalid_token"')
-        return Response(401, {"WWW-Authenticate": ", ".join(offers), "Content-Type": "text/html"}, b"401 - Unauthorized")
+            offers.append(
+                'Bearer authorization_uri="https://login.example.com/oauth2/authorize", error="invalid_token"'
+            )
+        return Response(
+            401, {"WWW-Authenticate": ", ".join(offers), "Content-Type": "text/html"}, b"401 - Unauthorized"
+        )
 
     def _write_user_file(self) -> Path:
         # Heimdal format DOMAIN:USER:PASSWORD (and :UPN:PASSWORD), rewritten as users are added

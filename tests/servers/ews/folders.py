@@ -105,7 +105,11 @@ def create_folder(ctx: Context, request: ET.Element) -> ET.Element:
     parent_ref = request.find(q("m:ParentFolderId"))
     for spec in ctx.folders(request.find(q("m:Folders"))):
         name = (spec.findtext(q("t:DisplayName")) or "").strip()
-        default_class = {"CalendarFolder": "IPF.Appointment", "ContactsFolder": "IPF.Contact", "TasksFolder": "IPF.Task"}
+        default_class = {
+            "CalendarFolder": "IPF.Appointment",
+            "ContactsFolder": "IPF.Contact",
+            "TasksFolder": "IPF.Task",
+        }
         folder_class = spec.findtext(q("t:FolderClass")) or default_class.get(spec.tag.rpartition("}")[2], "IPF.Note")
         try:
             if parent_ref is None or not len(parent_ref):
@@ -164,7 +168,9 @@ def update_folder(ctx: Context, request: ET.Element) -> ET.Element:
                 for update in ctx.folders(change.find(q("t:Updates"))):
                     name = update.find(f"*/{q('t:DisplayName')}")
                     if name is None:
-                        raise EwsError("ErrorInvalidPropertySet", "Only folder:DisplayName can be changed in this fake.")
+                        raise EwsError(
+                            "ErrorInvalidPropertySet", "Only folder:DisplayName can be changed in this fake."
+                        )
                     if folder.distinguished:
                         raise EwsError("ErrorAccessDenied", "Distinguished folders cannot be renamed.")
                     ctx.store.rename_folder(mailbox.user.smtp, folder, (name.text or "").strip())

@@ -148,7 +148,9 @@ def create_item(ctx: Context, request: ET.Element) -> ET.Element:
                     default = {"Contact": "contacts", "CalendarItem": "calendar", "Task": "tasks"}.get(tag, "drafts")
                     folder = mailbox.distinguished("sentitems" if disposition == "SendAndSaveCopy" else default)
                 if tag == "Contact" and folder.folder_class != "IPF.Contact":
-                    raise EwsError("ErrorCannotCreateContactInNonContactFolder", "Cannot create a contact in a non-contact Folder.")
+                    raise EwsError(
+                        "ErrorCannotCreateContactInNonContactFolder", "Cannot create a contact in a non-contact Folder."
+                    )
                 if tag == "CalendarItem" and folder.folder_class != "IPF.Appointment":
                     raise EwsError(
                         "ErrorCannotCreateCalendarItemInNonCalendarFolder",
@@ -160,8 +162,15 @@ def create_item(ctx: Context, request: ET.Element) -> ET.Element:
                     try:
                         mime = base64.b64decode((mime_elem.text or "").strip(), validate=True)
                     except binascii.Error:
-                        raise EwsError("ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content.") from None
-                item = ctx.store.add_item(mailbox.user.smtp, folder, tag=tag if tag in ("Message", "Contact", "CalendarItem", "Task") else "Message", mime=mime)
+                        raise EwsError(
+                            "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content."
+                        ) from None
+                item = ctx.store.add_item(
+                    mailbox.user.smtp,
+                    folder,
+                    tag=tag if tag in ("Message", "Contact", "CalendarItem", "Task") else "Message",
+                    mime=mime,
+                )
                 for child in spec:
                     merge_field(item, child)
                 if tag == "CalendarItem" and "UID" not in item.fields:
@@ -194,7 +203,9 @@ def update_item(ctx: Context, request: ET.Element) -> ET.Element:
             with ctx.store.lock:
                 mailbox, item = ctx.item(ref)
                 sent_key = ref.get("ChangeKey")
-                current = item.master.change_key if ref.tag == q("t:OccurrenceItemId") and item.master else item.change_key
+                current = (
+                    item.master.change_key if ref.tag == q("t:OccurrenceItemId") and item.master else item.change_key
+                )
                 if resolution == "NeverOverwrite" and sent_key and sent_key != current:
                     raise EwsError(
                         "ErrorIrresolvableConflict",
@@ -205,8 +216,12 @@ def update_item(ctx: Context, request: ET.Element) -> ET.Element:
                 for update in ctx.folders(change.find(q("t:Updates"))):
                     kind = local(update)
                     if kind in ("SetItemField", "AppendToItemField"):
-                        values = [v for v in update if v.tag not in (q("t:FieldURI"), q("t:IndexedFieldURI"), q("t:ExtendedFieldURI"))]
-                        for value in (list(values[0]) if values else []):
+                        values = [
+                            v
+                            for v in update
+                            if v.tag not in (q("t:FieldURI"), q("t:IndexedFieldURI"), q("t:ExtendedFieldURI"))
+                        ]
+                        for value in list(values[0]) if values else []:
                             read_only = read_only and local(value) == "IsRead"
                             merge_field(item, value)
                     elif kind == "DeleteItemField":

@@ -44,7 +44,12 @@ WELL_KNOWN: dict[str, tuple[str, str | None, str | None]] = {
     "notes": ("Notes", "IPF.StickyNote", "msgfolderroot"),
 }
 # the element an item is answered as, by the class of the folder it is created in
-ITEM_CLASS_BY_TAG = {"Message": "IPM.Note", "Contact": "IPM.Contact", "CalendarItem": "IPM.Appointment", "Task": "IPM.Task"}
+ITEM_CLASS_BY_TAG = {
+    "Message": "IPM.Note",
+    "Contact": "IPM.Contact",
+    "CalendarItem": "IPM.Appointment",
+    "Task": "IPM.Task",
+}
 
 
 def _now() -> dt.datetime:
@@ -242,7 +247,12 @@ class Store:
         return mailbox.seq
 
     def _new_folder(
-        self, mailbox: Mailbox, name: str, folder_class: str | None, parent: Folder | None, distinguished: str | None = None
+        self,
+        mailbox: Mailbox,
+        name: str,
+        folder_class: str | None,
+        parent: Folder | None,
+        distinguished: str | None = None,
     ) -> Folder:
         folder_id = _opaque("F", mailbox.user.smtp.lower(), next(self._numbers))
         folder = Folder(folder_id, name, folder_class, parent, distinguished)
@@ -265,7 +275,9 @@ class Store:
             folder = mailbox.distinguished("msgfolderroot")
             for part in [p for p in path.split("/") if p]:
                 matches = [f for f in folder.children(mailbox) if f.name == part]
-                folder = matches[0] if matches else self.create_folder(smtp, folder, part, folder.folder_class or "IPF.Note")
+                folder = (
+                    matches[0] if matches else self.create_folder(smtp, folder, part, folder.folder_class or "IPF.Note")
+                )
             return folder
 
     def rename_folder(self, smtp: str, folder: Folder, name: str) -> None:
@@ -320,7 +332,9 @@ class Store:
         with self.lock:
             mailbox = self.mailbox(smtp)
             key = next(self._numbers)
-            item = Item(key, _opaque("I", smtp.lower(), key), tag, folder, mime=mime, is_read=is_read, fields=fields or {})
+            item = Item(
+                key, _opaque("I", smtp.lower(), key), tag, folder, mime=mime, is_read=is_read, fields=fields or {}
+            )
             if mime is not None:
                 head = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(mime)
                 item.header_list = [(xml_safe(k), xml_safe(str(v))) for k, v in head.items()]
@@ -333,7 +347,11 @@ class Store:
                 self._item_event(mailbox, "NewMailEvent", item)
                 # the folder's unread count changed too (Exchange sends this with new mail)
                 unread = sum(1 for i in folder.items.values() if not i.is_read)
-                event: dict[str, Any] = {"type": "ModifiedEvent", "folder_id": (folder.id, folder.change_key), "unread_count": unread}
+                event: dict[str, Any] = {
+                    "type": "ModifiedEvent",
+                    "folder_id": (folder.id, folder.change_key),
+                    "unread_count": unread,
+                }
                 if folder.parent is not None:
                     event["parent_folder_id"] = (folder.parent.id, folder.parent.change_key)
                 self.publish(mailbox.user.smtp.lower(), event)

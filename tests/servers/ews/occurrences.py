@@ -93,7 +93,9 @@ def occurrence(store: Store, mailbox: Mailbox, master: Item, index: int) -> Item
         raise EwsError("ErrorCalendarOccurrenceIsDeletedFromRecurrence", "Occurrence was deleted from the recurrence.")
     times = starts(master)
     if not 1 <= index <= len(times):
-        raise EwsError("ErrorCalendarOccurrenceIndexIsOutOfRecurrenceRange", "Occurrence index is out of recurrence range.")
+        raise EwsError(
+            "ErrorCalendarOccurrenceIndexIsOutOfRecurrenceRange", "Occurrence index is out of recurrence range."
+        )
     begin, end = _time(master, "Start"), _time(master, "End")
     length = (end - begin) if begin is not None and end is not None else dt.timedelta(0)
     fields = {k: v for k, v in master.fields.items() if k not in ("Recurrence", "Start", "End")}

@@ -50,9 +50,25 @@ MESSAGE_DEFAULT = [
     "ItemId", "Subject", "Sensitivity", "Body", "Size", "DateTimeSent", "DateTimeCreated", "ResponseObjects",
     "HasAttachments", "ToRecipients", "IsReadReceiptRequested", "IsDeliveryReceiptRequested", "From", "IsRead",
 ]  # fmt: skip
-OTHER_DEFAULT = ["ItemId", "ItemClass", "Subject", "Start", "End", "Location", "FileAs", "DisplayName", "GivenName", "Surname"]
+OTHER_DEFAULT = [
+    "ItemId",
+    "ItemClass",
+    "Subject",
+    "Start",
+    "End",
+    "Location",
+    "FileAs",
+    "DisplayName",
+    "GivenName",
+    "Surname",
+]
 # indexed FieldURIs name an entry of a container element
-INDEXED = {"EmailAddress": "EmailAddresses", "PhoneNumber": "PhoneNumbers", "ImAddress": "ImAddresses", "PhysicalAddress": "PhysicalAddresses"}
+INDEXED = {
+    "EmailAddress": "EmailAddresses",
+    "PhoneNumber": "PhoneNumbers",
+    "ImAddress": "ImAddresses",
+    "PhysicalAddress": "PhysicalAddresses",
+}
 # boolean item properties a client may set
 BOOLEANS = {
     "IsAllDayEvent", "ReminderIsSet", "IsResponseRequested", "AllowNewTimeProposal", "IsOnlineMeeting",
@@ -61,7 +77,15 @@ BOOLEANS = {
 # date-time item properties a client may set
 TIMES = {"Start", "End", "ReminderDueBy", "OriginalStart"}
 FOLDER_DEFAULT = ["FolderId", "DisplayName", "TotalCount", "ChildFolderCount", "UnreadCount"]
-FOLDER_ALL = ["FolderId", "ParentFolderId", "FolderClass", "DisplayName", "TotalCount", "ChildFolderCount", "UnreadCount"]
+FOLDER_ALL = [
+    "FolderId",
+    "ParentFolderId",
+    "FolderClass",
+    "DisplayName",
+    "TotalCount",
+    "ChildFolderCount",
+    "UnreadCount",
+]
 
 
 def extended_key(uri: ET.Element) -> str:

@@ -160,9 +160,14 @@ class EwsServer(FakeServer):
                     "",
                 )
                 if smtp.lower() not in self.store.users:
-                    raise SoapFault("ErrorNonExistentMailbox", f"The SMTP address has no mailbox associated with it: {smtp}")
+                    raise SoapFault(
+                        "ErrorNonExistentMailbox", f"The SMTP address has no mailbox associated with it: {smtp}"
+                    )
                 if not user.may_impersonate(smtp):
-                    raise SoapFault("ErrorImpersonateUserDenied", "The account does not have permission to impersonate the requested user.")
+                    raise SoapFault(
+                        "ErrorImpersonateUserDenied",
+                        "The account does not have permission to impersonate the requested user.",
+                    )
                 target, impersonating = smtp.lower(), True
         anchor = headers.get("x-anchormailbox", "").strip().lower()
         if anchor and anchor not in self.store.users:
@@ -334,12 +339,21 @@ class EwsServer(FakeServer):
             return None
         return lambda r: r.headers.get("x-anchormailbox", "").lower() == user.lower()
 
-    def inject_busy(self, operation: str = "*", back_off_ms: int = 1000, times: int | None = 1, user: str | None = None) -> Fault:
+    def inject_busy(
+        self, operation: str = "*", back_off_ms: int = 1000, times: int | None = 1, user: str | None = None
+    ) -> Fault:
         """ErrorServerBusy as a SOAP fault (HTTP 500) carrying BackOffMilliseconds."""
-        body = fault("ErrorServerBusy", "The server cannot service this request right now. Try again later.", self.build, back_off_ms)
+        body = fault(
+            "ErrorServerBusy",
+            "The server cannot service this request right now. Try again later.",
+            self.build,
+            back_off_ms,
+        )
         return self.faults.add(Fault(operation, times, Response(500, dict(SOAP_HEADERS), body), when=self._when(user)))
 
-    def throttle_for(self, seconds: float, back_off_ms: int = 1000, operation: str = "*", user: str | None = None) -> Fault:
+    def throttle_for(
+        self, seconds: float, back_off_ms: int = 1000, operation: str = "*", user: str | None = None
+    ) -> Fault:
         """Every matching request answers ErrorServerBusy for ``seconds`` from now (throttling for minutes)."""
         until = time.monotonic() + seconds
         anchored = self._when(user)
@@ -347,10 +361,17 @@ class EwsServer(FakeServer):
         def during(request: Request) -> bool:
             return time.monotonic() < until and (anchored is None or anchored(request))
 
-        body = fault("ErrorServerBusy", "The server cannot service this request right now. Try again later.", self.build, back_off_ms)
+        body = fault(
+            "ErrorServerBusy",
+            "The server cannot service this request right now. Try again later.",
+            self.build,
+            back_off_ms,
+        )
         return self.faults.add(Fault(operation, None, Response(500, dict(SOAP_HEADERS), body), when=during))
 
-    def inject_status(self, operation: str = "*", status: int = 503, times: int | None = 1, user: str | None = None) -> Fault:
+    def inject_status(
+        self, operation: str = "*", status: int = 503, times: int | None = 1, user: str | None = None
+    ) -> Fault:
         """A bare HTTP status (503 Service Unavailable, 401 Unauthorized, ...)."""
         headers = {"Content-Type": "text/html"}
         if status == 401:
@@ -379,13 +400,17 @@ class EwsServer(FakeServer):
         body = envelope(response(operation, [message]), self.build)
         return self.faults.add(Fault(operation, times, Response(200, dict(SOAP_HEADERS), body), when=self._when(user)))
 
-    def inject_drop(self, operation: str = "*", times: int | None = 1, after_bytes: int | None = None, user: str | None = None) -> Fault:
+    def inject_drop(
+        self, operation: str = "*", times: int | None = 1, after_bytes: int | None = None, user: str | None = None
+    ) -> Fault:
         """Close the connection: before answering, or after ``after_bytes`` of the body (mid-stream)."""
         if after_bytes is None:
             return self.faults.add(Fault(operation, times, drop=True, when=self._when(user)))
         return self.faults.add(Fault(operation, times, drop_after=after_bytes, when=self._when(user)))
 
-    def inject_delay(self, operation: str = "*", seconds: float = 1.0, times: int | None = 1, user: str | None = None) -> Fault:
+    def inject_delay(
+        self, operation: str = "*", seconds: float = 1.0, times: int | None = 1, user: str | None = None
+    ) -> Fault:
         return self.faults.add(Fault(operation, times, delay=seconds, when=self._when(user)))
 
 
@@ -399,4 +424,3 @@ _ERROR_CONTAINERS: dict[str, tuple[str, ...]] = {
     "SyncFolderItems": ("m:SyncState", "m:IncludesLastItemInRange"),
     "SyncFolderHierarchy": ("m:SyncState", "m:IncludesLastFolderInRange"),
 }
-

@@ -104,7 +104,11 @@ def _event_element(event: dict[str, Any]) -> ET.Element:
     for key, tag in (("folder_id", "t:FolderId"), ("item_id", "t:ItemId"), ("parent_folder_id", "t:ParentFolderId")):
         if key in event:
             elem.append(_id(tag, event[key]))
-    for key, tag in (("old_folder_id", "t:OldFolderId"), ("old_item_id", "t:OldItemId"), ("old_parent_folder_id", "t:OldParentFolderId")):
+    for key, tag in (
+        ("old_folder_id", "t:OldFolderId"),
+        ("old_item_id", "t:OldItemId"),
+        ("old_parent_folder_id", "t:OldParentFolderId"),
+    ):
         if key in event:
             elem.append(_id(tag, event[key]))
     if "unread_count" in event:

@@ -48,7 +48,9 @@ def main() -> None:
     tls_dir = args.tls_dir or Path(tempfile.mkdtemp(prefix="graphfake-"))
     tls_dir.mkdir(parents=True, exist_ok=True)
     spec = json.loads(args.users.read_text()) if args.users else {}
-    graph = GraphFake(make_tls(tls_dir), port=args.port, tenant_domain=spec.get("tenant_domain", "contoso.onmicrosoft.com"))
+    graph = GraphFake(
+        make_tls(tls_dir), port=args.port, tenant_domain=spec.get("tenant_domain", "contoso.onmicrosoft.com")
+    )
     graph.identity.lifetime = args.token_lifetime
     if not spec.get("apps"):
         spec["apps"] = [{"secret": "secret", "public": True}]
@@ -57,7 +59,9 @@ def main() -> None:
     print(f"graph:     {graph.url}/v1.0")
     print(f"trust:     {graph.tls.ca_file if graph.tls else '-'}")
     for app in graph.identity.apps.values():
-        print(f"app:       client_id={app.client_id} secret={app.secret!r} certificate={app.certificate_pem is not None} public={app.public}")
+        print(
+            f"app:       client_id={app.client_id} secret={app.secret!r} certificate={app.certificate_pem is not None} public={app.public}"
+        )
     for mailbox in graph.tenant.mailboxes.values():
         print(f"user:      {mailbox.upn} id={mailbox.id}")
     run_standalone(graph.server, "Microsoft Graph fake")

@@ -51,7 +51,9 @@ def run_batch(request: Request, faults: Faults, operation: Callable[[Request], s
             log(sub)
             fault = faults.take(sub)
             if fault is not None:
-                sub_response = fault.response or json_response(error_body("ServiceUnavailable", "Service unavailable."), 503)
+                sub_response = fault.response or json_response(
+                    error_body("ServiceUnavailable", "Service unavailable."), 503
+                )
             else:
                 sub_response = dispatch(sub)
         statuses[ident.lower()] = sub_response.status
@@ -62,7 +64,9 @@ def run_batch(request: Request, faults: Faults, operation: Callable[[Request], s
 def _sub_request(outer: Request, item: dict[str, Any]) -> Request:
     url = str(item["url"])
     split = urlsplit(url if url.startswith("/") else "/" + url)
-    headers = {"authorization": outer.headers.get("authorization", "")}  # the batch's own token; other headers are per request
+    headers = {
+        "authorization": outer.headers.get("authorization", "")
+    }  # the batch's own token; other headers are per request
     headers.update({str(k).lower(): str(v) for k, v in (item.get("headers") or {}).items()})
     raw = item.get("body")
     if raw is None:
@@ -80,5 +84,7 @@ def _pack(ident: str, response: Response) -> dict[str, Any]:
     content_type = response.headers.get("Content-Type", "")
     out: dict[str, Any] = {"id": ident, "status": response.status, "headers": dict(response.headers)}
     if data:
-        out["body"] = json.loads(data) if content_type.startswith("application/json") else base64.b64encode(data).decode()
+        out["body"] = (
+            json.loads(data) if content_type.startswith("application/json") else base64.b64encode(data).decode()
+        )
     return out

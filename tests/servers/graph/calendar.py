@@ -166,11 +166,17 @@ class Calendar:
         first = date.fromisoformat(rng["startDate"]) if rng.get("startDate") else local_start.date()
         last = date.fromisoformat(rng["endDate"]) if rng.get("type") == "endDate" and rng.get("endDate") else None
         count = int(rng["numberOfOccurrences"]) if rng.get("type") == "numbered" else None
-        limit = min(last or date.max, (window_end.astimezone(tz) + timedelta(days=1)).date(), first + timedelta(days=366 * MAX_YEARS))
+        limit = min(
+            last or date.max,
+            (window_end.astimezone(tz) + timedelta(days=1)).date(),
+            first + timedelta(days=366 * MAX_YEARS),
+        )
         interval = max(1, int(pattern.get("interval", 1)))
         kind = pattern.get("type", "daily")
         days = {d.lower() for d in pattern.get("daysOfWeek", [])}
-        week0 = first - timedelta(days=(first.weekday() - DAYS.index(pattern.get("firstDayOfWeek", "sunday").lower())) % 7)
+        week0 = first - timedelta(
+            days=(first.weekday() - DAYS.index(pattern.get("firstDayOfWeek", "sunday").lower())) % 7
+        )
         out, seen, day = [], 0, first
         while day <= limit and (count is None or seen < count):
             months = (day.year - first.year) * 12 + day.month - first.month
@@ -189,10 +195,14 @@ class Calendar:
                 hit = (day.month == int(pattern.get("month", first.month)) and day.day == int(pattern.get("dayOfMonth", first.day))
                        and (day.year - first.year) % interval == 0)  # fmt: skip
             else:
-                raise GraphError(400, "ErrorInvalidRecurrence", f"Recurrence pattern {kind!r} is not supported by this fake.")
+                raise GraphError(
+                    400, "ErrorInvalidRecurrence", f"Recurrence pattern {kind!r} is not supported by this fake."
+                )
             if hit:
                 seen += 1
-                start = datetime.combine(day, local_start.timetz().replace(tzinfo=None)).replace(tzinfo=tz).astimezone(UTC)
+                start = (
+                    datetime.combine(day, local_start.timetz().replace(tzinfo=None)).replace(tzinfo=tz).astimezone(UTC)
+                )
                 if window_start <= start < window_end:
                     out.append(start)
             day += timedelta(days=1)
@@ -299,7 +309,11 @@ def calendar_of(ctx: Ctx) -> Calendar:
 def _window(ctx: Ctx) -> tuple[datetime, datetime]:
     start, end = one(ctx.request, "startDateTime"), one(ctx.request, "endDateTime")
     if not start or not end:
-        raise GraphError(400, "ErrorInvalidParameter", "This request requires a time window specified by the query string parameters StartDateTime and EndDateTime.")
+        raise GraphError(
+            400,
+            "ErrorInvalidParameter",
+            "This request requires a time window specified by the query string parameters StartDateTime and EndDateTime.",
+        )
     return parse_time(start), parse_time(end)
 
 
@@ -362,7 +376,9 @@ def get_event(ctx: Ctx, ref: str) -> Response:
     with ctx.need_mailbox().tenant.lock:
         event, original = cal_.find(ref)
         item = shown(ctx, event, original, select_list(ctx.request))
-    return json_response({"@odata.context": f"{ctx.base}/$metadata#events/$entity", **item}, headers={"ETag": item["@odata.etag"]})
+    return json_response(
+        {"@odata.context": f"{ctx.base}/$metadata#events/$entity", **item}, headers={"ETag": item["@odata.etag"]}
+    )
 
 
 def create_event(ctx: Ctx) -> Response:
@@ -372,7 +388,9 @@ def create_event(ctx: Ctx) -> Response:
         body[extprops.KEY] = extprops.merged(None, body[extprops.KEY])
     with ctx.need_mailbox().tenant.lock:
         item = shown(ctx, cal_.add(body))
-    return json_response({"@odata.context": f"{ctx.base}/$metadata#events/$entity", **item}, 201, {"ETag": item["@odata.etag"]})
+    return json_response(
+        {"@odata.context": f"{ctx.base}/$metadata#events/$entity", **item}, 201, {"ETag": item["@odata.etag"]}
+    )
 
 
 def patch_event(ctx: Ctx, ref: str) -> Response:
@@ -389,7 +407,9 @@ def patch_event(ctx: Ctx, ref: str) -> Response:
         else:
             cal_.edit_occurrence(event, original, body)
         item = event_json(ctx, event, original)
-    return json_response({"@odata.context": f"{ctx.base}/$metadata#events/$entity", **item}, headers={"ETag": item["@odata.etag"]})
+    return json_response(
+        {"@odata.context": f"{ctx.base}/$metadata#events/$entity", **item}, headers={"ETag": item["@odata.etag"]}
+    )
 
 
 def delete_event(ctx: Ctx, ref: str) -> Response:

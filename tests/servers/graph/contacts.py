@@ -63,14 +63,19 @@ def contact_json(ctx: Ctx, contact: Contact) -> dict[str, Any]:
 
 def shown(ctx: Ctx, contact: Contact, sel: list[str] | None) -> dict[str, Any]:
     """A contact as answered: ``$select`` applied, our extended properties when ``$expand`` asks."""
-    return {**select(contact_json(ctx, contact), sel), **extprops.expanded(ctx.request, contact.fields.get(extprops.KEY))}
+    return {
+        **select(contact_json(ctx, contact), sel),
+        **extprops.expanded(ctx.request, contact.fields.get(extprops.KEY)),
+    }
 
 
 def _fields(ctx: Ctx) -> dict[str, Any]:
     body = read_json(ctx.request)
     unknown = sorted(k for k in body if k not in WRITABLE and not k.startswith("@"))
     if unknown:
-        raise GraphError(400, "RequestBodyRead", f"The property '{unknown[0]}' does not exist on type 'microsoft.graph.contact'.")
+        raise GraphError(
+            400, "RequestBodyRead", f"The property '{unknown[0]}' does not exist on type 'microsoft.graph.contact'."
+        )
     fields = {k: v for k, v in body.items() if k in WRITABLE}
     if extprops.KEY in fields:
         fields[extprops.KEY] = extprops.merged(None, fields[extprops.KEY])
@@ -79,7 +84,9 @@ def _fields(ctx: Ctx) -> dict[str, Any]:
 
 def _folder(ctx: Ctx, ref: str | None) -> None:
     if ref is not None and ref.lower() != "contacts" and ref != ctx.need_mailbox().contacts_folder_id:
-        raise GraphError(404, "ErrorItemNotFound", "The specified contact folder was not found (only the default one exists here).")
+        raise GraphError(
+            404, "ErrorItemNotFound", "The specified contact folder was not found (only the default one exists here)."
+        )
 
 
 def list_contacts(ctx: Ctx, folder: str | None) -> Response:
@@ -97,7 +104,9 @@ def get_contact(ctx: Ctx, ref: str) -> Response:
     with mailbox.tenant.lock:
         contact = mailbox.contact(ref)
         item = shown(ctx, contact, select_list(ctx.request))
-    return json_response({"@odata.context": f"{ctx.base}/$metadata#contacts/$entity", **item}, headers={"ETag": contact.etag})
+    return json_response(
+        {"@odata.context": f"{ctx.base}/$metadata#contacts/$entity", **item}, headers={"ETag": contact.etag}
+    )
 
 
 def create_contact(ctx: Ctx, folder: str | None) -> Response:
@@ -107,7 +116,9 @@ def create_contact(ctx: Ctx, folder: str | None) -> Response:
     with mailbox.tenant.lock:
         contact = mailbox.add_contact(fields)
         item = shown(ctx, contact, None)
-    return json_response({"@odata.context": f"{ctx.base}/$metadata#contacts/$entity", **item}, 201, {"ETag": contact.etag})
+    return json_response(
+        {"@odata.context": f"{ctx.base}/$metadata#contacts/$entity", **item}, 201, {"ETag": contact.etag}
+    )
 
 
 def patch_contact(ctx: Ctx, ref: str) -> Response:
@@ -120,7 +131,9 @@ def patch_contact(ctx: Ctx, ref: str) -> Response:
             fields[extprops.KEY] = extprops.merged(contact.fields.get(extprops.KEY), fields[extprops.KEY])
         mailbox.edit_contact(contact, fields)
         item = shown(ctx, contact, None)
-    return json_response({"@odata.context": f"{ctx.base}/$metadata#contacts/$entity", **item}, headers={"ETag": contact.etag})
+    return json_response(
+        {"@odata.context": f"{ctx.base}/$metadata#contacts/$entity", **item}, headers={"ETag": contact.etag}
+    )
 
 
 def delete_contact(ctx: Ctx, ref: str) -> Response:

@@ -69,9 +69,15 @@ def serve(ctx: Ctx, *, scope: str, path: str, context: str, start: Starter, rend
         token = fake.tokens.put(dict(state["cursor"]))
         body["@odata.deltaLink"] = ctx.link(path, **{"$deltatoken": token})
     body["value"] = value
-    headers = {"Preference-Applied": f"odata.maxpagesize={size}"} if "odata.maxpagesize" in ctx.request.headers.get("prefer", "") else {}
+    headers = (
+        {"Preference-Applied": f"odata.maxpagesize={size}"}
+        if "odata.maxpagesize" in ctx.request.headers.get("prefer", "")
+        else {}
+    )
     if ctx.immutable:
-        headers["Preference-Applied"] = ", ".join(filter(None, [headers.get("Preference-Applied"), 'IdType="ImmutableId"']))
+        headers["Preference-Applied"] = ", ".join(
+            filter(None, [headers.get("Preference-Applied"), 'IdType="ImmutableId"'])
+        )
     return json_response(body, headers=headers)
 
 

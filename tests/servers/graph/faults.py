@@ -49,10 +49,14 @@ def throttle_until(graph: GraphFake, deadline: float, operation: str = "*", *, r
     return _add(graph, operation, None, response, when=lambda r: graph_only(r) and time.time() < deadline)
 
 
-def unavailable(graph: GraphFake, operation: str = "*", *, retry_after: int | None = None, times: int | None = 1) -> Fault:
+def unavailable(
+    graph: GraphFake, operation: str = "*", *, retry_after: int | None = None, times: int | None = 1
+) -> Fault:
     """503 Service Unavailable (with Retry-After when given)."""
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
-    response = _canned(503, "ServiceUnavailable", "The service is temporarily unavailable. Please retry later.", headers)
+    response = _canned(
+        503, "ServiceUnavailable", "The service is temporarily unavailable. Please retry later.", headers
+    )
     return _add(graph, operation, times, response)
 
 
@@ -71,8 +75,13 @@ def delta_expired(graph: GraphFake, operation: str = "GET messages/delta", *, co
     (a reset).  To expire the real tokens instead: ``graph.expire_delta_tokens()``."""
     message = ("The sync state generation is not found." if code == "syncStateNotFound"
                else "Resync required. Replace any local items with the server's items (sync state is invalid).")  # fmt: skip
-    return _add(graph, operation, times, _canned(410, code, message),
-                when=lambda r: graph_only(r) and bool(r.query.get("$deltatoken") or r.query.get("$skiptoken")))
+    return _add(
+        graph,
+        operation,
+        times,
+        _canned(410, code, message),
+        when=lambda r: graph_only(r) and bool(r.query.get("$deltatoken") or r.query.get("$skiptoken")),
+    )
 
 
 def drop(graph: GraphFake, operation: str = "*", *, times: int | None = 1) -> Fault:

@@ -231,11 +231,18 @@ class Identity:
             with self.lock:
                 entry = self.refresh_tokens.pop(form.get("refresh_token", ""), None)
             if entry is None or entry[0] != app.client_id:
-                return self._oauth_error(400, "invalid_grant", 70008, "The provided authorization code or refresh token has expired or is invalid.")
+                return self._oauth_error(
+                    400,
+                    "invalid_grant",
+                    70008,
+                    "The provided authorization code or refresh token has expired or is invalid.",
+                )
             if not app.consented:
                 return self._consent_required(app)
             return self._issue(app, entry[1], form.get("scope", "").split() or entry[2], refresh=True)
-        return self._oauth_error(400, "unsupported_grant_type", 70003, f"The app requested an unsupported grant type '{grant}'.")
+        return self._oauth_error(
+            400, "unsupported_grant_type", 70003, f"The app requested an unsupported grant type '{grant}'."
+        )
 
     def _device_token(self, app: App, form: dict[str, str]) -> Response:
         if not app.public:
@@ -246,11 +253,23 @@ class Identity:
             if flow is not None:
                 flow.polls += 1
         if flow is None or flow.expires_at < time.time():
-            return self._oauth_error(400, "expired_token", 70020, "The provided value for the input parameter 'device_code' is not valid. This device code has expired.")
+            return self._oauth_error(
+                400,
+                "expired_token",
+                70020,
+                "The provided value for the input parameter 'device_code' is not valid. This device code has expired.",
+            )
         if flow.declined:
-            return self._oauth_error(400, "authorization_declined", 70019, "The end user denied the authorization request.")
+            return self._oauth_error(
+                400, "authorization_declined", 70019, "The end user denied the authorization request."
+            )
         if flow.user_id is None:
-            return self._oauth_error(400, "authorization_pending", 70016, "OAuth 2.0 device flow error. Authorization is pending. Continue polling.")
+            return self._oauth_error(
+                400,
+                "authorization_pending",
+                70016,
+                "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+            )
         if not app.consented:
             return self._consent_required(app)
         with self.lock:
@@ -261,13 +280,25 @@ class Identity:
         if form.get("client_assertion_type") == JWT_BEARER and form.get("client_assertion"):
             problem = self._check_assertion(app, form["client_assertion"], request)
             if problem:
-                return self._oauth_error(401, "invalid_client", 700027, f"Client assertion failed signature validation. {problem}")
+                return self._oauth_error(
+                    401, "invalid_client", 700027, f"Client assertion failed signature validation. {problem}"
+                )
             return None
         if app.secret is not None and form.get("client_secret") == app.secret:
             return None
         if form.get("client_secret"):
-            return self._oauth_error(401, "invalid_client", 7000215, "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.")
-        return self._oauth_error(401, "invalid_client", 7000218, "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.")
+            return self._oauth_error(
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
+            )
+        return self._oauth_error(
+            401,
+            "invalid_client",
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+        )
 
     def _check_assertion(self, app: App, assertion: str, request: Request) -> str | None:
         """msal's certificate credential: a JWT signed with the app's private key (PS256 with
@@ -306,7 +337,9 @@ class Identity:
                                   "iat": int(now), "nbf": int(now), "exp": int(now + self.lifetime),
                                   "appid": app.client_id, "tid": self.tenant.id}  # fmt: skip
         if user_id:
-            claims.update({"oid": user_id, "scp": " ".join(s for s in scopes if s not in ("openid", "profile", "offline_access"))})
+            claims.update(
+                {"oid": user_id, "scp": " ".join(s for s in scopes if s not in ("openid", "profile", "offline_access"))}
+            )
         else:
             claims["roles"] = ["Mail.ReadWrite", "Contacts.ReadWrite", "Calendars.ReadWrite"] if app.consented else []
         token = unsigned_jwt(claims)

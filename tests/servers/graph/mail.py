@@ -128,7 +128,9 @@ def list_messages(ctx: Ctx, folder: str | None) -> Response:
         msgs.sort(key=lambda m: (m.received, m.key), reverse=True)  # Graph's default: newest first
         sel = select_list(ctx.request)
         path = f"mailFolders/{folder}/messages" if folder else "messages"
-        return collection_page(ctx, msgs, path, "Collection(message)", render=lambda m: select(message_json(ctx, m), sel))
+        return collection_page(
+            ctx, msgs, path, "Collection(message)", render=lambda m: select(message_json(ctx, m), sel)
+        )
 
 
 def get_message(ctx: Ctx, ref: str, folder: str | None) -> Response:
@@ -214,4 +216,3 @@ def folders_delta(ctx: Ctx) -> Any:
 
     return delta.serve(ctx, scope=f"{mailbox.id}/mailFolders", path="mailFolders/delta", context="mailFolder",
                        start=start, render=lambda entry, sel: select(entry, sel))  # fmt: skip
-

@@ -33,7 +33,8 @@ def error_body(code: str, message: str, request: Request | None = None) -> dict[
             "innerError": {
                 "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
                 "request-id": str(uuid.uuid4()),
-                "client-request-id": (request.headers.get("client-request-id") if request else None) or str(uuid.uuid4()),
+                "client-request-id": (request.headers.get("client-request-id") if request else None)
+                or str(uuid.uuid4()),
             },
         }
     }

@@ -192,7 +192,8 @@ class GraphFake:
                 if route_method == method and (m := pattern.match(rest)):
                     groups = m.groupdict()
                     return op, lambda fn=fn, groups=groups: self._limited(
-                        self._context(request, user["user"], user["who"]), lambda c: fn(c, **groups))
+                        self._context(request, user["user"], user["who"]), lambda c: fn(c, **groups)
+                    )
         return f"{method} {path}", lambda: self._unknown(request, path)
 
     def operation(self, request: Request) -> str:
@@ -213,10 +214,20 @@ class GraphFake:
                     stamps.popleft()
                 if len(stamps) >= rate[0]:
                     wait = str(max(1, int(stamps[0] + rate[1] - now + 1)))
-                    raise GraphError(429, "ApplicationThrottled", "Application is over its MailboxRequests limit.", {"Retry-After": wait})
+                    raise GraphError(
+                        429,
+                        "ApplicationThrottled",
+                        "Application is over its MailboxRequests limit.",
+                        {"Retry-After": wait},
+                    )
                 stamps.append(now)
             if limit is not None and self._in_flight.get(key, 0) >= limit:
-                raise GraphError(429, "ApplicationThrottled", "Application is over its MailboxConcurrency limit.", {"Retry-After": "1"})
+                raise GraphError(
+                    429,
+                    "ApplicationThrottled",
+                    "Application is over its MailboxConcurrency limit.",
+                    {"Retry-After": "1"},
+                )
             self._in_flight[key] = self._in_flight.get(key, 0) + 1
 
         def release() -> None:
@@ -266,13 +277,19 @@ class GraphFake:
                 mailbox = self.tenant.user(user_ref)
             self.identity.may_open(token, mailbox.id, mailbox.upn)
         if mailbox is not None and not mailbox.mailbox_enabled:
-            raise GraphError(404, "MailboxNotEnabledForRESTAPI", "The mailbox is either inactive, soft-deleted, or is hosted on-premise.")
+            raise GraphError(
+                404,
+                "MailboxNotEnabledForRESTAPI",
+                "The mailbox is either inactive, soft-deleted, or is hosted on-premise.",
+            )
         immutable = prefer(request).get("idtype", "").lower() == "immutableid"
         return Ctx(self, request, token, mailbox, who or "me", immutable)
 
     def _batch(self, request: Request) -> Response:
         self.identity.check(request)
-        return run_batch(request, self.faults, self.operation, self._dispatch_sub, lambda r: self.batched.append(r.operation))
+        return run_batch(
+            request, self.faults, self.operation, self._dispatch_sub, lambda r: self.batched.append(r.operation)
+        )
 
     def _dispatch_sub(self, request: Request) -> Response:
         if normalize(request.path).lower() == "/v1.0/$batch":

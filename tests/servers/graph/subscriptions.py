@@ -34,7 +34,11 @@ RESOURCE = re.compile(
     r"^/?(?:me|users/(?P<user>[^/]+))/(?:(?:mailFolders/(?P<folder>[^/]+)/)?(?P<kind>messages)|(?P<other>contacts|events))$",
     re.IGNORECASE,
 )
-ODATA_TYPES = {"message": "#Microsoft.Graph.Message", "contact": "#Microsoft.Graph.Contact", "event": "#Microsoft.Graph.Event"}
+ODATA_TYPES = {
+    "message": "#Microsoft.Graph.Message",
+    "contact": "#Microsoft.Graph.Contact",
+    "event": "#Microsoft.Graph.Event",
+}
 PLURAL = {"message": "Messages", "contact": "Contacts", "event": "Events"}
 
 
@@ -167,7 +171,9 @@ class Subscriptions:
         if when <= now:
             raise GraphError(400, "InvalidRequest", "Subscription expiration must be in the future.")
         if when > now + timedelta(minutes=MAX_MINUTES):
-            raise GraphError(400, "InvalidRequest", f"Subscription expiration can only be {MAX_MINUTES} minutes in the future.")
+            raise GraphError(
+                400, "InvalidRequest", f"Subscription expiration can only be {MAX_MINUTES} minutes in the future."
+            )
         return when
 
     def _client(self) -> httpx.Client:
@@ -182,12 +188,18 @@ class Subscriptions:
         sep = "&" if "?" in url else "?"
         try:
             with self._client() as client:
-                resp = client.post(f"{url}{sep}validationToken={quote(token)}", headers={"Content-Type": "text/plain; charset=utf-8"})
+                resp = client.post(
+                    f"{url}{sep}validationToken={quote(token)}", headers={"Content-Type": "text/plain; charset=utf-8"}
+                )
             ok = resp.status_code == 200 and resp.text == token
         except httpx.HTTPError:
             ok = False
         if not ok:
-            raise GraphError(400, "InvalidRequest", "Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request.")
+            raise GraphError(
+                400,
+                "InvalidRequest",
+                "Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request.",
+            )
 
     # -- notifications ------------------------------------------------------------------
     def _on_change(self, mailbox: Mailbox, kind: str, change: str, item: Any, extra: dict[str, Any]) -> None:
@@ -199,7 +211,9 @@ class Subscriptions:
             folder = extra.get("old_folder") or getattr(item, "folder_id", None)
             if sub.folder_id is not None and folder != sub.folder_id:
                 continue
-            ident = item.immutable_id if sub.immutable and hasattr(item, "immutable_id") else extra.get("old_id") or item.id
+            ident = (
+                item.immutable_id if sub.immutable and hasattr(item, "immutable_id") else extra.get("old_id") or item.id
+            )
             path = f"Users/{mailbox.id}/{PLURAL[kind]}/{ident}"
             data: dict[str, Any] = {"@odata.type": ODATA_TYPES[kind], "@odata.id": path, "id": ident}
             if change != "deleted":
