@@ -418,41 +418,47 @@ def _b64decoded(body: bytes | memoryview) -> bytes:
 
 def _b64_stepwise(body: bytes | memoryview) -> bytes | None:
     """``body`` decoded when it is decode_b's alphabet in whole quartets, at
-    most two '=' at the end; else None."""
+    most two '=' at the end; else None.  A body of one step is one
+    a2b_base64 call on it as it is (the line ends are a2b_base64's to skip)."""
     pos, end = 0, len(body)
-    # the output in one allocation of what the body can hold at most, as one
-    # a2b_base64 call made it: grown step by step in a parse thread, a backfill of
-    # 16 messages with a 30 MB attachment peaked at 218-233 MiB instead of 151-178
-    # (tests/e2e/test_backfill_memory.py); getvalue() is that buffer cut to size
-    out = io.BytesIO()
-    out.seek(end // 4 * 3 + 2)
-    out.write(b"\0")
-    out.seek(0)
+    out: io.BytesIO | None = None  # made at the first whole step: the body is longer than one
     carry = b""  # the data characters of an incomplete quartet, for the next step
     while True:
         stop = min(pos + B64_STEP, end)
         data_end = cast("re.Match[bytes]", _B64_DATA.match(body, pos, stop)).end()  # "*": always matches
-        chars = carry + bytes(body[pos:data_end]).translate(None, b"\r\n")
         if data_end == stop < end:
+            if out is None:
+                # the output in one allocation of what the body can hold at most, as one
+                # a2b_base64 call made it: grown step by step in a parse thread, a backfill of
+                # 16 messages with a 30 MB attachment peaked at 218-233 MiB instead of 151-178
+                # (tests/e2e/test_backfill_memory.py); getvalue() is that buffer cut to size
+                out = io.BytesIO()
+                out.seek(end // 4 * 3 + 2)
+                out.write(b"\0")
+                out.seek(0)
+            chars = carry + bytes(body[pos:data_end]).translate(None, b"\r\n")
             whole = len(chars) // 4 * 4  # whole quartets of the alphabet alone decode without error
             out.write(binascii.a2b_base64(memoryview(chars)[:whole]))
             carry, pos = chars[whole:], stop
             continue
         # the data characters end here: what follows is padding, or the library's case
-        padding = _B64_PADDING.fullmatch(body, data_end)
-        if padding is None:
+        if _B64_PADDING.fullmatch(body, data_end) is None:
             return None
+        rest = body[pos:] if pos else body
         try:
-            out.write(binascii.a2b_base64(chars + bytes(body[data_end:]).translate(None, b"\r\n")))
+            value = binascii.a2b_base64(carry + bytes(rest) if carry else rest)
         except binascii.Error:
             return None  # incomplete quartets: decode_b pads them (or finds the defect)
         # decode_b takes it as it is only when its characters make whole
         # quartets (it pads them otherwise); the count follows from the size
-        size = out.tell()
+        size = (out.tell() if out is not None else 0) + len(value)
         data_chars = size // 3 * 4 + (0, 2, 3)[size % 3]
         pads = bytes(body[data_end:]).count(b"=")
         if (data_chars + pads) % 4:
             return None
+        if out is None:
+            return value
+        out.write(value)
         out.truncate(size)
         return out.getvalue()
 
