@@ -15,7 +15,6 @@ again all through a backfill (the event loop's CPU up by half).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger("mailfiler.service")
@@ -32,8 +31,9 @@ TRIM_THRESHOLD = 32 * 1024 * 1024
 def fix_malloc_thresholds() -> bool:
     """Set the thresholds; False where the C library has no mallopt (not glibc)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        # the process's own symbols, libc's among them: no search for the library
+        # (find_library runs ldconfig in a child process)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         log.debug("no mallopt in this C library: malloc thresholds left as they are")
         return False
