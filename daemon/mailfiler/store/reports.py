@@ -235,7 +235,7 @@ def status() -> dict:
 def _tags(mb: Mailbox, tracked_counts: dict[tuple[int, str], int], by_folder: set[str]) -> dict | None:
     """Track by tag in ``mb``: None until a tag pass has kept a cursor (its
     tags are not followed).  ``tracked``: messages tracked in folders neither
-    tracked nor watched, which only a tag can have tracked."""
+    tracked nor watched (a tag tracked them there, or they moved there)."""
     cursors = TagCursor.select().where(TagCursor.mailbox == mb)
     count = cursors.count()
     if not count:
